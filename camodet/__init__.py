@@ -1,0 +1,3 @@
+"""camodet: train, evaluate and ship camouflaged object detectors."""
+
+__version__ = "0.1.0"

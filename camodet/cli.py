@@ -1,0 +1,109 @@
+"""`camodet` subcommands. Training flags are generated from the config dataclasses."""
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, add_arguments, from_args
+
+EXIT_USAGE = 2
+
+
+def _train(args) -> int:
+    cfg = from_args(args)
+    cfg.validate()
+    from .models import check_backbone  # heavy imports only after the cheap checks pass
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    from .engine.trainer import train
+    state = train(cfg)
+    print(f"done: best validation IoU {state.best_iou:.4f} at epoch {state.best_epoch}; "
+          f"checkpoints in {cfg.run.checkpoint_dir}")
+    return 0
+
+
+def _synth(args) -> int:
+    from .data.synth import write_dataset
+    if args.train < 1 or args.test < 0:
+        raise ConfigError("synth needs --train >= 1 and --test >= 0")
+    if not 32 <= args.min_size <= args.max_size:
+        raise ConfigError(f"synth sizes must satisfy 32 <= --min-size <= --max-size (got {args.min_size}, {args.max_size})")
+    info = write_dataset(args.out, args.train, args.test, seed=args.seed, noncam_every=args.noncam_every,
+                         size_range=(args.min_size, args.max_size))
+    print(f"wrote a COD10K-v3-layout synthetic dataset to {info['root']}: {info['train']} train, "
+          f"{info['test']} test images (seed {info['seed']})")
+    return 0
+
+
+def _data_check(args) -> int:
+    from .data.check import check_dataset, format_report
+    report = check_dataset(args.path, decode=not args.headers_only)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 1 if report["problems"] else 0
+
+
+def _model_summary(args) -> int:
+    from .config import ModelConfig
+    from .models import build_model, check_backbone
+    from .models.summary import format_summary, summarise
+    check_backbone(args.backbone, args.img_size)
+    cfg = ModelConfig(backbone=args.backbone, num_experts=args.num_experts, top_k=min(2, args.num_experts),
+                      deep_supervision=not args.no_deep_supervision, decoder_channels=args.decoder_channels)
+    s = summarise(build_model(cfg), args.img_size)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s, args.backbone))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camodet", description="Camouflaged object detection: train, evaluate, ship.")
+    p.add_argument("--version", action="version", version=f"camodet {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a detector (two stages)")
+    add_arguments(t)
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("synth", help="write a synthetic camouflage dataset (COD10K-v3 layout)")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--train", type=int, default=200, help="training images")
+    s.add_argument("--test", type=int, default=50, help="test images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noncam-every", type=int, default=10, help="every N-th image is a NonCAM background (0: none)")
+    s.add_argument("--min-size", type=int, default=160)
+    s.add_argument("--max-size", type=int, default=320)
+    s.set_defaults(func=_synth)
+
+    dgrp = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    c = dgrp.add_parser("check", help="report layout, counts, sizes and bad files")
+    c.add_argument("path")
+    c.add_argument("--headers-only", action="store_true", help="do not decode every file")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_data_check)
+
+    mgrp = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
+    m = mgrp.add_parser("summary", help="parameters by part and GFLOPs")
+    m.add_argument("--backbone", default="edgenext_base")
+    m.add_argument("--num-experts", type=int, default=7)
+    m.add_argument("--img-size", type=int, default=384)
+    m.add_argument("--decoder-channels", type=int, default=64)
+    m.add_argument("--no-deep-supervision", action="store_true")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_model_summary)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    args = build_parser().parse_args(argv)
+    from .data.io import DataError
+    from .engine.checkpoint import CheckpointError
+    from .models.backbone import BackboneError
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, BackboneError) as e:
+        print(f"camodet: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("camodet: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,297 @@
+"""Typed run configuration: the single source of truth for CLI flags, YAML files
+and the ``config.yaml`` written into every run folder.
+
+No torch here: validation that needs a backbone lives in ``camodet.models``.
+"""
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that makes no sense; the message is one line."""
+
+
+def opt(default, help: str, flag: Optional[str] = None, choices=None, **extra):
+    """A config field with its CLI help (and optionally flag name / choices)."""
+    meta = {"help": help, "flag": flag, "choices": choices, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset_path: list[str] = opt([], "dataset root(s); layouts are detected (COD10K-v3, CAMO, NC4K, "
+                                      "CHAMELEON, TrainDataset/TestDataset)", nargs="+")
+    images: Optional[str] = opt(None, "image folder (with --masks) instead of a dataset root")
+    masks: Optional[str] = opt(None, "mask folder paired with --images")
+    img_size: int = opt(384, "training/inference side length in pixels")
+    val_fraction: float = opt(0.1, "fraction of training images held out for validation (seeded)")
+    include_noncam: bool = opt(False, "COD10K: also use NonCAM images (the field uses CAM only)")
+    skip_bad_files: bool = opt(False, "skip unreadable or unmatched files instead of stopping")
+    num_workers: int = opt(4, "data-loader worker processes")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("edgenext_base", "timm backbone name (any model with features_only)")
+    pretrained: bool = opt(False, "load ImageNet weights through timm (needs network or HF cache)")
+    pretrained_path: Optional[str] = opt(None, "load backbone weights from a local .pth/.safetensors")
+    num_experts: int = opt(7, "number of experts in each mixture-of-experts block")
+    top_k: int = opt(2, "experts chosen per image with --gating topk")
+    gating: str = opt("topk", "router gating", choices=["topk", "dense"])
+    decoder_channels: int = opt(64, "channels of the decoder")
+    deep_supervision: bool = opt(False, "train side outputs at coarser decoder scales")
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = opt(8, "stage-1 micro-batch size per process")
+    stage2_batch_size: Optional[int] = opt(None, "stage-2 micro-batch size (default: --batch-size)")
+    accumulation_steps: int = opt(1, "micro-batches per optimizer step")
+    lr: float = opt(4e-4, "stage-1 peak learning rate")
+    stage2_lr: Optional[float] = opt(None, "stage-2 peak learning rate (default: --lr)")
+    min_lr: float = opt(1e-5, "learning rate at the last step of each stage")
+    scheduler: str = opt("cosine", "learning-rate schedule after warmup",
+                         choices=["cosine", "constant", "step"])
+    warmup_epochs: float = opt(0.0, "linear warmup at the start of each stage, in epochs")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on norms and biases)")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    backbone_lr_mult: float = opt(0.1, "backbone LR as a multiple of the stage LR")
+    moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss")
+    use_ema: bool = opt(False, "keep an exponential moving average of the weights")
+    ema_decay: float = opt(0.999, "EMA decay per optimizer step")
+    amp: str = opt("auto", "mixed precision: auto = bf16 if supported, else fp16 on GPU, off on CPU",
+                   choices=["auto", "bf16", "fp16", "off"])
+
+
+@dataclass
+class StageConfig:
+    epochs: int = opt(120, "total epochs over both stages")
+    stage1_epochs: int = opt(30, "epochs with the backbone frozen (stage 1)")
+    skip_stage1: bool = opt(False, "start in stage 2")
+    progressive_unfreeze: bool = opt(False, "stage 2 unfreezes backbone stages deepest-first")
+    unfreeze_warmup_epochs: float = opt(1.0, "LR warmup of a newly unfrozen backbone stage, in epochs")
+
+
+@dataclass
+class RunConfig:
+    checkpoint_dir: str = opt("runs/camodet", "run folder: checkpoints, config.yaml, metrics.jsonl")
+    resume_from: Optional[str] = opt(None, "checkpoint to resume (exact) or warm-restart from")
+    init_from: Optional[str] = opt(None, "checkpoint to take matching weights from (fresh run)")
+    seed: int = opt(42, "random seed (data split, order, augmentation, init)")
+    use_ddp: bool = opt(False, "accepted for compatibility; torchrun's environment decides")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    log_every: int = opt(20, "optimizer steps between progress-bar metric updates")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stages: StageConfig = field(default_factory=StageConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # Resolved stage-2 values: the reference workflow treats "not given" as "same as stage 1".
+    @property
+    def stage2_batch_size(self) -> int:
+        return self.optim.stage2_batch_size or self.optim.batch_size
+
+    @property
+    def stage2_lr(self) -> float:
+        return self.optim.stage2_lr if self.optim.stage2_lr is not None else self.optim.lr
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return merge(cls(), d, source="dict")
+
+    def validate(self, check_paths: bool = True) -> "TrainConfig":
+        validate(self, check_paths=check_paths)
+        return self
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _base_type(tp):
+    """int for Optional[int]; list for list[str]."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return origin or tp
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _coerce(value, f: dataclasses.Field, source: str):
+    tp = _base_type(f.type)
+    if value is None:
+        return None
+    try:
+        if tp is list:
+            return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{_flag(f)}: cannot read {value!r} from {source} as {tp.__name__}") from None
+
+
+def merge(cfg: TrainConfig, updates: dict, source: str) -> TrainConfig:
+    """Apply a nested {section: {field: value}} (or flat {field: value}) dict onto cfg."""
+    flat = {}
+    for key, val in (updates or {}).items():
+        if key in SECTIONS and isinstance(val, dict):
+            for k, v in val.items():
+                flat[(key, k)] = v
+        else:
+            flat[(None, key)] = val
+    for (section, key), val in flat.items():
+        key = key.replace("-", "_")
+        target = _find_field(section, key)
+        if target is None:
+            where = f"{section}.{key}" if section else key
+            raise ConfigError(f"unknown setting {where!r} in {source}; see 'camodet train --help'")
+        sec_name, f = target
+        setattr(getattr(cfg, sec_name), f.name, _coerce(val, f, source))
+    return cfg
+
+
+def _find_field(section: Optional[str], key: str):
+    for sec_name, sec_type in SECTIONS.items():
+        if section not in (None, sec_name):
+            continue
+        for f in dataclasses.fields(sec_type):
+            if f.name == key:
+                return sec_name, f
+    return None
+
+
+def load_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist; check the --config path")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def save_yaml(cfg: TrainConfig, path: str) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Generate one flag per config field; defaults are suppressed so that only
+    flags the user typed override YAML and defaults."""
+    parser.add_argument("--config", help="YAML file of settings (CLI flags override it)")
+    for sec_name, sec_type in SECTIONS.items():
+        group = parser.add_argument_group(sec_name)
+        for f in dataclasses.fields(sec_type):
+            tp = _base_type(f.type)
+            kw: dict[str, Any] = dict(dest=f"{sec_name}.{f.name}", default=argparse.SUPPRESS,
+                                      help=f.metadata["help"])
+            if tp is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"] = tp if tp is not list else str
+                if f.metadata.get("choices"):
+                    kw["choices"] = f.metadata["choices"]
+                if f.metadata.get("nargs"):
+                    kw["nargs"] = f.metadata["nargs"]
+                    kw["action"] = "extend"
+                kw["metavar"] = f.name.upper() if tp is not list else "PATH"
+            group.add_argument(_flag(f), **kw)
+    # --no-amp is the reference workflow's spelling of --amp off.
+    parser.add_argument("--no-amp", dest="optim.amp", action="store_const", const="off",
+                        default=argparse.SUPPRESS, help="disable mixed precision (same as --amp off)")
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the YAML file, then the flags the user typed."""
+    cfg = TrainConfig()
+    if getattr(args, "config", None):
+        merge(cfg, load_yaml(args.config), source=args.config)
+    nested: dict[str, dict] = {}
+    for key, val in vars(args).items():
+        if "." in key:
+            sec, name = key.split(".", 1)
+            nested.setdefault(sec, {})[name] = val
+    return merge(cfg, nested, source="the command line")
+
+
+def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
+    d, m, o, s, r = cfg.data, cfg.model, cfg.optim, cfg.stages, cfg.run
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(s.epochs > 0, f"--epochs must be positive (got {s.epochs})")
+    need(s.stage1_epochs >= 0, f"--stage1-epochs must be >= 0 (got {s.stage1_epochs})")
+    need(s.stage1_epochs <= s.epochs,
+         f"--stage1-epochs ({s.stage1_epochs}) exceeds --epochs ({s.epochs}), which counts both stages; "
+         f"raise --epochs or lower --stage1-epochs")
+    need(s.unfreeze_warmup_epochs >= 0, "--unfreeze-warmup-epochs must be >= 0")
+    need(o.accumulation_steps >= 1, f"--accumulation-steps must be at least 1 (got {o.accumulation_steps})")
+    need(o.batch_size >= 1, f"--batch-size must be at least 1 (got {o.batch_size})")
+    need(o.stage2_batch_size is None or o.stage2_batch_size >= 1,
+         f"--stage2-batch-size must be at least 1 (got {o.stage2_batch_size})")
+    need(o.lr > 0, f"--lr must be positive (got {o.lr})")
+    need(o.stage2_lr is None or o.stage2_lr > 0, f"--stage2-lr must be positive (got {o.stage2_lr})")
+    need(o.min_lr >= 0, f"--min-lr must be >= 0 (got {o.min_lr})")
+    for name, peak in (("--lr", o.lr), ("--stage2-lr", cfg.stage2_lr)):
+        need(o.min_lr <= peak, f"--min-lr ({o.min_lr:g}) is above {name} ({peak:g}); the schedule "
+                               f"would rise instead of decay: lower --min-lr")
+    need(o.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {o.warmup_epochs})")
+    need(o.grad_clip >= 0, f"--grad-clip must be >= 0 (got {o.grad_clip})")
+    need(o.weight_decay >= 0, f"--weight-decay must be >= 0 (got {o.weight_decay})")
+    need(o.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0 (got {o.backbone_lr_mult})")
+    need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
+    need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")
+    need(1 <= m.top_k <= m.num_experts,
+         f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})")
+    need(m.decoder_channels >= 8 and m.decoder_channels % 8 == 0,
+         f"--decoder-channels must be a positive multiple of 8 (got {m.decoder_channels})")
+    need(d.img_size >= 32, f"--img-size must be at least 32 (got {d.img_size})")
+    need(0.0 <= d.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {d.val_fraction})")
+    need(d.num_workers >= 0, f"--num-workers must be >= 0 (got {d.num_workers})")
+    need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
+    need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
+    need(not (r.resume_from and r.init_from),
+         "--resume-from and --init-from exclude each other: resume continues a run, init starts a new one")
+    if m.pretrained and m.pretrained_path:
+        raise ConfigError("--pretrained and --pretrained-path exclude each other; pick one source of weights")
+    if check_paths:
+        need(bool(d.dataset_path) or d.images is not None,
+             "no training data: give --dataset-path DIR (or --images DIR --masks DIR)")
+        for p in d.dataset_path + [x for x in (d.images, d.masks) if x]:
+            need(os.path.isdir(p), f"dataset path {p} does not exist or is not a folder; check the path")
+        for flag, p in (("--resume-from", r.resume_from), ("--init-from", r.init_from),
+                        ("--pretrained-path", m.pretrained_path)):
+            need(p is None or os.path.isfile(p), f"{flag} {p}: no such file")

@@ -1,0 +1,73 @@
+"""Reading images and masks the way real datasets deliver them: grayscale,
+RGBA, CMYK, 16-bit, EXIF-rotated. Every failure names the file."""
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
+
+
+class DataError(ValueError):
+    """A dataset problem; the message names the file and the way out."""
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image ({e}); replace it or use --skip-bad-files") from None
+    # Phones store the rotation in EXIF; the dataset's annotation follows the displayed image.
+    return ImageOps.exif_transpose(img)
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    arr = arr.astype(np.float32)
+    top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+    if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0:
+        top = 1.0
+    return np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
+
+
+def read_image(path: str) -> np.ndarray:
+    """HxWx3 uint8 RGB."""
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black rather than dropping alpha blindly: transparent pixels carry no scene.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"))
+
+
+def read_mask(path: str) -> np.ndarray:
+    """HxW uint8 grey levels (GT is value > 127)."""
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):
+        return _to_uint8(np.asarray(img))
+    if img.mode in ("RGBA", "LA"):
+        img = img.convert("RGBA").convert("L")
+    return np.asarray(img.convert("L"))
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) as displayed, read from the header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: unreadable image ({e}); replace it or use --skip-bad-files") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

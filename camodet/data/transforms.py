@@ -1,0 +1,65 @@
+"""Joint image+mask augmentation as one affine warp (crop, scale, rotation,
+flip together), then colour jitter. Pure functions of an explicit RNG, so an
+augmented sample is reproducible from (seed, epoch, index)."""
+
+import math
+
+import cv2
+import numpy as np
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+
+def resize(image: np.ndarray, size: int, interpolation=cv2.INTER_LINEAR) -> np.ndarray:
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def random_affine(rng: np.random.Generator, w: int, h: int, size: int,
+                  scale=(0.6, 1.0), max_rotate: float = 15.0) -> np.ndarray:
+    """2x3 matrix mapping a random crop (area fraction in `scale`, aspect jitter,
+    rotation, horizontal flip) of a w x h image onto a size x size output."""
+    area = rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw = min(w, w * math.sqrt(area * aspect))
+    ch = min(h, h * math.sqrt(area / aspect))
+    cx = rng.uniform(cw / 2, w - cw / 2)
+    cy = rng.uniform(ch / 2, h - ch / 2)
+    angle = rng.uniform(-max_rotate, max_rotate) if rng.random() < 0.5 else 0.0
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    # output pixel -> centred unit square -> rotate/flip -> crop in the source
+    sx, sy = cw / size, ch / size
+    a = math.radians(angle)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    lin = rot @ np.diag([sx * flip, sy])
+    offset = np.array([cx, cy]) - lin @ np.array([size / 2, size / 2])
+    src_from_dst = np.hstack([lin, offset[:, None]])
+    return cv2.invertAffineTransform(src_from_dst)
+
+
+def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float = 0.2) -> np.ndarray:
+    img = image.astype(np.float32)
+    brightness = rng.uniform(1 - strength, 1 + strength)
+    contrast = rng.uniform(1 - strength, 1 + strength)
+    saturation = rng.uniform(1 - strength, 1 + strength)
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + (img - grey) * saturation
+    img = (img - img.mean()) * contrast + img.mean()
+    return np.clip(img * brightness, 0, 255)
+
+
+def train_transform(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int):
+    h, w = mask.shape
+    m = random_affine(rng, w, h, size)
+    image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    mask = cv2.warpAffine(mask, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return colour_jitter(rng, image), mask
+
+
+def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
+    return resize(image, size)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """HxWx3 (uint8 or float 0..255) -> 3xHxW float32, ImageNet statistics."""
+    return ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy()

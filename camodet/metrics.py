@@ -1,0 +1,92 @@
+"""The field's evaluation protocol: predictions at each GT's original size, GT
+binarised at > 127, structure/enhanced/weighted-F/F-measures and MAE through
+pysodmetrics, plus per-image IoU and Dice of (probability >= 0.5) vs GT,
+averaged over images (empty GT and empty prediction score 1)."""
+
+import numpy as np
+import py_sod_metrics as sod
+
+# Column name -> what it is; printed under tables so every number says its variant.
+VARIANTS = {
+    "IoU": "mean over images of IoU(prob >= 0.5, GT); empty/empty = 1",
+    "Dice": "mean over images of Dice(prob >= 0.5, GT); empty/empty = 1",
+    "Sm": "S-measure (alpha 0.5), pysodmetrics",
+    "wFm": "weighted F-measure, pysodmetrics",
+    "meanEm": "E-measure, mean over thresholds", "maxEm": "E-measure, max over thresholds",
+    "adpEm": "E-measure, adaptive threshold",
+    "meanFm": "F-measure (beta^2 0.3), mean over thresholds", "maxFm": "F-measure, max over thresholds",
+    "adpFm": "F-measure, adaptive threshold",
+    "MAE": "mean absolute error of the probability map, averaged over images",
+}
+
+
+def binarise_gt(gt: np.ndarray) -> np.ndarray:
+    return np.where(gt > 127, 255, 0).astype(np.uint8)
+
+
+def to_uint8(prob: np.ndarray) -> np.ndarray:
+    """Probability in [0, 1] -> 8-bit map, as saved prediction PNGs hold it."""
+    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def iou_dice(pred_bin: np.ndarray, gt_bin: np.ndarray) -> tuple[float, float]:
+    inter = np.logical_and(pred_bin, gt_bin).sum()
+    total = pred_bin.sum() + gt_bin.sum()
+    union = total - inter
+    if total == 0:
+        return 1.0, 1.0
+    return float(inter / union), float(2 * inter / total)
+
+
+class Evaluator:
+    """step() one image at a time; results() averages. full=False computes only the
+    cheap per-epoch validation set (IoU, Dice, MAE, Sm)."""
+
+    def __init__(self, full: bool = True):
+        self.full = full
+        self.records: list[dict] = []
+        self.sm, self.mae = sod.Smeasure(), sod.MAE()
+        if full:
+            self.wfm, self.em, self.fm = sod.WeightedFmeasure(), sod.Emeasure(), sod.Fmeasure()
+
+    def step(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> dict:
+        """pred: uint8 0..255 (or float 0..1) map at the GT's size; gt: uint8 grey levels."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"{name}: prediction {pred.shape} and GT {gt.shape} differ in size; "
+                             f"resize predictions to the GT's original size")
+        if pred.dtype != np.uint8:
+            pred = to_uint8(pred)
+        gt = binarise_gt(gt)
+        iou, dice = iou_dice(pred >= 128, gt > 0)  # 128/255 is the first 8-bit level >= 0.5
+        self.sm.step(pred, gt)
+        self.mae.step(pred, gt)
+        rec = {"name": name, "IoU": iou, "Dice": dice, "Sm": float(self.sm.sms[-1]),
+               "MAE": float(self.mae.maes[-1])}
+        if self.full:
+            self.wfm.step(pred, gt)
+            self.em.step(pred, gt)
+            self.fm.step(pred, gt)
+        self.records.append(rec)
+        return rec
+
+    def results(self) -> dict:
+        if not self.records:
+            return {}
+        out = {k: float(np.mean([r[k] for r in self.records])) for k in ("IoU", "Dice", "Sm", "MAE")}
+        if self.full:
+            em, fm = self.em.get_results()["em"], self.fm.get_results()["fm"]
+            out.update(wFm=float(self.wfm.get_results()["wfm"]),
+                       meanEm=float(em["curve"].mean()), maxEm=float(em["curve"].max()),
+                       adpEm=float(em["adp"]), meanFm=float(fm["curve"].mean()),
+                       maxFm=float(fm["curve"].max()), adpFm=float(fm["adp"]))
+        out["images"] = len(self.records)
+        return out
+
+
+def mean_records(records: list[dict]) -> dict:
+    """Average per-image records gathered from several processes."""
+    if not records:
+        return {}
+    out = {k: float(np.mean([r[k] for r in records])) for k in ("IoU", "Dice", "Sm", "MAE")}
+    out["images"] = len(records)
+    return out

@@ -1,0 +1,117 @@
+"""timm backbone wrapper: multi-scale features, channel/reduction contract, and
+stage groups for freezing (one group per feature level, deepest last)."""
+
+import difflib
+import os
+
+import timm
+import torch
+from torch import nn
+
+from ..config import ConfigError
+
+
+class BackboneError(ValueError):
+    """A backbone or its weights cannot be used; the message says how to proceed."""
+
+
+def check_backbone(name: str, img_size: int) -> None:
+    """Reject an unknown timm name (suggesting close ones) or an image size that is
+    not a multiple of the backbone's output stride, without building real weights."""
+    available = timm.list_models()
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ConfigError(f"--backbone {name} is not a timm model{hint}")
+    try:
+        with torch.device("meta"):
+            body = timm.create_model(name, features_only=True, pretrained=False)
+    except Exception as e:  # timm raises RuntimeError/ValueError/NotImplementedError variously
+        raise ConfigError(f"--backbone {name} does not support features_only ({e}); choose a CNN or "
+                          f"hierarchical transformer such as edgenext_base or resnet50") from None
+    stride = max(body.feature_info.reduction())
+    if img_size % stride:
+        lower, upper = img_size // stride * stride, (img_size // stride + 1) * stride
+        raise ConfigError(f"--img-size {img_size} is not a multiple of {name}'s output stride {stride}; "
+                          f"use {lower or upper} or {upper}")
+
+
+def _norm(name: str) -> str:
+    # features_only wrappers rename 'stages.0' to 'stages_0'; compare in one spelling.
+    return name.replace("_", ".")
+
+
+def assign_groups(module_names: list[str], feature_modules: list[str]) -> dict[str, int]:
+    """Group index per module name, in definition order: a module inside feature
+    module i is in group i; one before it (a stem, a block between two taps)
+    joins the next feature module's group; anything after the last joins the last."""
+    feats = [_norm(f) for f in feature_modules]
+    groups: dict[str, int] = {}
+    pending: list[str] = []
+    for name in module_names:
+        n = _norm(name)
+        hit = next((i for i, f in enumerate(feats) if n == f or n.startswith(f + ".")), None)
+        if hit is None:
+            pending.append(name)
+            continue
+        for p in pending:
+            groups[p] = hit
+        pending = []
+        groups[name] = hit
+    for p in pending:
+        groups[p] = len(feats) - 1
+    return groups
+
+
+class Backbone(nn.Module):
+    def __init__(self, name: str, pretrained: bool = False, pretrained_path: str | None = None):
+        super().__init__()
+        self.name = name
+        self.body = _create(name, pretrained, pretrained_path)
+        info = self.body.feature_info
+        self.channels: list[int] = list(info.channels())
+        self.reductions: list[int] = list(info.reduction())
+        self.num_groups = len(self.channels)
+        module_names = [n for n, _ in self.body.named_modules() if n]
+        self._module_group = assign_groups(module_names, list(info.module_name()))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body(x)
+
+    def group_of(self, param_name: str) -> int:
+        module = param_name.rsplit(".", 1)[0]
+        while module not in self._module_group and "." in module:
+            module = module.rsplit(".", 1)[0]
+        return self._module_group.get(module, 0)
+
+    def named_parameters_by_group(self) -> list[list[tuple[str, nn.Parameter]]]:
+        groups: list[list] = [[] for _ in range(self.num_groups)]
+        for n, p in self.body.named_parameters():
+            groups[self.group_of(n)].append((n, p))
+        return groups
+
+    def modules_of_group(self, g: int) -> list[nn.Module]:
+        return [m for n, m in self.body.named_modules() if n and self._module_group.get(n) == g]
+
+
+def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Module:
+    if pretrained_path:
+        if not os.path.isfile(pretrained_path):
+            raise BackboneError(f"--pretrained-path {pretrained_path}: no such file")
+        # timm maps a full-model state dict onto the features_only model and drops the classifier.
+        try:
+            return timm.create_model(name, features_only=True, pretrained=True,
+                                     pretrained_cfg_overlay={"file": pretrained_path})
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise BackboneError(f"--pretrained-path {pretrained_path} does not fit {name}: {first}; "
+                                f"the file must be a state dict of timm's {name}") from None
+    if pretrained:
+        try:
+            return timm.create_model(name, features_only=True, pretrained=True)
+        except Exception as e:
+            raise BackboneError(
+                f"could not fetch ImageNet weights for {name} ({type(e).__name__}: no network?); "
+                f"use --pretrained-path FILE with a local .pth/.safetensors, or pre-fill the Hugging Face "
+                f"cache and set HF_HUB_OFFLINE=1, or drop --pretrained") from None
+    return timm.create_model(name, features_only=True, pretrained=False)
