@@ -18,6 +18,9 @@ def _train(args) -> int:
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     from .engine.trainer import train
     state = train(cfg)
+    if state.best_epoch == 0:
+        print(f"nothing to train: the run already ended at epoch {state.epoch} of {cfg.stages.epochs}")
+        return 0
     print(f"done: best validation IoU {state.best_iou:.4f} at epoch {state.best_epoch}; "
           f"checkpoints in {cfg.run.checkpoint_dir}")
     return 0
@@ -55,6 +58,17 @@ def _model_summary(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from .inference import Predictor, evaluate, format_table, write_results
+    predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device)
+    results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds)
+    print(format_table(results))
+    if args.out:
+        write_results(results, args.out)
+        print(f"wrote metrics.json, metrics.csv and metrics.md to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="camodet", description="Camouflaged object detection: train, evaluate, ship.")
     p.add_argument("--version", action="version", version=f"camodet {__version__}")
@@ -81,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_data_check)
 
+    e = sub.add_parser("evaluate", help="the field's metrics on test splits, at original resolution")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset-path", nargs="+", required=True)
+    e.add_argument("--out", help="folder for metrics.json/.csv/.md")
+    e.add_argument("--save-preds", help="write 8-bit probability maps as DIR/<dataset>/<stem>.png")
+    e.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--num-workers", type=int, default=2)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_evaluate)
+
     mgrp = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     m = mgrp.add_parser("summary", help="parameters by part and GFLOPs")
     m.add_argument("--backbone", default="edgenext_base")
@@ -94,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     args = build_parser().parse_args(argv)
     from .data.io import DataError
     from .engine.checkpoint import CheckpointError

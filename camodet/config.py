@@ -90,6 +90,7 @@ class RunConfig:
     seed: int = opt(42, "random seed (data split, order, augmentation, init)")
     use_ddp: bool = opt(False, "accepted for compatibility; torchrun's environment decides")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    keep_last: int = opt(0, "also keep epoch_N.pth for the last K epochs (0 = only last.pth and best)")
     log_every: int = opt(20, "optimizer steps between progress-bar metric updates")
 
 
@@ -281,6 +282,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(d.img_size >= 32, f"--img-size must be at least 32 (got {d.img_size})")
     need(0.0 <= d.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {d.val_fraction})")
     need(d.num_workers >= 0, f"--num-workers must be >= 0 (got {d.num_workers})")
+    need(r.keep_last >= 0, f"--keep-last must be >= 0 (got {r.keep_last})")
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
     need(not (r.resume_from and r.init_from),

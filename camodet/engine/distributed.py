@@ -62,6 +62,15 @@ def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def check_in_sync(model: torch.nn.Module, d: Dist) -> None:
+    """Raise if any rank's parameters differ from rank 0's (a DDP wrapping bug would show here)."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    gathered = gather_objects(sums, d)
+    bad = [r for r, s in enumerate(gathered) if not torch.equal(s, gathered[0])]
+    if bad:
+        raise RuntimeError(f"parameters of rank(s) {bad} differ from rank 0 after training")
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -31,7 +31,7 @@ log = logging.getLogger("camodet")
 # Settings that do not change what a run computes; a resume that differs only in
 # these is still an exact continuation.
 NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.device", "run.log_every",
-                       "run.use_ddp", "data.num_workers", "data.skip_bad_files"}
+                       "run.use_ddp", "run.keep_last", "data.num_workers", "data.skip_bad_files"}
 
 
 @dataclass
@@ -224,6 +224,10 @@ def train(cfg: TrainConfig) -> State:
             if improved:
                 atomic_save(checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best=True),
                             os.path.join(run_dir, "best_model.pth"))
+            if cfg.run.keep_last > 0:
+                keep_numbered(run_dir, epoch, cfg.run.keep_last,
+                              lambda p: atomic_save(checkpoint_dict(model, ema, optimizer, scaler, state, stage,
+                                                                    cfg, best=False), p))
             history.append(metrics_path, {"type": "epoch", "epoch": epoch, "stage": stage,
                                           "global_step": state.global_step, "time_s": round(seconds, 3),
                                           "images_per_s": stats["images_per_s"], **stats["parts"],
@@ -233,16 +237,28 @@ def train(cfg: TrainConfig) -> State:
             print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
                   f"stage {stage} | {seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
                   + (" | best" if improved else ""), flush=True)
+    if d.enabled:
+        distributed.check_in_sync(model, d)
+        say(f"all {d.world} ranks hold identical parameters")
     distributed.barrier(d)
     distributed.shutdown(d)
     return state
 
 
+def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
+    """epoch_N.pth for the last `keep` epochs, ordered by N as a number (epoch_10 after epoch_9)."""
+    save(os.path.join(run_dir, f"epoch_{epoch}.pth"))
+    numbered = sorted((int(f[6:-4]), f) for f in os.listdir(run_dir)
+                      if f.startswith("epoch_") and f.endswith(".pth") and f[6:-4].isdigit())
+    for _, f in numbered[:-keep]:
+        os.unlink(os.path.join(run_dir, f))
+
+
 def train_one_epoch(ddp_model, model, ema, optimizer, scaler, loader, plan: Plan, epoch: int, state: State,
                     cfg: TrainConfig, device, dtype, d: distributed.Dist) -> dict:
-    """One pass over the loader. The last accumulation window of an epoch may be
-    shorter; its micro-losses are divided by its real length so every optimizer
-    step averages over the images it saw. No host sync except every log_every steps."""
+    """One pass over the loader. Each micro-batch loss is weighted by its share of the
+    images in its accumulation window, so a short last window (or a short last
+    micro-batch) still gives the mean over exactly the images it saw. No host sync except every log_every steps."""
     ddp_model.train()
     accum = cfg.optim.accumulation_steps
     micro_total = len(loader)
@@ -254,9 +270,11 @@ def train_one_epoch(ddp_model, model, ema, optimizer, scaler, loader, plan: Plan
     images, lr = 0, 0.0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if d.is_main else True)
     t0 = time.time()
+    per_rank, micro_batch = len(loader.sampler), loader.batch_size
     for i, batch in enumerate(bar):
         step = i // accum
-        window = accum if step < steps_per_epoch - 1 else micro_total - (steps_per_epoch - 1) * accum
+        # Images in this optimizer step's window: only the epoch's last micro-batch can be short.
+        window_images = min(per_rank, (step + 1) * accum * micro_batch) - step * accum * micro_batch
         boundary = (i + 1) % accum == 0 or i == micro_total - 1
         if i % accum == 0:
             lr = set_lrs(optimizer, plan, epoch, step, steps_per_epoch)
@@ -267,7 +285,7 @@ def train_one_epoch(ddp_model, model, ema, optimizer, scaler, loader, plan: Plan
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = ddp_model(image)
             loss, parts = total_loss(out, mask, model.side_weights, cfg.optim.moe_loss_weight)
-            scaler.scale(loss / window).backward()
+            scaler.scale(loss * (image.shape[0] / window_images)).backward()
         if boundary:
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)

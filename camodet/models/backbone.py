@@ -100,12 +100,14 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
             raise BackboneError(f"--pretrained-path {pretrained_path}: no such file")
         # timm maps a full-model state dict onto the features_only model and drops the classifier.
         try:
-            return timm.create_model(name, features_only=True, pretrained=True,
+            body = timm.create_model(name, features_only=True, pretrained=True,
                                      pretrained_cfg_overlay={"file": pretrained_path})
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise BackboneError(f"--pretrained-path {pretrained_path} does not fit {name}: {first}; "
                                 f"the file must be a state dict of timm's {name}") from None
+        _verify_complete(body, read_state_dict(pretrained_path), name, pretrained_path)
+        return body
     if pretrained:
         try:
             return timm.create_model(name, features_only=True, pretrained=True)
@@ -115,3 +117,32 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
                 f"use --pretrained-path FILE with a local .pth/.safetensors, or pre-fill the Hugging Face "
                 f"cache and set HF_HUB_OFFLINE=1, or drop --pretrained") from None
     return timm.create_model(name, features_only=True, pretrained=False)
+
+
+def read_state_dict(path: str) -> dict:
+    """A plain state dict from .safetensors or .pth (unwrapping 'state_dict'/'model', 'module.')."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise BackboneError(f"--pretrained-path {path}: not a readable weights file ({type(e).__name__}); "
+                                f"give a .pth state dict or a .safetensors file") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _verify_complete(body: nn.Module, file_sd: dict, name: str, path: str) -> None:
+    """timm loads feature models non-strictly (the classifier is dropped on purpose);
+    we still insist that every feature tensor came from the file."""
+    have = {_norm(k): v.shape for k, v in file_sd.items()}
+    missing = [k for k, v in body.state_dict().items()
+               if have.get(_norm(k)) != v.shape and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise BackboneError(f"--pretrained-path {path} does not fit {name}: {len(missing)} backbone tensors "
+                            f"missing or of another shape (first: {missing[0]}); the file must be a state dict "
+                            f"of timm's {name}")

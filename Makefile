@@ -1,0 +1,30 @@
+# `make demo`: install, generate synthetic data, train on the CPU, evaluate, report.
+# `make test`: install and run the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo_out
+STAMP := $(VENV)/.camodet-installed
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m camodet synth $(DEMO)/data --train 300 --test 60 --min-size 128 --max-size 256 --seed 0
+	$(PY) -m camodet model summary --backbone edgenext_xx_small --num-experts 4 --img-size 128
+	$(PY) -m camodet train --config configs/demo.yaml --dataset-path $(DEMO)/data --checkpoint-dir $(DEMO)/run
+	$(PY) -m camodet evaluate $(DEMO)/run/best_model.pth --dataset-path $(DEMO)/data --out $(DEMO)/eval
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,88 @@
+import argparse
+
+import pytest
+
+from camodet.cli import build_parser
+from camodet.config import ConfigError, TrainConfig, add_arguments, from_args, load_yaml, save_yaml
+
+REFERENCE = """train --dataset-path {data} --checkpoint-dir runs/batch8
+    --resume-from {ckpt} --skip-stage1
+    --backbone edgenext_base --num-experts 7
+    --batch-size 8 --stage2-batch-size 2 --accumulation-steps 2
+    --img-size 384 --epochs 120 --stage1-epochs 30
+    --lr 0.0004 --stage2-lr 0.00018 --scheduler cosine --min-lr 0.00001
+    --warmup-epochs 3 --progressive-unfreeze --deep-supervision
+    --num-workers 4 --use-ema --ema-decay 0.999"""
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return from_args(p.parse_args(argv))
+
+
+def test_reference_workflow_flags_parse_verbatim(tmp_path):
+    ckpt = tmp_path / "best_model.pth"
+    ckpt.write_bytes(b"x")
+    args = build_parser().parse_args(REFERENCE.format(data=tmp_path, ckpt=ckpt).split())
+    cfg = from_args(args)
+    assert cfg.optim.stage2_batch_size == 2 and cfg.optim.accumulation_steps == 2
+    assert cfg.stages.skip_stage1 and cfg.stages.progressive_unfreeze and cfg.model.deep_supervision
+    assert cfg.optim.use_ema and cfg.optim.ema_decay == 0.999 and cfg.stage2_lr == 0.00018
+    assert cfg.data.dataset_path == [str(tmp_path)] and cfg.model.num_experts == 7
+    cfg.validate()
+
+
+def test_cli_beats_yaml_beats_defaults(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("optim:\n  lr: 0.002\n  batch_size: 3\nstages:\n  epochs: 9\n")
+    cfg = parse(["--config", str(y), "--lr", "0.005"])
+    assert cfg.optim.lr == 0.005          # CLI over YAML
+    assert cfg.optim.batch_size == 3      # YAML over default
+    assert cfg.optim.min_lr == TrainConfig().optim.min_lr  # default
+
+
+def test_flat_yaml_keys_and_roundtrip(tmp_path):
+    y = tmp_path / "flat.yaml"
+    y.write_text("stage2-lr: 0.0001\nuse_ema: true\n")
+    cfg = parse(["--config", str(y)])
+    assert cfg.stage2_lr == 0.0001 and cfg.optim.use_ema
+    out = tmp_path / "config.yaml"
+    save_yaml(cfg, out)
+    assert TrainConfig.from_dict(load_yaml(str(out))) == cfg
+
+
+def test_no_amp_flag():
+    assert parse(["--no-amp"]).optim.amp == "off"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--epochs", "-3"], "--epochs must be positive"),
+    (["--epochs", "10", "--stage1-epochs", "20"], "--stage1-epochs (20) exceeds --epochs (10)"),
+    (["--accumulation-steps", "0"], "--accumulation-steps must be at least 1"),
+    (["--min-lr", "0.01", "--lr", "0.001"], "--min-lr (0.01) is above --lr"),
+    (["--min-lr", "0.0005", "--lr", "0.001", "--stage2-lr", "0.0001"], "is above --stage2-lr"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--top-k", "5", "--num-experts", "3"], "--top-k (5) must be between 1 and --num-experts (3)"),
+    (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1"),
+    (["--dataset-path", "/no/such/dir"], "dataset path /no/such/dir does not exist"),
+    (["--resume-from", "/no/such.pth"], "--resume-from /no/such.pth: no such file"),
+    (["--images", "/tmp"], "--images and --masks must be given together"),
+])
+def test_rejected_values(argv, message, tmp_path):
+    base = ["--dataset-path", str(tmp_path)] if "--dataset-path" not in argv else []
+    with pytest.raises(ConfigError) as e:
+        parse(base + argv).validate()
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_value_is_named(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="--lr: cannot read 'fast'"):
+        parse(["--config", str(y)])
+    y.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'optim.learning_rate'"):
+        parse(["--config", str(y)])

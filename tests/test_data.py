@@ -1,0 +1,162 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camodet.data.check import check_dataset
+from camodet.data.dataset import CODDataset
+from camodet.data.io import DataError, read_image, read_mask
+from camodet.data.layouts import detect_layout, gather, list_samples
+from camodet.data.synth import make_sample, write_dataset
+
+from .conftest import real_samples_dir
+
+
+def _pair(img_dir, gt_dir, stem, size=(40, 30)):
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(gt_dir, exist_ok=True)
+    Image.new("RGB", size, (10, 20, 30)).save(os.path.join(img_dir, stem + ".jpg"))
+    Image.new("L", size, 255).save(os.path.join(gt_dir, stem + ".png"))
+
+
+@pytest.mark.parametrize("layout, dirs, splits", [
+    ("COD10K-v3", [("Train/Image", "Train/GT_Object"), ("Test/Image", "Test/GT_Object")], {"train", "test"}),
+    ("CAMO", [("Images/Train", "GT"), ("Images/Test", "GT")], {"train", "test"}),
+    ("Imgs/GT", [("Imgs", "GT")], {"all"}),
+    ("SINet", [("TrainDataset/Imgs", "TrainDataset/GT"), ("TestDataset/CHAMELEON/Imgs", "TestDataset/CHAMELEON/GT")],
+     {"train", "test"}),
+])
+def test_layouts_detected(tmp_path, layout, dirs, splits):
+    root = tmp_path / "NC4K"
+    for k, (img, gt) in enumerate(dirs):
+        _pair(root / img, root / gt, f"img{k}")
+    found = detect_layout(str(root))
+    assert {s.split for s in found} == splits and {s.layout for s in found} == {layout}
+    if layout == "SINet":
+        assert {s.dataset for s in found if s.split == "test"} == {"CHAMELEON"}
+    assert sum(len(list_samples(s).samples) for s in found) >= len(dirs)
+
+
+def test_unknown_layout_message(tmp_path):
+    with pytest.raises(DataError, match="no known dataset layout.*--images DIR --masks DIR"):
+        detect_layout(str(tmp_path))
+
+
+def test_cod10k_cam_only_by_default(synth_root):
+    train = gather([synth_root], "train")
+    assert train and not any(s.is_noncam for s in train)
+    everything = gather([synth_root], "train", include_noncam=True)
+    assert len(everything) == 24 and sum(s.is_noncam for s in everything) == 3
+
+
+def test_several_roots_combine(synth_root, tmp_path):
+    other = tmp_path / "CAMO"
+    _pair(other / "Images/Train", other / "GT", "camo_1")
+    both = gather([synth_root, str(other)], "train")
+    assert len(both) == len(gather([synth_root], "train")) + 1
+    assert {s.dataset for s in both} == {"COD10K", "CAMO"}
+
+
+def test_unmatched_and_mismatched_files(tmp_path):
+    root = tmp_path / "ds"
+    _pair(root / "Imgs", root / "GT", "good")
+    _pair(root / "Imgs", root / "GT", "wrong_size")
+    Image.new("L", (10, 10)).save(root / "GT" / "wrong_size.png")
+    Image.new("RGB", (8, 8)).save(root / "Imgs" / "lonely.jpg")
+    Image.new("L", (8, 8)).save(root / "GT" / "orphan.png")
+    with pytest.raises(DataError) as e:
+        gather([str(root)], "train")
+    assert "--skip-bad-files" in str(e.value) and "2 more" in str(e.value)
+    assert [s.name for s in gather([str(root)], "train", skip_bad_files=True)] == ["good"]
+    report = check_dataset(str(root))
+    text = " ".join(report["problems"])
+    assert "orphan.png: mask without an image" in text and "lonely.jpg: image without a mask" in text
+    assert "wrong_size.png: mask is 10x10 but its image is 40x30" in text
+
+
+def test_unreadable_file_named_and_skippable(tmp_path):
+    root = tmp_path / "ds"
+    _pair(root / "Imgs", root / "GT", "a")
+    _pair(root / "Imgs", root / "GT", "b")
+    (root / "Imgs" / "b.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(DataError, match="b.jpg: unreadable image"):
+        gather([str(root)], "train")
+    samples = gather([str(root)], "train", skip_bad_files=True)
+    assert [s.name for s in samples] == ["a"]
+
+
+def test_corrupt_file_in_dataset_names_file(tmp_path):
+    root = tmp_path / "ds"
+    _pair(root / "Imgs", root / "GT", "a")
+    samples = gather([str(root)], "train")
+    data = (root / "Imgs" / "a.jpg").read_bytes()
+    (root / "Imgs" / "a.jpg").write_bytes(data[:60])  # header survives, pixels do not
+    with pytest.raises(DataError, match="a.jpg"):
+        CODDataset(samples, 32, train=True)[0]
+
+
+def test_image_modes(tmp_path):
+    rgb = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray((rgb[:, :, 0].astype(np.uint16) * 257)).save(tmp_path / "deep.png")
+    for name in ("grey.png", "rgba.png", "cmyk.jpg", "deep.png"):
+        arr = read_image(str(tmp_path / name))
+        assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8, name
+    assert abs(int(read_image(str(tmp_path / "deep.png"))[0, 0, 0]) - int(rgb[0, 0, 0])) <= 1
+    Image.fromarray((np.full((20, 30), 65535, np.uint16))).save(tmp_path / "mask16.png")
+    assert read_mask(str(tmp_path / "mask16.png")).min() == 255
+
+
+def test_exif_rotation_applied(tmp_path):
+    img = Image.new("RGB", (30, 20), (200, 0, 0))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 when displayed
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    assert read_image(str(tmp_path / "rot.jpg")).shape == (30, 20, 3)
+
+
+@pytest.mark.skipif(real_samples_dir() is None, reason="../shared/data/real_camo_samples not present")
+def test_real_camo_samples_load_with_original_sizes(tmp_path):
+    samples = gather([real_samples_dir()], "test")
+    sizes = {s.name: s.size for s in samples}
+    assert sizes == {"camourflage_00012": (632, 420), "camourflage_00018": (940, 628),
+                     "camourflage_00061": (960, 640), "camourflage_00064": (589, 617)}
+    ds = CODDataset(samples, 96, train=False)
+    for i, s in enumerate(samples):
+        item = ds[i]
+        assert item["gt"].shape == (s.size[1], s.size[0]) and item["image"].shape == (3, 96, 96)
+        assert 0 < (item["gt"] > 127).mean() < 1
+
+
+def test_synth_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_dataset(str(a), 3, 1, seed=5)
+    write_dataset(str(b), 3, 1, seed=5)
+    for f in sorted((a / "Train" / "Image").iterdir()):
+        assert f.read_bytes() == (b / "Train" / "Image" / f.name).read_bytes()
+    write_dataset(str(tmp_path / "c"), 3, 1, seed=6)
+    first = sorted((a / "Train" / "Image").iterdir())[0].name
+    assert (a / "Train/Image" / first).read_bytes() != (tmp_path / "c/Train/Image" / first).read_bytes()
+    assert len(detect_layout(str(a))) == 2
+
+
+def test_synth_object_has_background_colours():
+    """The object is drawn from the background's palette: mean colours nearly agree."""
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(10):
+        image, mask = make_sample(rng, 128, 128)
+        inside, outside = image[mask > 0].mean(0), image[mask == 0].mean(0)
+        gaps.append(np.abs(inside - outside).max() / image.std())
+    assert np.median(gaps) < 0.5
+
+
+def test_train_augmentation_reproducible(synth_root):
+    ds = CODDataset(gather([synth_root], "train"), 48, train=True)
+    a, b, c = ds[(2, [1, 1, 2])], ds[(2, [1, 1, 2])], ds[(2, [1, 2, 2])]
+    assert (a["image"] == b["image"]).all() and not (a["image"] == c["image"]).all()
+    assert a["mask"].shape == (1, 48, 48) and set(a["mask"].unique().tolist()) <= {0.0, 1.0}
