@@ -7,7 +7,7 @@ from .io import DataError, read_image, read_mask
 from .layouts import detect_layout, list_samples
 
 
-def check_dataset(root: str, include_noncam: bool = True, decode: bool = True) -> dict:
+def check_dataset(root: str, decode: bool = True) -> dict:
     """Report per split: counts, CAM/NonCAM, size distribution, and every problem
     (unmatched, size mismatch, unreadable). decode=True reads every file fully."""
     report = {"root": root, "splits": [], "problems": []}
@@ -29,7 +29,7 @@ def check_dataset(root: str, include_noncam: bool = True, decode: bool = True) -
             "dataset": split.dataset, "split": split.split, "layout": split.layout,
             "images": split.images, "masks": split.masks, "pairs": len(samples),
             "cam": len(samples) - noncam, "noncam": noncam,
-            "used_by_default": len(samples) - (noncam if split.layout == "COD10K-v3" and not include_noncam else 0),
+            "used_by_default": len(samples) - (noncam if split.layout == "COD10K-v3" else 0),
             "width": [int(widths.min()), int(np.median(widths)), int(widths.max())],
             "height": [int(heights.min()), int(np.median(heights)), int(heights.max())],
             "problems": len(problems)})

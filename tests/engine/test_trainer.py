@@ -176,12 +176,13 @@ def test_reference_workflow_twice(synth_root, tmp_path):
     ref = ("train --dataset-path {data} --checkpoint-dir {out} {resume}"
            "--backbone edgenext_xx_small --num-experts 7 "
            "--batch-size 8 --stage2-batch-size 2 --accumulation-steps 2 "
-           "--img-size 64 --epochs 4 --stage1-epochs 2 "
+           "--img-size 64 --epochs {epochs} --stage1-epochs 2 "
            "--lr {lr} --stage2-lr {lr2} --scheduler cosine --min-lr 0.00001 "
            "--warmup-epochs 1 --progressive-unfreeze --deep-supervision "
            "--num-workers 2 --use-ema --ema-decay 0.999")
-    first = ref.format(data=synth_root, out=tmp_path / "old", resume="", lr="0.0004", lr2="0.00018")
-    second = ref.format(data=synth_root, out=tmp_path / "batch8", lr="0.0003", lr2="0.0001",
+    first = ref.format(data=synth_root, out=tmp_path / "old", resume="", lr="0.0004", lr2="0.00018",
+                       epochs=4)
+    second = ref.format(data=synth_root, out=tmp_path / "batch8", lr="0.0003", lr2="0.0001", epochs=7,
                         resume=f"--resume-from {tmp_path / 'old' / 'best_model.pth'} --skip-stage1 ")
     for cmd in (first, second):
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_ultimate.py"), *cmd.split()],
@@ -189,7 +190,8 @@ def test_reference_workflow_twice(synth_root, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "Epoch" in proc.stdout and "IoU:" in proc.stdout
     assert "warm restart" in proc.stdout and "optim.stage2_lr: 0.00018 -> 0.0001" in proc.stdout
-    assert os.path.isfile(tmp_path / "batch8" / "last.pth")
+    assert "stage 2 from epoch" in proc.stdout and "Epoch 7:" in proc.stdout and "Epoch 1:" not in proc.stdout
+    assert load_checkpoint(tmp_path / "batch8" / "last.pth")["epoch"] == 7
 
 
 @pytest.mark.slow

@@ -1,0 +1,44 @@
+import json
+import os
+import subprocess
+import sys
+
+from camodet.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_entry_points_agree():
+    for cmd in ([sys.executable, "-m", "camodet", "--help"], [sys.executable, os.path.join(ROOT, "train_ultimate.py"), "--help"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0 and "synth" in proc.stdout and "train" in proc.stdout
+
+
+def test_synth_and_data_check(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["synth", str(out), "--train", "5", "--test", "2", "--seed", "1", "--noncam-every", "5",
+                 "--min-size", "48", "--max-size", "64"]) == 0
+    assert main(["data", "check", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    train = [s for s in report["splits"] if s["split"] == "train"][0]
+    assert (train["pairs"], train["cam"], train["noncam"], train["used_by_default"]) == (5, 4, 1, 4)
+    assert 48 <= train["width"][0] <= train["width"][2] <= 64 and report["problems"] == []
+    os.remove(out / "Train" / "GT_Object" / sorted(os.listdir(out / "Train" / "GT_Object"))[0])
+    assert main(["data", "check", str(out)]) == 1
+    assert "image without a mask" in capsys.readouterr().out
+
+
+def test_model_summary(capsys):
+    assert main(["model", "summary", "--backbone", "edgenext_xx_small", "--num-experts", "3", "--img-size", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "experts" in text and "GFLOPs" in text
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "--dataset-path", str(tmp_path), "--epochs", "5", "--stage1-epochs", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("camodet: error: --stage1-epochs (9) exceeds --epochs (5)") and "\n" not in err
+    assert main(["train", "--dataset-path", str(tmp_path), "--backbone", "edgenext_bse"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["train", "--dataset-path", str(tmp_path), "--backbone", "edgenext_xx_small"]) == 2
+    assert "no known dataset layout" in capsys.readouterr().err
