@@ -3,6 +3,8 @@ binarised at > 127, structure/enhanced/weighted-F/F-measures and MAE through
 pysodmetrics, plus per-image IoU and Dice of (probability >= 0.5) vs GT,
 averaged over images (empty GT and empty prediction score 1)."""
 
+import warnings
+
 import numpy as np
 import py_sod_metrics as sod
 
@@ -47,7 +49,11 @@ class Evaluator:
         self.records: list[dict] = []
         self.sm, self.mae = sod.Smeasure(), sod.MAE()
         if full:
-            self.wfm, self.em, self.fm = sod.WeightedFmeasure(), sod.Emeasure(), sod.Fmeasure()
+            with warnings.catch_warnings():
+                # pysodmetrics nudges towards FmeasureV2; the classic class is what published tables use.
+                warnings.simplefilter("ignore", UserWarning)
+                self.fm = sod.Fmeasure()
+            self.wfm, self.em = sod.WeightedFmeasure(), sod.Emeasure()
 
     def step(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> dict:
         """pred: uint8 0..255 (or float 0..1) map at the GT's size; gt: uint8 grey levels."""
