@@ -51,8 +51,7 @@ def test_accumulation_matches_bigger_batch(tiny_args, tmp_path):
     run(b)
     wa, wb = weights(tmp_path / "a" / "last.pth"), weights(tmp_path / "b" / "last.pth")
     assert load_checkpoint(tmp_path / "a" / "last.pth")["global_step"] == 3   # 19 images: 8 + 8 + 3
-    changed = [k for k in wa if not torch.equal(wa[k], weights(tmp_path / "b" / "last.pth")[k])]
-    assert changed  # sums differ in order, so not bitwise, but numerically the same update
+    # sums run in another order, so equal within float tolerance rather than bitwise
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=2e-5, rtol=1e-4), k
 
