@@ -8,6 +8,7 @@ from dataclasses import fields
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -90,7 +91,6 @@ def evaluate(predictor: Predictor, dataset_paths: list[str], batch_size: int = 8
                     pred = to_uint8(probability_at(logits[j], gt.shape))
                     ev.step(pred, gt, sample.name)
                     if save_preds:
-                        from PIL import Image
                         os.makedirs(os.path.join(save_preds, name), exist_ok=True)
                         Image.fromarray(pred).save(os.path.join(save_preds, name, sample.name + ".png"))
             results[name] = ev.results()

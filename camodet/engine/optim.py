@@ -9,7 +9,7 @@ DECODER = -1  # 'backbone_group' of the decoder/heads groups
 
 
 def param_groups(model: CamoDetector, weight_decay: float) -> list[dict]:
-    named = [(g, model.backbone.named_parameters_by_group()[g]) for g in range(model.backbone.num_groups)]
+    named = list(enumerate(model.backbone.named_parameters_by_group()))
     named.append((DECODER, [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]))
     groups = []
     for g, params in named:

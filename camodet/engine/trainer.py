@@ -219,15 +219,13 @@ def train(cfg: TrainConfig) -> State:
             state.best_iou, state.best_epoch = iou, epoch
 
         if d.is_main:
-            atomic_save(checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best=False),
-                        os.path.join(run_dir, "last.pth"))
+            last = checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best=False)
+            atomic_save(last, os.path.join(run_dir, "last.pth"))
+            if cfg.run.keep_last > 0:
+                keep_numbered(run_dir, epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
             if improved:
                 atomic_save(checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best=True),
                             os.path.join(run_dir, "best_model.pth"))
-            if cfg.run.keep_last > 0:
-                keep_numbered(run_dir, epoch, cfg.run.keep_last,
-                              lambda p: atomic_save(checkpoint_dict(model, ema, optimizer, scaler, state, stage,
-                                                                    cfg, best=False), p))
             history.append(metrics_path, {"type": "epoch", "epoch": epoch, "stage": stage,
                                           "global_step": state.global_step, "time_s": round(seconds, 3),
                                           "images_per_s": stats["images_per_s"], **stats["parts"],
@@ -263,7 +261,7 @@ def train_one_epoch(ddp_model, model, ema, optimizer, scaler, loader, plan: Plan
     accum = cfg.optim.accumulation_steps
     micro_total = len(loader)
     steps_per_epoch = math.ceil(micro_total / accum)
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     loss_sum = torch.zeros((), device=device)
     part_sums: dict[str, torch.Tensor] = {}
     usage_sum = None

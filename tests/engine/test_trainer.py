@@ -205,7 +205,9 @@ def test_torchrun_two_processes_gloo(synth_root, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "all 2 ranks hold identical parameters" in proc.stdout
-    assert "backbone groups [1, 2, 3] now train" in proc.stdout or "now train" in proc.stdout
+    # stage 2 = epochs 2..4 with 4 groups: milestones at epochs 3 and 4 (the shallowest waits for 5)
+    assert "epoch 3: backbone groups [2, 3] now train" in proc.stdout
+    assert "epoch 4: backbone groups [1, 2, 3] now train" in proc.stdout
     epochs = [r for r in history.read(out / "metrics.jsonl") if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]            # rank 0 alone wrote
     assert proc.stdout.count("Epoch 4:") == 1
