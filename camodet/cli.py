@@ -3,12 +3,15 @@
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 
 from . import __version__
 from .config import ConfigError, add_arguments, from_args
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 def _train(args) -> int:
@@ -18,6 +21,11 @@ def _train(args) -> int:
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     from .engine.trainer import train
     state = train(cfg)
+    if state.interrupted:
+        last = os.path.join(cfg.run.checkpoint_dir, "last.pth")
+        print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue with the same command "
+              f"and --resume-from {last}", file=sys.stderr)
+        return 128 + int(getattr(signal, state.interrupted))
     if state.best_epoch == 0:
         print(f"nothing to train: the run already ended at epoch {state.epoch} of {cfg.stages.epochs}")
         return 0
@@ -69,6 +77,13 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    from .engine.inspect import format_inspection, inspect_checkpoint
+    report = inspect_checkpoint(args.checkpoint)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_inspection(report))
+    return report["exit_code"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="camodet", description="Camouflaged object detection: train, evaluate, ship.")
     p.add_argument("--version", action="version", version=f"camodet {__version__}")
@@ -106,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_evaluate)
 
+    i = sub.add_parser("inspect", help="verify a checkpoint: position, metrics, config, NaN/Inf tensors "
+                                       "(exit 0 clean, 1 non-finite, 2 unreadable)")
+    i.add_argument("checkpoint")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_inspect)
+
     mgrp = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     m = mgrp.add_parser("summary", help="parameters by part and GFLOPs")
     m.add_argument("--backbone", default="edgenext_base")
@@ -123,12 +144,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .data.io import DataError
     from .engine.checkpoint import CheckpointError
+    from .engine.guard import DivergenceError
     from .models.backbone import BackboneError
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, BackboneError) as e:
         print(f"camodet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except DivergenceError as e:
+        print(f"camodet: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print("camodet: interrupted", file=sys.stderr)
         return 130

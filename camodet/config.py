@@ -95,12 +95,24 @@ class RunConfig:
 
 
 @dataclass
+class SafetyConfig:
+    max_rollbacks: int = opt(3, "rollbacks to the last good state before the run stops as diverged")
+    rollback_lr_factor: float = opt(0.5, "LR multiplier applied at each rollback")
+    max_nonfinite_steps: int = opt(3, "non-finite steps within 100 optimizer steps that trigger a rollback")
+    spike_factor: float = opt(10.0, "a step loss this many times the running median triggers a rollback "
+                                    "(0 disables)")
+    stall_timeout: float = opt(900.0, "seconds without a finished optimizer step before the watchdog dumps "
+                                      "stacks and stops the run (0 disables)")
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     stages: StageConfig = field(default_factory=StageConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     # Resolved stage-2 values: the reference workflow treats "not given" as "same as stage 1".
     @property
@@ -283,6 +295,14 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(0.0 <= d.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {d.val_fraction})")
     need(d.num_workers >= 0, f"--num-workers must be >= 0 (got {d.num_workers})")
     need(r.keep_last >= 0, f"--keep-last must be >= 0 (got {r.keep_last})")
+    sf = cfg.safety
+    need(sf.max_rollbacks >= 0, f"--max-rollbacks must be >= 0 (got {sf.max_rollbacks})")
+    need(0.0 < sf.rollback_lr_factor < 1.0,
+         f"--rollback-lr-factor must be between 0 and 1 (got {sf.rollback_lr_factor})")
+    need(sf.max_nonfinite_steps >= 1, f"--max-nonfinite-steps must be at least 1 (got {sf.max_nonfinite_steps})")
+    need(sf.spike_factor == 0 or sf.spike_factor > 1,
+         f"--spike-factor must be 0 (off) or above 1 (got {sf.spike_factor})")
+    need(sf.stall_timeout >= 0, f"--stall-timeout must be >= 0 seconds (got {sf.stall_timeout})")
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
     need(not (r.resume_from and r.init_from),

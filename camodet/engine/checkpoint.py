@@ -11,7 +11,12 @@ ARCH_KEYS = ("backbone", "num_experts", "top_k", "gating", "decoder_channels", "
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit; the message says what to do."""
+    """A checkpoint cannot be read or does not fit; the message says what to do.
+    `kind`: missing, unsafe (needs pickled code), corrupt, foreign (not ours), arch, write."""
+
+    def __init__(self, message: str, kind: str = "other"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def atomic_save(obj: dict, path: str) -> None:
@@ -31,7 +36,7 @@ def atomic_save(obj: dict, path: str) -> None:
             os.unlink(tmp)
         if isinstance(e, OSError):
             raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous file "
-                                  f"is untouched; free disk space or fix permissions") from None
+                                  f"is untouched; free disk space or fix permissions", "write") from None
         raise
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -45,18 +50,19 @@ def atomic_save(obj: dict, path: str) -> None:
 
 def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file", "missing")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused, it needs arbitrary Python objects to load ({str(e).splitlines()[0][:120]}); "
             f"loading it could run untrusted code. If you trust it, convert it once with "
-            f"torch.load(..., weights_only=False) and re-save a plain dict of tensors") from None
+            f"torch.load(..., weights_only=False) and re-save a plain dict of tensors", "unsafe") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
+                              f"use another checkpoint (last.pth, best_model.pth or an epoch_N.pth)", "corrupt") from None
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a camodet checkpoint (no model_state_dict)")
+        raise CheckpointError(f"{path}: not a camodet checkpoint (no model_state_dict)", "foreign")
     return ckpt
 
 
@@ -70,7 +76,7 @@ def check_arch(ckpt: dict, model_cfg: dict, path: str) -> None:
     diff = [f"{k}={saved.get(k)!r} (this run: {want[k]!r})" for k in ARCH_KEYS if saved.get(k) != want[k]]
     if diff:
         raise CheckpointError(f"{path} is another architecture: {', '.join(diff)}; match those settings, "
-                              f"or use --init-from {path} to take only the tensors that fit")
+                              f"or use --init-from {path} to take only the tensors that fit", "arch")
 
 
 def load_matching(model: torch.nn.Module, state: dict) -> tuple[int, int]:
@@ -79,3 +85,11 @@ def load_matching(model: torch.nn.Module, state: dict) -> tuple[int, int]:
     fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fit, strict=False)
     return len(fit), len(own)
+
+
+def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
+    """Names of floating-point tensors holding NaN or Inf, anywhere in a nested checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix] if obj.is_floating_point() and not torch.isfinite(obj).all() else []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [name for k, v in items for name in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]

@@ -23,30 +23,37 @@ class EpochSampler(Sampler):
     """Shuffled (index, augmentation seed) pairs for one epoch and one rank. Ranks get
     equal shares (wrapping round like DistributedSampler) so collectives stay in step."""
 
-    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
         self.n, self.seed, self.epoch, self.rank, self.world = n, seed, epoch, rank, world
+        self.start = start  # samples of this rank's share already seen (a mid-epoch resume)
+
+    @property
+    def total(self) -> int:
+        """This rank's share of the whole epoch."""
+        return -(-self.n // self.world)
 
     def indices(self) -> list[int]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
-        per_rank = -(-self.n // self.world)
-        order += order[: per_rank * self.world - self.n]
-        return order[self.rank::self.world]
+        order += order[: self.total * self.world - self.n]
+        return order[self.rank::self.world][self.start:]
 
     def __iter__(self):
         return iter([(i, index_seed(self.seed, self.epoch, i)) for i in self.indices()])
 
     def __len__(self) -> int:
-        return -(-self.n // self.world)
+        return max(0, self.total - self.start)
 
 
-def train_loader(dataset: CODDataset, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                 num_workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed, epoch, rank, world),
-                      num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory, drop_last=False,
-                      persistent_workers=False)
+def train_loader(dataset: CODDataset, batch_size: int, sampler: EpochSampler, num_workers: int,
+                 pin_memory: bool, worker_init_fn=None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, drop_last=False, persistent_workers=False,
+                      worker_init_fn=worker_init_fn)
 
 
-def val_loader(dataset: CODDataset, batch_size: int, rank: int, world: int, num_workers: int) -> DataLoader:
+def val_loader(dataset: CODDataset, batch_size: int, rank: int, world: int, num_workers: int,
+               worker_init_fn=None) -> DataLoader:
     """Each validation image exactly once over all ranks (no padding duplicates)."""
     shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      worker_init_fn=worker_init_fn)

@@ -27,9 +27,11 @@ def build_optimizer(model: CamoDetector, weight_decay: float, device: torch.devi
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=0.0, fused=fused or None)
 
 
-def set_lrs(optimizer: torch.optim.Optimizer, plan, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Set every group's LR for this optimizer step; returns the decoder's (the headline LR)."""
+def set_lrs(optimizer: torch.optim.Optimizer, plan, epoch: int, step: int, steps_per_epoch: int,
+            scale: float = 1.0) -> float:
+    """Set every group's LR for this optimizer step (times `scale`, the rollback back-off);
+    returns the decoder's (the headline LR)."""
     for pg in optimizer.param_groups:
         g = pg["backbone_group"]
-        pg["lr"] = plan.group_lr(None if g == DECODER else g, epoch, step, steps_per_epoch)
-    return plan.group_lr(None, epoch, step, steps_per_epoch)
+        pg["lr"] = scale * plan.group_lr(None if g == DECODER else g, epoch, step, steps_per_epoch)
+    return scale * plan.group_lr(None, epoch, step, steps_per_epoch)

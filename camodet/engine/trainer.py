@@ -1,14 +1,16 @@
 """The training loop: stage plan, accumulation, AMP, EMA, validation, checkpoints,
-exact resume and warm restart. Reads top to bottom: `train()` is the story."""
+exact resume (also mid-epoch) and warm restart, divergence guard with rollback,
+graceful stop on SIGINT/SIGTERM and a stall watchdog. Reads top to bottom:
+`train()` is the story."""
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
@@ -21,10 +23,14 @@ from ..losses import total_loss
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
 from . import distributed, history
-from .checkpoint import CheckpointError, atomic_save, check_arch, load_checkpoint, load_matching
-from .loaders import split_train_val, train_loader, val_loader
+from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
+from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
+from .interrupt import StopRequest
+from .loaders import EpochSampler, split_train_val, train_loader, val_loader
 from .optim import build_optimizer, set_lrs
 from .plan import Plan, make_plan
+from .state import EpochProgress, State, checkpoint_dict, restore, snapshot
+from .watchdog import StallWatchdog, worker_init
 
 log = logging.getLogger("camodet")
 
@@ -32,15 +38,15 @@ log = logging.getLogger("camodet")
 # these is still an exact continuation.
 NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.device", "run.log_every",
                        "run.use_ddp", "run.keep_last", "data.num_workers", "data.skip_bad_files"}
+NOT_HYPERPARAMETER_SECTIONS = {"safety"}
 
 
 @dataclass
-class State:
-    epoch: int = 0            # last completed epoch
-    global_step: int = 0
-    best_iou: float = -math.inf
-    best_epoch: int = 0
-    metrics: dict | None = None
+class Outcome:
+    """How a pass over (the rest of) an epoch ended."""
+    action: str = "done"      # done | rollback | stopped
+    reason: str = ""
+    step: int = 0
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
@@ -73,37 +79,17 @@ def flat(d: dict, prefix: str = "") -> dict:
 def changed_settings(saved: dict, current: dict) -> list[str]:
     a, b = flat(saved), flat(current)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in NOT_HYPERPARAMETERS and a.get(k) != b.get(k)]
+            if k not in NOT_HYPERPARAMETERS and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
+            and a.get(k) != b.get(k)]
 
 
-def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg: TrainConfig,
-                    best: bool) -> dict:
-    raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ckpt = {
-        "format": "camodet-checkpoint-v1",
-        "model_state_dict": raw,
-        "optimizer_state_dict": optimizer.state_dict(),
-        "scaler_state_dict": scaler.state_dict(),
-        "rng_state": {"torch": torch.get_rng_state(),
-                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "epoch": state.epoch, "global_step": state.global_step, "stage": stage,
-        "best_iou": state.best_iou, "best_epoch": state.best_epoch,
-        "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
-    }
-    if ema is not None:
-        ckpt["ema_state_dict"] = ema.module.state_dict()
-        if best:  # best_model.pth holds the weights that were validated: the EMA
-            ckpt["model_state_dict"], ckpt["raw_model_state_dict"] = ckpt["ema_state_dict"], raw
-            ckpt["weights"] = "ema"
-    return ckpt
-
-
-def validate(model, loader, device, dtype, d: distributed.Dist) -> dict:
+def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda where: None) -> dict:
     """IoU, Dice, MAE, S-measure at each GT's original size, every image once over all ranks."""
     evaluator = Evaluator(full=False)
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for batch in loader:
+        for i, batch in enumerate(loader):
+            beat(f"validation batch {i + 1}")
             logits = model(batch["image"].to(device, non_blocking=True)).logits.float()
             for j, gt in enumerate(batch["gt"]):
                 up = F.interpolate(logits[j:j + 1], size=gt.shape, mode="bilinear", align_corners=False)
@@ -131,7 +117,8 @@ def train(cfg: TrainConfig) -> State:
 
     # Model, then resume or initialise before anything copies its weights (EMA, DDP).
     model = build_model(cfg.model).to(device)
-    state, resume_ckpt, restart_epoch = State(), None, None
+    state, resume_ckpt, restart_epoch, position = State(), None, None, None
+    guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
     if cfg.run.resume_from:
         resume_ckpt = load_checkpoint(cfg.run.resume_from)
         check_arch(resume_ckpt, cfg.to_dict()["model"], cfg.run.resume_from)
@@ -146,9 +133,20 @@ def train(cfg: TrainConfig) -> State:
         if changes:
             restart_epoch = state.epoch + 1
             say(f"warm restart from {cfg.run.resume_from} (epoch {state.epoch}): weights and EMA loaded, "
-                f"schedule re-planned from epoch {restart_epoch}; changed: " + "; ".join(changes))
+                f"schedule re-planned from epoch {restart_epoch}"
+                + (f" (the interrupted epoch {restart_epoch} starts again from its beginning)"
+                   if "position" in resume_ckpt else "") + "; changed: " + "; ".join(changes))
         else:
-            say(f"resuming {cfg.run.resume_from} exactly after epoch {state.epoch}")
+            state.lr_scale = float(resume_ckpt.get("lr_scale", 1.0))
+            state.rollbacks = int(resume_ckpt.get("rollbacks", 0))
+            guard.losses.extend(resume_ckpt.get("guard", {}).get("losses", []))
+            guard.recent_nonfinite.extend(resume_ckpt.get("guard", {}).get("recent_nonfinite", []))
+            if "position" in resume_ckpt:
+                position = EpochProgress.from_dict(resume_ckpt["position"], device)
+                say(f"resuming {cfg.run.resume_from} exactly inside epoch {position.epoch}, after "
+                    f"{position.micro_step} micro-batches")
+            else:
+                say(f"resuming {cfg.run.resume_from} exactly after epoch {state.epoch}")
     elif cfg.run.init_from:
         init = load_checkpoint(cfg.run.init_from)
         loaded, total = load_matching(model, init.get("raw_model_state_dict", init["model_state_dict"]))
@@ -170,77 +168,159 @@ def train(cfg: TrainConfig) -> State:
         del resume_ckpt
 
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+
+    def record(event: dict) -> None:
+        if d.is_main:
+            history.append(metrics_path, event)
+
     if d.is_main:
         os.makedirs(run_dir, exist_ok=True)
         save_yaml(cfg, os.path.join(run_dir, "config.yaml"))
-        if restart_epoch is not None:
-            history.append(metrics_path, {"type": "warm_restart", "epoch": restart_epoch,
-                                          "from": cfg.run.resume_from, "changed": changes})
+    if restart_epoch is not None:
+        record({"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from, "changed": changes})
+
+    def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
+        ckpt = checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best, guard, progress)
+        atomic_save(ckpt, path)
+        return ckpt
 
     ddp_model, frozen, stage, loader_batch = model, None, None, None
-    for epoch in range(state.epoch + 1, plan.epochs + 1):
-        # Stage and trainable set come from the plan; DDP is re-wrapped when the set changes.
-        if plan.frozen_groups(epoch) != frozen:
-            frozen = plan.frozen_groups(epoch)
-            model.set_frozen_groups(set(frozen))
-            ddp_model = distributed.wrap(model, d, device)
-            if stage is not None and plan.stage(epoch) == stage and d.is_main:
+    first_epoch = position.epoch if position is not None else state.epoch + 1
+    with StopRequest() as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog:
+        init_fn = functools.partial(worker_init, watchdog.dump_dir)
+        for epoch in range(first_epoch, plan.epochs + 1):
+            watchdog.beat(f"start of epoch {epoch}")
+            # Stage and trainable set come from the plan; DDP is re-wrapped when the set changes.
+            if plan.frozen_groups(epoch) != frozen:
+                frozen = plan.frozen_groups(epoch)
+                model.set_frozen_groups(set(frozen))
+                ddp_model = distributed.wrap(model, d, device)
+                if stage is not None and plan.stage(epoch) == stage:
+                    trainable = sorted(set(range(plan.num_groups)) - frozen)
+                    say(f"epoch {epoch}: backbone groups {trainable} now train")
+                    record({"type": "unfreeze", "epoch": epoch, "trainable": trainable})
+            if plan.stage(epoch) != stage:
+                stage = plan.stage(epoch)
+                loader_batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
+                effective = loader_batch * cfg.optim.accumulation_steps * d.world
                 trainable = sorted(set(range(plan.num_groups)) - frozen)
-                say(f"epoch {epoch}: backbone groups {trainable} now train")
-                history.append(metrics_path, {"type": "unfreeze", "epoch": epoch, "trainable": trainable})
-        if plan.stage(epoch) != stage:
-            stage = plan.stage(epoch)
-            loader_batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
-            effective = loader_batch * cfg.optim.accumulation_steps * d.world
-            trainable = sorted(set(range(plan.num_groups)) - frozen)
-            say(f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
-                f"{cfg.optim.accumulation_steps} x {d.world} process(es) = effective batch {effective}; "
-                f"peak lr {plan.lr[stage - 1]:g}; backbone groups training: {trainable or 'none'}")
-            if d.is_main:
-                history.append(metrics_path, {"type": "stage", "epoch": epoch, "stage": stage,
-                                              "batch_size": loader_batch, "effective_batch": effective,
-                                              "trainable": trainable})
+                say(f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
+                    f"{cfg.optim.accumulation_steps} x {d.world} process(es) = effective batch {effective}; "
+                    f"peak lr {plan.lr[stage - 1] * state.lr_scale:g}; backbone groups training: "
+                    f"{trainable or 'none'}")
+                record({"type": "stage", "epoch": epoch, "stage": stage, "batch_size": loader_batch,
+                        "effective_batch": effective, "trainable": trainable})
 
-        loader = train_loader(train_set, loader_batch, cfg.run.seed, epoch, d.rank, d.world,
-                              cfg.data.num_workers, pin_memory=device.type == "cuda")
-        t0 = time.time()
-        stats = train_one_epoch(ddp_model, model, ema, optimizer, scaler, loader, plan, epoch, state, cfg,
-                                device, dtype, d)
-        seconds = time.time() - t0
+            # Train the epoch (or its rest, after a mid-epoch resume). On divergence, go back to
+            # the state at the start of this pass with a lower LR and train it again.
+            progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
+            good = snapshot(model, ema, optimizer, scaler, state, progress)
+            while True:
+                outcome = train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, loader_batch,
+                                          progress, plan, state, guard, cfg, device, dtype, d, stop, watchdog,
+                                          init_fn, record)
+                if outcome.action == "done":
+                    bad = nonfinite_tensors(model.state_dict()) + \
+                        (nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else [])
+                    if any_rank(bool(bad), d, device):
+                        outcome = Outcome(ROLLBACK, f"non-finite tensors at the end of the epoch "
+                                                    f"({', '.join(bad[:3]) or 'on another rank'})", progress.micro_step)
+                if outcome.action != ROLLBACK:
+                    break
+                roll_back(outcome, epoch, state, cfg, plan, run_dir, record)
+                progress = restore(good, model, ema, optimizer, scaler, state, device)
+                guard.after_rollback()
 
-        eval_model = ema.module if ema is not None else model
-        val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, cfg.data.num_workers),
-                       device, dtype, d) if len(val_set) else {}
-        state.epoch = epoch
-        state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
-        iou = val.get("IoU", float("nan"))
-        improved = math.isfinite(iou) and iou > state.best_iou
-        if improved:
-            state.best_iou, state.best_epoch = iou, epoch
+            if outcome.action == "stopped":
+                state.interrupted = stop.name or "SIGTERM"
+                if d.is_main:
+                    save(os.path.join(run_dir, "last.pth"), progress=progress)
+                record({"type": "interrupted", "epoch": epoch, "micro_step": progress.micro_step,
+                        "global_step": state.global_step, "signal": state.interrupted})
+                say(f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} micro-batches; "
+                    f"resumable checkpoint {os.path.join(run_dir, 'last.pth')}")
+                break
 
-        if d.is_main:
-            last = checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best=False)
-            atomic_save(last, os.path.join(run_dir, "last.pth"))
-            if cfg.run.keep_last > 0:
-                keep_numbered(run_dir, epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
+            stats = progress.stats(lambda t: distributed.all_reduce_mean(t, d))
+            stats["images_per_s"] *= d.world
+            eval_model = ema.module if ema is not None else model
+            val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, cfg.data.num_workers,
+                                                  init_fn), device, dtype, d, watchdog.beat) if len(val_set) else {}
+            state.epoch = epoch
+            state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
+            iou = val.get("IoU", float("nan"))
+            improved = math.isfinite(iou) and iou > state.best_iou
             if improved:
-                atomic_save(checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best=True),
-                            os.path.join(run_dir, "best_model.pth"))
-            history.append(metrics_path, {"type": "epoch", "epoch": epoch, "stage": stage,
-                                          "global_step": state.global_step, "time_s": round(seconds, 3),
-                                          "images_per_s": stats["images_per_s"], **stats["parts"],
-                                          "loss": stats["loss"], "lr": stats["lr"],
-                                          "expert_usage": stats["expert_usage"],
-                                          "val": val, "best_iou": state.best_iou, "best_epoch": state.best_epoch})
-            print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
-                  f"stage {stage} | {seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
-                  + (" | best" if improved else ""), flush=True)
-    if d.enabled:
+                state.best_iou, state.best_epoch = iou, epoch
+
+            if d.is_main:
+                watchdog.beat(f"saving checkpoints of epoch {epoch}")
+                last = save(os.path.join(run_dir, "last.pth"))
+                if cfg.run.keep_last > 0:
+                    keep_numbered(run_dir, epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
+                if improved:
+                    save(os.path.join(run_dir, "best_model.pth"), best=True)
+                history.append(metrics_path, {
+                    "type": "epoch", "epoch": epoch, "stage": stage, "global_step": state.global_step,
+                    "time_s": round(progress.seconds, 3), "images_per_s": stats["images_per_s"], **stats["parts"],
+                    "loss": stats["loss"], "lr": stats["lr"], "lr_scale": state.lr_scale,
+                    "skipped_steps": stats["skipped_steps"], "overflow_steps": stats["overflow_steps"],
+                    "expert_usage": stats["expert_usage"], "val": val,
+                    "best_iou": state.best_iou, "best_epoch": state.best_epoch})
+                print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
+                      f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
+                      + (" | best" if improved else ""), flush=True)
+            if any_rank(stop.requested, d, device):  # a signal during validation or saving
+                state.interrupted = stop.name or "SIGTERM"
+                record({"type": "interrupted", "epoch": epoch, "micro_step": None,
+                        "global_step": state.global_step, "signal": state.interrupted})
+                break
+    if d.enabled and not state.interrupted:
         distributed.check_in_sync(model, d)
         say(f"all {d.world} ranks hold identical parameters")
     distributed.barrier(d)
     distributed.shutdown(d)
     return state
+
+
+def any_rank(flag: bool, d: distributed.Dist, device) -> bool:
+    """True on every rank if it is true on one: decisions that change control flow must agree."""
+    if not d.enabled:
+        return flag
+    return distributed.all_reduce_mean(torch.tensor(float(flag), device=device), d).item() > 0
+
+
+def roll_back(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan, run_dir: str,
+              record) -> None:
+    """Count the rollback and lower the LR, or stop the run when the budget is spent."""
+    state.rollbacks += 1
+    event = {"epoch": epoch, "step": outcome.step, "global_step": state.global_step, "reason": outcome.reason,
+             "rollbacks": state.rollbacks}
+    if state.rollbacks > cfg.safety.max_rollbacks:
+        record({"type": "diverged", **event})
+        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, plan, run_dir))
+    state.lr_scale *= cfg.safety.rollback_lr_factor
+    record({"type": "rollback", **event, "lr_scale": state.lr_scale})
+    log.warning(f"divergence at epoch {epoch}, step {outcome.step}: {outcome.reason}; rolled back to the "
+                f"start of this pass (rollback {state.rollbacks} of {cfg.safety.max_rollbacks}), "
+                f"LR now x{state.lr_scale:g} of the plan")
+
+
+def divergence_message(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan,
+                       run_dir: str) -> str:
+    stage = plan.stage(epoch)
+    flag, peak = ("--lr", cfg.optim.lr) if stage == 1 else ("--stage2-lr", cfg.stage2_lr)
+    suggested = peak * state.lr_scale * cfg.safety.rollback_lr_factor
+    last = os.path.join(run_dir, "last.pth")
+    good = (f"last good checkpoint: {last} (epoch {state.epoch})" if state.epoch > 0 and os.path.isfile(last)
+            else "no epoch finished, so there is no good checkpoint")
+    best = (f", best: {os.path.join(run_dir, 'best_model.pth')} (epoch {state.best_epoch}, IoU {state.best_iou:.4f})"
+            if state.best_epoch else "")
+    return (f"training diverged at epoch {epoch} (stage {stage}), step {outcome.step}: {outcome.reason}; "
+            f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
+            f"{good}{best}. Try --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
+            f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
+            f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see metrics.jsonl for every event")
 
 
 def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
@@ -252,64 +332,105 @@ def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
         os.unlink(os.path.join(run_dir, f))
 
 
-def train_one_epoch(ddp_model, model, ema, optimizer, scaler, loader, plan: Plan, epoch: int, state: State,
-                    cfg: TrainConfig, device, dtype, d: distributed.Dist) -> dict:
-    """One pass over the loader. Each micro-batch loss is weighted by its share of the
-    images in its accumulation window, so a short last window (or a short last
-    micro-batch) still gives the mean over exactly the images it saw. No host sync except every log_every steps."""
+def train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, micro_batch: int,
+                    progress: EpochProgress, plan: Plan, state: State, guard: DivergenceGuard, cfg: TrainConfig,
+                    device, dtype, d: distributed.Dist, stop: StopRequest, watchdog: StallWatchdog,
+                    worker_init_fn, record) -> Outcome:
+    """The rest of one epoch, from `progress.micro_step`. Each micro-batch loss is weighted
+    by its share of the images in its accumulation window, so a short last window still
+    gives the mean over exactly the images it saw. One host read per optimizer step: the
+    guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
+    epoch = progress.epoch
     ddp_model.train()
     accum = cfg.optim.accumulation_steps
-    micro_total = len(loader)
+    sampler = EpochSampler(len(train_set), cfg.run.seed, epoch, d.rank, d.world,
+                           start=progress.micro_step * micro_batch)
+    loader = train_loader(train_set, micro_batch, sampler, cfg.data.num_workers,
+                          pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+    per_rank = sampler.total
+    micro_total = math.ceil(per_rank / micro_batch)
     steps_per_epoch = math.ceil(micro_total / accum)
-    params = list(model.parameters())
-    loss_sum = torch.zeros((), device=device)
-    part_sums: dict[str, torch.Tensor] = {}
-    usage_sum = None
-    images, lr = 0, 0.0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if d.is_main else True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    watched = params + [b for b in model.buffers() if b.is_floating_point()]
+    fp16 = scaler.is_enabled()
+    window_loss = torch.zeros((), device=device)
+    if progress.loss_sum is None:
+        progress.loss_sum = torch.zeros((), device=device)
+    it = iter(loader)
+    watchdog.loader_iter = it
+    bar = tqdm(it, total=micro_total, initial=progress.micro_step, desc=f"epoch {epoch}", leave=False,
+               disable=None if d.is_main else True)
     t0 = time.time()
-    per_rank, micro_batch = len(loader.sampler), loader.batch_size
-    for i, batch in enumerate(bar):
+    outcome = Outcome()
+    for i, batch in enumerate(bar, start=progress.micro_step):
         step = i // accum
         # Images in this optimizer step's window: only the epoch's last micro-batch can be short.
         window_images = min(per_rank, (step + 1) * accum * micro_batch) - step * accum * micro_batch
         boundary = (i + 1) % accum == 0 or i == micro_total - 1
         if i % accum == 0:
-            lr = set_lrs(optimizer, plan, epoch, step, steps_per_epoch)
+            progress.lr = set_lrs(optimizer, plan, epoch, step, steps_per_epoch, state.lr_scale)
         image = batch["image"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
+        n = image.shape[0]
         sync = contextlib.nullcontext() if boundary or not d.enabled else ddp_model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = ddp_model(image)
             loss, parts = total_loss(out, mask, model.side_weights, cfg.optim.moe_loss_weight)
-            scaler.scale(loss * (image.shape[0] / window_images)).backward()
-        if boundary:
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state.global_step += 1
-            if ema is not None:
-                ema.update(model, step=state.global_step)
-        n = image.shape[0]
-        images += n
-        loss_sum += loss.detach() * n
+            share = n / window_images
+            scaler.scale(loss * share).backward()
+        window_loss += loss.detach() * share
+        progress.images += n
+        progress.loss_sum += loss.detach() * n
         for k, v in parts.items():
-            part_sums[k] = part_sums.get(k, 0) + v * n
-        usage = torch.stack(out.expert_usage) if out.expert_usage else None
-        usage_sum = usage if usage_sum is None else usage_sum + usage
-        if boundary and state.global_step % cfg.run.log_every == 0 and bar.disable is False:
-            bar.set_postfix(loss=f"{(loss_sum / images).item():.4f}", lr=f"{lr:.2e}")
+            progress.part_sums[k] = progress.part_sums.get(k, 0) + v * n
+        if out.expert_usage:
+            usage = torch.stack(out.expert_usage).detach()
+            progress.usage_sum = usage if progress.usage_sum is None else progress.usage_sum + usage
+            progress.usage_batches += 1
+        if not boundary:
+            continue
+
+        scaler.unscale_(optimizer)  # true gradient norms for the guard and for clipping (no-op without fp16)
+        if cfg.optim.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        check = [window_loss, grad_norm.float(), torch.nn.utils.get_total_norm(watched).float()]
+        if d.enabled:
+            check = distributed.all_reduce_mean(torch.stack(check + [torch.tensor(
+                float(stop.requested), device=device)]), d).tolist()
+        else:
+            check = torch.stack(check).tolist() + [float(stop.requested)]
+        loss_v, grad_v, weight_v, stop_v = check  # the one host synchronisation of this step
+        verdict = guard.observe(state.global_step, loss_v, grad_v, weight_v, fp16)
+        if verdict.action == ROLLBACK:
+            optimizer.zero_grad(set_to_none=True)
+            outcome = Outcome(ROLLBACK, verdict.reason, step)
+            break
+        if verdict.action in (STEP, OVERFLOW):
+            scaler.step(optimizer)  # under fp16 overflow the scaler skips the update itself
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        window_loss.zero_()
+        progress.micro_step = i + 1
+        if verdict.action == STEP and ema is not None:
+            ema.update(model, step=state.global_step)
+        elif verdict.action == OVERFLOW:
+            progress.overflow += 1
+        elif verdict.action == SKIP:
+            progress.skipped += 1
+            record({"type": "skipped_step", "epoch": epoch, "step": step, "global_step": state.global_step,
+                    "reason": verdict.reason})
+            log.warning(f"epoch {epoch}, step {step}: {verdict.reason}")
+        watchdog.beat(f"epoch {epoch}, optimizer step {step + 1} of {steps_per_epoch}")
+        if state.global_step % cfg.run.log_every == 0 and bar.disable is False:
+            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
+        if stop_v > 0:
+            outcome = Outcome("stopped", stop.name, step)
+            break
     bar.close()
-    elapsed = time.time() - t0
-    mean_loss = distributed.all_reduce_mean(loss_sum / max(images, 1), d).item()
-    return {
-        "loss": mean_loss,
-        "parts": {f"loss_{k}": float(v / max(images, 1)) for k, v in part_sums.items()},
-        "lr": lr,
-        "images_per_s": images * d.world / max(elapsed, 1e-9),
-        "expert_usage": (usage_sum / max(micro_total, 1)).tolist() if usage_sum is not None else [],
-    }
+    watchdog.loader_iter = None
+    progress.seconds += time.time() - t0
+    return outcome

@@ -1,0 +1,122 @@
+"""What a run carries between steps and epochs, and how it becomes a checkpoint:
+run counters, the position inside an epoch (for a mid-epoch resume), in-memory
+snapshots of the last good state (for rollback)."""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..config import TrainConfig
+
+
+@dataclass
+class State:
+    epoch: int = 0            # last completed epoch
+    global_step: int = 0
+    best_iou: float = -math.inf
+    best_epoch: int = 0
+    metrics: dict | None = None
+    lr_scale: float = 1.0     # product of the rollback back-offs so far
+    rollbacks: int = 0
+    interrupted: str = ""     # the signal's name when the run stopped early
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands and what it has summed so far; saved on interruption so
+    that the resumed epoch reports the same means as an uninterrupted one."""
+    epoch: int
+    micro_step: int = 0       # micro-batches done
+    images: int = 0
+    loss_sum: torch.Tensor | None = None
+    part_sums: dict = field(default_factory=dict)
+    usage_sum: torch.Tensor | None = None
+    usage_batches: int = 0
+    seconds: float = 0.0
+    lr: float = 0.0
+    skipped: int = 0          # non-finite steps skipped (bf16/fp32)
+    overflow: int = 0         # fp16 overflow steps skipped by the grad scaler
+
+    def to_dict(self) -> dict:
+        return to_cpu(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict, device) -> "EpochProgress":
+        return cls(**to_device(d, device))
+
+    def stats(self, world_mean) -> dict:
+        """Epoch means; `world_mean` averages a tensor over processes."""
+        n = max(self.images, 1)
+        loss = float(world_mean(self.loss_sum / n)) if self.loss_sum is not None else float("nan")
+        return {
+            "loss": loss,
+            "parts": {f"loss_{k}": float(v / n) for k, v in self.part_sums.items()},
+            "lr": self.lr,
+            "images_per_s": self.images / max(self.seconds, 1e-9),
+            "expert_usage": (self.usage_sum / max(self.usage_batches, 1)).tolist()
+                             if self.usage_sum is not None else [],
+            "skipped_steps": self.skipped, "overflow_steps": self.overflow,
+        }
+
+
+def to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg: TrainConfig, best: bool,
+                    guard=None, progress: EpochProgress | None = None) -> dict:
+    raw = to_cpu(model.state_dict())
+    ckpt = {
+        "format": "camodet-checkpoint-v1",
+        "model_state_dict": raw,
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scaler_state_dict": scaler.state_dict(),
+        "rng_state": {"torch": torch.get_rng_state(),
+                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "epoch": state.epoch, "global_step": state.global_step, "stage": stage,
+        "best_iou": state.best_iou, "best_epoch": state.best_epoch,
+        "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
+        "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
+    }
+    if guard is not None:
+        ckpt["guard"] = {"losses": list(guard.losses), "recent_nonfinite": list(guard.recent_nonfinite)}
+    if progress is not None:  # a mid-epoch checkpoint: the resumed run continues from here
+        ckpt["position"] = progress.to_dict()
+    if ema is not None:
+        ckpt["ema_state_dict"] = to_cpu(ema.module.state_dict())
+        if best:  # best_model.pth holds the weights that were validated: the EMA
+            ckpt["model_state_dict"], ckpt["raw_model_state_dict"] = ckpt["ema_state_dict"], raw
+            ckpt["weights"] = "ema"
+    return ckpt
+
+
+def snapshot(model, ema, optimizer, scaler, state: State, progress: EpochProgress) -> dict:
+    """A host copy of everything a rollback restores."""
+    return {"model": to_cpu(model.state_dict()), "ema": to_cpu(ema.module.state_dict()) if ema else None,
+            "optimizer": to_cpu(optimizer.state_dict()), "scaler": scaler.state_dict(),
+            "global_step": state.global_step, "progress": progress.to_dict()}
+
+
+def restore(snap: dict, model, ema, optimizer, scaler, state: State, device) -> EpochProgress:
+    model.load_state_dict(snap["model"])
+    if ema is not None:
+        ema.module.load_state_dict(snap["ema"])
+    optimizer.load_state_dict(snap["optimizer"])
+    scaler.load_state_dict(snap["scaler"])
+    state.global_step = snap["global_step"]
+    return EpochProgress.from_dict(snap["progress"], device)

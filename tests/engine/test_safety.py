@@ -1,0 +1,244 @@
+"""Fault injection: each test fails if the protection it names is removed."""
+
+import glob
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import camodet.engine.trainer as trainer
+from camodet.cli import main
+from camodet.engine import history
+from camodet.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, nonfinite_tensors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def inject_loss(monkeypatch, fault):
+    """Wrap the trainer's loss; `fault(call, loss)` sees every training micro-batch (1-based)."""
+    real, calls = trainer.total_loss, [0]
+
+    def loss_fn(*args, **kwargs):
+        calls[0] += 1
+        loss, parts = real(*args, **kwargs)
+        return fault(calls[0], loss), parts
+    monkeypatch.setattr(trainer, "total_loss", loss_fn)
+
+
+def run_files_finite(run_dir):
+    files = glob.glob(os.path.join(run_dir, "*.pth"))
+    assert files
+    for f in files:
+        assert nonfinite_tensors(load_checkpoint(f)) == [], f
+
+
+def events(run_dir, kind):
+    return [r for r in history.read(os.path.join(run_dir, "metrics.jsonl")) if r["type"] == kind]
+
+
+def test_nan_loss_in_fp32_skips_one_step(tiny_args, tmp_path, monkeypatch):
+    # tiny_args: 19 training images, batch 4 -> 5 steps per epoch; call 7 is epoch 2, step 1
+    inject_loss(monkeypatch, lambda call, loss: loss * math.nan if call == 7 else loss)
+    assert main(["train", *tiny_args]) == 0
+    skipped = events(tmp_path / "run", "skipped_step")
+    assert [(e["epoch"], e["step"]) for e in skipped] == [(2, 1)] and "non-finite" in skipped[0]["reason"]
+    epochs = events(tmp_path / "run", "epoch")
+    assert [e["skipped_steps"] for e in epochs] == [0, 1] and not events(tmp_path / "run", "rollback")
+    assert math.isfinite(epochs[-1]["val"]["IoU"])
+    run_files_finite(tmp_path / "run")
+
+
+def test_nan_weights_mid_epoch_roll_back_with_lower_lr(tiny_args, tmp_path, monkeypatch):
+    models = []
+    real_build = trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", lambda cfg: models.append(real_build(cfg)) or models[-1])
+
+    real_set_lrs, calls = trainer.set_lrs, [0]
+
+    def poison_then_set_lrs(*args):
+        calls[0] += 1
+        if calls[0] == 8:  # before the forward of epoch 2, step 2
+            with torch.no_grad():
+                next(p for p in models[0].decoder.parameters() if p.requires_grad).fill_(math.nan)
+        return real_set_lrs(*args)
+    monkeypatch.setattr(trainer, "set_lrs", poison_then_set_lrs)
+    assert main(["train", *tiny_args, "--use-ema"]) == 0
+    (rb,) = events(tmp_path / "run", "rollback")
+    assert (rb["epoch"], rb["step"], rb["lr_scale"]) == (2, 2, 0.5) and "non-finite weights" in rb["reason"]
+    epochs = events(tmp_path / "run", "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2] and epochs[1]["lr_scale"] == 0.5
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["lr_scale"] == 0.5
+    run_files_finite(tmp_path / "run")
+
+
+def test_persistent_divergence_stops_with_advice(tiny_args, tmp_path, monkeypatch, capsys):
+    inject_loss(monkeypatch, lambda call, loss: loss * math.nan if call >= 7 else loss)
+    args = [*tiny_args, "--max-rollbacks", "2", "--stage2-lr", "0.0002"]
+    best = tmp_path / "run" / "best_model.pth"
+    assert main(["train", *args]) == 3
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 2 (stage 2)" in err and "2 rollback(s)" in err
+    assert f"last good checkpoint: {tmp_path / 'run' / 'last.pth'} (epoch 1)" in err
+    assert "x0.25" in err and "--stage2-lr 2.5e-05" in err  # 0.0002 x 0.25 failed: suggest the next halving
+    assert len(events(tmp_path / "run", "rollback")) == 2 and len(events(tmp_path / "run", "diverged")) == 1
+    kept = load_checkpoint(best)
+    assert kept["epoch"] == 1 and nonfinite_tensors(kept) == []
+    run_files_finite(tmp_path / "run")
+
+
+def test_exception_mid_write_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_save({"model_state_dict": {"w": torch.ones(3)}, "epoch": 1}, str(path))
+    before = path.read_bytes()
+
+    def torn_save(obj, fh):
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("power cut")
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(RuntimeError, match="power cut"):
+        atomic_save({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 2}, str(path))
+
+    def disk_full(obj, fh):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"could not write .*last\.pth \(No space left on device\); the previous"):
+        atomic_save({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 2}, str(path))
+    monkeypatch.undo()
+    assert path.read_bytes() == before and load_checkpoint(str(path))["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]      # no temp files left behind
+
+
+DRIVER = """
+import os, signal, sys, time
+import camodet.engine.trainer as t
+from camodet.cli import main
+real, calls, at = t.total_loss, [0], int(os.environ["FAULT_AT"])
+def loss(*a, **k):
+    calls[0] += 1
+    if calls[0] == at:
+        {fault}
+    return real(*a, **k)
+t.total_loss = loss
+{extra}
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def driver(tmp_path, fault, extra=""):
+    path = tmp_path / "driver.py"
+    path.write_text(DRIVER.format(fault=fault, extra=textwrap.dedent(extra)))
+    return str(path)
+
+
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tiny_args, tmp_path):
+    args = [a for a in tiny_args] + ["--epochs", "3", "--accumulation-steps", "2", "--use-ema",
+                                     "--ema-decay", "0.9", "--num-workers", "1"]
+    full = tmp_path / "full"
+    assert main(["train", *args, "--checkpoint-dir", str(full)]) == 0
+    cut = tmp_path / "cut"
+    script = driver(tmp_path, "os.kill(os.getpid(), signal.SIGTERM)")
+    proc = subprocess.run([sys.executable, script, "train", *args, "--checkpoint-dir", str(cut)],
+                          env={**os.environ, "FAULT_AT": "8"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "resumable checkpoint" in proc.stderr
+    mid = load_checkpoint(str(cut / "last.pth"))
+    # signalled in micro-batch 3 of epoch 2: its optimizer step (micro-batches 3-4) finished first
+    assert mid["epoch"] == 1 and mid["position"]["epoch"] == 2 and mid["position"]["micro_step"] == 4
+    assert main(["train", *args, "--checkpoint-dir", str(cut), "--resume-from", str(cut / "last.pth")]) == 0
+    a, b = load_checkpoint(str(full / "last.pth")), load_checkpoint(str(cut / "last.pth"))
+    assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"] and "position" not in b
+    for key in ("model_state_dict", "ema_state_dict", "optimizer_state_dict"):
+        flat_a, flat_b = _tensors(a[key]), _tensors(b[key])
+        assert flat_a.keys() == flat_b.keys() and all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a), key
+    same = ("epoch", "loss", "loss_main", "val", "global_step", "expert_usage")
+    ra, rb = events(full, "epoch"), events(cut, "epoch")
+    assert [{k: r[k] for k in same} for r in ra] == [{k: r[k] for k in same} for r in rb]
+    assert events(cut, "interrupted")[0]["micro_step"] == 4
+
+
+def _tensors(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_tensors(v, f"{prefix}{k}."))
+        elif isinstance(v, torch.Tensor):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_watchdog_dumps_stacks_when_a_worker_hangs(tiny_args, tmp_path):
+    hang = """
+    import camodet.data.dataset as ds
+    real_get, fetched = ds.CODDataset.__getitem__, [0]
+    def hanging_getitem(self, key):
+        fetched[0] += 1
+        if fetched[0] == 6:
+            time.sleep(3600)
+        return real_get(self, key)
+    ds.CODDataset.__getitem__ = hanging_getitem
+    """
+    script = driver(tmp_path, "pass", hang)
+    start = time.time()
+    proc = subprocess.run([sys.executable, script, "train", *tiny_args, "--num-workers", "1",
+                           "--stall-timeout", "5"], env={**os.environ, "FAULT_AT": "0"},
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "no optimizer step finished for" in out and "--num-workers 0" in out
+    (dump,) = glob.glob(str(tmp_path / "run" / "stall-*.txt"))
+    text = open(dump).read()
+    assert "data loader: 1 workers" in text and "train_one_epoch" in text   # the trainer's stack
+    assert "hanging_getitem" in text                                       # the worker's stack
+    assert elapsed < 60, elapsed
+
+
+class Opaque:
+    """Something weights_only loading refuses to unpickle."""
+
+
+@pytest.fixture(scope="module")
+def clean_checkpoint(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inspect")
+    assert main(["train", "--dataset-path", synth_root, "--checkpoint-dir", str(out), "--backbone",
+                 "edgenext_xx_small", "--num-experts", "2", "--img-size", "64", "--batch-size", "8",
+                 "--num-workers", "0", "--decoder-channels", "16", "--epochs", "1", "--stage1-epochs", "1"]) == 0
+    return out / "last.pth"
+
+
+def test_inspect_reports_and_exit_codes(clean_checkpoint, tmp_path, capsys):
+    assert main(["inspect", str(clean_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "CLEAN" in out and "after epoch 1" in out and "edgenext_xx_small, 2 experts" in out
+
+    ckpt = torch.load(clean_checkpoint, weights_only=True)
+    name = next(k for k in ckpt["model_state_dict"] if k.endswith("weight"))
+    ckpt["model_state_dict"][name][0] = math.nan
+    torch.save(ckpt, tmp_path / "nan.pth")
+    assert main(["inspect", str(tmp_path / "nan.pth"), "--json"]) == 1
+    import json
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "non-finite" and report["nonfinite_tensors"] == [f"model_state_dict.{name}"]
+
+    data = clean_checkpoint.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    assert main(["inspect", str(tmp_path / "cut.pth")]) == 2
+    assert "BROKEN (corrupt)" in capsys.readouterr().out
+
+    torch.save({"model_state_dict": {}, "extra": Opaque()}, tmp_path / "pickle.pth")
+    assert main(["inspect", str(tmp_path / "pickle.pth")]) == 2
+    out = capsys.readouterr().out
+    assert "BROKEN (unsafe)" in out and "untrusted code" in out and "weights_only=False" in out
+
+
+def test_training_refuses_pickle_checkpoint(tiny_args, tmp_path, capsys):
+    torch.save({"model_state_dict": {}, "extra": Opaque()}, tmp_path / "pickle.pth")
+    assert main(["train", *tiny_args, "--resume-from", str(tmp_path / "pickle.pth")]) == 2
+    assert "could run untrusted code" in capsys.readouterr().err
