@@ -22,6 +22,9 @@ demo: $(STAMP)
 	$(PY) -m camodet model summary --backbone edgenext_xx_small --num-experts 4 --img-size 128
 	$(PY) -m camodet train --config configs/demo.yaml --dataset-path $(DEMO)/SYNTH-COD10K --checkpoint-dir $(DEMO)/run
 	$(PY) -m camodet evaluate $(DEMO)/run/best_model.pth --dataset-path $(DEMO)/SYNTH-COD10K --out $(DEMO)/eval
+	$(PY) -m camodet inspect $(DEMO)/run/best_model.pth
+	$(PY) -m camodet report $(DEMO)/run
+	$(PY) -m camodet predict $(DEMO)/run/best_model.pth $(DEMO)/SYNTH-COD10K/Test/Image --out $(DEMO)/predict
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -67,13 +67,44 @@ def _model_summary(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .inference import Predictor, evaluate, format_table, write_results
-    predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device)
-    results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds)
+    from .evaluation import evaluate, evaluate_preds_dir, format_table, write_results
+    if (args.checkpoint is None) == (args.preds_dir is None):
+        raise ConfigError("evaluate needs a checkpoint (or export folder) or --preds-dir DIR, not both")
+    if args.preds_dir:
+        results = evaluate_preds_dir(args.preds_dir, args.dataset_path)
+    else:
+        from .inference import TTA, Predictor
+        tta = TTA.parse(args.tta)
+        predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device, tta=tta)
+        results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds)
+        if args.save_preds:
+            print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
     print(format_table(results))
     if args.out:
         write_results(results, args.out)
         print(f"wrote metrics.json, metrics.csv and metrics.md to {args.out}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .inference import TTA, Predictor
+    from .predict import predict_files
+    if not 0.0 < args.threshold < 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1 (got {args.threshold})")
+    predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device, tta=TTA.parse(args.tta))
+    r = predict_files(predictor, args.inputs, args.out, args.threshold, args.batch_size, args.num_workers)
+    print(f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images to {args.out} "
+          f"({r['images_per_s']:.1f} images/s)")
+    for item, why in r["problems"]:
+        print(f"  skipped {item}: {why}", file=sys.stderr)
+    return 1 if r["problems"] else 0
+
+
+def _export(args) -> int:
+    from .export import export
+    info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=args.onnx)
+    print(f"wrote {', '.join(info['files'])} to {args.out_dir}"
+          + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if args.onnx else ""))
     return 0
 
 
@@ -82,6 +113,22 @@ def _inspect(args) -> int:
     report = inspect_checkpoint(args.checkpoint)
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspection(report))
     return report["exit_code"]
+
+
+def _report(args) -> int:
+    from .report import write_report
+    path = write_report(args.run_dir, predictions=not args.no_predictions)
+    print(f"wrote {path} and the plots in {os.path.join(args.run_dir, 'report')}/")
+    return 0
+
+
+def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
+                   help="auto: what the checkpoint's model holds (EMA in best_model.pth of an EMA run)")
+    p.add_argument("--tta", nargs="+", metavar="SPEC", help="test-time augmentation: flip and/or scales=0.75,1,1.25")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,15 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_data_check)
 
     e = sub.add_parser("evaluate", help="the field's metrics on test splits, at original resolution")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", nargs="?", help="checkpoint or export folder (omit with --preds-dir)")
     e.add_argument("--dataset-path", nargs="+", required=True)
     e.add_argument("--out", help="folder for metrics.json/.csv/.md")
     e.add_argument("--save-preds", help="write 8-bit probability maps as DIR/<dataset>/<stem>.png")
-    e.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--num-workers", type=int, default=2)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--preds-dir", help="score existing maps in DIR/<dataset>/<stem>.png instead of a model")
+    _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="masks, probability maps, overlays and cut-outs for your images")
+    pr.add_argument("checkpoint", help="checkpoint or export folder")
+    pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    pr.add_argument("--out", required=True, help="output folder (masks/, probs/, overlays/, cutouts/)")
+    pr.add_argument("--threshold", type=float, default=0.5, help="probability that counts as object")
+    _inference_flags(pr, batch_size=4)
+    pr.set_defaults(func=_predict)
+
+    x = sub.add_parser("export", help="model.safetensors + config.json (and --onnx model.onnx)")
+    x.add_argument("checkpoint")
+    x.add_argument("out_dir")
+    x.add_argument("--onnx", action="store_true", help="also write model.onnx (pip install 'camodet[export]')")
+    x.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
+    x.set_defaults(func=_export)
+
+    rp = sub.add_parser("report", help="report.html (curves, events, advice, predictions) for a run folder")
+    rp.add_argument("run_dir")
+    rp.add_argument("--no-predictions", action="store_true", help="skip the grid of validation predictions")
+    rp.set_defaults(func=_report)
 
     i = sub.add_parser("inspect", help="verify a checkpoint: position, metrics, config, NaN/Inf tensors "
                                        "(exit 0 clean, 1 non-finite, 2 unreadable)")
@@ -145,10 +210,11 @@ def main(argv=None) -> int:
     from .data.io import DataError
     from .engine.checkpoint import CheckpointError
     from .engine.guard import DivergenceError
+    from .export import ExportError
     from .models.backbone import BackboneError
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, BackboneError) as e:
+    except (ConfigError, DataError, CheckpointError, BackboneError, ExportError) as e:
         print(f"camodet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DivergenceError as e:

@@ -91,7 +91,9 @@ class RunConfig:
     use_ddp: bool = opt(False, "accepted for compatibility; torchrun's environment decides")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     keep_last: int = opt(0, "also keep epoch_N.pth for the last K epochs (0 = only last.pth and best)")
-    log_every: int = opt(20, "optimizer steps between progress-bar metric updates")
+    log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates")
+    tensorboard: bool = opt(True, "write TensorBoard logs to RUN/tensorboard (needs the tensorboard package)")
+    image_every: int = opt(5, "epochs between TensorBoard panels of validation predictions (0 = never)")
 
 
 @dataclass
@@ -303,6 +305,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(sf.spike_factor == 0 or sf.spike_factor > 1,
          f"--spike-factor must be 0 (off) or above 1 (got {sf.spike_factor})")
     need(sf.stall_timeout >= 0, f"--stall-timeout must be >= 0 seconds (got {sf.stall_timeout})")
+    need(r.image_every >= 0, f"--image-every must be >= 0 (got {r.image_every})")
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
     need(not (r.resume_from and r.init_from),

@@ -1,119 +1,165 @@
-"""Predictor: load a checkpoint, predict probability maps at each image's original
-size, and evaluate on test splits with the field's protocol."""
+"""Predictor: load a checkpoint or an export folder, predict probability maps at each
+image's original size, optionally with test-time augmentation."""
 
 import json
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from .config import ModelConfig
-from .data.dataset import CODDataset, collate
+from .config import ConfigError, ModelConfig
 from .data.io import read_image
-from .data.layouts import gather
 from .data.transforms import normalise, resize
-from .engine.checkpoint import load_checkpoint
-from .metrics import VARIANTS, Evaluator, to_uint8
+from .engine.checkpoint import CheckpointError, load_checkpoint
 from .models import build_model
 
-TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm", "MAE", "IoU", "Dice")
+EXPORT_FORMAT = "camodet-export-v1"
+EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: horizontal flip and/or extra input scales; the
+    probabilities of all variants are averaged at the output size."""
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def parse(cls, specs: list[str] | None) -> "TTA":
+        flip, scales = False, (1.0,)
+        for spec in specs or []:
+            if spec == "flip":
+                flip = True
+            elif spec.startswith("scales="):
+                try:
+                    scales = tuple(float(v) for v in spec[len("scales="):].split(","))
+                except ValueError:
+                    scales = ()
+                if not scales or any(not 0.25 <= s <= 4 for s in scales):
+                    raise ConfigError(f"--tta {spec}: scales must be numbers between 0.25 and 4, "
+                                      f"e.g. scales=0.75,1,1.25")
+            elif spec != "none":
+                raise ConfigError(f"--tta {spec!r}: use flip and/or scales=0.75,1,1.25")
+        return cls(flip, scales)
+
+    def __str__(self) -> str:
+        parts = (["flip"] if self.flip else []) + ([f"scales={','.join(map(str, self.scales))}"]
+                                                   if self.scales != (1.0,) else [])
+        return " ".join(parts) or "none"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_config(d: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in d.items() if k in known})
+    cfg.pretrained, cfg.pretrained_path = False, None  # the file has every weight
+    return cfg
+
+
+def read_export(folder: str) -> tuple[dict, dict]:
+    """(config.json, state dict) of an export folder."""
+    from safetensors.torch import load_file
+    cfg_path, w_path = os.path.join(folder, EXPORT_CONFIG), os.path.join(folder, EXPORT_WEIGHTS)
+    for p in (cfg_path, w_path):
+        if not os.path.isfile(p):
+            raise CheckpointError(f"{folder}: not a camodet export folder ({os.path.basename(p)} missing); "
+                                  f"create one with 'camodet export CKPT {folder}'", "foreign")
+    with open(cfg_path) as fh:
+        cfg = json.load(fh)
+    if cfg.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{cfg_path}: format {cfg.get('format')!r}, expected {EXPORT_FORMAT!r}", "foreign")
+    return cfg, load_file(w_path)
 
 
 class Predictor:
-    def __init__(self, model, img_size: int, device: torch.device):
+    def __init__(self, model, img_size: int, device: torch.device, tta: TTA = TTA(), amp: bool = True):
         self.model = model.eval().to(device)
         self.img_size = img_size
         self.device = device
+        self.tta = tta
+        # bf16 autocast on GPUs that have it; the CPU runs fp32.
+        self.dtype = (torch.bfloat16 if device.type == "cuda" and amp and torch.cuda.is_bf16_supported()
+                      else None)
+        self.stride = 32
 
     @classmethod
-    def load(cls, path: str, weights: str = "auto", device: str = "auto") -> "Predictor":
-        """weights: 'auto' (what the checkpoint's model_state_dict holds: EMA for a best
-        checkpoint of an EMA run), 'ema' or 'raw'."""
-        ckpt = load_checkpoint(path)
-        cfg = ckpt.get("config", {})
-        known = {f.name for f in fields(ModelConfig)}
-        mcfg = ModelConfig(**{k: v for k, v in cfg.get("model", {}).items() if k in known})
-        mcfg.pretrained, mcfg.pretrained_path = False, None  # the checkpoint has every weight
+    def load(cls, path: str, weights: str = "auto", device: str = "auto", tta: TTA = TTA(),
+             amp: bool = True) -> "Predictor":
+        """A training checkpoint or an export folder. weights: 'auto' (what the checkpoint's
+        model_state_dict holds: EMA for a best checkpoint of an EMA run), 'ema' or 'raw'."""
+        if os.path.isdir(path):
+            cfg, state = read_export(path)
+            mcfg, img_size = model_config(cfg["model"]), int(cfg["img_size"])
+        else:
+            ckpt = load_checkpoint(path)
+            cfg = ckpt.get("config", {})
+            mcfg, img_size = model_config(cfg.get("model", {})), int(cfg.get("data", {}).get("img_size", 384))
+            state = ckpt["model_state_dict"]
+            if weights == "ema":
+                if "ema_state_dict" not in ckpt:
+                    raise CheckpointError(f"{path} has no EMA weights (trained without --use-ema); "
+                                          f"use --weights raw", "foreign")
+                state = ckpt["ema_state_dict"]
+            elif weights == "raw":
+                state = ckpt.get("raw_model_state_dict", state)
         model = build_model(mcfg)
-        state = ckpt["model_state_dict"]
-        if weights == "ema":
-            state = ckpt.get("ema_state_dict") or state
-        elif weights == "raw":
-            state = ckpt.get("raw_model_state_dict") or state
         model.load_state_dict(state)
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
-        return cls(model, int(cfg.get("data", {}).get("img_size", 384)), dev)
+        return cls(model, img_size, pick_device(device), tta, amp)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device)).logits.float()
+        """(B, 3, h, w) normalised images -> (B, 1, h', w') float logits."""
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.model(batch.to(self.device, non_blocking=True)).logits.float()
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Probability maps (on the device) at each image's (H, W). Logits are resized
+        before the sigmoid, then the TTA variants are averaged."""
+        outs = [torch.zeros(s, device=self.device) for s in sizes]
+        variants = [(s, f) for s in self.tta.scales for f in ((False, True) if self.tta.flip else (False,))]
+        for scale, flip in variants:
+            x = batch
+            if scale != 1.0:
+                # multiples of the stride; at least 2x2 at the deepest level, which norms need
+                side = max(2 * self.stride, int(round(self.img_size * scale / self.stride)) * self.stride)
+                x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+            if flip:
+                x = x.flip(-1)
+            logits = self.logits(x)
+            if flip:
+                logits = logits.flip(-1)
+            for j, size in enumerate(sizes):
+                up = F.interpolate(logits[j:j + 1], size=size, mode="bilinear", align_corners=False)
+                outs[j] += torch.sigmoid(up)[0, 0]
+        return [o / len(variants) for o in outs]
 
     def predict(self, image) -> np.ndarray:
-        """Path, PIL image or HxWx3 array -> probability map (float32, 0..1) at the image's size."""
-        if isinstance(image, str):
-            image = read_image(image)
-        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-        if arr.ndim == 2:
-            arr = np.repeat(arr[:, :, None], 3, axis=2)
-        x = torch.from_numpy(normalise(resize(arr[:, :, :3], self.img_size)))[None]
-        return probability_at(self.logits(x)[0], arr.shape[:2])
+        """Path, PIL image or HxW(x3/4) array -> probability map (float32, 0..1) at the image's size."""
+        arr = as_rgb(image)
+        x = torch.from_numpy(normalise(resize(arr, self.img_size)))[None]
+        return self.probabilities(x, [arr.shape[:2]])[0].cpu().numpy()
 
 
-def probability_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(1, h, w) logits -> probability map resized to `size` (H, W)."""
-    up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
-    return torch.sigmoid(up)[0, 0].cpu().numpy()
-
-
-def evaluate(predictor: Predictor, dataset_paths: list[str], batch_size: int = 8, num_workers: int = 2,
-             save_preds: str | None = None) -> dict:
-    """{dataset name: metrics} over each path's test split, at original resolution."""
-    results = {}
-    for root in dataset_paths:
-        samples = gather([root], "test")
-        by_name: dict[str, list] = {}
-        for s in samples:
-            by_name.setdefault(s.dataset, []).append(s)
-        for name, group in by_name.items():
-            ds = CODDataset(group, predictor.img_size, train=False)
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-            ev = Evaluator(full=True)
-            for batch in tqdm(loader, desc=name, leave=False, disable=None):
-                logits = predictor.logits(batch["image"])
-                for j, gt in enumerate(batch["gt"]):
-                    sample = group[int(batch["index"][j])]
-                    pred = to_uint8(probability_at(logits[j], gt.shape))
-                    ev.step(pred, gt, sample.name)
-                    if save_preds:
-                        os.makedirs(os.path.join(save_preds, name), exist_ok=True)
-                        Image.fromarray(pred).save(os.path.join(save_preds, name, sample.name + ".png"))
-            results[name] = ev.results()
-    return results
-
-
-def format_table(results: dict) -> str:
-    head = "| Dataset | " + " | ".join(TABLE_COLUMNS) + " | Images |"
-    lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |")
-    lines.append("")
-    lines += [f"- {c}: {VARIANTS[c]}" for c in TABLE_COLUMNS]
-    return "\n".join(lines)
-
-
-def write_results(results: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
-    with open(os.path.join(out_dir, "metrics.csv"), "w") as fh:
-        fh.write("dataset," + ",".join(TABLE_COLUMNS) + ",images\n")
-        for name, r in results.items():
-            fh.write(name + "," + ",".join(f"{r[c]:.6f}" for c in TABLE_COLUMNS) + f",{r['images']}\n")
-    with open(os.path.join(out_dir, "metrics.md"), "w") as fh:
-        fh.write(format_table(results) + "\n")
+def as_rgb(image) -> np.ndarray:
+    """HxWx3 uint8 from a path (EXIF-rotated), a PIL image (any mode) or an array."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(str(image))
+    if hasattr(image, "convert"):
+        from PIL import ImageOps
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[:, :, :3])

@@ -32,3 +32,15 @@ def real_samples_dir():
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synth_root, tmp_path_factory):
+    """best_model.pth of a one-epoch tiny run with EMA (weights barely trained; fine for plumbing)."""
+    from camodet.cli import main
+    out = tmp_path_factory.mktemp("tiny_run")
+    assert main(["train", "--dataset-path", synth_root, "--checkpoint-dir", str(out), "--backbone",
+                 "edgenext_xx_small", "--num-experts", "2", "--img-size", "64", "--batch-size", "8",
+                 "--num-workers", "0", "--decoder-channels", "16", "--epochs", "1", "--stage1-epochs", "1",
+                 "--use-ema", "--ema-decay", "0.5"]) == 0
+    return out / "best_model.pth"

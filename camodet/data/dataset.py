@@ -38,6 +38,8 @@ class CODDataset(Dataset):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, index_seed(0, 0, key))
+        if not 0 <= index < len(self.samples):
+            raise IndexError(index)  # also ends plain iteration, which the skip-ahead below would not
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
             try:

@@ -35,6 +35,8 @@ class EpochProgress:
     usage_batches: int = 0
     seconds: float = 0.0
     lr: float = 0.0
+    grad_norm_sum: float = 0.0  # over the steps taken (host numbers from the guard's read)
+    grad_steps: int = 0
     skipped: int = 0          # non-finite steps skipped (bf16/fp32)
     overflow: int = 0         # fp16 overflow steps skipped by the grad scaler
 
@@ -56,6 +58,7 @@ class EpochProgress:
             "images_per_s": self.images / max(self.seconds, 1e-9),
             "expert_usage": (self.usage_sum / max(self.usage_batches, 1)).tolist()
                              if self.usage_sum is not None else [],
+            "grad_norm": self.grad_norm_sum / self.grad_steps if self.grad_steps else None,
             "skipped_steps": self.skipped, "overflow_steps": self.overflow,
         }
 

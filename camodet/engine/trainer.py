@@ -23,9 +23,11 @@ from ..losses import total_loss
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
 from . import distributed, history
+from .health import advise
 from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest
+from .monitor import TensorBoard, peak_memory_mb
 from .loaders import EpochSampler, split_train_val, train_loader, val_loader
 from .optim import build_optimizer, set_lrs
 from .plan import Plan, make_plan
@@ -37,8 +39,19 @@ log = logging.getLogger("camodet")
 # Settings that do not change what a run computes; a resume that differs only in
 # these is still an exact continuation.
 NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.device", "run.log_every",
-                       "run.use_ddp", "run.keep_last", "data.num_workers", "data.skip_bad_files"}
+                       "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
+                       "data.num_workers", "data.skip_bad_files"}
 NOT_HYPERPARAMETER_SECTIONS = {"safety"}
+
+
+@dataclass
+class RunContext:
+    """The run-wide helpers an epoch needs besides the model and the data."""
+    stop: StopRequest
+    watchdog: StallWatchdog
+    worker_init_fn: object
+    record: object          # record(event dict): appends to metrics.jsonl on rank 0
+    tb: TensorBoard
 
 
 @dataclass
@@ -186,8 +199,10 @@ def train(cfg: TrainConfig) -> State:
 
     ddp_model, frozen, stage, loader_batch = model, None, None, None
     first_epoch = position.epoch if position is not None else state.epoch + 1
-    with StopRequest() as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog:
+    tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
+    with StopRequest() as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
+        ctx = RunContext(stop, watchdog, init_fn, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
             watchdog.beat(f"start of epoch {epoch}")
             # Stage and trainable set come from the plan; DDP is re-wrapped when the set changes.
@@ -217,8 +232,7 @@ def train(cfg: TrainConfig) -> State:
             good = snapshot(model, ema, optimizer, scaler, state, progress)
             while True:
                 outcome = train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, loader_batch,
-                                          progress, plan, state, guard, cfg, device, dtype, d, stop, watchdog,
-                                          init_fn, record)
+                                          progress, plan, state, guard, cfg, device, dtype, d, ctx)
                 if outcome.action == "done":
                     bad = nonfinite_tensors(model.state_dict()) + \
                         (nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else [])
@@ -260,16 +274,24 @@ def train(cfg: TrainConfig) -> State:
                     keep_numbered(run_dir, epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
                 if improved:
                     save(os.path.join(run_dir, "best_model.pth"), best=True)
-                history.append(metrics_path, {
+                memory_mb, memory_kind = peak_memory_mb(device)
+                epoch_record = {
                     "type": "epoch", "epoch": epoch, "stage": stage, "global_step": state.global_step,
                     "time_s": round(progress.seconds, 3), "images_per_s": stats["images_per_s"], **stats["parts"],
                     "loss": stats["loss"], "lr": stats["lr"], "lr_scale": state.lr_scale,
-                    "skipped_steps": stats["skipped_steps"], "overflow_steps": stats["overflow_steps"],
-                    "expert_usage": stats["expert_usage"], "val": val,
-                    "best_iou": state.best_iou, "best_epoch": state.best_epoch})
+                    "grad_norm": stats["grad_norm"], "skipped_steps": stats["skipped_steps"],
+                    "overflow_steps": stats["overflow_steps"], "expert_usage": stats["expert_usage"], "val": val,
+                    "best_iou": state.best_iou, "best_epoch": state.best_epoch,
+                    "peak_memory_mb": round(memory_mb, 1), "memory_kind": memory_kind}
+                history.append(metrics_path, epoch_record)
+                tb.epoch(epoch, epoch_record)
+                if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
+                    tb.panel(epoch, eval_model, val_set, device)
                 print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
                       f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
                       + (" | best" if improved else ""), flush=True)
+                for advice in advise(history.read(metrics_path), cfg.to_dict()):
+                    log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
             if any_rank(stop.requested, d, device):  # a signal during validation or saving
                 state.interrupted = stop.name or "SIGTERM"
                 record({"type": "interrupted", "epoch": epoch, "micro_step": None,
@@ -334,19 +356,19 @@ def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
 
 def train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, micro_batch: int,
                     progress: EpochProgress, plan: Plan, state: State, guard: DivergenceGuard, cfg: TrainConfig,
-                    device, dtype, d: distributed.Dist, stop: StopRequest, watchdog: StallWatchdog,
-                    worker_init_fn, record) -> Outcome:
+                    device, dtype, d: distributed.Dist, ctx: RunContext) -> Outcome:
     """The rest of one epoch, from `progress.micro_step`. Each micro-batch loss is weighted
     by its share of the images in its accumulation window, so a short last window still
     gives the mean over exactly the images it saw. One host read per optimizer step: the
     guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
     epoch = progress.epoch
+    stop, watchdog = ctx.stop, ctx.watchdog
     ddp_model.train()
     accum = cfg.optim.accumulation_steps
     sampler = EpochSampler(len(train_set), cfg.run.seed, epoch, d.rank, d.world,
                            start=progress.micro_step * micro_batch)
     loader = train_loader(train_set, micro_batch, sampler, cfg.data.num_workers,
-                          pin_memory=device.type == "cuda", worker_init_fn=worker_init_fn)
+                          pin_memory=device.type == "cuda", worker_init_fn=ctx.worker_init_fn)
     per_rank = sampler.total
     micro_total = math.ceil(per_rank / micro_batch)
     steps_per_epoch = math.ceil(micro_total / accum)
@@ -415,18 +437,23 @@ def train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, micro_b
         state.global_step += 1
         window_loss.zero_()
         progress.micro_step = i + 1
-        if verdict.action == STEP and ema is not None:
-            ema.update(model, step=state.global_step)
+        if verdict.action == STEP:
+            progress.grad_norm_sum += grad_v
+            progress.grad_steps += 1
+            if ema is not None:
+                ema.update(model, step=state.global_step)
         elif verdict.action == OVERFLOW:
             progress.overflow += 1
         elif verdict.action == SKIP:
             progress.skipped += 1
-            record({"type": "skipped_step", "epoch": epoch, "step": step, "global_step": state.global_step,
+            ctx.record({"type": "skipped_step", "epoch": epoch, "step": step, "global_step": state.global_step,
                     "reason": verdict.reason})
             log.warning(f"epoch {epoch}, step {step}: {verdict.reason}")
         watchdog.beat(f"epoch {epoch}, optimizer step {step + 1} of {steps_per_epoch}")
-        if state.global_step % cfg.run.log_every == 0 and bar.disable is False:
-            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
+        if state.global_step % cfg.run.log_every == 0:
+            ctx.tb.step(state.global_step, loss_v, grad_v, optimizer)
+            if bar.disable is False:
+                bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
         if stop_v > 0:
             outcome = Outcome("stopped", stop.name, step)
             break

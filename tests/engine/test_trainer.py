@@ -130,7 +130,8 @@ def test_checkpoint_contents_and_other_architecture_refused(tiny_args, tmp_path,
 
 
 def _iou_untrained_and_trained(root, tmp_path):
-    from camodet.inference import Predictor, evaluate
+    from camodet.evaluation import evaluate
+    from camodet.inference import Predictor
     common = ["--dataset-path", root, "--backbone", "edgenext_xx_small", "--num-experts", "4",
               "--img-size", "64", "--batch-size", "16", "--num-workers", "0", "--lr", "0.002",
               "--stage2-lr", "0.001", "--warmup-epochs", "1", "--deep-supervision", "--seed", "0"]

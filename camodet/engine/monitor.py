@@ -1,0 +1,89 @@
+"""TensorBoard logging (rank 0): step scalars every --log-every steps, epoch scalars,
+expert usage per MoE block, and a panel of fixed validation images every few epochs."""
+
+import logging
+import os
+import resource
+
+import numpy as np
+import torch
+
+from ..data.transforms import MEAN, STD
+
+log = logging.getLogger("camodet")
+PANEL_IMAGES = 4
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(peak MB, what was measured): CUDA allocator peak on a GPU, process peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"  # Linux reports KiB
+
+
+class TensorBoard:
+    def __init__(self, enabled: bool, run_dir: str, purge_step: int | None):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("TensorBoard logging is off: the tensorboard package is not installed "
+                        "(pip install tensorboard, or pass --no-tensorboard to silence this)")
+            return
+        # purge_step drops events a previous attempt wrote past the point this run resumes from
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
+
+    def step(self, global_step: int, loss: float, grad_norm: float, optimizer) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar("train/loss_step", loss, global_step)
+        self.writer.add_scalar("train/grad_norm", grad_norm, global_step)
+        seen = set()
+        for pg in optimizer.param_groups:
+            g = pg["backbone_group"]
+            if g not in seen:
+                seen.add(g)
+                self.writer.add_scalar(f"lr/{'decoder' if g < 0 else f'backbone_group{g}'}", pg["lr"], global_step)
+
+    def epoch(self, epoch: int, record: dict) -> None:
+        if self.writer is None:
+            return
+        w = self.writer
+        for k, v in record.items():
+            if k.startswith("loss") and isinstance(v, (int, float)):
+                w.add_scalar(f"train/{k}", v, epoch)
+        for k in ("images_per_s", "skipped_steps", "overflow_steps", "grad_norm", "peak_memory_mb", "lr_scale"):
+            if isinstance(record.get(k), (int, float)):
+                w.add_scalar(f"train/{k}", record[k], epoch)
+        for k, v in (record.get("val") or {}).items():
+            w.add_scalar(f"val/{k}", v, epoch)
+        for block, usage in enumerate(record.get("expert_usage") or []):
+            for i, u in enumerate(usage):  # add_scalars would make one event folder per expert
+                w.add_scalar(f"experts/block{block}_expert{i}", u, epoch)
+        w.flush()
+
+    @torch.no_grad()
+    def panel(self, epoch: int, model, val_set, device) -> None:
+        """Input | ground truth | prediction for the first validation images, at training size."""
+        if self.writer is None or len(val_set) == 0:
+            return
+        rows = []
+        for i in range(min(PANEL_IMAGES, len(val_set))):
+            item = val_set[i]
+            x = item["image"][None].to(device)
+            prob = torch.sigmoid(model(x).logits.float())[0, 0].cpu().numpy()
+            rgb = np.clip(item["image"].numpy().transpose(1, 2, 0) * STD + MEAN, 0, 255) / 255.0
+            gt = torch.nn.functional.interpolate(torch.from_numpy(np.array(item["gt"], dtype=np.float32))[None, None],
+                                                 size=prob.shape, mode="nearest")[0, 0].numpy() / 255.0
+            rows.append(np.concatenate([rgb, np.repeat(gt[..., None], 3, 2), np.repeat(prob[..., None], 3, 2)], 1))
+        self.writer.add_image("val/input_gt_prediction", np.concatenate(rows, 0), epoch, dataformats="HWC")
+        self.writer.flush()
+
+    def __enter__(self) -> "TensorBoard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,106 @@
+"""Evaluation on test splits with the field's protocol: one row per dataset, from a
+model (`evaluate`) or from prediction maps already on disk (`evaluate_preds_dir`)."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data.dataset import CODDataset, collate
+from .data.io import DataError, read_mask
+from .data.layouts import Sample, gather
+from .metrics import VARIANTS, Evaluator, to_uint8
+
+TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm", "MAE", "IoU", "Dice")
+
+
+def split_by_dataset(dataset_paths: list[str]) -> dict[str, list[Sample]]:
+    """{dataset name: its test samples} over all roots (COD10K, CAMO, ... or the folder's name)."""
+    out: dict[str, list[Sample]] = {}
+    for root in dataset_paths:
+        for s in gather([root], "test"):
+            out.setdefault(s.dataset, []).append(s)
+    return out
+
+
+def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_workers: int = 2,
+             save_preds: str | None = None) -> dict:
+    """{dataset name: metrics}, predictions resized to each GT's original size."""
+    results = {}
+    for name, group in split_by_dataset(dataset_paths).items():
+        ds = CODDataset(group, predictor.img_size, train=False)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                            pin_memory=predictor.device.type == "cuda")
+        ev = Evaluator(full=True)
+        for batch in tqdm(loader, desc=name, leave=False, disable=None):
+            probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
+            for j, gt in enumerate(batch["gt"]):
+                sample = group[int(batch["index"][j])]
+                pred = to_uint8(probs[j].cpu().numpy())
+                ev.step(pred, gt, sample.name)
+                if save_preds:
+                    save_map(pred, os.path.join(save_preds, name, sample.name + ".png"))
+        results[name] = ev.results()
+    return results
+
+
+def save_map(pred: np.ndarray, path: str) -> None:
+    """8-bit PNG, the layout PySODEvalToolkit reads: DIR/<dataset>/<stem>.png."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pred).save(path)
+
+
+def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str]) -> dict:
+    """Score prediction maps already on disk (DIR/<dataset>/<stem>.png, or DIR/<stem>.png
+    for a single dataset) against the test GTs; maps of another size are resized to the
+    GT's, as PySODEvalToolkit does."""
+    if not os.path.isdir(preds_dir):
+        raise DataError(f"--preds-dir {preds_dir}: no such folder")
+    sets = split_by_dataset(dataset_paths)
+    results = {}
+    for name, group in sets.items():
+        folder = os.path.join(preds_dir, name)
+        if not os.path.isdir(folder):
+            if len(sets) > 1:
+                raise DataError(f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
+                                f"use the DIR/<dataset>/<stem>.png layout")
+            folder = preds_dir
+        maps = {os.path.splitext(f)[0]: os.path.join(folder, f) for f in os.listdir(folder)}
+        missing = [s.name for s in group if s.name not in maps]
+        if missing:
+            raise DataError(f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
+                            f"(first: {missing[0]}); predictions must be named like the GT files")
+        ev = Evaluator(full=True)
+        for s in tqdm(group, desc=name, leave=False, disable=None):
+            gt, pred = read_mask(s.mask), read_mask(maps[s.name])
+            if pred.shape != gt.shape:
+                pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+            ev.step(pred, gt, s.name)
+        results[name] = ev.results()
+    return results
+
+
+def format_table(results: dict) -> str:
+    head = "| Dataset | " + " | ".join(TABLE_COLUMNS) + " | Images |"
+    lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |")
+    lines.append("")
+    lines += [f"- {c}: {VARIANTS[c]}" for c in TABLE_COLUMNS]
+    return "\n".join(lines)
+
+
+def write_results(results: dict, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
+        json.dump(results, fh, indent=2)
+    with open(os.path.join(out_dir, "metrics.csv"), "w") as fh:
+        fh.write("dataset," + ",".join(TABLE_COLUMNS) + ",images\n")
+        for name, r in results.items():
+            fh.write(name + "," + ",".join(f"{r[c]:.6f}" for c in TABLE_COLUMNS) + f",{r['images']}\n")
+    with open(os.path.join(out_dir, "metrics.md"), "w") as fh:
+        fh.write(format_table(results) + "\n")

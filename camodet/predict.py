@@ -1,0 +1,110 @@
+"""`camodet predict`: masks for your own photos. For each readable input, at its
+original size: a binary mask, the probability map, an overlay and an RGBA cut-out."""
+
+import glob
+import os
+import time
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .data.io import IMAGE_EXTS, DataError, read_image
+from .data.transforms import normalise, resize
+from .metrics import to_uint8
+
+OUTPUTS = ("masks", "probs", "overlays", "cutouts")
+TINT = np.array([255, 64, 0], dtype=np.float32)   # overlay colour (orange): visible on green and brown scenes
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (their images, sorted) and glob patterns -> (image paths, [(input, problem)])."""
+    paths, problems = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                problems.append((item, "folder holds no images"))
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not matches:
+                problems.append((item, "no such file, folder or matching pattern"))
+            paths += matches
+    return list(dict.fromkeys(paths)), problems
+
+
+class ImageFiles(Dataset):
+    """Reads in workers; an unreadable file yields its error instead of stopping the run."""
+
+    def __init__(self, paths: list[str], img_size: int):
+        self.paths, self.img_size = paths, img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = read_image(self.paths[i])
+        except DataError as e:
+            return {"index": i, "error": str(e)}
+        return {"index": i, "image": image, "input": torch.from_numpy(normalise(resize(image, self.img_size)))}
+
+
+def collate_files(items: list[dict]) -> list[dict]:
+    return items
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """File stems, with a numeric suffix where two inputs share one."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return out
+
+
+def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir: str, stem: str) -> None:
+    mask = prob >= threshold
+    Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out_dir, "masks", stem + ".png"))
+    Image.fromarray(to_uint8(prob)).save(os.path.join(out_dir, "probs", stem + ".png"))
+    overlay = image.astype(np.float32)
+    overlay[mask] = 0.55 * overlay[mask] + 0.45 * TINT
+    overlay = overlay.astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(overlay, contours, -1, (255, 255, 0), max(1, round(max(image.shape[:2]) / 400)))
+    Image.fromarray(overlay).save(os.path.join(out_dir, "overlays", stem + ".jpg"), quality=92)
+    rgba = np.dstack([image, to_uint8(prob * mask)])  # soft edge inside the mask, transparent outside
+    Image.fromarray(rgba, "RGBA").save(os.path.join(out_dir, "cutouts", stem + ".png"))
+
+
+def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float = 0.5, batch_size: int = 4,
+                  num_workers: int = 2) -> dict:
+    """Run over every input; returns counts, timing and the inputs that could not be read."""
+    paths, problems = expand_inputs(inputs)
+    for sub in OUTPUTS:
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    stems = unique_stems(paths)
+    loader = DataLoader(ImageFiles(paths, predictor.img_size), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_files)
+    done, start = 0, time.time()
+    for items in tqdm(loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True):
+        good = [it for it in items if "error" not in it]
+        problems += [(paths[it["index"]], it["error"]) for it in items if "error" in it]
+        if not good:
+            continue
+        batch = torch.stack([it["input"] for it in good])
+        probs = predictor.probabilities(batch, [it["image"].shape[:2] for it in good])
+        for it, prob in zip(good, probs):
+            write_outputs(it["image"], prob.cpu().numpy(), threshold, out_dir, stems[it["index"]])
+            done += 1
+    seconds = time.time() - start
+    return {"written": done, "inputs": len(paths), "problems": problems, "seconds": seconds,
+            "images_per_s": done / max(seconds, 1e-9)}

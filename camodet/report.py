@@ -1,0 +1,208 @@
+"""`camodet report RUN_DIR`: one self-contained HTML page (plots embedded) built from
+metrics.jsonl and config.yaml, plus the plots as PNG files. Works on a run that is still
+going or that crashed: a torn last line of the history is skipped."""
+
+import base64
+import html
+import io
+import os
+
+import numpy as np
+import yaml
+
+from .config import ConfigError
+from .engine import history
+from .engine.health import advise
+
+PLOTS = ("loss", "iou", "lr", "experts")
+GRID_IMAGES = 8
+
+
+def load_run(run_dir: str) -> tuple[list[dict], dict]:
+    records = history.read(os.path.join(run_dir, "metrics.jsonl"))
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    config = {}
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as fh:
+            config = yaml.safe_load(fh) or {}
+    return records, config
+
+
+def all_advice(records: list[dict], config: dict) -> list:
+    """The advice the trainer gave (or would have given) after each epoch."""
+    out, upto = [], []
+    for r in records:
+        upto.append(r)
+        if r.get("type") == "epoch":
+            out += advise(upto, config)
+    return out
+
+
+def _marks(ax, records: list[dict]) -> None:
+    """Stage boundaries, unfreeze milestones, warm restarts, rollbacks and interruptions."""
+    styles = {"stage": ("tab:purple", "-", "stage {stage}"), "unfreeze": ("tab:gray", ":", "unfreeze"),
+              "warm_restart": ("tab:blue", "--", "warm restart"), "rollback": ("tab:red", "--", "rollback"),
+              "diverged": ("black", "-", "diverged"), "interrupted": ("tab:orange", "-.", "interrupted")}
+    labelled = set()
+    for r in records:
+        if r.get("type") in styles and r.get("epoch") is not None:
+            colour, line, label = styles[r["type"]]
+            text = label.format(**r) if "{" in label else label
+            x = r["epoch"] - 0.5 if r["type"] in ("stage", "unfreeze", "warm_restart") else r["epoch"]
+            ax.axvline(x, color=colour, linestyle=line, linewidth=1,
+                       label=None if text in labelled else text)
+            labelled.add(text)
+
+
+def make_plots(records: list[dict]) -> dict:
+    """{name: PNG bytes}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    x = [r["epoch"] for r in epochs]
+    out = {}
+
+    def finish(fig, ax, name, ylabel):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        _marks(ax, records)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        out[name] = buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.plot(x, [r.get("loss") for r in epochs], marker="o", ms=3, label="loss (total)")
+    for k in sorted({k for r in epochs for k in r if k.startswith("loss_")}):
+        ax.plot(x, [r.get(k) for r in epochs], linewidth=1, alpha=0.7, label=k)
+    finish(fig, ax, "loss", "training loss")
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for k in ("IoU", "Dice", "Sm"):
+        ax.plot(x, [(r.get("val") or {}).get(k) for r in epochs], marker="o", ms=3, label=f"val {k}")
+    best = [r for r in epochs if r.get("best_epoch") == r["epoch"]]
+    if best:
+        ax.scatter([best[-1]["epoch"]], [best[-1]["val"].get("IoU")], s=80, facecolors="none",
+                   edgecolors="green", label="best")
+    finish(fig, ax, "iou", "validation")
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.plot(x, [r.get("lr") for r in epochs], marker="o", ms=3, label="LR (decoder, end of epoch)")
+    if any(r.get("lr") for r in epochs):
+        ax.set_yscale("log")
+    finish(fig, ax, "lr", "learning rate")
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for block in range(max((len(r.get("expert_usage") or []) for r in epochs), default=0)):
+        n = len(epochs[-1]["expert_usage"][block])
+        for e in range(n):
+            ys = [r["expert_usage"][block][e] if len(r.get("expert_usage") or []) > block else None for r in epochs]
+            ax.plot(x, ys, linestyle="-" if block == 0 else "--", linewidth=1, label=f"block {block} expert {e}")
+    finish(fig, ax, "experts", "routing share")
+    return out
+
+
+def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
+    """Input | ground truth | prediction for the first validation images, from the best
+    (else last) checkpoint; (PNG bytes or None, a note)."""
+    ckpt = next((os.path.join(run_dir, f) for f in ("best_model.pth", "last.pth")
+                 if os.path.isfile(os.path.join(run_dir, f))), None)
+    if ckpt is None:
+        return None, "no checkpoint yet, so no predictions"
+    try:
+        from PIL import Image
+
+        from .data.io import DataError, read_image, read_mask
+        from .data.layouts import gather
+        from .engine.checkpoint import CheckpointError
+        from .engine.loaders import split_train_val
+        from .inference import Predictor
+        data, run = config.get("data", {}), config.get("run", {})
+        samples = gather(data.get("dataset_path") or [], "train", data.get("include_noncam", False), True,
+                         data.get("images"), data.get("masks"))
+        _, val = split_train_val(samples, data.get("val_fraction", 0.1), run.get("seed", 42))
+        if not val:
+            return None, "the run has no validation images"
+        predictor = Predictor.load(ckpt, device="cpu")
+        rows = []
+        for s in val[:GRID_IMAGES]:
+            img, gt = read_image(s.image), read_mask(s.mask)
+            prob = predictor.predict(img)
+            tile = [np.asarray(Image.fromarray(a).resize((192, 192))) for a in
+                    (img, np.repeat(gt[..., None], 3, 2), np.repeat((prob * 255).astype(np.uint8)[..., None], 3, 2))]
+            rows.append(np.concatenate(tile, 1))
+        buf = io.BytesIO()
+        Image.fromarray(np.concatenate(rows, 0)).save(buf, format="PNG")
+        return buf.getvalue(), f"{os.path.basename(ckpt)} on {len(rows)} validation images: input | GT | prediction"
+    except (DataError, CheckpointError, OSError) as e:
+        return None, f"no predictions: {e}"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def write_report(run_dir: str, predictions: bool = True) -> str:
+    """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path."""
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"{run_dir}: no such run folder")
+    records, config = load_run(run_dir)
+    if not records and not config:
+        raise ConfigError(f"{run_dir}: no metrics.jsonl or config.yaml; is this a camodet run folder?")
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    plots = make_plots(records) if epochs else {}
+    png_dir = os.path.join(run_dir, "report")
+    os.makedirs(png_dir, exist_ok=True)
+    for name, png in plots.items():
+        with open(os.path.join(png_dir, f"{name}.png"), "wb") as fh:
+            fh.write(png)
+    grid, grid_note = prediction_grid(run_dir, config) if predictions else (None, "predictions not requested")
+    if grid:
+        with open(os.path.join(png_dir, "predictions.png"), "wb") as fh:
+            fh.write(grid)
+
+    total = config.get("stages", {}).get("epochs", "?")
+    last = epochs[-1] if epochs else {}
+    ended = [r for r in records if r.get("type") in ("diverged", "interrupted")]
+    status = (f"{ended[-1]['type']} at epoch {ended[-1].get('epoch')}" if ended and ended[-1] is records[-1]
+              else f"epoch {last.get('epoch', 0)} of {total}")
+    best = max(epochs, key=lambda r: (r.get("val") or {}).get("IoU", -1), default=None)
+    esc = html.escape
+    parts = [f"<h1>camodet run: {esc(os.path.abspath(run_dir))}</h1>",
+             f"<p class=status>{esc(status)}; {len(epochs)} epoch record(s)</p>"]
+    if best and best.get("val"):
+        cells = "".join(f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>" if isinstance(v, float)
+                        else f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in best["val"].items())
+        parts.append(f"<h2>Best epoch: {best['epoch']} (stage {best.get('stage')})</h2><table>{cells}</table>")
+    advice = all_advice(records, config)
+    parts.append("<h2>Health advice</h2>" + ("<ul>" + "".join(
+        f"<li><b>epoch {a.epoch}</b> [{esc(a.rule)}]: {esc(a.message)}</li>" for a in advice) + "</ul>"
+        if advice else "<p>No warnings: the run looks healthy.</p>"))
+    titles = {"loss": "Training loss", "iou": "Validation metrics", "lr": "Learning rate",
+              "experts": "Expert usage per MoE block"}
+    for name in PLOTS:
+        if name in plots:
+            parts.append(f"<h2>{titles[name]}</h2>{_img(plots[name], name)}")
+    parts.append("<h2>Validation predictions</h2>" + (_img(grid, "predictions") if grid else "")
+                 + f"<p>{esc(grid_note)}</p>")
+    events = [r for r in records if r.get("type") != "epoch"]
+    if events:
+        parts.append("<h2>Events</h2><ul>" + "".join(
+            f"<li>{esc(r['type'])} at epoch {r.get('epoch')}: "
+            f"{esc(', '.join(f'{k}={v}' for k, v in r.items() if k not in ('type', 'epoch')))}</li>"
+            for r in events) + "</ul>")
+    parts.append(f"<h2>Configuration</h2><pre>{esc(yaml.safe_dump(config, sort_keys=False))}</pre>")
+    page = ("<!doctype html><html><head><meta charset=utf-8><title>camodet report</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+            "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
+            "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}pre{background:#f6f6f6;padding:1em}"
+            ".status{font-size:1.1em}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    path = os.path.join(run_dir, "report.html")
+    with open(path, "w") as fh:
+        fh.write(page)
+    return path
