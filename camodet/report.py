@@ -12,7 +12,7 @@ import yaml
 
 from .config import ConfigError
 from .engine import history
-from .engine.health import advise
+from .engine.health import new_advice
 
 PLOTS = ("loss", "iou", "lr", "experts")
 GRID_IMAGES = 8
@@ -34,7 +34,7 @@ def all_advice(records: list[dict], config: dict) -> list:
     for r in records:
         upto.append(r)
         if r.get("type") == "epoch":
-            out += advise(upto, config)
+            out += new_advice(upto, config)
     return out
 
 

@@ -9,6 +9,7 @@ SPIKE_RATIO = 1.5         # epoch loss this far above the best of the previous e
 GRAD_RISE_EPOCHS = 3      # gradient norm rising this many epochs in a row ...
 GRAD_RISE_RATIO = 2.0     # ... to this multiple of its earlier median
 UNUSED_SHARE = 0.01       # an expert chosen for less than 1% of the routing weight
+TRAINABLE_CHANGES = ("stage", "unfreeze", "warm_restart", "rollback")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,11 @@ class Advice:
     epoch: int
     rule: str
     message: str
+    subject: str = ""   # what the rule is about when it can fire several times (a MoE block)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.rule, self.subject
 
 
 def stage_of(epoch: int, stages: dict) -> int:
@@ -47,7 +53,10 @@ def advise(records: list[dict], config: dict) -> list[Advice]:
                           f"epoch loss {last['loss']:.4f} is {last['loss'] / min(earlier):.1f}x the best so far in "
                           f"stage {stage} ({min(earlier):.4f}); try {lr_flag} 20% lower or --grad-clip 0.5"))
 
-    norms = [r.get("grad_norm") for r in same_stage]
+    # More trainable parameters (an unfreeze) mean a larger norm: compare only since the last change.
+    changes = [i for i, r in enumerate(records) if r.get("type") in TRAINABLE_CHANGES]
+    since_change = [r for r in records[changes[-1] + 1 if changes else 0:] if r.get("type") == "epoch"]
+    norms = [r.get("grad_norm") for r in since_change]
     if len(norms) > GRAD_RISE_EPOCHS + 1 and None not in norms:
         recent, before = norms[-(GRAD_RISE_EPOCHS + 1):], norms[:-GRAD_RISE_EPOCHS]
         base = statistics.median(before)
@@ -63,7 +72,8 @@ def advise(records: list[dict], config: dict) -> list[Advice]:
         if unused:
             out.append(Advice(e, "expert_unused",
                               f"MoE block {block}: expert(s) {unused} got under {UNUSED_SHARE:.0%} of the routing "
-                              f"this epoch; raise --moe-loss-weight (e.g. x2) or lower --num-experts"))
+                              f"this epoch; raise --moe-loss-weight (e.g. x2) or lower --num-experts",
+                              subject=f"block{block}"))
 
     min_lr, lr = optim.get("min_lr", 0.0), last.get("lr")
     stage_end = stages.get("stage1_epochs", 0) if stage == 1 else stages.get("epochs", 0)
@@ -72,3 +82,11 @@ def advise(records: list[dict], config: dict) -> list[Advice]:
                           f"the LR reached --min-lr ({min_lr:g}) with {stage_end - e} epoch(s) of stage {stage} "
                           f"left; those epochs barely move the weights: lower --min-lr or shorten the stage"))
     return out
+
+
+def new_advice(records: list[dict], config: dict) -> list[Advice]:
+    """Advice for the last epoch that did not already fire for the epoch before it: a
+    condition that persists is reported once, when it starts."""
+    epochs = [i for i, r in enumerate(records) if r.get("type") == "epoch"]
+    before = {a.key for a in advise(records[:epochs[-2] + 1], config)} if len(epochs) > 1 else set()
+    return [a for a in advise(records, config) if a.key not in before]

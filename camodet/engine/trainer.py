@@ -23,7 +23,7 @@ from ..losses import total_loss
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
 from . import distributed, history
-from .health import advise
+from .health import new_advice
 from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest
@@ -290,7 +290,7 @@ def train(cfg: TrainConfig) -> State:
                 print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
                       f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
                       + (" | best" if improved else ""), flush=True)
-                for advice in advise(history.read(metrics_path), cfg.to_dict()):
+                for advice in new_advice(history.read(metrics_path), cfg.to_dict()):
                     log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
             if any_rank(stop.requested, d, device):  # a signal during validation or saving
                 state.interrupted = stop.name or "SIGTERM"

@@ -50,3 +50,20 @@ def test_lr_at_floor_with_epochs_left():
     assert rules(healthy(7) + [epoch(8, lr=1e-5)]) == ["lr_at_floor"]
     assert rules(healthy(4) + [epoch(5, lr=1e-5)]) == []           # end of stage 1: expected
     assert rules(healthy(19) + [epoch(20, lr=1e-5, loss=0.5, iou=0.8)]) == []   # last epoch
+
+
+def test_persisting_condition_is_reported_once():
+    from camodet.engine.health import new_advice
+    starved = [(0.5, 0.5, 0.0)]
+    run = healthy(3) + [epoch(4, usage=starved), epoch(5, usage=starved)]
+    assert [a.rule for a in new_advice(run[:4], CONFIG)] == ["expert_unused"]
+    assert new_advice(run, CONFIG) == []
+    assert [a.rule for a in new_advice(run + [epoch(6, usage=[(0.5, 0.5, 0.0), (0.0, 0.5, 0.5)])], CONFIG)] == \
+        ["expert_unused"]                                       # block 1 is news
+
+
+def test_gradient_norm_compared_only_since_the_last_unfreeze():
+    rising = [epoch(9, grad=2.0), epoch(10, grad=3.0), epoch(11, grad=4.0)]
+    unfreeze = {"type": "unfreeze", "epoch": 9, "trainable": [2, 3]}
+    assert "grad_norm_rising" not in rules(healthy(8) + [unfreeze] + rising)
+    assert "grad_norm_rising" in rules(healthy(8) + rising)
