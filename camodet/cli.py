@@ -115,6 +115,77 @@ def _inspect(args) -> int:
     return report["exit_code"]
 
 
+def parse_memory(text: str) -> float:
+    """'16GB', '16G', '12000MB' or a number of GB -> MB."""
+    t = text.strip().upper().removesuffix("B")
+    try:
+        if t.endswith("M"):
+            return float(t[:-1])
+        return float(t.removesuffix("G")) * 1024
+    except ValueError:
+        raise ConfigError(f"--gpu-memory {text!r}: use a size like 16GB or 12000MB") from None
+
+
+def _plan(args) -> int:
+    cfg = from_args(args)
+    cfg.validate(check_paths=bool(cfg.data.dataset_path or cfg.data.images))
+    from .config import save_yaml
+    from .engine.measure import measure_in_subprocess
+    from .engine.planner import PROFILES, PlanError, choose, format_plan
+    from .models import check_backbone
+    import copy
+    import torch
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    if args.effective_batch < 1:
+        raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
+    on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
+    if args.gpu_memory:
+        budget = parse_memory(args.gpu_memory)
+    elif on_gpu:
+        budget = torch.cuda.get_device_properties(0).total_memory / 2**20
+    else:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if cfg.data.dataset_path or cfg.data.images:
+        from .data.layouts import gather
+        images = round(len(gather(cfg.data.dataset_path, "train", cfg.data.include_noncam, True, cfg.data.images,
+                                  cfg.data.masks)) * (1 - cfg.data.val_fraction))
+    else:
+        images = args.num_images
+    model_cfg = {k: v for k, v in cfg.to_dict()["model"].items()}
+    measured = []
+    for stage in (1, 2):
+        for batch in args.candidates:
+            m = measure_in_subprocess(model_cfg=model_cfg, img_size=cfg.data.img_size, batch=batch, stage=stage,
+                                      grad_checkpointing=cfg.speed.grad_checkpointing, steps=args.steps,
+                                      device="cuda" if on_gpu else "cpu")
+            measured.append(m)
+            print(f"measured stage {stage}, micro-batch {batch}: " + (f"failed ({m['error']})" if "error" in m else
+                  f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"), flush=True)
+            if "error" in m or m["peak_mb"] > budget:
+                break
+    kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
+    print(f"\nbudget {budget:.0f} MB ({'GPU' if on_gpu else 'CPU RAM'}; measured: "
+          f"{'CUDA allocator peak' if kind == 'cuda_allocated' else 'process peak RSS on the CPU'}), "
+          f"{images} training images, target effective batch {args.effective_batch}, LR rule {args.lr_scaling}\n")
+    base = {"lr": cfg.optim.lr, "stage2_lr": cfg.stage2_lr,
+            "base_batch1": cfg.optim.batch_size * cfg.optim.accumulation_steps,
+            "base_batch2": cfg.stage2_batch_size * cfg.optim.accumulation_steps}
+    os.makedirs(args.out_dir, exist_ok=True)
+    for profile, margin in PROFILES.items():
+        try:
+            accum, plans = choose(measured, budget, margin, args.effective_batch, base, args.lr_scaling, images)
+        except PlanError as e:
+            print(f"{profile}: {e}")
+            continue
+        out = copy.deepcopy(cfg)
+        out.optim.batch_size, out.optim.stage2_batch_size = plans[0].micro_batch, plans[1].micro_batch
+        out.optim.accumulation_steps, out.optim.lr, out.optim.stage2_lr = accum, plans[0].lr, plans[1].lr
+        path = os.path.join(args.out_dir, f"plan-{profile}.yaml")
+        save_yaml(out, path)
+        print(format_plan(profile, accum, plans, kind, budget) + f"\n  -> {path}")
+    return 0
+
+
 def _report(args) -> int:
     from .report import write_report
     path = write_report(args.run_dir, predictions=not args.no_predictions)
@@ -180,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--onnx", action="store_true", help="also write model.onnx (pip install 'camodet[export]')")
     x.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
     x.set_defaults(func=_export)
+
+    pl = sub.add_parser("plan", help="measure steps, then choose micro-batch, accumulation and LR "
+                                     "(three profiles, each a YAML for train --config)")
+    add_arguments(pl)
+    pl.add_argument("--gpu-memory", help="memory budget, e.g. 16GB (default: the GPU's, or the CPU's RAM)")
+    pl.add_argument("--effective-batch", type=int, default=16, help="images per optimizer step to reach")
+    pl.add_argument("--lr-scaling", choices=["linear", "sqrt"], default="linear",
+                    help="scale the configured LRs with the effective batch: linear or square root")
+    pl.add_argument("--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="micro-batches to try")
+    pl.add_argument("--steps", type=int, default=2, help="timed steps per measurement (after one warm-up)")
+    pl.add_argument("--num-images", type=int, default=3600, help="training images when no --dataset-path is given")
+    pl.add_argument("--out-dir", default="plans", help="where the three YAML files go")
+    pl.set_defaults(func=_plan)
 
     rp = sub.add_parser("report", help="report.html (curves, events, advice, predictions) for a run folder")
     rp.add_argument("run_dir")

@@ -38,6 +38,8 @@ class DataConfig:
     include_noncam: bool = opt(False, "COD10K: also use NonCAM images (the field uses CAM only)")
     skip_bad_files: bool = opt(False, "skip unreadable or unmatched files instead of stopping")
     num_workers: int = opt(4, "data-loader worker processes")
+    cache: bool = opt(False, "decode and pre-resize the dataset once into --cache-dir; later runs read that")
+    cache_dir: Optional[str] = opt(None, "cache folder (default: ~/.cache/camodet)")
 
 
 @dataclass
@@ -97,6 +99,15 @@ class RunConfig:
 
 
 @dataclass
+class SpeedConfig:
+    channels_last: str = opt("auto", "channels_last memory format (auto: on for CUDA)", choices=["auto", "on", "off"])
+    compile: bool = opt(False, "torch.compile the model (falls back to eager with a message where it fails)")
+    grad_checkpointing: bool = opt(False, "recompute activations in backward (backbone, decoder, experts) "
+                                          "to save memory")
+    persistent_workers: bool = opt(True, "keep data-loader workers alive between epochs of a stage")
+
+
+@dataclass
 class SafetyConfig:
     max_rollbacks: int = opt(3, "rollbacks to the last good state before the run stops as diverged")
     rollback_lr_factor: float = opt(0.5, "LR multiplier applied at each rollback")
@@ -115,6 +126,7 @@ class TrainConfig:
     stages: StageConfig = field(default_factory=StageConfig)
     run: RunConfig = field(default_factory=RunConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     # Resolved stage-2 values: the reference workflow treats "not given" as "same as stage 1".
     @property

@@ -160,3 +160,27 @@ def test_train_augmentation_reproducible(synth_root):
     a, b, c = ds[(2, [1, 1, 2])], ds[(2, [1, 1, 2])], ds[(2, [1, 2, 2])]
     assert (a["image"] == b["image"]).all() and not (a["image"] == c["image"]).all()
     assert a["mask"].shape == (1, 48, 48) and set(a["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_cache_written_once_and_read_back(synth_root, tmp_path):
+    from camodet.data.cache import cached_samples
+    from camodet.data.dataset import CODDataset
+    from camodet.data.layouts import gather
+    samples = gather([synth_root], "train")[:6]
+    first = cached_samples(samples, 32, str(tmp_path / "cache"), workers=2)
+    (folder,) = os.listdir(tmp_path / "cache")
+    stamp = os.path.getmtime(tmp_path / "cache" / folder / "0.image.npy")
+    again = cached_samples(samples, 32, str(tmp_path / "cache"), workers=2)
+    assert again == first and os.path.getmtime(tmp_path / "cache" / folder / "0.image.npy") == stamp
+    assert all(s.image.endswith(".npy") and s.gt == o.mask for s, o in zip(first, samples))
+    # pre-resized for training (longer side <= 1.5 x 32), original GT for evaluation
+    plain, cached = CODDataset(samples, 32, train=False), CODDataset(first, 32, train=False)
+    for i in range(len(samples)):
+        assert max(np.load(first[i].image).shape[:2]) <= 48
+        assert np.array_equal(cached[i]["gt"], plain[i]["gt"])
+        # the same picture, resampled twice (fine stripes at 32 px differ by a few grey levels)
+        assert np.corrcoef(cached[i]["image"].ravel(), plain[i]["image"].ravel())[0, 1] > 0.9
+    assert CODDataset(first, 32, train=True)[(0, [1, 2])]["image"].shape == (3, 32, 32)
+    # another image size is another cache
+    cached_samples(samples, 64, str(tmp_path / "cache"), workers=0)
+    assert len(os.listdir(tmp_path / "cache")) == 2

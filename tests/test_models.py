@@ -147,3 +147,25 @@ def test_summary_counts_parts():
     p = s["params"]
     assert p["total"] == sum(v for k, v in p.items() if k != "total") > 0
     assert p["experts"] > 0 and s["gflops"] > s["backbone_gflops"] > 0
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    from camodet.losses import total_loss
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="edgenext_xx_small", num_experts=3, decoder_channels=16,
+                                    deep_supervision=True)).train()
+    x, y = torch.randn(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    grads, calls = [], []
+    model.decoder.fuse[0][0].register_forward_hook(lambda *a: calls.append(1))
+    for enable in (False, True):
+        calls.clear()
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        loss, _ = total_loss(model(x), y, model.side_weights, 0.01)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        assert len(calls) == (2 if enable else 1)      # recomputed in backward: the memory is not kept
+    assert model.decoder.grad_checkpointing and model.backbone.body.grad_checkpointing
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n

@@ -60,7 +60,7 @@ class CODDataset(Dataset):
                     "index": i}
         return {"image": torch.from_numpy(normalise(eval_transform(image, self.img_size))),
                 "mask": torch.from_numpy((resize(mask, self.img_size) > 127).astype(np.float32))[None],
-                "gt": mask, "index": i}
+                "gt": read_mask(sample.gt) if sample.gt else mask, "index": i}
 
 
 def index_seed(seed: int, epoch: int, index: int) -> list[int]:

@@ -36,8 +36,20 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
 
 
+def _read_cached(path: str, ndim: int) -> np.ndarray:
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable cache file ({e}); delete the cache folder to rebuild it") from None
+    if arr.dtype != np.uint8 or arr.ndim != ndim:
+        raise DataError(f"{path}: not a camodet cache file; delete the cache folder to rebuild it")
+    return arr
+
+
 def read_image(path: str) -> np.ndarray:
     """HxWx3 uint8 RGB."""
+    if path.endswith(".npy"):
+        return _read_cached(path, 3)
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_uint8(np.asarray(img))
@@ -52,6 +64,8 @@ def read_image(path: str) -> np.ndarray:
 
 def read_mask(path: str) -> np.ndarray:
     """HxW uint8 grey levels (GT is value > 127)."""
+    if path.endswith(".npy"):
+        return _read_cached(path, 2)
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):
         return _to_uint8(np.asarray(img))

@@ -28,6 +28,7 @@ class Sample:
     name: str          # file stem, used for prediction file names
     dataset: str
     size: tuple = (0, 0)  # (width, height) at original resolution
+    gt: str | None = None   # the original mask when `mask` is a cached, resized copy
 
     @property
     def is_noncam(self) -> bool:

@@ -27,6 +27,10 @@ class EpochSampler(Sampler):
         self.n, self.seed, self.epoch, self.rank, self.world = n, seed, epoch, rank, world
         self.start = start  # samples of this rank's share already seen (a mid-epoch resume)
 
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The loader (and its persistent workers) outlives an epoch; the order does not."""
+        self.epoch, self.start = epoch, start
+
     @property
     def total(self) -> int:
         """This rank's share of the whole epoch."""
@@ -45,10 +49,11 @@ class EpochSampler(Sampler):
 
 
 def train_loader(dataset: CODDataset, batch_size: int, sampler: EpochSampler, num_workers: int,
-                 pin_memory: bool, worker_init_fn=None) -> DataLoader:
+                 pin_memory: bool, worker_init_fn=None, persistent_workers: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, drop_last=False, persistent_workers=False,
-                      worker_init_fn=worker_init_fn)
+                      pin_memory=pin_memory, drop_last=False, worker_init_fn=worker_init_fn,
+                      persistent_workers=persistent_workers and num_workers > 0,
+                      prefetch_factor=4 if num_workers > 0 else None)
 
 
 def val_loader(dataset: CODDataset, batch_size: int, rank: int, world: int, num_workers: int,

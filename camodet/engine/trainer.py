@@ -17,6 +17,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ..config import TrainConfig, save_yaml
+from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..data.layouts import gather
 from ..losses import total_loss
@@ -40,8 +41,27 @@ log = logging.getLogger("camodet")
 # these is still an exact continuation.
 NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.device", "run.log_every",
                        "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
-                       "data.num_workers", "data.skip_bad_files"}
-NOT_HYPERPARAMETER_SECTIONS = {"safety"}
+                       "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
+NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
+
+
+class CompiledOrEager:
+    """torch.compile'd forward that falls back to eager, once and with a message, where
+    compilation fails (errors surface at the first call, not at torch.compile)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.compiled = module, torch.compile(module)
+
+    def __call__(self, x):
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as e:  # any backend failure: the run must not die for a speed-up
+                log.warning(f"--compile: torch.compile failed ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+                            f"continuing without it")
+                self.compiled = None
+        return self.module(x)
 
 
 @dataclass
@@ -49,7 +69,6 @@ class RunContext:
     """The run-wide helpers an epoch needs besides the model and the data."""
     stop: StopRequest
     watchdog: StallWatchdog
-    worker_init_fn: object
     record: object          # record(event dict): appends to metrics.jsonl on rank 0
     tb: TensorBoard
 
@@ -122,6 +141,13 @@ def train(cfg: TrainConfig) -> State:
     # Data: validation carved from the training images, seeded.
     samples = gather(cfg.data.dataset_path, "train", cfg.data.include_noncam, cfg.data.skip_bad_files,
                      cfg.data.images, cfg.data.masks)
+    if cfg.data.cache:
+        cache = functools.partial(cached_samples, samples, cfg.data.img_size, cfg.data.cache_dir or default_cache_dir(),
+                                  cfg.data.num_workers, skip_bad_files=cfg.data.skip_bad_files)
+        if d.is_main:
+            cache()                      # rank 0 writes it once; the others then read it
+        distributed.barrier(d)
+        samples = cache()
     train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
     train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files)
     val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files)
@@ -165,6 +191,11 @@ def train(cfg: TrainConfig) -> State:
         loaded, total = load_matching(model, init.get("raw_model_state_dict", init["model_state_dict"]))
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
+    if cfg.speed.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    memory_format = (torch.channels_last if cfg.speed.channels_last == "on" or
+                     (cfg.speed.channels_last == "auto" and device.type == "cuda") else torch.contiguous_format)
+    model = model.to(memory_format=memory_format)
     plan = make_plan(cfg, model.backbone.num_groups, restart_epoch)
     optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -197,12 +228,12 @@ def train(cfg: TrainConfig) -> State:
         atomic_save(ckpt, path)
         return ckpt
 
-    ddp_model, frozen, stage, loader_batch = model, None, None, None
+    ddp_model, frozen, stage, loader_batch, loader, forward = model, None, None, None, None, model
     first_epoch = position.epoch if position is not None else state.epoch + 1
     tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
     with StopRequest() as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
-        ctx = RunContext(stop, watchdog, init_fn, record, tb)
+        ctx = RunContext(stop, watchdog, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
             watchdog.beat(f"start of epoch {epoch}")
             # Stage and trainable set come from the plan; DDP is re-wrapped when the set changes.
@@ -210,6 +241,7 @@ def train(cfg: TrainConfig) -> State:
                 frozen = plan.frozen_groups(epoch)
                 model.set_frozen_groups(set(frozen))
                 ddp_model = distributed.wrap(model, d, device)
+                forward = CompiledOrEager(ddp_model) if cfg.speed.compile else ddp_model
                 if stage is not None and plan.stage(epoch) == stage:
                     trainable = sorted(set(range(plan.num_groups)) - frozen)
                     say(f"epoch {epoch}: backbone groups {trainable} now train")
@@ -217,6 +249,11 @@ def train(cfg: TrainConfig) -> State:
             if plan.stage(epoch) != stage:
                 stage = plan.stage(epoch)
                 loader_batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
+                # One loader per stage: its workers persist across the stage's epochs.
+                loader = train_loader(train_set, loader_batch, EpochSampler(len(train_set), cfg.run.seed, epoch,
+                                                                            d.rank, d.world),
+                                      cfg.data.num_workers, pin_memory=device.type == "cuda",
+                                      worker_init_fn=init_fn, persistent_workers=cfg.speed.persistent_workers)
                 effective = loader_batch * cfg.optim.accumulation_steps * d.world
                 trainable = sorted(set(range(plan.num_groups)) - frozen)
                 say(f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
@@ -231,8 +268,8 @@ def train(cfg: TrainConfig) -> State:
             progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
             good = snapshot(model, ema, optimizer, scaler, state, progress)
             while True:
-                outcome = train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, loader_batch,
-                                          progress, plan, state, guard, cfg, device, dtype, d, ctx)
+                outcome = train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader,
+                                          progress, plan, state, guard, cfg, device, dtype, d, ctx, memory_format)
                 if outcome.action == "done":
                     bad = nonfinite_tensors(model.state_dict()) + \
                         (nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else [])
@@ -354,9 +391,9 @@ def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
         os.unlink(os.path.join(run_dir, f))
 
 
-def train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, micro_batch: int,
-                    progress: EpochProgress, plan: Plan, state: State, guard: DivergenceGuard, cfg: TrainConfig,
-                    device, dtype, d: distributed.Dist, ctx: RunContext) -> Outcome:
+def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, progress: EpochProgress, plan: Plan,
+                    state: State, guard: DivergenceGuard, cfg: TrainConfig, device, dtype, d: distributed.Dist,
+                    ctx: RunContext, memory_format=torch.contiguous_format) -> Outcome:
     """The rest of one epoch, from `progress.micro_step`. Each micro-batch loss is weighted
     by its share of the images in its accumulation window, so a short last window still
     gives the mean over exactly the images it saw. One host read per optimizer step: the
@@ -365,10 +402,9 @@ def train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, micro_b
     stop, watchdog = ctx.stop, ctx.watchdog
     ddp_model.train()
     accum = cfg.optim.accumulation_steps
-    sampler = EpochSampler(len(train_set), cfg.run.seed, epoch, d.rank, d.world,
-                           start=progress.micro_step * micro_batch)
-    loader = train_loader(train_set, micro_batch, sampler, cfg.data.num_workers,
-                          pin_memory=device.type == "cuda", worker_init_fn=ctx.worker_init_fn)
+    micro_batch = loader.batch_size
+    sampler = loader.sampler
+    sampler.set_epoch(epoch, start=progress.micro_step * micro_batch)
     per_rank = sampler.total
     micro_total = math.ceil(per_rank / micro_batch)
     steps_per_epoch = math.ceil(micro_total / accum)
@@ -391,13 +427,13 @@ def train_one_epoch(ddp_model, model, ema, optimizer, scaler, train_set, micro_b
         boundary = (i + 1) % accum == 0 or i == micro_total - 1
         if i % accum == 0:
             progress.lr = set_lrs(optimizer, plan, epoch, step, steps_per_epoch, state.lr_scale)
-        image = batch["image"].to(device, non_blocking=True)
+        image = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         mask = batch["mask"].to(device, non_blocking=True)
         n = image.shape[0]
         sync = contextlib.nullcontext() if boundary or not d.enabled else ddp_model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = ddp_model(image)
+                out = forward(image)
             loss, parts = total_loss(out, mask, model.side_weights, cfg.optim.moe_loss_weight)
             share = n / window_images
             scaler.scale(loss * share).backward()

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .experts import conv_norm_act
 from .moe import MoEBlock, Routing
@@ -23,6 +24,12 @@ class Decoder(nn.Module):
             str(j): MoEBlock(channels, num_experts, top_k, gating)
             for j, r in enumerate(self.reductions) if r >= moe_min_reduction})
         self.out_channels = channels
+        self.grad_checkpointing = False
+
+    def _run(self, block: nn.Module, *args):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Routing]]:
         lat = [conv(feats[i]) for conv, i in zip(self.lateral, self.levels)]
@@ -32,9 +39,9 @@ class Decoder(nn.Module):
         for j in range(len(lat) - 1, -1, -1):
             if j < len(lat) - 1:
                 up = F.interpolate(x, size=lat[j].shape[-2:], mode="bilinear", align_corners=False)
-                x = self.fuse[j](torch.cat([up, lat[j]], 1))
+                x = self._run(self.fuse[j], torch.cat([up, lat[j]], 1))
             if str(j) in self.moe:
-                x, routing = self.moe[str(j)](x)
+                x, routing = self._run(self.moe[str(j)], x)
                 routings.append(routing)
             decoded.append(x)
         return decoded[::-1], routings

@@ -36,6 +36,12 @@ class CamoDetector(nn.Module):
         self.side_heads = nn.ModuleList(nn.Conv2d(c, 1, 1) for _ in range(n_side))
         self.frozen_groups: set[int] = set()
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward: timm's per-stage checkpointing in the
+        backbone, per fuse/MoE block in the decoder."""
+        self.backbone.body.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+
     @property
     def side_weights(self) -> list[float]:
         return [SIDE_WEIGHT_DECAY ** (k + 1) for k in range(len(self.side_heads))]

@@ -214,3 +214,23 @@ def test_torchrun_two_processes_gloo(synth_root, tmp_path):
     assert proc.stdout.count("Epoch 4:") == 1
     n_val = epochs[0]["val"]["images"]
     assert n_val == round(0.1 * 21)                                 # every validation image exactly once
+
+
+def test_speed_flags_keep_the_result(tiny_args, tmp_path, monkeypatch, capsys):
+    """Gradient checkpointing, channels_last and persistent workers do not change what is
+    learned; a failing torch.compile falls back to eager with a message."""
+    base = flag(tiny_args, "--num-workers", "1")
+    run(flag(base, "--checkpoint-dir", str(tmp_path / "plain")), "--no-persistent-workers")
+
+    def broken_compile(module, *a, **k):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+        return fail
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    run(flag(base, "--checkpoint-dir", str(tmp_path / "fast")), "--grad-checkpointing", "--channels-last", "on",
+        "--compile")
+    assert "--compile: torch.compile failed (RuntimeError: no C++ compiler found); continuing without it" in \
+        capsys.readouterr().out
+    a, b = weights(tmp_path / "plain" / "last.pth"), weights(tmp_path / "fast" / "last.pth")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
