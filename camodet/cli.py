@@ -128,16 +128,20 @@ def parse_memory(text: str) -> float:
 
 def _plan(args) -> int:
     cfg = from_args(args)
-    cfg.validate(check_paths=bool(cfg.data.dataset_path or cfg.data.images))
-    from .config import save_yaml
-    from .engine.measure import measure_in_subprocess
-    from .engine.planner import PROFILES, PlanError, choose, format_plan
-    from .models import check_backbone
-    import copy
-    import torch
-    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    has_data = bool(cfg.data.dataset_path or cfg.data.images)
+    cfg.validate(check_paths=has_data)
     if args.effective_batch < 1:
         raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
+    import dataclasses
+
+    import torch
+
+    from .config import save_yaml
+    from .engine.loaders import split_train_val, training_samples
+    from .engine.measure import measure_candidates
+    from .engine.planner import PROFILES, PlanError, choose, format_plan
+    from .models import check_backbone
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
     on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
     if args.gpu_memory:
         budget = parse_memory(args.gpu_memory)
@@ -145,24 +149,15 @@ def _plan(args) -> int:
         budget = torch.cuda.get_device_properties(0).total_memory / 2**20
     else:
         budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    if cfg.data.dataset_path or cfg.data.images:
-        from .data.layouts import gather
-        images = round(len(gather(cfg.data.dataset_path, "train", cfg.data.include_noncam, True, cfg.data.images,
-                                  cfg.data.masks)) * (1 - cfg.data.val_fraction))
-    else:
-        images = args.num_images
-    model_cfg = {k: v for k, v in cfg.to_dict()["model"].items()}
-    measured = []
-    for stage in (1, 2):
-        for batch in args.candidates:
-            m = measure_in_subprocess(model_cfg=model_cfg, img_size=cfg.data.img_size, batch=batch, stage=stage,
-                                      grad_checkpointing=cfg.speed.grad_checkpointing, steps=args.steps,
-                                      device="cuda" if on_gpu else "cpu")
-            measured.append(m)
-            print(f"measured stage {stage}, micro-batch {batch}: " + (f"failed ({m['error']})" if "error" in m else
-                  f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"), flush=True)
-            if "error" in m or m["peak_mb"] > budget:
-                break
+    images = (len(split_train_val(training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction,
+                                  cfg.run.seed)[0]) if has_data else args.num_images)
+
+    def show(m):
+        print(f"measured stage {m['stage']}, micro-batch {m['batch']}: " + (
+            f"failed ({m['error']})" if "error" in m else f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"),
+            flush=True)
+    measured = measure_candidates(dataclasses.asdict(cfg.model), cfg.data.img_size, args.candidates,
+                                  cfg.speed.grad_checkpointing, args.steps, "cuda" if on_gpu else "cpu", budget, show)
     kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
     print(f"\nbudget {budget:.0f} MB ({'GPU' if on_gpu else 'CPU RAM'}; measured: "
           f"{'CUDA allocator peak' if kind == 'cuda_allocated' else 'process peak RSS on the CPU'}), "
@@ -177,11 +172,10 @@ def _plan(args) -> int:
         except PlanError as e:
             print(f"{profile}: {e}")
             continue
-        out = copy.deepcopy(cfg)
-        out.optim.batch_size, out.optim.stage2_batch_size = plans[0].micro_batch, plans[1].micro_batch
-        out.optim.accumulation_steps, out.optim.lr, out.optim.stage2_lr = accum, plans[0].lr, plans[1].lr
+        optim = dataclasses.replace(cfg.optim, batch_size=plans[0].micro_batch, stage2_batch_size=plans[1].micro_batch,
+                                    accumulation_steps=accum, lr=plans[0].lr, stage2_lr=plans[1].lr)
         path = os.path.join(args.out_dir, f"plan-{profile}.yaml")
-        save_yaml(out, path)
+        save_yaml(dataclasses.replace(cfg, optim=optim), path)
         print(format_plan(profile, accum, plans, kind, budget) + f"\n  -> {path}")
     return 0
 

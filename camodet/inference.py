@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
-from .data.io import read_image
+from .data.io import as_uint8, read_image
 from .data.transforms import normalise, resize
 from .engine.checkpoint import CheckpointError, load_checkpoint
+from .engine.device import amp_dtype, resolve_device
 from .models import build_model
 
 EXPORT_FORMAT = "camodet-export-v1"
@@ -50,12 +51,6 @@ class TTA:
         return " ".join(parts) or "none"
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def model_config(d: dict) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
     cfg = ModelConfig(**{k: v for k, v in d.items() if k in known})
@@ -84,9 +79,7 @@ class Predictor:
         self.img_size = img_size
         self.device = device
         self.tta = tta
-        # bf16 autocast on GPUs that have it; the CPU runs fp32.
-        self.dtype = (torch.bfloat16 if device.type == "cuda" and amp and torch.cuda.is_bf16_supported()
-                      else None)
+        self.dtype = amp_dtype("auto" if amp else "off", device)  # the CPU runs fp32
         self.stride = 32
 
     @classmethod
@@ -111,7 +104,7 @@ class Predictor:
                 state = ckpt.get("raw_model_state_dict", state)
         model = build_model(mcfg)
         model.load_state_dict(state)
-        return cls(model, img_size, pick_device(device), tta, amp)
+        return cls(model, img_size, resolve_device(device), tta, amp)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -160,6 +153,4 @@ def as_rgb(image) -> np.ndarray:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr[:, :, :3])
+    return np.ascontiguousarray(as_uint8(arr)[:, :, :3])

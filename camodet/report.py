@@ -10,12 +10,13 @@ import os
 import numpy as np
 import yaml
 
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 from .engine import history
 from .engine.health import new_advice
 
 PLOTS = ("loss", "iou", "lr", "experts")
 GRID_IMAGES = 8
+GRID_SIDE = 192
 
 
 def load_run(run_dir: str) -> tuple[list[dict], dict]:
@@ -118,28 +119,24 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
         from PIL import Image
 
         from .data.io import DataError, read_image, read_mask
-        from .data.layouts import gather
         from .engine.checkpoint import CheckpointError
-        from .engine.loaders import split_train_val
+        from .engine.loaders import split_train_val, training_samples
+        from .engine.monitor import triptych
         from .inference import Predictor
-        data, run = config.get("data", {}), config.get("run", {})
-        samples = gather(data.get("dataset_path") or [], "train", data.get("include_noncam", False), True,
-                         data.get("images"), data.get("masks"))
-        _, val = split_train_val(samples, data.get("val_fraction", 0.1), run.get("seed", 42))
+        cfg = TrainConfig.from_dict(config)
+        _, val = split_train_val(training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction,
+                                 cfg.run.seed)
         if not val:
             return None, "the run has no validation images"
         predictor = Predictor.load(ckpt, device="cpu")
         rows = []
         for s in val[:GRID_IMAGES]:
             img, gt = read_image(s.image), read_mask(s.mask)
-            prob = predictor.predict(img)
-            tile = [np.asarray(Image.fromarray(a).resize((192, 192))) for a in
-                    (img, np.repeat(gt[..., None], 3, 2), np.repeat((prob * 255).astype(np.uint8)[..., None], 3, 2))]
-            rows.append(np.concatenate(tile, 1))
+            rows.append(triptych(img, gt, predictor.predict(img), GRID_SIDE))
         buf = io.BytesIO()
         Image.fromarray(np.concatenate(rows, 0)).save(buf, format="PNG")
         return buf.getvalue(), f"{os.path.basename(ckpt)} on {len(rows)} validation images: input | GT | prediction"
-    except (DataError, CheckpointError, OSError) as e:
+    except (ConfigError, DataError, CheckpointError, OSError) as e:
         return None, f"no predictions: {e}"
 
 

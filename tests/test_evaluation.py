@@ -65,3 +65,13 @@ def test_preds_of_another_size_are_resized_to_gt(synth_root, tmp_path):
         Image.fromarray(gt).resize((gt.shape[1] // 2, gt.shape[0] // 2)).save(tmp_path / (s.name + ".png"))
     r = evaluate_preds_dir(str(tmp_path), [synth_root])["COD10K"]
     assert r["IoU"] > 0.9 and r["Sm"] > 0.9
+
+
+def test_evaluate_with_tta_from_the_command_line(tiny_checkpoint, synth_root, tmp_path):
+    for name, tta in (("plain", []), ("tta", ["--tta", "flip", "scales=0.75,1"])):
+        assert main(["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--num-workers", "0",
+                     "--out", str(tmp_path / name), *tta]) == 0
+    plain = json.load(open(tmp_path / "plain" / "metrics.json"))["COD10K"]
+    tta = json.load(open(tmp_path / "tta" / "metrics.json"))["COD10K"]
+    assert tta["images"] == plain["images"] and tta["MAE"] != plain["MAE"]
+    assert main(["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--tta", "rotate"]) == 2

@@ -24,7 +24,8 @@ def _open(path: str) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def as_uint8(arr: np.ndarray) -> np.ndarray:
+    """8-bit levels from bool, 16-bit, or float (0..1 or 0..255) pixel arrays."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
@@ -52,7 +53,7 @@ def read_image(path: str) -> np.ndarray:
         return _read_cached(path, 3)
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = _to_uint8(np.asarray(img))
+        gray = as_uint8(np.asarray(img))
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black rather than dropping alpha blindly: transparent pixels carry no scene.
@@ -68,7 +69,7 @@ def read_mask(path: str) -> np.ndarray:
         return _read_cached(path, 2)
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):
-        return _to_uint8(np.asarray(img))
+        return as_uint8(np.asarray(img))
     if img.mode in ("RGBA", "LA"):
         img = img.convert("RGBA").convert("L")
     return np.asarray(img.convert("L"))

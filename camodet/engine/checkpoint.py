@@ -87,9 +87,24 @@ def load_matching(model: torch.nn.Module, state: dict) -> tuple[int, int]:
     return len(fit), len(own)
 
 
-def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
-    """Names of floating-point tensors holding NaN or Inf, anywhere in a nested checkpoint."""
+def _float_tensors(obj, prefix: str = ""):
     if isinstance(obj, torch.Tensor):
-        return [prefix] if obj.is_floating_point() and not torch.isfinite(obj).all() else []
+        if obj.is_floating_point():
+            yield prefix, obj
+        return
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    return [name for k, v in items for name in nonfinite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    for k, v in items:
+        yield from _float_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+
+
+def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
+    """Names of floating-point tensors holding NaN or Inf, anywhere in a nested checkpoint.
+    One device-to-host read per device, not one per tensor."""
+    by_device: dict = {}
+    for name, t in _float_tensors(obj, prefix):
+        by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for pairs in by_device.values():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in pairs]).tolist()
+        bad += [name for (name, _), ok in zip(pairs, finite) if not ok]
+    return bad

@@ -24,10 +24,6 @@ class Advice:
         return self.rule, self.subject
 
 
-def stage_of(epoch: int, stages: dict) -> int:
-    return 2 if stages.get("skip_stage1") or epoch > stages.get("stage1_epochs", 0) else 1
-
-
 def advise(records: list[dict], config: dict) -> list[Advice]:
     """Advice for the last epoch in `records` (epoch records and events, in order)."""
     epochs = [r for r in records if r.get("type") == "epoch"]
@@ -36,9 +32,9 @@ def advise(records: list[dict], config: dict) -> list[Advice]:
     last = epochs[-1]
     e = last["epoch"]
     stages, optim = config.get("stages", {}), config.get("optim", {})
-    stage = stage_of(e, stages)
+    stage = last["stage"]
     lr_flag = "--lr" if stage == 1 else "--stage2-lr"
-    same_stage = [r for r in epochs if stage_of(r["epoch"], stages) == stage]
+    same_stage = [r for r in epochs if r["stage"] == stage]
     out = []
 
     ious = [r.get("val", {}).get("IoU") for r in same_stage[-(FALLING_EPOCHS + 1):]]

@@ -5,8 +5,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..config import DataConfig
 from ..data.dataset import CODDataset, collate, index_seed
-from ..data.layouts import Sample
+from ..data.layouts import Sample, gather
+
+
+def training_samples(data: DataConfig, skip_bad_files: bool | None = None) -> list[Sample]:
+    """The training split of every dataset root (or --images/--masks), before the validation carve-out."""
+    skip = data.skip_bad_files if skip_bad_files is None else skip_bad_files
+    return gather(data.dataset_path, "train", data.include_noncam, skip, data.images, data.masks)
 
 
 def split_train_val(samples: list[Sample], fraction: float, seed: int) -> tuple[list, list]:

@@ -12,13 +12,13 @@ import torch
 from ..config import ModelConfig
 from ..losses import total_loss
 from ..models import build_model
+from .device import amp_dtype, resolve_device
 from .monitor import peak_memory_mb
 
 
 def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_checkpointing: bool = False,
                  steps: int = 2, device: str = "auto") -> dict:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     torch.manual_seed(0)
     cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
     model = build_model(cfg).to(dev)
@@ -32,14 +32,16 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
     opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type == "cuda" or None)
     x = torch.randn(batch, 3, img_size, img_size, device=dev).to(memory_format=fmt)
     y = (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float()
-    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    dtype = amp_dtype("auto", dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
 
     def step():
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             out = model(x)
         loss, _ = total_loss(out, y, model.side_weights, 0.01)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -61,6 +63,21 @@ def measure_in_subprocess(**spec) -> dict:
         lines = out.stderr.strip().splitlines() or ["failed"]
         return {"stage": spec["stage"], "batch": spec["batch"], "error": lines[-1][:200]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_candidates(model_cfg: dict, img_size: int, candidates: list[int], grad_checkpointing: bool, steps: int,
+                       device: str, budget_mb: float, on_result=lambda m: None) -> list[dict]:
+    """Per stage, micro-batches in increasing order until one fails or exceeds the budget."""
+    measured = []
+    for stage in (1, 2):
+        for batch in sorted(candidates):
+            m = measure_in_subprocess(model_cfg=model_cfg, img_size=img_size, batch=batch, stage=stage,
+                                      grad_checkpointing=grad_checkpointing, steps=steps, device=device)
+            measured.append(m)
+            on_result(m)
+            if "error" in m or m["peak_mb"] > budget_mb:
+                break
+    return measured
 
 
 if __name__ == "__main__":

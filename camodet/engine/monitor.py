@@ -5,10 +5,12 @@ import logging
 import os
 import resource
 
+import cv2
 import numpy as np
 import torch
 
 from ..data.transforms import MEAN, STD
+from ..metrics import to_uint8
 
 log = logging.getLogger("camodet")
 PANEL_IMAGES = 4
@@ -19,6 +21,13 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"  # Linux reports KiB
+
+
+def triptych(image: np.ndarray, gt: np.ndarray, prob: np.ndarray, side: int) -> np.ndarray:
+    """One row of a prediction grid: image | ground truth | probability, each side x side, uint8 RGB."""
+    tiles = (image, np.repeat(gt[..., None], 3, 2), np.repeat(to_uint8(prob)[..., None], 3, 2))
+    return np.concatenate([cv2.resize(np.ascontiguousarray(t), (side, side), interpolation=cv2.INTER_AREA)
+                           for t in tiles], 1)
 
 
 class TensorBoard:
@@ -72,12 +81,9 @@ class TensorBoard:
         rows = []
         for i in range(min(PANEL_IMAGES, len(val_set))):
             item = val_set[i]
-            x = item["image"][None].to(device)
-            prob = torch.sigmoid(model(x).logits.float())[0, 0].cpu().numpy()
-            rgb = np.clip(item["image"].numpy().transpose(1, 2, 0) * STD + MEAN, 0, 255) / 255.0
-            gt = torch.nn.functional.interpolate(torch.from_numpy(np.array(item["gt"], dtype=np.float32))[None, None],
-                                                 size=prob.shape, mode="nearest")[0, 0].numpy() / 255.0
-            rows.append(np.concatenate([rgb, np.repeat(gt[..., None], 3, 2), np.repeat(prob[..., None], 3, 2)], 1))
+            prob = torch.sigmoid(model(item["image"][None].to(device)).logits.float())[0, 0].cpu().numpy()
+            rgb = np.clip(item["image"].numpy().transpose(1, 2, 0) * STD + MEAN, 0, 255).astype(np.uint8)
+            rows.append(triptych(rgb, item["gt"], prob, prob.shape[0]))
         self.writer.add_image("val/input_gt_prediction", np.concatenate(rows, 0), epoch, dataformats="HWC")
         self.writer.flush()
 

@@ -3,7 +3,7 @@ run counters, the position inside an epoch (for a mid-epoch resume), in-memory
 snapshots of the last good state (for rollback)."""
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -41,7 +41,7 @@ class EpochProgress:
     overflow: int = 0         # fp16 overflow steps skipped by the grad scaler
 
     def to_dict(self) -> dict:
-        return to_cpu(asdict(self))
+        return to_cpu({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_dict(cls, d: dict, device) -> "EpochProgress":

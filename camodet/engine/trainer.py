@@ -19,17 +19,17 @@ from tqdm import tqdm
 from ..config import TrainConfig, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
-from ..data.layouts import gather
 from ..losses import total_loss
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
 from . import distributed, history
 from .health import new_advice
+from .device import amp_dtype, resolve_device
 from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest
 from .monitor import TensorBoard, peak_memory_mb
-from .loaders import EpochSampler, split_train_val, train_loader, val_loader
+from .loaders import EpochSampler, split_train_val, train_loader, training_samples, val_loader
 from .optim import build_optimizer, set_lrs
 from .plan import Plan, make_plan
 from .state import EpochProgress, State, checkpoint_dict, restore, snapshot
@@ -82,22 +82,13 @@ class Outcome:
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{d.local_rank}"
-    device = torch.device(name)
+    """resolve_device, with each torchrun process on its own GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", d.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or setting == "off":
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
 
 
 def flat(d: dict, prefix: str = "") -> dict:
@@ -139,8 +130,7 @@ def train(cfg: TrainConfig) -> State:
     say = log.info if d.is_main else log.debug
 
     # Data: validation carved from the training images, seeded.
-    samples = gather(cfg.data.dataset_path, "train", cfg.data.include_noncam, cfg.data.skip_bad_files,
-                     cfg.data.images, cfg.data.masks)
+    samples = training_samples(cfg.data)
     if cfg.data.cache:
         cache = functools.partial(cached_samples, samples, cfg.data.img_size, cfg.data.cache_dir or default_cache_dir(),
                                   cfg.data.num_workers, skip_bad_files=cfg.data.skip_bad_files)
@@ -212,10 +202,14 @@ def train(cfg: TrainConfig) -> State:
         del resume_ckpt
 
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    # The run's history in memory (earlier attempts in this folder included), for the health advice.
+    records = history.read(metrics_path) if d.is_main else []
+    cfg_dict = cfg.to_dict()
 
     def record(event: dict) -> None:
         if d.is_main:
             history.append(metrics_path, event)
+            records.append(event)
 
     if d.is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -320,14 +314,14 @@ def train(cfg: TrainConfig) -> State:
                     "overflow_steps": stats["overflow_steps"], "expert_usage": stats["expert_usage"], "val": val,
                     "best_iou": state.best_iou, "best_epoch": state.best_epoch,
                     "peak_memory_mb": round(memory_mb, 1), "memory_kind": memory_kind}
-                history.append(metrics_path, epoch_record)
+                record(epoch_record)
                 tb.epoch(epoch, epoch_record)
                 if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
                     tb.panel(epoch, eval_model, val_set, device)
                 print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
                       f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
                       + (" | best" if improved else ""), flush=True)
-                for advice in new_advice(history.read(metrics_path), cfg.to_dict()):
+                for advice in new_advice(records, cfg_dict):
                     log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
             if any_rank(stop.requested, d, device):  # a signal during validation or saving
                 state.interrupted = stop.name or "SIGTERM"

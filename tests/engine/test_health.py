@@ -4,7 +4,7 @@ CONFIG = {"stages": {"epochs": 20, "stage1_epochs": 5, "skip_stage1": False}, "o
 
 
 def epoch(e, iou=0.5, loss=1.0, grad=1.0, usage=((0.3, 0.3, 0.4),), lr=1e-4):
-    return {"type": "epoch", "epoch": e, "loss": loss, "grad_norm": grad, "lr": lr,
+    return {"type": "epoch", "epoch": e, "stage": 1 if e <= CONFIG["stages"]["stage1_epochs"] else 2, "loss": loss, "grad_norm": grad, "lr": lr,
             "val": {"IoU": iou}, "expert_usage": [list(u) for u in usage]}
 
 

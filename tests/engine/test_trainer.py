@@ -234,3 +234,20 @@ def test_speed_flags_keep_the_result(tiny_args, tmp_path, monkeypatch, capsys):
     a, b = weights(tmp_path / "plain" / "last.pth"), weights(tmp_path / "fast" / "last.pth")
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3), k
+
+
+def test_training_logs_health_advice_once(tiny_args, tmp_path, capsys):
+    # a constant LR that sits at --min-lr: epoch 2 of 3 has stage-2 epochs left at the floor
+    run(flag(tiny_args, "--epochs", "4"), "--scheduler", "constant", "--lr", "0.0001", "--min-lr", "0.0001",
+        "--warmup-epochs", "0")
+    out = capsys.readouterr().out
+    assert out.count("advice (epoch 2): the LR reached --min-lr") == 1
+    assert "advice (epoch 3)" not in out                     # the same condition is not repeated
+
+
+def test_train_with_cache(tiny_args, tmp_path):
+    run(flag(tiny_args, "--epochs", "1"), "--stage1-epochs", "1", "--cache", "--cache-dir", str(tmp_path / "cache"))
+    (folder,) = os.listdir(tmp_path / "cache")
+    assert folder.startswith("64px-") and any(f.endswith(".image.npy") for f in os.listdir(tmp_path / "cache" / folder))
+    epochs = [r for r in history.read(tmp_path / "run" / "metrics.jsonl") if r["type"] == "epoch"]
+    assert epochs[0]["val"]["images"] == 2                  # validation GT read at original size, all of it

@@ -1,0 +1,19 @@
+"""Which device and which autocast dtype: one answer for training, inference and measuring."""
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the GPU when there is one, else the CPU; anything else as torch reads it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for --amp auto|bf16|fp16|off; None runs fp32 (always on the CPU)."""
+    if device.type != "cuda" or setting == "off":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
