@@ -40,8 +40,10 @@ def _synth(args) -> int:
         raise ConfigError("synth needs --train >= 1 and --test >= 0")
     if not 32 <= args.min_size <= args.max_size:
         raise ConfigError(f"synth sizes must satisfy 32 <= --min-size <= --max-size (got {args.min_size}, {args.max_size})")
+    if args.workers < 0:
+        raise ConfigError(f"synth --workers must be 0 (one per core) or more (got {args.workers})")
     info = write_dataset(args.out, args.train, args.test, seed=args.seed, noncam_every=args.noncam_every,
-                         size_range=(args.min_size, args.max_size))
+                         size_range=(args.min_size, args.max_size), workers=args.workers or os.cpu_count())
     print(f"wrote a COD10K-v3-layout synthetic dataset to {info['root']}: {info['train']} train, "
           f"{info['test']} test images (seed {info['seed']})")
     return 0
@@ -138,7 +140,7 @@ def _plan(args) -> int:
 
     from .config import save_yaml
     from .engine.loaders import split_train_val, training_samples
-    from .engine.measure import measure_candidates
+    from .engine.measure import MEMORY_KINDS, measure_candidates
     from .engine.planner import PROFILES, PlanError, choose, format_plan
     from .models import check_backbone
     check_backbone(cfg.model.backbone, cfg.data.img_size)
@@ -156,11 +158,13 @@ def _plan(args) -> int:
         print(f"measured stage {m['stage']}, micro-batch {m['batch']}: " + (
             f"failed ({m['error']})" if "error" in m else f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"),
             flush=True)
-    measured = measure_candidates(dataclasses.asdict(cfg.model), cfg.data.img_size, args.candidates,
-                                  cfg.speed.grad_checkpointing, args.steps, "cuda" if on_gpu else "cpu", budget, show)
+    step_spec = {"model_cfg": dataclasses.asdict(cfg.model), "img_size": cfg.data.img_size, "steps": args.steps,
+                 "grad_checkpointing": cfg.speed.grad_checkpointing, "device": "cuda" if on_gpu else "cpu",
+                 "amp": cfg.optim.amp, "channels_last": cfg.speed.channels_last, "compile": cfg.speed.compile}
+    measured = measure_candidates(step_spec, args.candidates, budget, show)
     kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
     print(f"\nbudget {budget:.0f} MB ({'GPU' if on_gpu else 'CPU RAM'}; measured: "
-          f"{'CUDA allocator peak' if kind == 'cuda_allocated' else 'process peak RSS on the CPU'}), "
+          f"{MEMORY_KINDS.get(kind, kind)}), "
           f"{images} training images, target effective batch {args.effective_batch}, LR rule {args.lr_scaling}\n")
     base = {"lr": cfg.optim.lr, "stage2_lr": cfg.stage2_lr,
             "base_batch1": cfg.optim.batch_size * cfg.optim.accumulation_steps,
@@ -213,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noncam-every", type=int, default=10, help="every N-th image is a NonCAM background (0: none)")
     s.add_argument("--min-size", type=int, default=160)
     s.add_argument("--max-size", type=int, default=320)
+    s.add_argument("--workers", type=int, default=0, help="processes that generate images (0: one per core)")
     s.set_defaults(func=_synth)
 
     dgrp = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

@@ -135,9 +135,11 @@ def test_real_camo_samples_load_with_original_sizes(tmp_path):
 def test_synth_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     write_dataset(str(a), 3, 1, seed=5)
-    write_dataset(str(b), 3, 1, seed=5)
-    for f in sorted((a / "Train" / "Image").iterdir()):
-        assert f.read_bytes() == (b / "Train" / "Image" / f.name).read_bytes()
+    write_dataset(str(b), 3, 1, seed=5, workers=2)  # in other processes: the same files
+    written = sorted(p.relative_to(a) for p in a.rglob("*.*"))
+    assert len(written) == 8 and written == sorted(p.relative_to(b) for p in b.rglob("*.*"))
+    for f in written:
+        assert (a / f).read_bytes() == (b / f).read_bytes()
     write_dataset(str(tmp_path / "c"), 3, 1, seed=6)
     first = sorted((a / "Train" / "Image").iterdir())[0].name
     assert (a / "Train/Image" / first).read_bytes() != (tmp_path / "c/Train/Image" / first).read_bytes()

@@ -5,6 +5,7 @@ so no colour or brightness threshold separates them; a model must learn the
 texture boundary. Written in the COD10K-v3 layout, deterministic per seed."""
 
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -68,29 +69,32 @@ def make_sample(rng: np.random.Generator, h: int, w: int, camouflaged: bool = Tr
     return image, mask.astype(np.uint8) * 255
 
 
-def _write_split(root: str, split: str, n: int, seed: int, noncam_every: int,
-                 size_range: tuple[int, int]) -> int:
-    img_dir = os.path.join(root, split, "Image")
-    gt_dir = os.path.join(root, split, "GT_Object")
-    os.makedirs(img_dir, exist_ok=True)
-    os.makedirs(gt_dir, exist_ok=True)
-    split_id = 0 if split == "Train" else 1
-    for i in range(n):
-        rng = np.random.default_rng([seed, split_id, i])
-        h, w = (int(rng.integers(size_range[0], size_range[1] + 1)) for _ in range(2))
-        noncam = noncam_every > 0 and i % noncam_every == noncam_every - 1
-        image, mask = make_sample(rng, h, w, camouflaged=not noncam)
-        kind = "NonCAM-5-Background-1-Synthetic" if noncam else "CAM-1-Synthetic-1-Blob"
-        stem = f"COD10K-{kind}-{i + 1}"
-        Image.fromarray(image).save(os.path.join(img_dir, stem + ".jpg"), quality=92)
-        Image.fromarray(mask).save(os.path.join(gt_dir, stem + ".png"))
-    return n
+def _write_sample(root: str, split: str, i: int, seed: int, noncam_every: int, size_range: tuple[int, int]) -> None:
+    # each sample has its own generator, so the files do not depend on the order or process they are made in
+    rng = np.random.default_rng([seed, 0 if split == "Train" else 1, i])
+    h, w = (int(rng.integers(size_range[0], size_range[1] + 1)) for _ in range(2))
+    noncam = noncam_every > 0 and i % noncam_every == noncam_every - 1
+    image, mask = make_sample(rng, h, w, camouflaged=not noncam)
+    kind = "NonCAM-5-Background-1-Synthetic" if noncam else "CAM-1-Synthetic-1-Blob"
+    stem = f"COD10K-{kind}-{i + 1}"
+    Image.fromarray(image).save(os.path.join(root, split, "Image", stem + ".jpg"), quality=92)
+    Image.fromarray(mask).save(os.path.join(root, split, "GT_Object", stem + ".png"))
 
 
 def write_dataset(root: str, train: int, test: int, seed: int = 0, noncam_every: int = 10,
-                  size_range: tuple[int, int] = (160, 320)) -> dict:
+                  size_range: tuple[int, int] = (160, 320), workers: int = 1) -> dict:
     """COD10K-v3 layout: Train|Test/Image/*.jpg and Train|Test/GT_Object/*.png.
-    Every `noncam_every`-th image is a NonCAM background with an empty mask."""
-    _write_split(root, "Train", train, seed, noncam_every, size_range)
-    _write_split(root, "Test", test, seed, noncam_every, size_range)
+    Every `noncam_every`-th image is a NonCAM background with an empty mask.
+    `workers` > 1 generates in that many processes; the files are the same."""
+    jobs = [(root, split, i, seed, noncam_every, size_range)
+            for split, n in (("Train", train), ("Test", test)) for i in range(n)]
+    for split in ("Train", "Test"):
+        for sub in ("Image", "GT_Object"):
+            os.makedirs(os.path.join(root, split, sub), exist_ok=True)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_sample, *zip(*jobs), chunksize=4))
+    else:
+        for job in jobs:
+            _write_sample(*job)
     return {"root": root, "train": train, "test": test, "seed": seed}

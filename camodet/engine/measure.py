@@ -12,12 +12,25 @@ import torch
 from ..config import ModelConfig
 from ..losses import total_loss
 from ..models import build_model
-from .device import amp_dtype, resolve_device
+from .device import amp_dtype, memory_format, resolve_device
 from .monitor import peak_memory_mb
+
+MEMORY_KINDS = {"cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
+                "cuda_allocated": "CUDA allocator peak", "cpu_rss": "process peak RSS on the CPU"}
+
+
+def cuda_card_peak_mb(device: torch.device) -> float:
+    """What the process needed from the card at its peak: the allocator's reserved peak plus
+    what it holds outside the allocator (CUDA context, cuBLAS/cuDNN workspaces). That, not the
+    allocated peak, is what must fit on a 16 GB card; the process must be alone on the GPU."""
+    free, total = torch.cuda.mem_get_info(device)
+    outside_allocator = (total - free) - torch.cuda.memory_reserved(device)
+    return (torch.cuda.max_memory_reserved(device) + outside_allocator) / 2**20
 
 
 def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_checkpointing: bool = False,
-                 steps: int = 2, device: str = "auto") -> dict:
+                 steps: int = 2, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
+                 compile: bool = False) -> dict:
     dev = resolve_device(device)
     torch.manual_seed(0)
     cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
@@ -26,18 +39,19 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
         model.set_frozen_groups(set(range(model.backbone.num_groups)))
     model.set_grad_checkpointing(grad_checkpointing)
     model.train()
-    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    fmt = memory_format(channels_last, dev)
     model = model.to(memory_format=fmt)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type == "cuda" or None)
+    forward = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, img_size, img_size, device=dev).to(memory_format=fmt)
     y = (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float()
-    dtype = amp_dtype("auto", dev)
+    dtype = amp_dtype(amp, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
 
     def step():
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            out = model(x)
+            out = forward(x)
         loss, _ = total_loss(out, y, model.side_weights, 0.01)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -45,34 +59,42 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    step()  # warm-up: allocator, optimizer state
+    for _ in range(2 if compile else 1):  # warm-up: allocator, optimizer state, compilation
+        step()
     t = time.perf_counter()
     for _ in range(steps):
         step()
     sec = (time.perf_counter() - t) / steps
     mem, kind = peak_memory_mb(dev)
-    return {"stage": stage, "batch": batch, "s_per_step": sec, "peak_mb": mem, "memory": kind,
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    result = {"stage": stage, "batch": batch, "s_per_step": sec, "peak_mb": mem, "memory": kind,
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    if dev.type == "cuda":
+        result.update(allocated_mb=mem, peak_mb=cuda_card_peak_mb(dev), memory="cuda_card")
+    return result
 
 
-def measure_in_subprocess(**spec) -> dict:
-    """measure_step in a fresh interpreter; {'error': ...} when it fails (e.g. out of memory)."""
-    out = subprocess.run([sys.executable, "-m", "camodet.engine.measure", json.dumps(spec)],
-                         capture_output=True, text=True)
+def measure_in_subprocess(timeout: float | None = None, **spec) -> dict:
+    """measure_step in a fresh interpreter; {'error': ...} when it fails (e.g. out of memory)
+    or takes longer than `timeout` seconds."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "camodet.engine.measure", json.dumps(spec)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"stage": spec["stage"], "batch": spec["batch"], "error": f"timed out after {timeout:g} s"}
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or ["failed"]
         return {"stage": spec["stage"], "batch": spec["batch"], "error": lines[-1][:200]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_candidates(model_cfg: dict, img_size: int, candidates: list[int], grad_checkpointing: bool, steps: int,
-                       device: str, budget_mb: float, on_result=lambda m: None) -> list[dict]:
-    """Per stage, micro-batches in increasing order until one fails or exceeds the budget."""
+def measure_candidates(step_spec: dict, candidates: list[int], budget_mb: float,
+                       on_result=lambda m: None) -> list[dict]:
+    """Per stage, micro-batches in increasing order until one fails or exceeds the budget.
+    `step_spec`: measure_step's arguments other than batch and stage."""
     measured = []
     for stage in (1, 2):
         for batch in sorted(candidates):
-            m = measure_in_subprocess(model_cfg=model_cfg, img_size=img_size, batch=batch, stage=stage,
-                                      grad_checkpointing=grad_checkpointing, steps=steps, device=device)
+            m = measure_in_subprocess(**step_spec, batch=batch, stage=stage)
             measured.append(m)
             on_result(m)
             if "error" in m or m["peak_mb"] > budget_mb:

@@ -25,6 +25,7 @@ from ..models import build_model
 from . import distributed, history
 from .health import new_advice
 from .device import amp_dtype, resolve_device
+from .device import memory_format as device_memory_format  # the local name is the chosen format
 from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest
@@ -183,8 +184,7 @@ def train(cfg: TrainConfig) -> State:
 
     if cfg.speed.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    memory_format = (torch.channels_last if cfg.speed.channels_last == "on" or
-                     (cfg.speed.channels_last == "auto" and device.type == "cuda") else torch.contiguous_format)
+    memory_format = device_memory_format(cfg.speed.channels_last, device)
     model = model.to(memory_format=memory_format)
     plan = make_plan(cfg, model.backbone.num_groups, restart_epoch)
     optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
