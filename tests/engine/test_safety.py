@@ -237,3 +237,34 @@ def test_training_refuses_pickle_checkpoint(tiny_args, tmp_path, capsys):
     torch.save({"model_state_dict": {}, "extra": Opaque()}, tmp_path / "pickle.pth")
     assert main(["train", *tiny_args, "--resume-from", str(tmp_path / "pickle.pth")]) == 2
     assert "could run untrusted code" in capsys.readouterr().err
+
+
+def test_fp16_overflow_steps_are_skipped_by_the_scaler_not_treated_as_divergence(tiny_args, tmp_path, monkeypatch):
+    # The GPU's fp16 path, run on the CPU: fp16 autocast and a real GradScaler whose first
+    # scale (2**30) makes the scaled gradients overflow fp16 until it has backed off.
+    import functools
+    monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.float16)
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 30))
+    assert main(["train", *tiny_args, "--epochs", "3", "--max-nonfinite-steps", "2"]) == 0
+    epochs = events(tmp_path / "run", "epoch")
+    overflows = [e["overflow_steps"] for e in epochs]
+    # every step of epoch 1 overflows (more than --max-nonfinite-steps); by epoch 3 the scale has backed off
+    assert overflows[0] == 5 and sum(overflows) > 2 and overflows[-1] < 5
+    assert [e["skipped_steps"] for e in epochs] == [0, 0, 0]
+    assert not events(tmp_path / "run", "rollback") and not events(tmp_path / "run", "skipped_step")
+    assert epochs[-1]["global_step"] == 15  # overflow steps count as steps, as in an uninterrupted fp32 run
+    scale = load_checkpoint(tmp_path / "run" / "last.pth")["scaler_state_dict"]["scale"]
+    assert 0 < scale < 2.0 ** 30
+    run_files_finite(tmp_path / "run")
+
+
+def test_bf16_autocast_run_trains_validates_and_saves_fp32(tiny_args, tmp_path, monkeypatch):
+    # The H100's default path (--amp auto = bf16), run on the CPU's bf16 autocast.
+    monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.bfloat16)
+    assert main(["train", *tiny_args, "--use-ema"]) == 0
+    epochs = events(tmp_path / "run", "epoch")
+    assert [e["skipped_steps"] + e["overflow_steps"] for e in epochs] == [0, 0]
+    assert all(math.isfinite(e["loss"]) and 0 <= e["val"]["IoU"] <= 1 for e in epochs)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert {t.dtype for t in ckpt["model_state_dict"].values() if t.is_floating_point()} == {torch.float32}
+    run_files_finite(tmp_path / "run")
