@@ -7,8 +7,10 @@ Targets (reference configuration: edgenext_base, 7 experts, deep supervision, 38
   4. data        the pipeline at 16 workers, from JPEG and from --cache: faster than (2)
   5. plan        `camodet plan --gpu-memory 16GB` on CUDA: its report and three YAMLs
   6. compile     (2)'s best micro-batch with torch.compile, against eager
-Reproduce on a GPU (about 6-8 min on an H100; sections can be run separately with --only):
-  python benchmarks/gpu_targets.py --out benchmarks/gpu_targets.md
+Reproduce on a GPU (about 10 min on an H100; split it where one call is limited to 10 min,
+the second call's compile section then uses the largest micro-batch):
+  python benchmarks/gpu_targets.py --out gpu.md --only memory throughput train data plan
+  python benchmarks/gpu_targets.py --out gpu.md --only compile
 Check the script itself on the CPU in a minute (tiny model, no verdicts):
   python benchmarks/gpu_targets.py --smoke
 Each step measurement runs in a fresh process (camodet.engine.measure, as `camodet plan`),
