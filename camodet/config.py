@@ -71,7 +71,8 @@ class OptimConfig:
     moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss")
     use_ema: bool = opt(False, "keep an exponential moving average of the weights")
     ema_decay: float = opt(0.999, "EMA decay per optimizer step")
-    amp: str = opt("auto", "mixed precision: auto = bf16 if supported, else fp16 on GPU, off on CPU",
+    amp: str = opt("auto", "mixed precision: auto = bf16 on Ampere and newer GPUs, fp16 with a grad scaler "
+                   "on older ones (T4, P100, V100), off on the CPU",
                    choices=["auto", "bf16", "fp16", "off"])
 
 

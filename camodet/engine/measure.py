@@ -12,7 +12,7 @@ import torch
 from ..config import ModelConfig
 from ..losses import total_loss
 from ..models import build_model
-from .device import amp_dtype, memory_format, resolve_device
+from .device import amp_dtype, memory_format, resolve_device, tune_kernels
 from .monitor import peak_memory_mb
 
 MEMORY_KINDS = {"cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
@@ -32,6 +32,7 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
                  steps: int = 2, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
                  compile: bool = False) -> dict:
     dev = resolve_device(device)
+    tune_kernels(dev)  # as the trainer does
     torch.manual_seed(0)
     cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
     model = build_model(cfg).to(dev)

@@ -24,7 +24,7 @@ from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
 from . import distributed, history
 from .health import new_advice
-from .device import amp_dtype, resolve_device
+from .device import amp_dtype, resolve_device, tune_kernels
 from .device import memory_format as device_memory_format  # the local name is the chosen format
 from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
@@ -89,6 +89,7 @@ def pick_device(name: str, d: distributed.Dist) -> torch.device:
         device = torch.device("cuda", d.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    tune_kernels(device)
     return device
 
 
