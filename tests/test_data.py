@@ -81,8 +81,9 @@ def test_unreadable_file_named_and_skippable(tmp_path):
     _pair(root / "Imgs", root / "GT", "a")
     _pair(root / "Imgs", root / "GT", "b")
     (root / "Imgs" / "b.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    with pytest.raises(DataError, match="b.jpg: unreadable image"):
+    with pytest.raises(DataError, match="b.jpg: unreadable image") as e:
         gather([str(root)], "train")
+    assert str(e.value).count("--skip-bad-files") == 1
     samples = gather([str(root)], "train", skip_bad_files=True)
     assert [s.name for s in samples] == ["a"]
 

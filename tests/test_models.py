@@ -131,6 +131,21 @@ def test_pretrained_file_loads_and_changes_features(tmp_path):
         Backbone("tf_efficientnet_lite0", pretrained_path=str(tmp_path / "partial.pth"))
 
 
+@pytest.mark.parametrize("name, content, error", [
+    ("junk.pth", b"not a checkpoint", "not a readable weights file"),
+    ("junk.safetensors", b"not a checkpoint", "not a readable weights file"),
+    ("list.pth", None, "holds a list, not a state dict"),
+])
+def test_pretrained_file_that_is_not_weights_is_named(tmp_path, name, content, error):
+    path = tmp_path / name
+    if content is None:
+        torch.save([torch.zeros(1)], path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(BackboneError, match=error):
+        Backbone("edgenext_xx_small", pretrained_path=str(path))
+
+
 def test_pretrained_without_network_says_how(monkeypatch):
     import timm.models._builder as builder
 

@@ -12,6 +12,9 @@ class DataError(ValueError):
     """A dataset problem; the message names the file and the way out."""
 
 
+SKIP_HINT = "; replace it or use --skip-bad-files"
+
+
 def _open(path: str) -> Image.Image:
     try:
         img = Image.open(path)
@@ -19,7 +22,7 @@ def _open(path: str) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e}); replace it or use --skip-bad-files") from None
+        raise DataError(f"{path}: unreadable image ({e}){SKIP_HINT}") from None
     # Phones store the rotation in EXIF; the dataset's annotation follows the displayed image.
     return ImageOps.exif_transpose(img)
 
@@ -84,5 +87,5 @@ def image_size(path: str) -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e}); replace it or use --skip-bad-files") from None
+        raise DataError(f"{path}: unreadable image ({e}){SKIP_HINT}") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .io import IMAGE_EXTS, MASK_EXTS, DataError, image_size
+from .io import IMAGE_EXTS, MASK_EXTS, SKIP_HINT, DataError, image_size
 
 KNOWN_NAMES = ("COD10K", "CAMO", "NC4K", "CHAMELEON")
 
@@ -132,7 +132,7 @@ def list_samples(split: SplitDir, include_noncam: bool = False, check_sizes: boo
                 continue
             if size != msize:
                 problems.append(f"{mask_path}: mask is {msize[0]}x{msize[1]} but its image is "
-                                f"{size[0]}x{size[1]}; fix the mask or use --skip-bad-files")
+                                f"{size[0]}x{size[1]}")
                 continue
         samples.append(Sample(img_path, mask_path, stem, split.dataset, size))
     return Listing(samples, problems, skipped)
@@ -158,8 +158,9 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
         problems += listing.problems
     if problems and not skip_bad_files:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataError(f"{problems[0]}{more}; run 'camodet data check' to list them, "
-                        f"or --skip-bad-files to train without them")
+        # The listing's own hint is said once, with the count, below.
+        raise DataError(f"{problems[0].removesuffix(SKIP_HINT)}{more}; fix or replace it, run 'camodet data "
+                        f"check' to list them, or --skip-bad-files to train without them")
     if not samples:
         raise DataError(f"no {split} images with masks found in {', '.join(paths) or images}")
     return samples

@@ -98,6 +98,7 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
     if pretrained_path:
         if not os.path.isfile(pretrained_path):
             raise BackboneError(f"--pretrained-path {pretrained_path}: no such file")
+        file_sd = read_state_dict(pretrained_path)  # first, so a non-weights file is named as such
         # timm maps a full-model state dict onto the features_only model and drops the classifier.
         try:
             body = timm.create_model(name, features_only=True, pretrained=True,
@@ -106,7 +107,7 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
             first = str(e).strip().splitlines()[0]
             raise BackboneError(f"--pretrained-path {pretrained_path} does not fit {name}: {first}; "
                                 f"the file must be a state dict of timm's {name}") from None
-        _verify_complete(body, read_state_dict(pretrained_path), name, pretrained_path)
+        _verify_complete(body, file_sd, name, pretrained_path)
         return body
     if pretrained:
         try:
@@ -121,15 +122,18 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
 
 def read_state_dict(path: str) -> dict:
     """A plain state dict from .safetensors or .pth (unwrapping 'state_dict'/'model', 'module.')."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        sd = load_file(path)
-    else:
-        try:
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            sd = load_file(path)
+        else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise BackboneError(f"--pretrained-path {path}: not a readable weights file ({type(e).__name__}); "
-                                f"give a .pth state dict or a .safetensors file") from None
+    except Exception as e:
+        raise BackboneError(f"--pretrained-path {path}: not a readable weights file ({type(e).__name__}); "
+                            f"give a .pth state dict or a .safetensors file") from None
+    if not isinstance(sd, dict):
+        raise BackboneError(f"--pretrained-path {path}: holds a {type(sd).__name__}, not a state dict; "
+                            f"save model.state_dict() instead")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
