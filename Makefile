@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m camodet synth $(DEMO)/SYNTH-COD10K --train 300 --test 60 --min-size 128 --max-size 256 --seed 0
 	$(PY) -m camodet model summary --backbone edgenext_xx_small --num-experts 4 --img-size 128
-	$(PY) -m camodet train --config configs/demo.yaml --dataset-path $(DEMO)/SYNTH-COD10K --checkpoint-dir $(DEMO)/run
+	$(PY) -m camodet train --config configs/demo.yaml --dataset-path $(DEMO)/SYNTH-COD10K --checkpoint-dir $(DEMO)/run --overwrite
 	$(PY) -m camodet evaluate $(DEMO)/run/best_model.pth --dataset-path $(DEMO)/SYNTH-COD10K --out $(DEMO)/eval
 	$(PY) -m camodet inspect $(DEMO)/run/best_model.pth
 	$(PY) -m camodet report $(DEMO)/run

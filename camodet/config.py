@@ -90,6 +90,8 @@ class RunConfig:
     checkpoint_dir: str = opt("runs/camodet", "run folder: checkpoints, config.yaml, metrics.jsonl")
     resume_from: Optional[str] = opt(None, "checkpoint to resume (exact) or warm-restart from")
     init_from: Optional[str] = opt(None, "checkpoint to take matching weights from (fresh run)")
+    overwrite: bool = opt(False, "replace the run already in --checkpoint-dir (its checkpoints, metrics, logs) "
+                                 "instead of refusing to start")
     seed: int = opt(42, "random seed (data split, order, augmentation, init)")
     use_ddp: bool = opt(False, "accepted for compatibility; torchrun's environment decides")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")

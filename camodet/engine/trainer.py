@@ -22,7 +22,7 @@ from ..data.dataset import CODDataset
 from ..losses import total_loss
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
-from . import distributed, history
+from . import distributed, history, run_folder
 from .health import new_advice
 from .device import amp_dtype, resolve_device, tune_kernels
 from .device import memory_format as device_memory_format  # the local name is the chosen format
@@ -130,6 +130,8 @@ def train(cfg: TrainConfig) -> State:
     torch.manual_seed(cfg.run.seed)
     run_dir = cfg.run.checkpoint_dir
     say = log.info if d.is_main else log.debug
+    run_folder.claim(run_dir, cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main)
+    distributed.barrier(d)
 
     # Data: validation carved from the training images, seeded.
     samples = training_samples(cfg.data)
@@ -157,8 +159,7 @@ def train(cfg: TrainConfig) -> State:
         changes = changed_settings(resume_ckpt.get("config", {}), cfg.to_dict())
         state.epoch = int(resume_ckpt["epoch"])
         state.global_step = int(resume_ckpt.get("global_step", 0))
-        same_dir = os.path.isdir(run_dir) and os.path.samefile(os.path.dirname(os.path.abspath(cfg.run.resume_from)), run_dir)
-        if same_dir:
+        if run_folder.resumes_in_place(run_dir, cfg.run.resume_from):
             state.best_iou = float(resume_ckpt.get("best_iou", -math.inf))
             state.best_epoch = int(resume_ckpt.get("best_epoch", 0))
         if changes:
