@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.dataset import CODDataset, collate
-from .data.io import DataError, read_mask
+from .data.io import SKIP_HINT, DataError, read_mask
 from .data.layouts import Sample, gather
 from .metrics import VARIANTS, Evaluator, to_uint8
 
@@ -36,7 +36,7 @@ def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_worke
         loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                             pin_memory=predictor.device.type == "cuda")
         ev = Evaluator(full=True)
-        for batch in tqdm(loader, desc=name, leave=False, disable=None):
+        for batch in tqdm(_scoring_every_image(loader), desc=name, leave=False, disable=None):
             probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
             for j, gt in enumerate(batch["gt"]):
                 sample = group[int(batch["index"][j])]
@@ -46,6 +46,16 @@ def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_worke
                     save_map(pred, os.path.join(save_preds, name, sample.name + ".png"))
         results[name] = ev.results()
     return results
+
+
+def _scoring_every_image(loader):
+    """The loader's batches; a test image that cannot be read stops the evaluation, since
+    scoring a subset would not be the field's number."""
+    try:
+        yield from loader
+    except DataError as e:
+        raise DataError(f"{str(e).removesuffix(SKIP_HINT)}; replace it: the protocol scores every test image") \
+            from None
 
 
 def save_map(pred: np.ndarray, path: str) -> None:

@@ -42,3 +42,30 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "did you mean" in capsys.readouterr().err
     assert main(["train", "--dataset-path", str(tmp_path), "--backbone", "edgenext_xx_small"]) == 2
     assert "no known dataset layout" in capsys.readouterr().err
+
+
+def _truncate_first(folder):
+    path = folder / sorted(os.listdir(folder))[0]
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])  # the header survives (the listing passes), the pixels do not
+    return path
+
+
+def test_unreadable_image_in_a_worker_is_one_line(synth_root, tiny_args, tmp_path, capsys):
+    import shutil
+    root = tmp_path / "COD10K-v3"
+    shutil.copytree(synth_root, root)
+    bad_train, bad_test = _truncate_first(root / "Train" / "Image"), _truncate_first(root / "Test" / "Image")
+    args = ["train", *tiny_args, "--epochs", "1", "--num-workers", "2", "--val-fraction", "0.5"]
+    args[args.index("--dataset-path") + 1] = str(root)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"camodet: error: {bad_train}: unreadable image") and "\n" not in err
+    assert err.endswith("replace it or use --skip-bad-files")
+    assert main(args + ["--skip-bad-files", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run" / "best_model.pth"), "--dataset-path", str(root),
+                 "--num-workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"camodet: error: {bad_test}: unreadable image") and "\n" not in err
+    assert err.endswith("the protocol scores every test image")

@@ -42,7 +42,8 @@ def test_predict_lists_unreadable_inputs_and_goes_on(tiny_checkpoint, tmp_path, 
                "--out", str(out), "--num-workers", "1", "--threshold", "0.3"])
     captured = capsys.readouterr()
     assert rc == 1 and "cutouts of 3 of 4 images" in captured.out
-    assert "broken.jpg" in captured.err and "missing.jpg: no such file" in captured.err
+    assert f"skipped {src / 'broken.jpg'}: unreadable image (" in captured.err
+    assert "missing.jpg: no such file" in captured.err and "--skip-bad-files" not in captured.err
     assert sorted(os.listdir(out / "masks")) == ["a.png", "grey.png", "rgba.png"]
     assert np.asarray(Image.open(out / "masks" / "grey.png")).shape == (30, 20)
     assert main(["predict", str(tiny_checkpoint), str(src), "--out", str(out), "--threshold", "1.5"]) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import DataError, read_image, read_mask
+from .io import SKIP_HINT, DataError, read_image, read_mask
 from .layouts import Sample
 from .transforms import eval_transform, normalise, resize, train_transform
 
@@ -19,7 +19,7 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     image, mask = read_image(sample.image), read_mask(sample.mask)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{image.shape[1]}x{image.shape[0]}; fix the mask or use --skip-bad-files")
+                        f"{image.shape[1]}x{image.shape[0]}{SKIP_HINT}")
     return image, mask
 
 

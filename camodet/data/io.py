@@ -11,6 +11,14 @@ MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
 class DataError(ValueError):
     """A dataset problem; the message names the file and the way out."""
 
+    def __init__(self, message: str):
+        # A DataLoader worker's DataError comes back to the main process re-raised as
+        # DataError("Caught DataError in DataLoader worker ...\n<traceback>\n...DataError: <message>");
+        # keep the one line that names the file, not the worker's traceback.
+        if message.startswith("Caught DataError") and "DataError: " in message.rstrip().splitlines()[-1]:
+            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[1]
+        super().__init__(message)
+
 
 SKIP_HINT = "; replace it or use --skip-bad-files"
 

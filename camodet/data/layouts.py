@@ -159,8 +159,10 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
     if problems and not skip_bad_files:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         # The listing's own hint is said once, with the count, below.
-        raise DataError(f"{problems[0].removesuffix(SKIP_HINT)}{more}; fix or replace it, run 'camodet data "
-                        f"check' to list them, or --skip-bad-files to train without them")
+        way_out = (": the protocol scores every test image" if split == "test"
+                   else ", or use --skip-bad-files to train without them")
+        raise DataError(f"{problems[0].removesuffix(SKIP_HINT)}{more}; fix or replace it (run 'camodet data "
+                        f"check' to list them){way_out}")
     if not samples:
         raise DataError(f"no {split} images with masks found in {', '.join(paths) or images}")
     return samples
