@@ -62,7 +62,9 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
                               f"use another checkpoint (last.pth, best_model.pth or an epoch_N.pth)", "corrupt") from None
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a camodet checkpoint (no model_state_dict)", "foreign")
+        raise CheckpointError(f"{path}: not a camodet checkpoint (no model_state_dict); give a last.pth or "
+                              f"best_model.pth written by camodet train (ImageNet backbone weights go to "
+                              f"--pretrained-path)", "foreign")
     return ckpt
 
 

@@ -268,3 +268,16 @@ def test_bf16_autocast_run_trains_validates_and_saves_fp32(tiny_args, tmp_path, 
     ckpt = load_checkpoint(tmp_path / "run" / "last.pth")
     assert {t.dtype for t in ckpt["model_state_dict"].values() if t.is_floating_point()} == {torch.float32}
     run_files_finite(tmp_path / "run")
+
+
+def test_another_tools_weights_are_named_with_the_way_out(synth_root, tmp_path, capsys):
+    import timm
+    foreign = tmp_path / "edgenext.pth"
+    torch.save(timm.create_model("edgenext_xx_small", pretrained=False).state_dict(), foreign)
+    for args in (["evaluate", str(foreign), "--dataset-path", synth_root],
+                 ["predict", str(foreign), synth_root, "--out", str(tmp_path / "p")],
+                 ["export", str(foreign), str(tmp_path / "e")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"camodet: error: {foreign}: not a camodet checkpoint") and "\n" not in err
+        assert err.endswith("go to --pretrained-path)")
