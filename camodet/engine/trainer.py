@@ -40,8 +40,8 @@ log = logging.getLogger("camodet")
 
 # Settings that do not change what a run computes; a resume that differs only in
 # these is still an exact continuation.
-NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.device", "run.log_every",
-                       "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
+NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.overwrite", "run.device",
+                       "run.log_every", "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
                        "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
 NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
 
