@@ -226,6 +226,9 @@ def train(cfg: TrainConfig) -> State:
 
     ddp_model, frozen, stage, loader_batch, loader, forward = model, None, None, None, None, model
     first_epoch = position.epoch if position is not None else state.epoch + 1
+    if first_epoch > plan.epochs:
+        say(f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
+            f"raise --epochs to train on (a warm restart)")
     tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
     with StopRequest() as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
         init_fn = functools.partial(worker_init, watchdog.dump_dir)

@@ -61,5 +61,8 @@ def test_train_twice_into_one_folder(tiny_args, tmp_path, capsys):
     assert (run / "metrics.jsonl").read_bytes() != before["metrics.jsonl"]
     assert sum(1 for line in open(run / "metrics.jsonl") if '"type": "epoch"' in line) == 1
     # --overwrite is not a hyperparameter: resuming without it is exact, not a warm restart
+    capsys.readouterr()
     assert main(["train"] + args + ["--lr", "0.01", "--resume-from", str(run / "last.pth")]) == 0
+    captured = capsys.readouterr()
+    assert "nothing to train" in captured.out + captured.err
     assert not [line for line in open(run / "metrics.jsonl") if '"warm_restart"' in line]
