@@ -130,9 +130,16 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
             return None, "the run has no validation images"
         predictor = Predictor.load(ckpt, device="cpu")
         rows = []
-        for s in val[:GRID_IMAGES]:
-            img, gt = read_image(s.image), read_mask(s.mask)
+        for s in val:
+            if len(rows) == GRID_IMAGES:
+                break
+            try:
+                img, gt = read_image(s.image), read_mask(s.mask)
+            except DataError:  # as validation did under --skip-bad-files: the grid shows the next one
+                continue
             rows.append(triptych(img, gt, predictor.predict(img), GRID_SIDE))
+        if not rows:
+            return None, "no readable validation image"
         buf = io.BytesIO()
         Image.fromarray(np.concatenate(rows, 0)).save(buf, format="PNG")
         return buf.getvalue(), f"{os.path.basename(ckpt)} on {len(rows)} validation images: input | GT | prediction"

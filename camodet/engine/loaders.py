@@ -1,13 +1,18 @@
 """Samplers and loaders: data order and augmentation are pure functions of
 (seed, epoch, index), split across processes."""
 
+import logging
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
-from ..data.dataset import CODDataset, collate, index_seed
+from ..data.dataset import CODDataset, collate, index_seed, load_pair
+from ..data.io import DataError
 from ..data.layouts import Sample, gather
+
+log = logging.getLogger(__name__)
 
 
 def training_samples(data: DataConfig, skip_bad_files: bool | None = None) -> list[Sample]:
@@ -24,6 +29,21 @@ def split_train_val(samples: list[Sample], fraction: float, seed: int) -> tuple[
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return [samples[i] for i in train], [samples[i] for i in val]
+
+
+def readable_samples(samples: list[Sample]) -> list[Sample]:
+    """Those that decode. Validation scores every image exactly once, so a bad one is
+    dropped here (--skip-bad-files) instead of being stood in for by its neighbour, as a
+    training sample is."""
+    good = []
+    for s in samples:
+        try:
+            load_pair(s)
+        except DataError as e:
+            log.warning("validation: skipping %s", e)
+            continue
+        good.append(s)
+    return good
 
 
 class EpochSampler(Sampler):

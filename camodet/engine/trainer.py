@@ -30,7 +30,7 @@ from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching,
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest
 from .monitor import TensorBoard, peak_memory_mb
-from .loaders import EpochSampler, split_train_val, train_loader, training_samples, val_loader
+from .loaders import EpochSampler, readable_samples, split_train_val, train_loader, training_samples, val_loader
 from .optim import build_optimizer, set_lrs
 from .plan import Plan, make_plan
 from .state import EpochProgress, State, checkpoint_dict, restore, snapshot
@@ -143,6 +143,8 @@ def train(cfg: TrainConfig) -> State:
         distributed.barrier(d)
         samples = cache()
     train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
+    if cfg.data.skip_bad_files:
+        val_samples = readable_samples(val_samples)
     train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files)
     val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files)
     say(f"data: {len(train_samples)} training / {len(val_samples)} validation images from "

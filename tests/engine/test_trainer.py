@@ -251,3 +251,18 @@ def test_train_with_cache(tiny_args, tmp_path):
     assert folder.startswith("64px-") and any(f.endswith(".image.npy") for f in os.listdir(tmp_path / "cache" / folder))
     epochs = [r for r in history.read(tmp_path / "run" / "metrics.jsonl") if r["type"] == "epoch"]
     assert epochs[0]["val"]["images"] == 2                  # validation GT read at original size, all of it
+
+
+def test_a_bad_validation_image_is_dropped_not_doubled(synth_root, tiny_args, tmp_path):
+    import shutil
+    from camodet.data.layouts import gather
+    from camodet.engine.loaders import split_train_val
+    root = tmp_path / "COD10K-v3"
+    shutil.copytree(synth_root, root)
+    _, val = split_train_val(gather([str(root)], "train"), 0.5, 1)
+    data = open(val[0].image, "rb").read()
+    open(val[0].image, "wb").write(data[:len(data) // 3])  # header intact: the listing passes it
+    args = flag(flag(tiny_args, "--dataset-path", str(root)), "--epochs", "1")
+    assert main(["train", *args, "--val-fraction", "0.5", "--skip-bad-files"]) == 0
+    epoch = [r for r in history.read(str(tmp_path / "run" / "metrics.jsonl")) if r["type"] == "epoch"][0]
+    assert epoch["val"]["images"] == len(val) - 1
