@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .dataset import load_pair
-from .io import DataError
+from .io import SKIP_HINT, DataError
 from .layouts import Sample
 
 log = logging.getLogger("camodet")
@@ -73,6 +73,8 @@ def cached_samples(samples: list[Sample], img_size: int, cache_dir: str, workers
         if bad and not skip_bad_files:
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(bad[0])
+        for message in bad:
+            log.warning("cache: skipping %s", message.removesuffix(SKIP_HINT))
         with open(os.path.join(tmp, "index.json"), "w") as fh:
             json.dump({"version": CACHE_VERSION, "img_size": img_size,
                        "ok": [e is None for e in errors]}, fh)

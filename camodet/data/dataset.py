@@ -47,7 +47,7 @@ class CODDataset(Dataset):
             except DataError as e:
                 if not self.skip_bad_files:
                     raise
-                log.warning("skipping %s", e)
+                log.warning("skipping %s", str(e).removesuffix(SKIP_HINT))
         raise DataError("every sample failed to load; check the dataset with 'camodet data check'")
 
     def _load(self, i: int, seed) -> dict:

@@ -186,6 +186,12 @@ def train(cfg: TrainConfig) -> State:
         loaded, total = load_matching(model, init.get("raw_model_state_dict", init["model_state_dict"]))
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
+    m, st = cfg.model, cfg.stages
+    if (d.is_main and not (m.pretrained or m.pretrained_path or cfg.run.resume_from or cfg.run.init_from)
+            and st.stage1_epochs > 0 and not st.skip_stage1):
+        log.warning("stage 1 trains the decoder on a frozen backbone that is randomly initialised; for real "
+                    "data pass --pretrained or --pretrained-path FILE (or --stage1-epochs 0)")
+
     if cfg.speed.grad_checkpointing:
         model.set_grad_checkpointing(True)
     memory_format = device_memory_format(cfg.speed.channels_last, device)

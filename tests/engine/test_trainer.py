@@ -266,3 +266,11 @@ def test_a_bad_validation_image_is_dropped_not_doubled(synth_root, tiny_args, tm
     assert main(["train", *args, "--val-fraction", "0.5", "--skip-bad-files"]) == 0
     epoch = [r for r in history.read(str(tmp_path / "run" / "metrics.jsonl")) if r["type"] == "epoch"][0]
     assert epoch["val"]["images"] == len(val) - 1
+
+
+def test_warns_when_stage1_freezes_a_random_backbone(tiny_args, tmp_path, capsys):
+    run(flag(tiny_args, "--epochs", "1"))
+    assert "randomly initialised" in capsys.readouterr().out
+    run(flag(flag(tiny_args, "--epochs", "1"), "--checkpoint-dir", str(tmp_path / "b")), "--init-from",
+        str(tmp_path / "run" / "last.pth"))
+    assert "randomly initialised" not in capsys.readouterr().out
