@@ -19,7 +19,6 @@ so a run cut short keeps what it measured."""
 
 import argparse
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import torch
 from camodet.data.cache import cached_samples
 from camodet.data.layouts import gather
 from camodet.data.synth import write_dataset
+from camodet.engine import history
 from camodet.engine.measure import measure_in_subprocess
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -174,8 +174,7 @@ def section_train(s, out, smoke, found, data):
     if p.returncode != 0:
         out(f"failed (exit {p.returncode}): {(p.stderr.strip().splitlines() or [''])[-1][:300]}\n")
         return
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        epochs = [r for r in map(json.loads, f) if r.get("type") == "epoch"]
+    epochs = [r for r in history.read(os.path.join(run, "metrics.jsonl")) if r["type"] == "epoch"]
     out("| epoch | stage | img/s (training) | epoch s | peak MB | memory | val IoU |")
     out("|---|---|---|---|---|---|---|")
     for e in epochs:

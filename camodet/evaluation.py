@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.dataset import CODDataset, collate
-from .data.io import SKIP_HINT, DataError, read_mask
+from .data.io import DataError, read_mask
 from .data.layouts import Sample, gather
 from .metrics import VARIANTS, Evaluator, to_uint8
 
@@ -54,7 +54,7 @@ def _scoring_every_image(loader):
     try:
         yield from loader
     except DataError as e:
-        raise DataError(f"{str(e).removesuffix(SKIP_HINT)}; replace it: the protocol scores every test image") \
+        raise DataError(f"{e.reason}; replace it: the protocol scores every test image") \
             from None
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data.io import IMAGE_EXTS, SKIP_HINT, DataError, read_image
+from .data.io import IMAGE_EXTS, DataError, read_image
 from .data.transforms import normalise, resize
 from .metrics import to_uint8
 
@@ -52,7 +52,7 @@ class ImageFiles(Dataset):
         try:
             image = read_image(self.paths[i])
         except DataError as e:  # listed as "skipped PATH: why"; predict skips without being asked
-            return {"index": i, "error": str(e).removeprefix(f"{self.paths[i]}: ").removesuffix(SKIP_HINT)}
+            return {"index": i, "error": e.reason.removeprefix(f"{self.paths[i]}: ")}
         return {"index": i, "image": image, "input": torch.from_numpy(normalise(resize(image, self.img_size)))}
 
 

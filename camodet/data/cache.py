@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .dataset import load_pair
-from .io import SKIP_HINT, DataError
+from .io import DataError
 from .layouts import Sample
 
 log = logging.getLogger("camodet")
@@ -40,7 +40,7 @@ def _write_one(job) -> str | None:
     try:
         image, mask = load_pair(sample)
     except DataError as e:
-        return str(e)
+        return e.reason
     h, w = mask.shape
     scale = min(1.0, side / max(h, w))
     if scale < 1.0:
@@ -72,9 +72,9 @@ def cached_samples(samples: list[Sample], img_size: int, cache_dir: str, workers
         bad = [e for e in errors if e]
         if bad and not skip_bad_files:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(bad[0])
-        for message in bad:
-            log.warning("cache: skipping %s", message.removesuffix(SKIP_HINT))
+            raise DataError(bad[0], skippable=True)
+        for reason in bad:
+            log.warning("cache: skipping %s", reason)
         with open(os.path.join(tmp, "index.json"), "w") as fh:
             json.dump({"version": CACHE_VERSION, "img_size": img_size,
                        "ok": [e is None for e in errors]}, fh)

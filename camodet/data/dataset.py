@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import SKIP_HINT, DataError, read_image, read_mask
+from .io import DataError, read_image, read_mask
 from .layouts import Sample
 from .transforms import eval_transform, normalise, resize, train_transform
 
@@ -19,7 +19,7 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     image, mask = read_image(sample.image), read_mask(sample.mask)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{image.shape[1]}x{image.shape[0]}{SKIP_HINT}")
+                        f"{image.shape[1]}x{image.shape[0]}", skippable=True)
     return image, mask
 
 
@@ -47,7 +47,7 @@ class CODDataset(Dataset):
             except DataError as e:
                 if not self.skip_bad_files:
                     raise
-                log.warning("skipping %s", str(e).removesuffix(SKIP_HINT))
+                log.warning("skipping %s", e.reason)
         raise DataError("every sample failed to load; check the dataset with 'camodet data check'")
 
     def _load(self, i: int, seed) -> dict:

@@ -9,18 +9,22 @@ MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
 
 
 class DataError(ValueError):
-    """A dataset problem; the message names the file and the way out."""
+    """A dataset problem; the message names the file and the way out. `reason` is the
+    message without the way out, for callers that offer their own (or need none); a
+    `skippable` problem's way out is --skip-bad-files."""
 
-    def __init__(self, message: str):
+    SKIP = "replace it or use --skip-bad-files"
+
+    def __init__(self, reason: str, skippable: bool = False):
         # A DataLoader worker's DataError comes back to the main process re-raised as
         # DataError("Caught DataError in DataLoader worker ...\n<traceback>\n...DataError: <message>");
         # keep the one line that names the file, not the worker's traceback.
-        if message.startswith("Caught DataError") and "DataError: " in message.rstrip().splitlines()[-1]:
-            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[1]
-        super().__init__(message)
-
-
-SKIP_HINT = "; replace it or use --skip-bad-files"
+        if reason.startswith("Caught DataError") and "DataError: " in reason.rstrip().splitlines()[-1]:
+            reason = reason.rstrip().splitlines()[-1].split("DataError: ", 1)[1]
+        if reason.endswith(f"; {self.SKIP}"):  # rebuilt from its message (worker re-raise, unpickling)
+            reason, skippable = reason[:-len(self.SKIP) - 2], True
+        self.reason, self.skippable = reason, skippable
+        super().__init__(f"{reason}; {self.SKIP}" if skippable else reason)
 
 
 def _open(path: str) -> Image.Image:
@@ -30,7 +34,7 @@ def _open(path: str) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e}){SKIP_HINT}") from None
+        raise DataError(f"{path}: unreadable image ({e})", skippable=True) from None
     # Phones store the rotation in EXIF; the dataset's annotation follows the displayed image.
     return ImageOps.exif_transpose(img)
 
@@ -95,5 +99,5 @@ def image_size(path: str) -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable image ({e}){SKIP_HINT}") from None
+        raise DataError(f"{path}: unreadable image ({e})", skippable=True) from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .io import IMAGE_EXTS, MASK_EXTS, SKIP_HINT, DataError, image_size
+from .io import IMAGE_EXTS, MASK_EXTS, DataError, image_size
 
 KNOWN_NAMES = ("COD10K", "CAMO", "NC4K", "CHAMELEON")
 
@@ -158,10 +158,10 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
         problems += listing.problems
     if problems and not skip_bad_files:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        # The listing's own hint is said once, with the count, below.
+        # Each problem without its own way out: the way out is said once, with the count, below.
         way_out = (": the protocol scores every test image" if split == "test"
                    else ", or use --skip-bad-files to train without them")
-        raise DataError(f"{problems[0].removesuffix(SKIP_HINT)}{more}; fix or replace it (run 'camodet data "
+        raise DataError(f"{DataError(problems[0]).reason}{more}; fix or replace it (run 'camodet data "
                         f"check' to list them){way_out}")
     if not samples:
         raise DataError(f"no {split} images with masks found in {', '.join(paths) or images}")

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import DataConfig
 from ..data.dataset import CODDataset, collate, index_seed, load_pair
-from ..data.io import SKIP_HINT, DataError
+from ..data.io import DataError
 from ..data.layouts import Sample, gather
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def readable_samples(samples: list[Sample]) -> list[Sample]:
         try:
             load_pair(s)
         except DataError as e:
-            log.warning("validation: skipping %s", str(e).removesuffix(SKIP_HINT))
+            log.warning("validation: skipping %s", e.reason)
             continue
         good.append(s)
     return good

@@ -6,9 +6,10 @@ import shutil
 
 from .checkpoint import CheckpointError
 
-_CHECKPOINT = re.compile(r"^(last|best_model|epoch_\d+)\.pth$")
+_CHECKPOINT_NAMES = r"(last|best_model|epoch_\d+)\.pth"
+_CHECKPOINT = re.compile(rf"^{_CHECKPOINT_NAMES}$")
 # Everything a run writes into its folder; --overwrite removes only these, never other files.
-_RUN_FILES = re.compile(r"^((last|best_model|epoch_\d+)\.pth|metrics\.jsonl|config\.yaml|report\.html|stall-.*\.txt)$")
+_RUN_FILES = re.compile(rf"^({_CHECKPOINT_NAMES}|metrics\.jsonl|config\.yaml|report\.html|stall-.*\.txt)$")
 _RUN_DIRS = ("tensorboard", "report")
 
 

@@ -63,3 +63,20 @@ def test_plan_on_cpu_writes_yamls_that_train(tiny_args, tmp_path, capsys):
         assert cfg["optim"]["batch_size"] == 4 and cfg["optim"]["accumulation_steps"] == 2
     assert main(["train", "--config", str(tmp_path / "plans" / "plan-fast.yaml"), "--checkpoint-dir",
                  str(tmp_path / "run"), "--epochs", "1", "--stage1-epochs", "1"]) == 0
+
+
+def test_plan_measures_with_the_runs_own_speed_settings(tiny_args, tmp_path, monkeypatch):
+    from camodet.engine import measure
+    specs = []
+
+    def fake(timeout=None, **spec):  # the measuring subprocess, replaced by made-up numbers
+        specs.append(spec)
+        return {"stage": spec["stage"], "batch": spec["batch"], "s_per_step": 0.1, "peak_mb": 100.0 * spec["batch"],
+                "memory": "cpu_rss"}
+
+    monkeypatch.setattr(measure, "measure_in_subprocess", fake)
+    assert main(["plan", *tiny_args, "--amp", "fp16", "--channels-last", "on", "--compile", "--grad-checkpointing",
+                 "--gpu-memory", "64GB", "--candidates", "2", "4", "--out-dir", str(tmp_path / "plans")]) == 0
+    assert [(s["stage"], s["batch"]) for s in specs] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    assert all((s["amp"], s["channels_last"], s["compile"], s["grad_checkpointing"], s["img_size"]) ==
+               ("fp16", "on", True, True, 64) for s in specs)

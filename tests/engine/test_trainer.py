@@ -12,6 +12,8 @@ from camodet.engine import history
 from camodet.engine.checkpoint import load_checkpoint
 from camodet.models import build_model
 
+from ..conftest import truncate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -260,8 +262,7 @@ def test_a_bad_validation_image_is_dropped_not_doubled(synth_root, tiny_args, tm
     root = tmp_path / "COD10K-v3"
     shutil.copytree(synth_root, root)
     _, val = split_train_val(gather([str(root)], "train"), 0.5, 1)
-    data = open(val[0].image, "rb").read()
-    open(val[0].image, "wb").write(data[:len(data) // 3])  # header intact: the listing passes it
+    truncate(val[0].image)
     args = flag(flag(tiny_args, "--dataset-path", str(root)), "--epochs", "1")
     assert main(["train", *args, "--val-fraction", "0.5", "--skip-bad-files"]) == 0
     epoch = [r for r in history.read(str(tmp_path / "run" / "metrics.jsonl")) if r["type"] == "epoch"][0]
