@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 
@@ -12,6 +13,31 @@ from .config import ConfigError, add_arguments, from_args
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_TIME_LIMIT = 75  # sysexits' EX_TEMPFAIL: not finished, run the printed command to continue
+
+
+def program() -> list[str]:
+    """How this process was started, for a command the user can paste."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name == "__main__.py":
+        return ["python", "-m", "camodet"]
+    if name.endswith(".py"):
+        return ["python", sys.argv[0]]
+    return ["camodet"]
+
+
+def resume_command(argv: list[str], last: str) -> str:
+    """The command that was run, continuing from `last`: --resume-from replaced (a warm
+    restart's source becomes this run's own last.pth), --init-from and --overwrite dropped."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--resume-from", "--init-from"):
+            skip = True
+        elif not (a == "--overwrite" or a.startswith(("--resume-from=", "--init-from="))):
+            kept.append(a)
+    return shlex.join([*program(), *kept, "--resume-from", last])
 
 
 def _train(args) -> int:
@@ -23,8 +49,10 @@ def _train(args) -> int:
     state = train(cfg)
     if state.interrupted:
         last = os.path.join(cfg.run.checkpoint_dir, "last.pth")
-        print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue with the same command "
-              f"and --resume-from {last}", file=sys.stderr)
+        print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
+              f"  {resume_command(args.argv, last)}", file=sys.stderr)
+        if state.interrupted == "time limit":
+            return EXIT_TIME_LIMIT
         return 128 + int(getattr(signal, state.interrupted))
     if state.best_epoch == 0:
         print(f"nothing to train: the run already ended at epoch {state.epoch} of {cfg.stages.epochs}")
@@ -289,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from .data.io import DataError
     from .engine.checkpoint import CheckpointError
     from .engine.guard import DivergenceError

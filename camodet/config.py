@@ -19,6 +19,26 @@ class ConfigError(ValueError):
     """A configuration value that makes no sense; the message is one line."""
 
 
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str, flag: str = "--time-limit") -> float:
+    """'8h45m', '90m', '1.5h', '3600s' or a plain number of seconds -> seconds."""
+    import re
+    t = str(text).strip().lower().replace(" ", "")
+    parts = re.fullmatch(r"((\d+(\.\d+)?)[dhms])+", t)
+    if parts:
+        seconds = sum(float(v) * _DURATION_UNITS[u] for v, _, u in re.findall(r"(\d+(\.\d+)?)([dhms])", t))
+    else:
+        try:
+            seconds = float(t)
+        except ValueError:
+            seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"{flag} {text!r}: give a positive duration such as 8h45m, 90m or 3600s")
+    return seconds
+
+
 def opt(default, help: str, flag: Optional[str] = None, choices=None, **extra):
     """A config field with its CLI help (and optionally flag name / choices)."""
     meta = {"help": help, "flag": flag, "choices": choices, **extra}
@@ -99,6 +119,9 @@ class RunConfig:
     log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates")
     tensorboard: bool = opt(True, "write TensorBoard logs to RUN/tensorboard (needs the tensorboard package)")
     image_every: int = opt(5, "epochs between TensorBoard panels of validation predictions (0 = never)")
+    time_limit: Optional[str] = opt(None, "wall time this command may take, e.g. 8h45m (a notebook's hard limit): "
+                                          "the run stops by itself early enough to finish its step and write a "
+                                          "resumable last.pth, and prints the command that continues it")
 
 
 @dataclass
@@ -322,6 +345,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(sf.stall_timeout >= 0, f"--stall-timeout must be >= 0 seconds (got {sf.stall_timeout})")
     need(r.image_every >= 0, f"--image-every must be >= 0 (got {r.image_every})")
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
+    if r.time_limit is not None:
+        parse_duration(r.time_limit)
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
     need(not (r.resume_from and r.init_from),
          "--resume-from and --init-from exclude each other: resume continues a run, init starts a new one")
@@ -332,6 +357,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
              "no training data: give --dataset-path DIR (or --images DIR --masks DIR)")
         for p in d.dataset_path + [x for x in (d.images, d.masks) if x]:
             need(os.path.isdir(p), f"dataset path {p} does not exist or is not a folder; check the path")
+        # A resume takes every weight from its checkpoint: the backbone's weights file may be gone.
+        weights_file = None if r.resume_from else m.pretrained_path
         for flag, p in (("--resume-from", r.resume_from), ("--init-from", r.init_from),
-                        ("--pretrained-path", m.pretrained_path)):
+                        ("--pretrained-path", weights_file)):
             need(p is None or os.path.isfile(p), f"{flag} {p}: no such file")

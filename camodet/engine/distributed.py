@@ -62,13 +62,37 @@ def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def sync_buffers(model: torch.nn.Module, d: Dist) -> None:
+    """Average the floating buffers (BatchNorm running statistics) over the ranks. DDP runs
+    with broadcast_buffers=False, so each rank's statistics follow its own batches; this
+    brings them together once per epoch, before validation and saving. Buffers that agree
+    everywhere (frozen norms) are left bit-identical. The running-statistics update is
+    affine, so averaging at a mid-epoch stop and again at the end of the epoch gives what
+    averaging once at the end would."""
+    if not d.enabled:
+        return
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+    mean, low, high = flat.clone(), flat.clone(), flat.clone()
+    dist.all_reduce(mean)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    merged = torch.where(low == high, flat, mean / d.world)
+    for b, part in zip(buffers, merged.split([b.numel() for b in buffers])):
+        b.copy_(part.view_as(b))
+
+
 def check_in_sync(model: torch.nn.Module, d: Dist) -> None:
-    """Raise if any rank's parameters differ from rank 0's (a DDP wrapping bug would show here)."""
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    """Raise if any rank's parameters or floating buffers differ from rank 0's (a DDP
+    wrapping bug, or norm statistics left to drift, would show here)."""
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+    sums = torch.stack([t.detach().double().sum() for t in tensors]).cpu()
     gathered = gather_objects(sums, d)
     bad = [r for r, s in enumerate(gathered) if not torch.equal(s, gathered[0])]
     if bad:
-        raise RuntimeError(f"parameters of rank(s) {bad} differ from rank 0 after training")
+        raise RuntimeError(f"parameters or buffers of rank(s) {bad} differ from rank 0 after training")
 
 
 def barrier(d: Dist) -> None:

@@ -1,5 +1,6 @@
 """Divergence guard: decides, from one host read per optimizer step, whether the
-step is taken, skipped, or whether the run must roll back. Pure host logic, so
+step is taken, skipped (a non-finite step, a one-window loss spike), or whether the
+run must roll back. Pure host logic, so
 it is unit-tested on made-up numbers."""
 
 import math
@@ -32,6 +33,7 @@ class DivergenceGuard:
     losses: deque = field(default_factory=lambda: deque(maxlen=200))
     recent_nonfinite: deque = field(default_factory=deque)   # step counters of non-finite steps
     counts: dict = field(default_factory=lambda: {"overflow": 0, "nonfinite": 0})
+    spike_streak: int = 0     # consecutive windows judged a loss spike
 
     def observe(self, step: int, loss: float, grad_norm: float, weight_norm: float, fp16: bool) -> Verdict:
         """`step` is a running optimizer-step counter; the norms are over the trainable parameters."""
@@ -54,10 +56,27 @@ class DivergenceGuard:
         if self.spike_factor > 0 and len(self.losses) >= MIN_HISTORY:
             median = statistics.median(self.losses)
             if loss > self.spike_factor * median:
-                return Verdict(ROLLBACK, f"loss spike: {loss:.4g} is {loss / median:.1f}x the running "
-                                         f"median {median:.4g}")
+                # One bad batch (a mislabelled mask) spikes once: skip it. A rollback replays the
+                # same data, so it would only meet the same batch again; it is kept for a spike
+                # that persists into the next window, which the data alone does not explain.
+                self.spike_streak += 1
+                what = f"loss spike: {loss:.4g} is {loss / median:.1f}x the running median {median:.4g}"
+                if self.spike_streak > 1:
+                    return Verdict(ROLLBACK, f"{what}, again in the window after a skipped spike")
+                return Verdict(SKIP, f"{what}; window skipped")
+        self.spike_streak = 0
         self.losses.append(loss)
         return Verdict(STEP)
 
     def after_rollback(self) -> None:
         self.recent_nonfinite.clear()
+        self.spike_streak = 0
+
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses), "recent_nonfinite": list(self.recent_nonfinite),
+                "spike_streak": self.spike_streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses.extend(state.get("losses", []))
+        self.recent_nonfinite.extend(state.get("recent_nonfinite", []))
+        self.spike_streak = int(state.get("spike_streak", 0))

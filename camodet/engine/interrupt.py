@@ -1,25 +1,43 @@
-"""Graceful stop on SIGINT/SIGTERM: the handler only records the request; the
-trainer finishes the optimizer step it is in, writes a resumable checkpoint
-and returns. A second signal aborts at once."""
+"""Graceful stop on SIGINT/SIGTERM or at a time limit: the handler only records the
+request; the trainer finishes the optimizer step it is in, writes a resumable
+checkpoint and returns. A second signal aborts at once."""
 
 import signal
 import threading
+import time
+
+TIME_LIMIT = "time limit"
+clock = time.monotonic  # the time limit's clock (tests replace it)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    def __init__(self):
+    """`time_limit` (seconds from now): the run stops itself once the work it still has to
+    do before it can stop (the caller says how long that is) would pass the limit."""
+
+    def __init__(self, time_limit: float | None = None):
         self.signum: int | None = None
+        self.deadline = clock() + time_limit if time_limit else None
+        self.timed_out = False
+        self.save_seconds = 1.0   # the trainer replaces this guess by the time its saves take
         self._previous: dict = {}
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.timed_out
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
+        if self.signum:
+            return signal.Signals(self.signum).name
+        return TIME_LIMIT if self.timed_out else ""
+
+    def out_of_time(self, needed_s: float) -> bool:
+        """True (from then on) when `needed_s` more seconds of work plus a save would pass the limit."""
+        if self.deadline is not None and clock() + needed_s + self.save_seconds >= self.deadline:
+            self.timed_out = True
+        return self.timed_out
 
     def _handle(self, signum, frame):
         if self.signum is not None:       # second signal: the user means it

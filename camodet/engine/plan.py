@@ -81,11 +81,14 @@ def schedule_lr(t: int, total: int, warmup: int, base: float, min_lr: float, kin
     return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_plan(cfg: TrainConfig, num_groups: int, restart_epoch: int | None = None) -> Plan:
-    """restart_epoch: the first epoch of a warm restart; its stage's schedule starts there."""
+def make_plan(cfg: TrainConfig, num_groups: int, restart_epoch: int | None = None,
+              schedule_start: tuple | None = None) -> Plan:
+    """restart_epoch: the first epoch of a warm restart; its stage's schedule starts there.
+    schedule_start: the starts saved in the checkpoint of an exact resume (a run that was
+    itself a warm restart keeps its re-planned schedule)."""
     s = cfg.stages
     stage1_end = 0 if s.skip_stage1 else s.stage1_epochs
-    starts = [1, stage1_end + 1]
+    starts = list(schedule_start) if schedule_start else [1, stage1_end + 1]
     plan = Plan(epochs=s.epochs, stage1_end=stage1_end, num_groups=num_groups,
                 progressive=s.progressive_unfreeze, lr=(cfg.optim.lr, cfg.stage2_lr),
                 min_lr=cfg.optim.min_lr, scheduler=cfg.optim.scheduler,

@@ -19,7 +19,12 @@ class State:
     metrics: dict | None = None
     lr_scale: float = 1.0     # product of the rollback back-offs so far
     rollbacks: int = 0
-    interrupted: str = ""     # the signal's name when the run stopped early
+    interrupted: str = ""     # the signal's name (or "time limit") when the run stopped early
+    # What decides the computation beyond the config, saved so that an exact resume of a
+    # warm restart (or of a multi-process run) computes what the uninterrupted run did.
+    schedule_start: tuple = (1, 1)  # first epoch of each stage's LR schedule (a warm restart moves it)
+    world_size: int = 1
+    rollback_files: list = field(default_factory=list)  # per rollback, the files of its bad windows
 
 
 @dataclass
@@ -94,10 +99,11 @@ def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg
         "epoch": state.epoch, "global_step": state.global_step, "stage": stage,
         "best_iou": state.best_iou, "best_epoch": state.best_epoch,
         "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
+        "schedule_start": list(state.schedule_start), "world_size": state.world_size,
         "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
     }
     if guard is not None:
-        ckpt["guard"] = {"losses": list(guard.losses), "recent_nonfinite": list(guard.recent_nonfinite)}
+        ckpt["guard"] = guard.state_dict()
     if progress is not None:  # a mid-epoch checkpoint: the resumed run continues from here
         ckpt["position"] = progress.to_dict()
     if ema is not None:

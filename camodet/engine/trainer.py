@@ -4,6 +4,7 @@ graceful stop on SIGINT/SIGTERM and a stall watchdog. Reads top to bottom:
 `train()` is the story."""
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from ..config import TrainConfig, save_yaml
+from ..config import TrainConfig, parse_duration, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..losses import total_loss
@@ -39,9 +40,11 @@ from .watchdog import StallWatchdog, worker_init
 log = logging.getLogger("camodet")
 
 # Settings that do not change what a run computes; a resume that differs only in
-# these is still an exact continuation.
+# these is still an exact continuation. Where the backbone's ImageNet weights came from
+# is one of them: a resume takes every weight from its checkpoint.
 NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.overwrite", "run.device",
                        "run.log_every", "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
+                       "run.time_limit", "model.pretrained", "model.pretrained_path",
                        "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
 NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
 
@@ -80,6 +83,7 @@ class Outcome:
     action: str = "done"      # done | rollback | stopped
     reason: str = ""
     step: int = 0
+    files: list = dataclasses.field(default_factory=list)  # images of the windows that went wrong
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
@@ -106,6 +110,18 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in NOT_HYPERPARAMETERS and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
             and a.get(k) != b.get(k)]
+
+
+def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
+    """Why resuming `ckpt` cannot continue exactly (empty: it can). Another process count
+    changes the effective batch, the steps per epoch and which samples each rank holds,
+    so no uninterrupted run computes what the continuation would: a warm restart."""
+    changes = changed_settings(ckpt.get("config", {}), cfg.to_dict())
+    saved_world = ckpt.get("world_size")  # absent in checkpoints of camodet before 0.1.1
+    if saved_world is not None and int(saved_world) != world:
+        changes.append(f"processes: {int(saved_world)} -> {world} (the effective batch and the data each "
+                       f"process sees change)")
+    return changes
 
 
 def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda where: None) -> dict:
@@ -150,15 +166,19 @@ def train(cfg: TrainConfig) -> State:
     say(f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
         f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}")
 
-    # Model, then resume or initialise before anything copies its weights (EMA, DDP).
-    model = build_model(cfg.model).to(device)
-    state, resume_ckpt, restart_epoch, position = State(), None, None, None
+    # Model, then resume or initialise before anything copies its weights (EMA, DDP). A resume
+    # takes every weight from its checkpoint, so it never needs the network or the weights file.
+    resuming = bool(cfg.run.resume_from)
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resuming else cfg.model
+    model = build_model(model_cfg).to(device)
+    state, resume_ckpt, restart_epoch, position = State(world_size=d.world), None, None, None
+    saved_schedule = None
     guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
     if cfg.run.resume_from:
         resume_ckpt = load_checkpoint(cfg.run.resume_from)
         check_arch(resume_ckpt, cfg.to_dict()["model"], cfg.run.resume_from)
         model.load_state_dict(resume_ckpt.get("raw_model_state_dict", resume_ckpt["model_state_dict"]))
-        changes = changed_settings(resume_ckpt.get("config", {}), cfg.to_dict())
+        changes = resume_changes(resume_ckpt, cfg, d.world)
         state.epoch = int(resume_ckpt["epoch"])
         state.global_step = int(resume_ckpt.get("global_step", 0))
         if run_folder.resumes_in_place(run_dir, cfg.run.resume_from):
@@ -173,8 +193,8 @@ def train(cfg: TrainConfig) -> State:
         else:
             state.lr_scale = float(resume_ckpt.get("lr_scale", 1.0))
             state.rollbacks = int(resume_ckpt.get("rollbacks", 0))
-            guard.losses.extend(resume_ckpt.get("guard", {}).get("losses", []))
-            guard.recent_nonfinite.extend(resume_ckpt.get("guard", {}).get("recent_nonfinite", []))
+            saved_schedule = resume_ckpt.get("schedule_start")
+            guard.load_state_dict(resume_ckpt.get("guard", {}))
             if "position" in resume_ckpt:
                 position = EpochProgress.from_dict(resume_ckpt["position"], device)
                 say(f"resuming {cfg.run.resume_from} exactly inside epoch {position.epoch}, after "
@@ -196,7 +216,8 @@ def train(cfg: TrainConfig) -> State:
         model.set_grad_checkpointing(True)
     memory_format = device_memory_format(cfg.speed.channels_last, device)
     model = model.to(memory_format=memory_format)
-    plan = make_plan(cfg, model.backbone.num_groups, restart_epoch)
+    plan = make_plan(cfg, model.backbone.num_groups, restart_epoch, saved_schedule)
+    state.schedule_start = plan.schedule_start
     optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
@@ -228,8 +249,10 @@ def train(cfg: TrainConfig) -> State:
         record({"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from, "changed": changes})
 
     def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
+        started = time.monotonic()
         ckpt = checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best, guard, progress)
         atomic_save(ckpt, path)
+        stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)  # what --time-limit keeps back
         return ckpt
 
     ddp_model, frozen, stage, loader_batch, loader, forward = model, None, None, None, None, model
@@ -238,7 +261,11 @@ def train(cfg: TrainConfig) -> State:
         say(f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
             f"raise --epochs to train on (a warm restart)")
     tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
-    with StopRequest() as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
+    time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
+    validation_seconds = None
+    with StopRequest(time_limit) as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
+        # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
+        stop.save_seconds = 1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
         ctx = RunContext(stop, watchdog, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
@@ -288,6 +315,17 @@ def train(cfg: TrainConfig) -> State:
                 roll_back(outcome, epoch, state, cfg, plan, run_dir, record)
                 progress = restore(good, model, ema, optimizer, scaler, state, device)
                 guard.after_rollback()
+            for module in (model, ema.module if ema is not None else None):
+                if module is not None and outcome.action in ("done", "stopped"):
+                    distributed.sync_buffers(module, d)  # norm statistics, as every rank validates and saves
+
+            # --time-limit: validation and the saves must still fit, or stop here (the pass is kept).
+            if outcome.action == "done" and time_limit and len(val_set):
+                needed = validation_seconds if validation_seconds is not None else \
+                    progress.seconds * len(val_set) / max(1, len(train_set))
+                if any_rank(stop.out_of_time(needed + stop.save_seconds), d, device):
+                    stop.timed_out = True
+                    outcome = Outcome("stopped", stop.name, progress.micro_step)
 
             if outcome.action == "stopped":
                 state.interrupted = stop.name or "SIGTERM"
@@ -299,11 +337,13 @@ def train(cfg: TrainConfig) -> State:
                     f"resumable checkpoint {os.path.join(run_dir, 'last.pth')}")
                 break
 
+            validation_started = time.monotonic()
             stats = progress.stats(lambda t: distributed.all_reduce_mean(t, d))
             stats["images_per_s"] *= d.world
             eval_model = ema.module if ema is not None else model
             val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, cfg.data.num_workers,
                                                   init_fn), device, dtype, d, watchdog.beat) if len(val_set) else {}
+            validation_seconds = time.monotonic() - validation_started
             state.epoch = epoch
             state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
             iou = val.get("IoU", float("nan"))
@@ -360,8 +400,9 @@ def roll_back(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan
               record) -> None:
     """Count the rollback and lower the LR, or stop the run when the budget is spent."""
     state.rollbacks += 1
+    state.rollback_files.append(sorted(set(outcome.files)))
     event = {"epoch": epoch, "step": outcome.step, "global_step": state.global_step, "reason": outcome.reason,
-             "rollbacks": state.rollbacks}
+             "rollbacks": state.rollbacks, "files": state.rollback_files[-1]}
     if state.rollbacks > cfg.safety.max_rollbacks:
         record({"type": "diverged", **event})
         raise DivergenceError(divergence_message(outcome, epoch, state, cfg, plan, run_dir))
@@ -382,9 +423,20 @@ def divergence_message(outcome: Outcome, epoch: int, state: State, cfg: TrainCon
             else "no epoch finished, so there is no good checkpoint")
     best = (f", best: {os.path.join(run_dir, 'best_model.pth')} (epoch {state.best_epoch}, IoU {state.best_iou:.4f})"
             if state.best_epoch else "")
+    # Each rollback replays the same data at a lower LR: bad windows that hold the same files
+    # every time point at those files; windows that move point at the learning rate.
+    common = set.intersection(*map(set, state.rollback_files)) if state.rollback_files else set()
+    if len(state.rollback_files) > 1 and common:
+        shown = sorted(common)
+        cause = (f"The same file(s) were in the failing window every time ({', '.join(shown[:4])}"
+                 f"{f' and {len(shown) - 4} more' if len(shown) > 4 else ''}): a data problem is likely; check "
+                 f"their masks ('camodet data check'), fix or remove them. If they are fine, try")
+    else:
+        cause = ("The failing windows held different files each time, which points at the learning rate. Try"
+                 if len(state.rollback_files) > 1 else "Try")
     return (f"training diverged at epoch {epoch} (stage {stage}), step {outcome.step}: {outcome.reason}; "
             f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
-            f"{good}{best}. Try --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
+            f"{good}{best}. {cause} --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
             f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
             f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see metrics.jsonl for every event")
 
@@ -396,6 +448,14 @@ def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
                       if f.startswith("epoch_") and f.endswith(".pth") and f[6:-4].isdigit())
     for _, f in numbered[:-keep]:
         os.unlink(os.path.join(run_dir, f))
+
+
+def window_files(loader, window_index: list, d: distributed.Dist) -> list[str]:
+    """The image files of an optimizer step's window, over all ranks (every rank calls this
+    for the same verdict, so the collective is safe)."""
+    samples = loader.dataset.samples
+    mine = [samples[i].image for i in torch.cat(window_index).tolist()] if window_index else []
+    return sorted({f for part in distributed.gather_objects(mine, d) for f in part})
 
 
 def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, progress: EpochProgress, plan: Plan,
@@ -419,6 +479,9 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
     watched = params + [b for b in model.buffers() if b.is_floating_point()]
     fp16 = scaler.is_enabled()
     window_loss = torch.zeros((), device=device)
+    window_index: list[torch.Tensor] = []   # dataset indices of this window (CPU), to name its files
+    bad_files: list[str] = []               # files of the windows skipped in this pass
+    step_seconds, step_started = 0.0, time.monotonic()
     if progress.loss_sum is None:
         progress.loss_sum = torch.zeros((), device=device)
     it = iter(loader)
@@ -437,6 +500,7 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
         image = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         mask = batch["mask"].to(device, non_blocking=True)
         n = image.shape[0]
+        window_index.append(batch["index"])
         sync = contextlib.nullcontext() if boundary or not d.enabled else ddp_model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -456,6 +520,8 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
         if not boundary:
             continue
 
+        # --time-limit: another step and the save must fit; the decision travels with the host read below.
+        stop.out_of_time(2 * step_seconds)
         scaler.unscale_(optimizer)  # true gradient norms for the guard and for clipping (no-op without fp16)
         if cfg.optim.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -469,9 +535,12 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
             check = torch.stack(check).tolist() + [float(stop.requested)]
         loss_v, grad_v, weight_v, stop_v = check  # the one host synchronisation of this step
         verdict = guard.observe(state.global_step, loss_v, grad_v, weight_v, fp16)
+        files = window_files(loader, window_index, d) if verdict.action in (SKIP, ROLLBACK) else []
+        bad_files += files
         if verdict.action == ROLLBACK:
             optimizer.zero_grad(set_to_none=True)
-            outcome = Outcome(ROLLBACK, verdict.reason, step)
+            scaler.update()  # closes this step's unscale_(); the rollback then restores the saved scale
+            outcome = Outcome(ROLLBACK, verdict.reason, step, bad_files)
             break
         if verdict.action in (STEP, OVERFLOW):
             scaler.step(optimizer)  # under fp16 overflow the scaler skips the update itself
@@ -479,6 +548,7 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
         optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
         window_loss.zero_()
+        window_index = []
         progress.micro_step = i + 1
         if verdict.action == STEP:
             progress.grad_norm_sum += grad_v
@@ -490,9 +560,11 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
         elif verdict.action == SKIP:
             progress.skipped += 1
             ctx.record({"type": "skipped_step", "epoch": epoch, "step": step, "global_step": state.global_step,
-                    "reason": verdict.reason})
-            log.warning(f"epoch {epoch}, step {step}: {verdict.reason}")
+                        "reason": verdict.reason, "files": files})
+            log.warning(f"epoch {epoch}, step {step}: {verdict.reason} (files: {', '.join(files[:4])}"
+                        f"{' ...' if len(files) > 4 else ''})")
         watchdog.beat(f"epoch {epoch}, optimizer step {step + 1} of {steps_per_epoch}")
+        step_seconds, step_started = time.monotonic() - step_started, time.monotonic()
         if state.global_step % cfg.run.log_every == 0:
             ctx.tb.step(state.global_step, loss_v, grad_v, optimizer)
             if bar.disable is False:

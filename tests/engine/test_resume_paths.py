@@ -1,0 +1,249 @@
+"""The reference user's path, one point at a time: each test names the way the previous
+code went wrong (and fails on it)."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import camodet.engine.guard as guard_module
+import camodet.engine.trainer as trainer
+from camodet.cli import EXIT_TIME_LIMIT, main
+from camodet.engine import history
+from camodet.engine.checkpoint import load_checkpoint
+from camodet.engine.loaders import EpochSampler
+
+
+def flag(args, name, value):
+    out = list(args)
+    out[out.index(name) + 1] = value
+    return out
+
+
+def events(run_dir, kind):
+    return [r for r in history.read(os.path.join(run_dir, "metrics.jsonl")) if r["type"] == kind]
+
+
+def record_lrs(monkeypatch) -> dict:
+    """(epoch, step) -> the LR of every optimizer parameter group, as the trainer set it."""
+    lrs, real = {}, trainer.set_lrs
+
+    def recording(optimizer, plan, epoch, step, steps_per_epoch, scale=1.0):
+        out = real(optimizer, plan, epoch, step, steps_per_epoch, scale)
+        lrs[(epoch, step)] = [pg["lr"] for pg in optimizer.param_groups]
+        return out
+    monkeypatch.setattr(trainer, "set_lrs", recording)
+    return lrs
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exact_resume_of_a_warm_restart_keeps_the_replanned_schedule(tiny_args, tmp_path, monkeypatch, capsys):
+    first = tmp_path / "run"
+    assert main(["train", *tiny_args]) == 0                          # epochs 1-2
+    lrs = record_lrs(monkeypatch)
+    warm = flag(tiny_args, "--epochs", "5") + ["--skip-stage1", "--stage2-lr", "0.002", "--keep-last", "5"]
+    assert main(["train", *flag(warm, "--checkpoint-dir", str(tmp_path / "warm")),
+                 "--resume-from", str(first / "last.pth")]) == 0     # re-planned over epochs 3-5
+    uninterrupted = dict(lrs)
+    lrs.clear()
+    capsys.readouterr()
+    assert main(["train", *flag(warm, "--checkpoint-dir", str(tmp_path / "resumed")),
+                 "--resume-from", str(tmp_path / "warm" / "epoch_3.pth")]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "warm" / "epoch_3.pth")["schedule_start"] == [1, 3]
+    assert lrs == {k: v for k, v in uninterrupted.items() if k[0] >= 4} and len(lrs) == 10
+    a, b = load_checkpoint(tmp_path / "warm" / "last.pth"), load_checkpoint(tmp_path / "resumed" / "last.pth")
+    assert same_tensors(a["model_state_dict"], b["model_state_dict"])
+
+
+def test_fp16_rollback_restores_the_scaler_and_finishes(tiny_args, tmp_path, monkeypatch):
+    # The fp16 path that --amp auto takes on a P100/T4, on the CPU's fp16 autocast with a real GradScaler.
+    monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.float16)
+    models, real_build = [], trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", lambda cfg: models.append(real_build(cfg)) or models[-1])
+    real_set_lrs, calls = trainer.set_lrs, [0]
+
+    def poison_then_set_lrs(*args):
+        calls[0] += 1
+        if calls[0] == 8:  # before the forward of epoch 2, step 2: the guard sees NaN weights after unscale_
+            with torch.no_grad():
+                next(p for p in models[0].decoder.parameters() if p.requires_grad).fill_(math.nan)
+        return real_set_lrs(*args)
+    monkeypatch.setattr(trainer, "set_lrs", poison_then_set_lrs)
+    assert main(["train", *tiny_args, "--use-ema"]) == 0
+    (rb,) = events(tmp_path / "run", "rollback")
+    assert (rb["epoch"], rb["step"]) == (2, 2)
+    assert [e["epoch"] for e in events(tmp_path / "run", "epoch")] == [1, 2]
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["scaler_state_dict"]["scale"] > 0
+
+
+def test_resume_needs_neither_the_weights_file_nor_the_network(tiny_args, tmp_path, monkeypatch, capsys):
+    import timm
+    weights = tmp_path / "edgenext_xx_small.pth"
+    torch.save(timm.create_model("edgenext_xx_small", pretrained=False).state_dict(), weights)
+    args = flag(tiny_args, "--epochs", "3") + ["--pretrained-path", str(weights), "--keep-last", "3"]
+    assert main(["train", *args]) == 0
+    weights.unlink()                                                  # a fresh offline notebook
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    full = load_checkpoint(tmp_path / "run" / "last.pth")["model_state_dict"]
+    start = str(tmp_path / "run" / "epoch_1.pth")
+    for name, extra in (("same-flags", ["--pretrained-path", str(weights)]), ("hub-flag", ["--pretrained"]),
+                        ("no-flag", [])):
+        capsys.readouterr()
+        cmd = [a for a in flag(args, "--checkpoint-dir", str(tmp_path / name)) if a != str(weights)]
+        cmd.remove("--pretrained-path")
+        assert main(["train", *cmd, *extra, "--resume-from", start]) == 0, name
+        out = capsys.readouterr().out
+        assert f"resuming {start} exactly" in out and "warm restart" not in out, name
+        assert same_tensors(full, load_checkpoint(tmp_path / name / "last.pth")["model_state_dict"]), name
+
+
+def test_another_process_count_is_a_declared_warm_restart(tiny_args, tmp_path, capsys):
+    assert main(["train", *tiny_args, "--keep-last", "2"]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "epoch_1.pth")
+    assert ckpt["world_size"] == 1
+    ckpt["world_size"] = 2                                            # as written by a 2-process run
+    torch.save(ckpt, tmp_path / "two.pth")
+    capsys.readouterr()
+    assert main(["train", *flag(tiny_args, "--checkpoint-dir", str(tmp_path / "one")),
+                 "--resume-from", str(tmp_path / "two.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "warm restart" in out and "processes: 2 -> 1" in out
+    assert events(tmp_path / "one", "warm_restart")[0]["epoch"] == 2
+
+
+class Spikes:
+    """Multiplies the loss of chosen training micro-batches by 100; records what the trainer's
+    dataset holds and the dataset indices of each training micro-batch (num_workers 0: a batch
+    is collated right before its loss)."""
+
+    def __init__(self, monkeypatch, spike):
+        import camodet.engine.loaders as loaders
+        self.datasets, self.trained, self.spike, collated = [], [], spike, []
+        real_collate, real_loss, real_ds = loaders.collate, trainer.total_loss, trainer.CODDataset
+
+        def collate(batch):
+            out = real_collate(batch)
+            collated.append(out["index"].tolist())
+            return out
+
+        def loss(*a, **k):
+            self.trained.append(collated[-1])
+            value, parts = real_loss(*a, **k)
+            return (value * 100 if self.spike(len(self.trained), collated[-1], self) else value), parts
+
+        class Recorded(real_ds):
+            def __init__(ds, *a, **k):
+                super().__init__(*a, **k)
+                self.datasets.append(ds)
+        monkeypatch.setattr(loaders, "collate", collate)
+        monkeypatch.setattr(trainer, "total_loss", loss)
+        monkeypatch.setattr(trainer, "CODDataset", Recorded)
+        monkeypatch.setattr(guard_module, "MIN_HISTORY", 3)
+
+    def files(self, indices):
+        return sorted(self.datasets[0].samples[i].image for i in indices)
+
+
+def test_a_one_batch_loss_spike_is_skipped_with_its_files(tiny_args, tmp_path, monkeypatch):
+    spikes = Spikes(monkeypatch, lambda call, index, s: call == 12)   # epoch 3, step 1
+    assert main(["train", *flag(tiny_args, "--epochs", "3")]) == 0
+    (skip,) = events(tmp_path / "run", "skipped_step")
+    assert (skip["epoch"], skip["step"]) == (3, 1) and "loss spike" in skip["reason"]
+    assert skip["files"] == spikes.files(spikes.trained[11]) and len(skip["files"]) == 4
+    assert not events(tmp_path / "run", "rollback")
+    assert [e["skipped_steps"] for e in events(tmp_path / "run", "epoch")] == [0, 0, 1]
+
+
+def test_persistent_spikes_on_the_same_files_are_called_a_data_problem(tiny_args, tmp_path, monkeypatch, capsys):
+    args = flag(flag(tiny_args, "--batch-size", "2"), "--stage1-epochs", "2") + ["--max-rollbacks", "2"]
+
+    def bad_pair(call, index, s):   # the first images of windows 5 and 6 of epoch 1 are mislabelled
+        order = EpochSampler(len(s.datasets[0]), 1, 1).indices()
+        return bool({order[10], order[12]} & set(index))
+    spikes = Spikes(monkeypatch, bad_pair)
+    assert main(["train", *args]) == 3
+    err = capsys.readouterr().err
+    order = EpochSampler(len(spikes.datasets[0]), 1, 1).indices()
+    assert "a data problem is likely" in err and "camodet data check" in err
+    for f in spikes.files([order[10], order[12]]):
+        assert f in err
+    rollbacks = events(tmp_path / "run", "rollback")
+    assert len(rollbacks) == 2 and rollbacks[0]["files"] == rollbacks[1]["files"]
+
+
+def test_persistent_spikes_on_moving_files_point_at_the_learning_rate(tiny_args, tmp_path, monkeypatch, capsys):
+    args = flag(flag(tiny_args, "--batch-size", "2"), "--stage1-epochs", "2") + ["--max-rollbacks", "2"]
+    Spikes(monkeypatch, lambda call, index, s: call >= 8)             # from epoch 1, step 7 on
+    assert main(["train", *args]) == 3
+    err = capsys.readouterr().err
+    assert "points at the learning rate" in err and "a data problem" not in err and "--lr" in err
+
+
+def test_time_limit_stops_resumably_and_prints_the_command(tiny_args, tmp_path, monkeypatch, capsys):
+    import camodet.engine.interrupt as interrupt
+    clock = [0.0]
+    monkeypatch.setattr(interrupt, "clock", lambda: clock[0])
+    real_set_lrs, calls = trainer.set_lrs, [0]
+
+    def ticking(*a):          # every optimizer step takes a minute on this clock
+        calls[0] += 1
+        clock[0] += 60.0
+        return real_set_lrs(*a)
+    monkeypatch.setattr(trainer, "set_lrs", ticking)
+    args = flag(tiny_args, "--epochs", "3") + ["--time-limit", "7m30s", "--overwrite"]
+    assert main(["train", *args]) == EXIT_TIME_LIMIT
+    err = capsys.readouterr().err
+    last = str(tmp_path / "run" / "last.pth")
+    command = err.split("continue exactly with:\n", 1)[1].strip()
+    assert "stopped by time limit" in err and command.endswith(f"--resume-from {last}")
+    assert "--overwrite" not in command and "--time-limit 7m30s" in command
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and 0 < ckpt["position"]["micro_step"] < 5
+    monkeypatch.setattr(trainer, "set_lrs", real_set_lrs)
+    clock[0] = 0.0
+    import shlex
+    words = shlex.split(command)
+    assert main(words[words.index("train"):]) == 0
+    assert [e["epoch"] for e in events(tmp_path / "run", "epoch")] == [1, 2, 3]
+
+
+BUFFER_DUMP = """
+import os, sys, torch
+import camodet.engine.distributed as dist_mod
+real = dist_mod.check_in_sync
+def dump_then_check(model, d):
+    torch.save({k: v for k, v in model.state_dict().items() if v.is_floating_point()},
+               os.path.join(os.environ["DUMP_DIR"], f"rank{d.rank}.pt"))
+    return real(model, d)
+dist_mod.check_in_sync = dump_then_check
+from camodet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_agree_across_ranks(synth_root, tmp_path):
+    script = tmp_path / "dump.py"
+    script.write_text(textwrap.dedent(BUFFER_DUMP))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", str(script),
+           "train", "--dataset-path", synth_root, "--checkpoint-dir", str(tmp_path / "run"),
+           "--backbone", "mobilenetv3_small_050", "--num-experts", "2", "--img-size", "64", "--batch-size", "4",
+           "--num-workers", "0", "--decoder-channels", "16", "--epochs", "2", "--stage1-epochs", "0",
+           "--use-ema"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "DUMP_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    stats = [k for k in r0 if "running_mean" in k or "running_var" in k]
+    assert stats and all(torch.equal(r0[k], r1[k]) for k in r0)
+    saved = load_checkpoint(tmp_path / "run" / "last.pth")["model_state_dict"]
+    assert all(torch.equal(saved[k], r0[k]) for k in stats)
+    assert "hold identical parameters" in proc.stdout
