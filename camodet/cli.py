@@ -13,7 +13,8 @@ from .config import ConfigError, add_arguments, from_args
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-EXIT_TIME_LIMIT = 75  # sysexits' EX_TEMPFAIL: not finished, run the printed command to continue
+EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: stopped at --time-limit or on the preemption signal;
+#                     last.pth holds the position, the printed command (or --resume-from auto) continues
 
 
 def program() -> list[str]:
@@ -43,6 +44,9 @@ def resume_command(argv: list[str], last: str) -> str:
 def _train(args) -> int:
     cfg = from_args(args)
     cfg.validate()
+    if cfg.run.resume_from == "auto":
+        from .engine.run_folder import auto_resume
+        cfg.run.resume_from = auto_resume(cfg.run.checkpoint_dir)
     from .models import check_backbone  # heavy imports only after the cheap checks pass
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     from .engine.trainer import train
@@ -51,9 +55,9 @@ def _train(args) -> int:
         last = os.path.join(cfg.run.checkpoint_dir, "last.pth")
         print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
               f"  {resume_command(args.argv, last)}", file=sys.stderr)
-        if state.interrupted == "time limit":
-            return EXIT_TIME_LIMIT
-        return 128 + int(getattr(signal, state.interrupted))
+        if state.interrupted in ("SIGINT", "SIGTERM"):
+            return 128 + int(getattr(signal, state.interrupted))
+        return EXIT_RESUMABLE
     if state.best_epoch == 0:
         print(f"nothing to train: the run already ended at epoch {state.epoch} of {cfg.stages.epochs}")
         return 0

@@ -108,7 +108,9 @@ class StageConfig:
 @dataclass
 class RunConfig:
     checkpoint_dir: str = opt("runs/camodet", "run folder: checkpoints, config.yaml, metrics.jsonl")
-    resume_from: Optional[str] = opt(None, "checkpoint to resume (exact) or warm-restart from")
+    resume_from: Optional[str] = opt(None, "checkpoint to resume (exact) or warm-restart from; 'auto': resume "
+                                           "CHECKPOINT_DIR/last.pth when the folder holds one, else start (for "
+                                           "requeued jobs)")
     init_from: Optional[str] = opt(None, "checkpoint to take matching weights from (fresh run)")
     overwrite: bool = opt(False, "replace the run already in --checkpoint-dir (its checkpoints, metrics, logs) "
                                  "instead of refusing to start")
@@ -119,6 +121,10 @@ class RunConfig:
     log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates")
     tensorboard: bool = opt(True, "write TensorBoard logs to RUN/tensorboard (needs the tensorboard package)")
     image_every: int = opt(5, "epochs between TensorBoard panels of validation predictions (0 = never)")
+    preempt_signal: str = opt("USR1", "signal a scheduler sends ahead of preemption (SLURM: --signal=USR1@120): "
+                                      "like SIGTERM the run saves its position and stops, with exit code 75")
+    requeue_on_preempt: bool = opt(False, "under SLURM, requeue the job (scontrol requeue) after saving on the "
+                                          "preemption signal or SIGTERM; with --resume-from auto it continues")
     time_limit: Optional[str] = opt(None, "wall time this command may take, e.g. 8h45m (a notebook's hard limit): "
                                           "the run stops by itself early enough to finish its step and write a "
                                           "resumable last.pth, and prints the command that continues it")
@@ -347,6 +353,9 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
     if r.time_limit is not None:
         parse_duration(r.time_limit)
+    import signal
+    need(f"SIG{r.preempt_signal.upper().removeprefix('SIG')}" in signal.Signals.__members__,
+         f"--preempt-signal {r.preempt_signal!r} is not a signal name; use e.g. USR1, USR2 or TERM")
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
     need(not (r.resume_from and r.init_from),
          "--resume-from and --init-from exclude each other: resume continues a run, init starts a new one")
@@ -359,6 +368,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
             need(os.path.isdir(p), f"dataset path {p} does not exist or is not a folder; check the path")
         # A resume takes every weight from its checkpoint: the backbone's weights file may be gone.
         weights_file = None if r.resume_from else m.pretrained_path
-        for flag, p in (("--resume-from", r.resume_from), ("--init-from", r.init_from),
+        for flag, p in (("--resume-from", None if r.resume_from == "auto" else r.resume_from),
+                        ("--init-from", r.init_from),
                         ("--pretrained-path", weights_file)):
             need(p is None or os.path.isfile(p), f"{flag} {p}: no such file")

@@ -1,6 +1,8 @@
-"""torchrun + DistributedDataParallel. The only module that touches torch.distributed."""
+"""torchrun or srun + DistributedDataParallel. The only module that touches torch.distributed."""
 
 import os
+import re
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,8 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1          # processes on this node
+    launcher: str = "single"      # single | torchrun | srun
 
     @property
     def is_main(self) -> bool:
@@ -22,15 +26,79 @@ class Dist:
     def enabled(self) -> bool:
         return self.world > 1
 
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world // max(1, self.local_world))
+
+    def describe(self) -> str:
+        return (f"launcher {self.launcher}: {self.world} process(es) on {self.nodes} node(s), "
+                f"{self.local_world} per node")
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[07-09,12],cpu3' -> 'gpu07'."""
+    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise RuntimeError(f"cannot read the SLURM node list {nodelist!r}; set MASTER_ADDR")
+    prefix, ranges = m.group(1), m.group(3)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def tasks_per_node(text: str) -> int:
+    """SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE: '2(x3)' or '2,1' -> the first count."""
+    return int(re.match(r"\d+", text).group(0)) if text and re.match(r"\d+", text) else 1
+
+
+def from_srun(env=os.environ) -> dict | None:
+    """torchrun's variables from what srun sets for each task (None: not an srun launch of
+    several tasks). MASTER_PORT, unless given, comes from the job id so that two jobs on a
+    node do not collide."""
+    if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return None
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "LOCAL_WORLD_SIZE": str(tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE")
+                                                   or env.get("SLURM_TASKS_PER_NODE", "1"))),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodelist or "localhost"),
+            "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)}
+
 
 def init(device_kind: str) -> Dist:
-    """torchrun's environment decides; a single process needs no process group."""
+    """torchrun's environment (one or several nodes), else srun's, decides; a single process
+    needs no process group."""
+    launcher = "torchrun"
+    if "WORLD_SIZE" not in os.environ:
+        srun = from_srun()
+        if srun is None:
+            return Dist()
+        os.environ.update(srun)
+        launcher = "srun"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                int(os.environ.get("LOCAL_WORLD_SIZE", world)), launcher)
+
+
+def folder_is_shared(folder: str, d: Dist) -> bool:
+    """Whether every process sees the same `folder` (a shared filesystem) rather than one per
+    node (local scratch such as $TMPDIR): rank 0 leaves a token there and everyone looks."""
+    if not d.enabled:
+        return True
+    os.makedirs(folder, exist_ok=True)
+    token = gather_objects(secrets.token_hex(8) if d.is_main else None, d)[0]
+    probe = os.path.join(folder, f".camodet-probe-{token}")
+    if d.is_main:
+        open(probe, "w").close()
+    barrier(d)
+    seen = all(gather_objects(os.path.exists(probe), d))
+    barrier(d)
+    if d.is_main:
+        os.unlink(probe)
+    return seen
 
 
 def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:

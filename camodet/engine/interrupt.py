@@ -2,9 +2,15 @@
 request; the trainer finishes the optimizer step it is in, writes a resumable
 checkpoint and returns. A second signal aborts at once."""
 
+import logging
+import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
+
+log = logging.getLogger("camodet")
 
 TIME_LIMIT = "time limit"
 clock = time.monotonic  # the time limit's clock (tests replace it)
@@ -12,11 +18,34 @@ clock = time.monotonic  # the time limit's clock (tests replace it)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def signal_number(name: str) -> int:
+    """'USR1', 'SIGUSR1' or 'usr1' -> signal.SIGUSR1."""
+    return int(signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"])
+
+
+def requeue_slurm_job() -> bool:
+    """Ask SLURM to put this job back in the queue (it starts again from its batch script)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        log.warning("--requeue-on-preempt: not a SLURM job (no SLURM_JOB_ID); not requeued")
+        return False
+    if shutil.which("scontrol") is None:
+        log.warning("--requeue-on-preempt: scontrol is not on PATH; not requeued")
+        return False
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.warning(f"--requeue-on-preempt: scontrol requeue {job} failed: {proc.stderr.strip()[:200]}")
+        return False
+    log.info(f"requeued SLURM job {job}; it resumes from last.pth with --resume-from auto")
+    return True
+
+
 class StopRequest:
     """`time_limit` (seconds from now): the run stops itself once the work it still has to
     do before it can stop (the caller says how long that is) would pass the limit."""
 
-    def __init__(self, time_limit: float | None = None):
+    def __init__(self, time_limit: float | None = None, extra_signals: tuple = ()):
+        self.signals = tuple(dict.fromkeys(SIGNALS + tuple(extra_signals)))
         self.signum: int | None = None
         self.deadline = clock() + time_limit if time_limit else None
         self.timed_out = False
@@ -47,7 +76,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # handlers only install there
-            for s in SIGNALS:
+            for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 

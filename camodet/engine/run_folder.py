@@ -1,10 +1,13 @@
 """The run folder: a new run never silently replaces the checkpoints of an earlier one."""
 
+import logging
 import os
 import re
 import shutil
 
 from .checkpoint import CheckpointError
+
+log = logging.getLogger("camodet")
 
 _CHECKPOINT_NAMES = r"(last|best_model|epoch_\d+)\.pth"
 _CHECKPOINT = re.compile(rf"^{_CHECKPOINT_NAMES}$")
@@ -43,3 +46,14 @@ def claim(run_dir: str, resume_from: str | None, overwrite: bool, remove: bool =
             os.unlink(path)
         elif name in _RUN_DIRS and os.path.isdir(path):
             shutil.rmtree(path)
+
+
+def auto_resume(run_dir: str) -> str | None:
+    """--resume-from auto: this folder's last.pth when it holds one (a requeued job goes on),
+    else None (the first start of the job)."""
+    last = os.path.join(run_dir, "last.pth")
+    if os.path.isfile(last):
+        log.info(f"--resume-from auto: resuming {last}")
+        return last
+    log.info(f"--resume-from auto: {run_dir} holds no last.pth; starting a new run")
+    return None

@@ -52,6 +52,16 @@ class EpochProgress:
     def from_dict(cls, d: dict, device) -> "EpochProgress":
         return cls(**to_device(d, device))
 
+    def merge_ranks(self, world_mean) -> None:
+        """Replace the per-process sums by their mean over processes before a mid-epoch save:
+        only rank 0 writes the checkpoint, every rank resumes from it, and the epoch's means
+        (sums over processes, then averaged) come out as in an uninterrupted run."""
+        if self.loss_sum is not None:
+            self.loss_sum = world_mean(self.loss_sum)
+        self.part_sums = {k: world_mean(v) if torch.is_tensor(v) else v for k, v in self.part_sums.items()}
+        if self.usage_sum is not None:
+            self.usage_sum = world_mean(self.usage_sum)
+
     def stats(self, world_mean) -> dict:
         """Epoch means; `world_mean` averages a tensor over processes."""
         n = max(self.images, 1)

@@ -9,6 +9,7 @@ import functools
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from .device import amp_dtype, resolve_device, tune_kernels
 from .device import memory_format as device_memory_format  # the local name is the chosen format
 from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
-from .interrupt import StopRequest
+from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .monitor import TensorBoard, peak_memory_mb
 from .loaders import EpochSampler, readable_samples, split_train_val, train_loader, training_samples, val_loader
 from .optim import build_optimizer, set_lrs
@@ -44,7 +45,8 @@ log = logging.getLogger("camodet")
 # is one of them: a resume takes every weight from its checkpoint.
 NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.overwrite", "run.device",
                        "run.log_every", "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
-                       "run.time_limit", "model.pretrained", "model.pretrained_path",
+                       "run.time_limit", "run.preempt_signal", "run.requeue_on_preempt",
+                       "model.pretrained", "model.pretrained_path",
                        "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
 NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
 
@@ -146,16 +148,21 @@ def train(cfg: TrainConfig) -> State:
     torch.manual_seed(cfg.run.seed)
     run_dir = cfg.run.checkpoint_dir
     say = log.info if d.is_main else log.debug
+    if d.enabled:
+        say(d.describe())
     run_folder.claim(run_dir, cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main)
     distributed.barrier(d)
 
     # Data: validation carved from the training images, seeded.
     samples = training_samples(cfg.data)
     if cfg.data.cache:
-        cache = functools.partial(cached_samples, samples, cfg.data.img_size, cfg.data.cache_dir or default_cache_dir(),
+        cache_dir = os.path.expandvars(cfg.data.cache_dir or default_cache_dir())  # '$TMPDIR/x': per node
+        cache = functools.partial(cached_samples, samples, cfg.data.img_size, cache_dir,
                                   cfg.data.num_workers, skip_bad_files=cfg.data.skip_bad_files)
-        if d.is_main:
-            cache()                      # rank 0 writes it once; the others then read it
+        # Written once where it is stored: by rank 0 on a shared folder, by each node's first
+        # process on node-local scratch; the others read it after the barrier (it appears whole).
+        if d.local_rank == 0 if not distributed.folder_is_shared(cache_dir, d) else d.is_main:
+            cache()
         distributed.barrier(d)
         samples = cache()
     train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
@@ -263,7 +270,8 @@ def train(cfg: TrainConfig) -> State:
     tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
     time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
     validation_seconds = None
-    with StopRequest(time_limit) as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
+    preempt = signal_number(cfg.run.preempt_signal)
+    with StopRequest(time_limit, (preempt,)) as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
         # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
         stop.save_seconds = 1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
@@ -328,13 +336,17 @@ def train(cfg: TrainConfig) -> State:
                     outcome = Outcome("stopped", stop.name, progress.micro_step)
 
             if outcome.action == "stopped":
-                state.interrupted = stop.name or "SIGTERM"
+                state.interrupted = stop_reason(stop, d)
+                progress.merge_ranks(lambda t: distributed.all_reduce_mean(t, d))
                 if d.is_main:
                     save(os.path.join(run_dir, "last.pth"), progress=progress)
                 record({"type": "interrupted", "epoch": epoch, "micro_step": progress.micro_step,
                         "global_step": state.global_step, "signal": state.interrupted})
                 say(f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} micro-batches; "
                     f"resumable checkpoint {os.path.join(run_dir, 'last.pth')}")
+                if d.is_main and cfg.run.requeue_on_preempt and state.interrupted in (
+                        signal.Signals(preempt).name, "SIGTERM"):
+                    requeue_slurm_job()
                 break
 
             validation_started = time.monotonic()
@@ -377,7 +389,7 @@ def train(cfg: TrainConfig) -> State:
                 for advice in new_advice(records, cfg_dict):
                     log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
             if any_rank(stop.requested, d, device):  # a signal during validation or saving
-                state.interrupted = stop.name or "SIGTERM"
+                state.interrupted = stop_reason(stop, d)
                 record({"type": "interrupted", "epoch": epoch, "micro_step": None,
                         "global_step": state.global_step, "signal": state.interrupted})
                 break
@@ -387,6 +399,12 @@ def train(cfg: TrainConfig) -> State:
     distributed.barrier(d)
     distributed.shutdown(d)
     return state
+
+
+def stop_reason(stop: StopRequest, d: distributed.Dist) -> str:
+    """Why the run stops, the same on every rank (a signal may reach only some processes)."""
+    names = [n for n in distributed.gather_objects(stop.name, d) if n]
+    return names[0] if names else "SIGTERM"
 
 
 def any_rank(flag: bool, d: distributed.Dist, device) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 import camodet.engine.guard as guard_module
 import camodet.engine.trainer as trainer
-from camodet.cli import EXIT_TIME_LIMIT, main
+from camodet.cli import EXIT_RESUMABLE, main
 from camodet.engine import history
 from camodet.engine.checkpoint import load_checkpoint
 from camodet.engine.loaders import EpochSampler
@@ -199,7 +199,7 @@ def test_time_limit_stops_resumably_and_prints_the_command(tiny_args, tmp_path, 
         return real_set_lrs(*a)
     monkeypatch.setattr(trainer, "set_lrs", ticking)
     args = flag(tiny_args, "--epochs", "3") + ["--time-limit", "7m30s", "--overwrite"]
-    assert main(["train", *args]) == EXIT_TIME_LIMIT
+    assert main(["train", *args]) == EXIT_RESUMABLE
     err = capsys.readouterr().err
     last = str(tmp_path / "run" / "last.pth")
     command = err.split("continue exactly with:\n", 1)[1].strip()
