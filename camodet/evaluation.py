@@ -32,7 +32,7 @@ def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_worke
     """{dataset name: metrics}, predictions resized to each GT's original size."""
     results = {}
     for name, group in split_by_dataset(dataset_paths).items():
-        ds = CODDataset(group, predictor.img_size, train=False)
+        ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
         loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                             pin_memory=predictor.device.type == "cuda")
         ev = Evaluator(full=True)

@@ -95,6 +95,7 @@ def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg
         "best_iou": state.best_iou, "best_epoch": state.best_epoch,
         "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
         "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
+        "normalization": model.normalization.to_dict(),  # the input statistics the weights expect
     }
     if guard is not None:
         ckpt["guard"] = {"losses": list(guard.losses), "recent_nonfinite": list(guard.recent_nonfinite)}
