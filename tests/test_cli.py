@@ -70,3 +70,20 @@ def test_unreadable_image_in_a_worker_is_one_line(synth_root, tiny_args, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"camodet: error: {bad_test}: unreadable image") and "\n" not in err
     assert err.endswith("the protocol scores every test image")
+
+
+def test_val_fraction_zero_trains_without_validation(tiny_args, tmp_path, capsys):
+    """Defined behaviour: every image trains, last.pth each epoch, no best_model.pth, and the
+    messages say so (not 'nothing to train' after training)."""
+    import torch
+    assert main(["train", *tiny_args, "--val-fraction", "0", "--keep-last", "2"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert "no validation (--val-fraction 0)" in out and "nothing to train" not in out
+    assert f"done: trained to epoch 2 of 2 without validation (--val-fraction 0); the weights are in {run / 'last.pth'}" in out
+    assert "data: 21 training / 0 validation images" in out           # every CAM training image trains
+    assert sorted(f for f in os.listdir(run) if f.endswith(".pth")) == ["epoch_1.pth", "epoch_2.pth", "last.pth"]
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
+    # a finished run resumed without more epochs still has nothing to train
+    assert main(["train", *tiny_args, "--val-fraction", "0", "--resume-from", str(run / "last.pth")]) == 0
+    assert "nothing to train: the run already ended at epoch 2 of 2" in capsys.readouterr().out
