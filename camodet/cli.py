@@ -50,16 +50,24 @@ def _train(args) -> int:
     from .models import check_backbone  # heavy imports only after the cheap checks pass
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     from .engine.trainer import train
+    last = os.path.join(cfg.run.checkpoint_dir, "last.pth")
+    if cfg.data.val_fraction == 0:
+        print("no validation (--val-fraction 0): every image trains, last.pth is written each epoch, "
+              "and there is no best_model.pth (nothing decides 'best')")
     state = train(cfg)
     if state.interrupted:
-        last = os.path.join(cfg.run.checkpoint_dir, "last.pth")
         print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
               f"  {resume_command(args.argv, last)}", file=sys.stderr)
         if state.interrupted in ("SIGINT", "SIGTERM"):
             return 128 + int(getattr(signal, state.interrupted))
         return EXIT_RESUMABLE
-    if state.best_epoch == 0:
+    if state.metrics is None:  # set by every epoch this call trains; a resumed State starts without
         print(f"nothing to train: the run already ended at epoch {state.epoch} of {cfg.stages.epochs}")
+        return 0
+    if state.best_epoch == 0:
+        why = "--val-fraction 0" if cfg.data.val_fraction == 0 else "no validation images"
+        print(f"done: trained to epoch {state.epoch} of {cfg.stages.epochs} without validation ({why}); "
+              f"the weights are in {last} (no best_model.pth)")
         return 0
     print(f"done: best validation IoU {state.best_iou:.4f} at epoch {state.best_epoch}; "
           f"checkpoints in {cfg.run.checkpoint_dir}")

@@ -197,24 +197,66 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(tp, tp.__name__)
+
+
 def _coerce(value, f: dataclasses.Field, source: str):
+    """The one gate every value passes, typed on the command line or read from YAML (or a
+    saved config): its type, and for fields with choices, one of them. Errors are one line
+    naming the flag, where the value came from and what is allowed."""
     tp = _base_type(f.type)
+    where = f"{_flag(f)}: {value!r}" + ("" if source == "the command line" else f" in {source}")
     if value is None:
-        return None
-    try:
-        if tp is list:
-            return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-        if tp is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
+        if _is_optional(f.type):
+            return None
+        raise ConfigError(f"{_flag(f)}: needs a value in {source} (got an empty one)")
+    if tp is list:
+        return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        return tp(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{_flag(f)}: cannot read {value!r} from {source} as {tp.__name__}") from None
+        raise ConfigError(f"{where} is not true or false")
+    if tp in (int, float):
+        number = _number(value)
+        if number is None or (tp is int and isinstance(number, float) and not number.is_integer()):
+            raise ConfigError(f"{_flag(f)}: cannot read {value!r} from {source} as {tp.__name__} "
+                              f"(expected {_type_name(tp)})")
+        return tp(number)
+    choices = f.metadata.get("choices")
+    if choices and isinstance(value, bool) and {"on", "off"} <= set(choices):
+        # YAML 1.1 reads unquoted on/off/yes/no as booleans: `channels_last: on` means "on".
+        value = "on" if value else "off"
+    if choices and isinstance(value, bool) and "off" in choices and not value:
+        value = "off"  # `amp: off` in YAML
+    if choices and value not in choices:
+        raise ConfigError(f"{where} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _number(value):
+    """int or float from a number or its text; None for anything else. YAML's true/false would
+    pass int() as 1/0, and int(3.7) would quietly be 3: both are refused by the caller."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    for parse in (int, float):
+        try:
+            return parse(str(value).strip())
+        except ValueError:
+            pass
+    return None
+
+
+def _is_optional(tp) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
 
 
 def merge(cfg: TrainConfig, updates: dict, source: str) -> TrainConfig:
@@ -278,13 +320,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if tp is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
-                kw["type"] = tp if tp is not list else str
-                if f.metadata.get("choices"):
-                    kw["choices"] = f.metadata["choices"]
+                # Text here, typed and checked by _coerce: flags and YAML share one validation path.
+                kw["type"] = str
                 if f.metadata.get("nargs"):
                     kw["nargs"] = f.metadata["nargs"]
                     kw["action"] = "extend"
-                kw["metavar"] = f.name.upper() if tp is not list else "PATH"
+                choices = f.metadata.get("choices")
+                kw["metavar"] = ("{" + ",".join(choices) + "}" if choices
+                                 else f.name.upper() if tp is not list else "PATH")
             group.add_argument(_flag(f), **kw)
     # --no-amp is the reference workflow's spelling of --amp off.
     parser.add_argument("--no-amp", dest="optim.amp", action="store_const", const="off",
@@ -311,6 +354,11 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    for section in (d, m, o, s, r, cfg.safety, cfg.speed):  # configs built in Python skip _coerce
+        for f in dataclasses.fields(section):
+            choices = f.metadata.get("choices")
+            value = getattr(section, f.name)
+            need(not choices or value in choices, f"{_flag(f)}: {value!r} is not one of {', '.join(choices or [])}")
     need(s.epochs > 0, f"--epochs must be positive (got {s.epochs})")
     need(s.stage1_epochs >= 0, f"--stage1-epochs must be >= 0 (got {s.stage1_epochs})")
     need(s.stage1_epochs <= s.epochs,

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.dataset import CODDataset, collate
-from .data.io import DataError, read_mask
+from .data.io import DataError, read_grey, read_mask
 from .data.layouts import Sample, gather
 from .metrics import VARIANTS, Evaluator, to_uint8
 
@@ -32,7 +32,7 @@ def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_worke
     """{dataset name: metrics}, predictions resized to each GT's original size."""
     results = {}
     for name, group in split_by_dataset(dataset_paths).items():
-        ds = CODDataset(group, predictor.img_size, train=False)
+        ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
         loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                             pin_memory=predictor.device.type == "cuda")
         ev = Evaluator(full=True)
@@ -86,7 +86,7 @@ def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str]) -> dict:
                             f"(first: {missing[0]}); predictions must be named like the GT files")
         ev = Evaluator(full=True)
         for s in tqdm(group, desc=name, leave=False, disable=None):
-            gt, pred = read_mask(s.mask), read_mask(maps[s.name])
+            gt, pred = read_mask(s.mask), read_grey(maps[s.name])  # a map is grey levels, never labels
             if pred.shape != gt.shape:
                 pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
             ev.step(pred, gt, s.name)

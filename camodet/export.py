@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data.transforms import MEAN, STD
 from .inference import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, Predictor
 
 ONNX_FILE = "model.onnx"
@@ -48,8 +47,11 @@ def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = Fa
     os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
     config = {"format": EXPORT_FORMAT, "camodet_version": __version__, "model": asdict(model.cfg),
               "img_size": predictor.img_size, "source": os.path.abspath(checkpoint), "weights": weights,
-              "input": {"layout": "NCHW RGB, (pixel 0..255 - mean) / std", "mean": MEAN.ravel().tolist(),
-                        "std": STD.ravel().tolist(), "size": [predictor.img_size, predictor.img_size]},
+              # the backbone's own statistics, as the weights were trained with (0..255 scale)
+              "input": {"layout": "NCHW RGB, (pixel 0..255 - mean) / std",
+                        "mean": [v * 255.0 for v in predictor.norm.mean],
+                        "std": [v * 255.0 for v in predictor.norm.std],
+                        "size": [predictor.img_size, predictor.img_size]},
               "output": "probability map (N, 1, H, W) at the input size; resize to the image's size"}
     with open(os.path.join(out_dir, EXPORT_CONFIG), "w") as fh:
         json.dump(config, fh, indent=2)

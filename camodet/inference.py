@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
 from .data.io import as_uint8, read_image
-from .data.transforms import normalise, resize
+from .data.transforms import resize
 from .engine.checkpoint import CheckpointError, load_checkpoint
 from .engine.device import amp_dtype, resolve_device
 from .models import build_model
+from .normalization import IMAGENET, Normalization
 
 EXPORT_FORMAT = "camodet-export-v1"
 EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
@@ -58,6 +59,14 @@ def model_config(d: dict) -> ModelConfig:
     return cfg
 
 
+def export_normalization(cfg: dict) -> Normalization:
+    """config.json's input statistics (0..255 scale there, as the ONNX input is documented)."""
+    inp = cfg.get("input") or {}
+    if "mean" not in inp or "std" not in inp:
+        return IMAGENET
+    return Normalization(tuple(v / 255.0 for v in inp["mean"]), tuple(v / 255.0 for v in inp["std"]))
+
+
 def read_export(folder: str) -> tuple[dict, dict]:
     """(config.json, state dict) of an export folder."""
     from safetensors.torch import load_file
@@ -74,8 +83,12 @@ def read_export(folder: str) -> tuple[dict, dict]:
 
 
 class Predictor:
-    def __init__(self, model, img_size: int, device: torch.device, tta: TTA = TTA(), amp: bool = True):
+    def __init__(self, model, img_size: int, device: torch.device, tta: TTA = TTA(), amp: bool = True,
+                 norm: Normalization | None = None):
         self.model = model.eval().to(device)
+        # the statistics the weights were trained with (default: the model's own)
+        self.norm = norm or getattr(model, "normalization", IMAGENET)
+        self.model.normalization = self.norm
         self.img_size = img_size
         self.device = device
         self.tta = tta
@@ -90,8 +103,10 @@ class Predictor:
         if os.path.isdir(path):
             cfg, state = read_export(path)
             mcfg, img_size = model_config(cfg["model"]), int(cfg["img_size"])
+            norm = export_normalization(cfg)
         else:
             ckpt = load_checkpoint(path)
+            norm = Normalization.of_checkpoint(ckpt)
             cfg = ckpt.get("config", {})
             mcfg, img_size = model_config(cfg.get("model", {})), int(cfg.get("data", {}).get("img_size", 384))
             state = ckpt["model_state_dict"]
@@ -104,7 +119,7 @@ class Predictor:
                 state = ckpt.get("raw_model_state_dict", state)
         model = build_model(mcfg)
         model.load_state_dict(state)
-        return cls(model, img_size, resolve_device(device), tta, amp)
+        return cls(model, img_size, resolve_device(device), tta, amp, norm)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -137,8 +152,11 @@ class Predictor:
     def predict(self, image) -> np.ndarray:
         """Path, PIL image or HxW(x3/4) array -> probability map (float32, 0..1) at the image's size."""
         arr = as_rgb(image)
-        x = torch.from_numpy(normalise(resize(arr, self.img_size)))[None]
-        return self.probabilities(x, [arr.shape[:2]])[0].cpu().numpy()
+        return self.probabilities(self.prepare(arr)[None], [arr.shape[:2]])[0].cpu().numpy()
+
+    def prepare(self, rgb: np.ndarray) -> torch.Tensor:
+        """HxWx3 uint8 RGB -> (3, S, S) network input: resized, normalised as in training."""
+        return torch.from_numpy(self.norm.apply(resize(rgb, self.img_size)))
 
 
 def as_rgb(image) -> np.ndarray:

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data.io import IMAGE_EXTS, DataError, read_image
-from .data.transforms import normalise, resize
+from .data.transforms import resize
 from .metrics import to_uint8
+from .normalization import Normalization
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
 TINT = np.array([255, 64, 0], dtype=np.float32)   # overlay colour (orange): visible on green and brown scenes
@@ -42,8 +43,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 class ImageFiles(Dataset):
     """Reads in workers; an unreadable file yields its error instead of stopping the run."""
 
-    def __init__(self, paths: list[str], img_size: int):
-        self.paths, self.img_size = paths, img_size
+    def __init__(self, paths: list[str], img_size: int, norm: Normalization):
+        self.paths, self.img_size, self.norm = paths, img_size, norm
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,7 +54,7 @@ class ImageFiles(Dataset):
             image = read_image(self.paths[i])
         except DataError as e:  # listed as "skipped PATH: why"; predict skips without being asked
             return {"index": i, "error": e.reason.removeprefix(f"{self.paths[i]}: ")}
-        return {"index": i, "image": image, "input": torch.from_numpy(normalise(resize(image, self.img_size)))}
+        return {"index": i, "image": image, "input": torch.from_numpy(self.norm.apply(resize(image, self.img_size)))}
 
 
 def collate_files(items: list[dict]) -> list[dict]:
@@ -92,7 +93,7 @@ def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float =
     for sub in OUTPUTS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     stems = unique_stems(paths)
-    loader = DataLoader(ImageFiles(paths, predictor.img_size), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(ImageFiles(paths, predictor.img_size, predictor.norm), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_files)
     done, start = 0, time.time()
     for items in tqdm(loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True):

@@ -50,3 +50,61 @@ def tiny_checkpoint(synth_root, tmp_path_factory):
                  "--num-workers", "0", "--decoder-channels", "16", "--epochs", "1", "--stage1-epochs", "1",
                  "--use-ema", "--ema-decay", "0.5"]) == 0
     return out / "best_model.pth"
+
+
+def _write(img_dir, gt_dir, stem, rng, noncam=False, gt_ext=".png"):
+    """One synthetic pair (64-96 px, not square) named and placed as the real dataset has it."""
+    import numpy as np
+    from PIL import Image
+
+    from camodet.data.synth import make_sample
+    h, w = int(rng.integers(64, 97)), int(rng.integers(64, 97))
+    image, mask = make_sample(rng, h, w, camouflaged=not noncam)
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(gt_dir, exist_ok=True)
+    Image.fromarray(image).save(os.path.join(img_dir, stem + ".jpg"), quality=92)
+    Image.fromarray(mask).save(os.path.join(gt_dir, stem + gt_ext))
+    return np.asarray(mask)
+
+
+# Per benchmark: (train CAM, train NonCAM, test CAM, test NonCAM) in the fixture trees below.
+BENCHMARK_COUNTS = {"COD10K": (6, 2, 3, 2), "CAMO": (4, 0, 2, 0), "NC4K": (0, 0, 3, 0), "CHAMELEON": (0, 0, 2, 0)}
+
+
+def build_benchmarks(base) -> dict:
+    """COD10K-v3, CAMO, NC4K and CHAMELEON trees shaped as the downloads are (folder names,
+    file names, CAMO's single GT/ folder for both splits, COD10K's NonCAM images with empty
+    masks and its extra GT_Edge/GT_Instance folders), small synthetic pictures inside.
+    Returns {name: root}."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    base = str(base)
+    cod = os.path.join(base, "COD10K-v3")
+    for split, (cam, noncam) in (("Train", BENCHMARK_COUNTS["COD10K"][:2]), ("Test", BENCHMARK_COUNTS["COD10K"][2:])):
+        for i in range(cam + noncam):
+            kind = "NonCAM-5-Background-1-Sky" if i >= cam else "CAM-1-Aquatic-1-BatFish"
+            stem = f"COD10K-{kind}-{i + 1}"
+            mask = _write(os.path.join(cod, split, "Image"), os.path.join(cod, split, "GT_Object"), stem, rng, i >= cam)
+            for extra in ("GT_Edge", "GT_Instance"):   # present in the download, not used
+                os.makedirs(os.path.join(cod, split, extra), exist_ok=True)
+                from PIL import Image
+                Image.fromarray(mask).save(os.path.join(cod, split, extra, stem + ".png"))
+    camo = os.path.join(base, "CAMO-V.1.0-CVIU2019")
+    n_train, n_test = BENCHMARK_COUNTS["CAMO"][0], BENCHMARK_COUNTS["CAMO"][2]
+    for i in range(n_train + n_test):   # numbered across both splits, every mask in one GT/
+        split = "Train" if i < n_train else "Test"
+        _write(os.path.join(camo, "Images", split), os.path.join(camo, "GT"), f"camourflage_{i + 1:05d}", rng)
+    nc4k = os.path.join(base, "NC4K")
+    for i in range(BENCHMARK_COUNTS["NC4K"][2]):
+        _write(os.path.join(nc4k, "Imgs"), os.path.join(nc4k, "GT"), str(i + 1), rng)
+    os.makedirs(os.path.join(nc4k, "Instance"), exist_ok=True)
+    cham = os.path.join(base, "CHAMELEON")
+    for i in range(BENCHMARK_COUNTS["CHAMELEON"][2]):
+        _write(os.path.join(cham, "Imgs"), os.path.join(cham, "GT"), f"animal-{i + 1}", rng)
+    return {"COD10K": cod, "CAMO": camo, "NC4K": nc4k, "CHAMELEON": cham}
+
+
+@pytest.fixture(scope="session")
+def benchmarks(tmp_path_factory):
+    """The four benchmark trees (read-only), shared by the session."""
+    return build_benchmarks(tmp_path_factory.mktemp("benchmarks"))

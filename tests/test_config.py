@@ -86,3 +86,48 @@ def test_bad_yaml_value_is_named(tmp_path):
     y.write_text("optim:\n  learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="unknown setting 'optim.learning_rate'"):
         parse(["--config", str(y)])
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("optim:\n  scheduler: Cosine\n", "--scheduler: 'Cosine' in {file} is not one of cosine, constant, step"),
+    ("model:\n  gating: Dense\n", "--gating: 'Dense' in {file} is not one of topk, dense"),
+    ("optim:\n  amp: bf15\n", "--amp: 'bf15' in {file} is not one of auto, bf16, fp16, off"),
+    ("optim:\n  amp: on\n", "--amp: True in {file} is not one of auto, bf16, fp16, off"),
+    ("speed:\n  channels_last: maybe\n", "--channels-last: 'maybe' in {file} is not one of auto, on, off"),
+    ("optim:\n  batch_size: 3.7\n", "--batch-size: cannot read 3.7 from {file} as int"),
+    ("stages:\n  epochs: true\n", "--epochs: cannot read True from {file} as int"),
+    ("optim:\n  lr: null\n", "--lr: needs a value in {file}"),
+    ("optim:\n  use_ema: maybe\n", "--use-ema: 'maybe' in {file} is not true or false"),
+])
+def test_bad_yaml_values_get_the_checks_flags_get(tmp_path, yaml_text, message):
+    y = tmp_path / "run.yaml"
+    y.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        parse(["--config", str(y)]).validate(check_paths=False)
+    assert message.format(file=y) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("yaml_text, section, key, value", [
+    ("speed:\n  channels_last: yes\n", "speed", "channels_last", "on"),   # YAML 1.1: yes/on are booleans
+    ("speed:\n  channels_last: off\n", "speed", "channels_last", "off"),
+    ("optim:\n  amp: off\n", "optim", "amp", "off"),
+    ("optim:\n  batch_size: 4.0\n", "optim", "batch_size", 4),
+    ("optim:\n  lr: 1e-4\n", "optim", "lr", 1e-4),                      # YAML 1.1 reads this as text
+])
+def test_yaml_values_meant_plainly_are_read_so(tmp_path, yaml_text, section, key, value):
+    y = tmp_path / "run.yaml"
+    y.write_text(yaml_text)
+    cfg = parse(["--config", str(y)]).validate(check_paths=False)
+    got = getattr(getattr(cfg, section), key)
+    assert got == value and type(got) is type(value)
+
+
+def test_flags_and_yaml_share_one_check(tmp_path):
+    with pytest.raises(ConfigError, match="^--scheduler: 'Cosine' is not one of cosine, constant, step$"):
+        parse(["--scheduler", "Cosine"])
+    with pytest.raises(ConfigError, match="^--batch-size: cannot read '3.5' from the command line as int"):
+        parse(["--batch-size", "3.5"])
+    cfg = TrainConfig()
+    cfg.model.gating = "Dense"                          # a config built in Python is checked too
+    with pytest.raises(ConfigError, match="--gating: 'Dense' is not one of topk, dense"):
+        cfg.validate(check_paths=False)

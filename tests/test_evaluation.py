@@ -75,3 +75,63 @@ def test_evaluate_with_tta_from_the_command_line(tiny_checkpoint, synth_root, tm
     tta = json.load(open(tmp_path / "tta" / "metrics.json"))["COD10K"]
     assert tta["images"] == plain["images"] and tta["MAE"] != plain["MAE"]
     assert main(["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--tta", "rotate"]) == 2
+
+
+# The table computed on the fixed set below with the classic pysodmetrics.Fmeasure (before the
+# move to FmeasureV2); any change of API or protocol must leave it as it is.
+GOLDEN = {
+    "COD10K": {"IoU": 0.5309897949887058, "Dice": 0.6647120034220907, "Sm": 0.6699472193757962,
+               "MAE": 0.2542684370007286, "wFm": 0.39376818326531066, "meanEm": 0.5264599227799447,
+               "maxEm": 0.9007767643172365, "adpEm": 0.8182914711076857, "meanFm": 0.43855529142557326,
+               "maxFm": 0.7207166825078514, "adpFm": 0.6953310031523069, "images": 6},
+    "NC4K": {"IoU": 0.87117903930131, "Dice": 0.9260651629072681, "Sm": 0.7273506917731787,
+             "MAE": 0.26285532102604825, "wFm": 0.22543624956774744, "meanEm": 0.6434016476546002,
+             "maxEm": 0.9276815099326617, "adpEm": 0.9517113622676902, "meanFm": 0.27547061851898236,
+             "maxFm": 0.43843965867533524, "adpFm": 0.4378102777405072, "images": 2},
+}
+GOLDEN_ROWS = [
+    "| COD10K | 0.6699 | 0.3938 | 0.5265 | 0.9008 | 0.8183 | 0.4386 | 0.7207 | 0.6953 | 0.2543 | 0.5310 | 0.6647 | 6 |",
+    "| NC4K | 0.7274 | 0.2254 | 0.6434 | 0.9277 | 0.9517 | 0.2755 | 0.4384 | 0.4378 | 0.2629 | 0.8712 | 0.9261 | 2 |",
+]
+
+
+def test_evaluation_table_is_golden(tmp_path, monkeypatch):
+    """Fixed synthetic GTs (one with an empty mask) and seeded imperfect maps: the table is
+    the one the classic pysodmetrics API gave, to the last digit, with that API gone (as
+    upstream announces)."""
+    import warnings
+
+    import cv2
+    import py_sod_metrics
+
+    monkeypatch.delattr(py_sod_metrics, "Fmeasure")
+
+    from camodet.data.synth import write_dataset
+    from camodet.evaluation import format_table
+    root = tmp_path / "COD10K-v3"
+    write_dataset(str(root), train=1, test=6, seed=11, noncam_every=0, size_range=(48, 80), workers=1)
+    nc = tmp_path / "NC4K"
+    (nc / "Imgs").mkdir(parents=True)
+    (nc / "GT").mkdir()
+    yy, xx = np.mgrid[:50, :70]
+    blob = (((yy - 25) ** 2 + (xx - 30) ** 2) < 200).astype(np.uint8) * 255
+    for stem, gt in (("empty", np.zeros((50, 70), np.uint8)), ("blob", blob)):
+        Image.new("RGB", (70, 50)).save(nc / "Imgs" / f"{stem}.jpg")
+        Image.fromarray(gt).save(nc / "GT" / f"{stem}.png")
+    rng = np.random.default_rng(5)
+    preds = tmp_path / "preds"
+    for name, group in split_by_dataset([str(root), str(nc)]).items():
+        (preds / name).mkdir(parents=True)
+        for i, s in enumerate(group):
+            gt = read_mask(s.mask).astype(np.float32)
+            p = 0.6 * cv2.GaussianBlur(np.roll(gt, 3 + i, axis=1), (0, 0), 2 + i) + rng.normal(40, 25, gt.shape)
+            Image.fromarray(np.clip(p, 0, 255).astype(np.uint8)).save(preds / name / (s.name + ".png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation nudge from pysodmetrics either
+        results = evaluate_preds_dir(str(preds), [str(root), str(nc)])
+    assert set(results) == set(GOLDEN)
+    for name, want in GOLDEN.items():
+        for k, v in want.items():
+            assert results[name][k] == pytest.approx(v, rel=0, abs=1e-12), (name, k)
+    table = format_table(results).splitlines()
+    assert table[2:4] == GOLDEN_ROWS

@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 from .io import DataError, read_image, read_mask
 from .layouts import Sample
-from .transforms import eval_transform, normalise, resize, train_transform
+from ..normalization import IMAGENET, Normalization
+from .transforms import eval_transform, resize, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,13 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 class CODDataset(Dataset):
     """train=True: augmented (image, mask) at img_size.
-    train=False: resized image plus the original-size GT for evaluation."""
+    train=False: resized image plus the original-size GT for evaluation.
+    Images are normalised with `norm`, the backbone's own statistics."""
 
-    def __init__(self, samples: list[Sample], img_size: int, train: bool, skip_bad_files: bool = False):
+    def __init__(self, samples: list[Sample], img_size: int, train: bool, skip_bad_files: bool = False,
+                 norm: Normalization = IMAGENET):
         self.samples = list(samples)
+        self.norm = norm
         self.img_size = img_size
         self.train = train
         self.skip_bad_files = skip_bad_files
@@ -55,10 +59,10 @@ class CODDataset(Dataset):
         image, mask = load_pair(sample)
         if self.train:
             image, mask = train_transform(np.random.default_rng(seed), image, mask, self.img_size)
-            return {"image": torch.from_numpy(normalise(image)),
+            return {"image": torch.from_numpy(self.norm.apply(image)),
                     "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
                     "index": i}
-        return {"image": torch.from_numpy(normalise(eval_transform(image, self.img_size))),
+        return {"image": torch.from_numpy(self.norm.apply(eval_transform(image, self.img_size))),
                 "mask": torch.from_numpy((resize(mask, self.img_size) > 127).astype(np.float32))[None],
                 "gt": read_mask(sample.gt) if sample.gt else mask, "index": i}
 

@@ -45,9 +45,10 @@ def as_uint8(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
+    is_float = arr.dtype.kind == "f"  # before the cast below, which makes every array float
     arr = arr.astype(np.float32)
     top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    if arr.dtype.kind == "f" and arr.max(initial=0) <= 1.0:
+    if is_float and arr.max(initial=0) <= 1.0:
         top = 1.0
     return np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
 
@@ -79,15 +80,76 @@ def read_image(path: str) -> np.ndarray:
 
 
 def read_mask(path: str) -> np.ndarray:
-    """HxW uint8 grey levels (GT is value > 127)."""
-    if path.endswith(".npy"):
-        return _read_cached(path, 2)
+    """HxW uint8 grey levels (GT is value > 127), whatever way the file stores the mask."""
+    return decode_mask(path)[0]
+
+
+def read_grey(path: str) -> np.ndarray:
+    """HxW uint8 grey levels as stored, for probability maps (a faint map of 0s and 1s is not a
+    label image, so none of read_mask's label handling)."""
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):
         return as_uint8(np.asarray(img))
-    if img.mode in ("RGBA", "LA"):
-        img = img.convert("RGBA").convert("L")
     return np.asarray(img.convert("L"))
+
+
+# Colour masks whose channels differ by at most this are grey (JPEG noise on a grey mask).
+GREY_SPREAD = 24
+
+
+def decode_mask(path: str) -> tuple[np.ndarray, str | None]:
+    """(HxW uint8 mask with the object > 127, how the file stored it when that was not plain
+    0..255 grey: None for plain grey). Read where the meaning is unambiguous: grey labels 0/k
+    with k <= 127 (0/1 masks), palette or RGB label images of black plus one colour, an object
+    held only in the alpha channel. Anything else that is not grey is refused, naming the file."""
+    if path.endswith(".npy"):
+        return _read_cached(path, 2), None
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1"):
+        return _grey_labels(as_uint8(np.asarray(img)), None)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        kind = "palette labels"
+    else:
+        kind = None
+    alpha = None
+    if img.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(img.getchannel("A"))
+        img = img.convert("RGB" if img.mode == "RGBA" else "L")
+    if img.mode == "L":
+        colour = np.asarray(img)
+    else:
+        rgb = np.asarray(img.convert("RGB")).astype(np.int16)
+        spread = int(np.abs(rgb - rgb[:, :, :1]).max(initial=0))
+        colour = np.asarray(img.convert("L")) if spread <= GREY_SPREAD else None
+        if colour is None:
+            colour, kind = _two_colour_labels(path, rgb), kind or "RGB labels"
+    if alpha is not None and alpha.min() != alpha.max():  # a constant alpha carries nothing
+        if colour.min() == colour.max():
+            return alpha.copy(), "alpha channel (object = opaque)"
+        if not np.array_equal(colour > 127, alpha > 127):
+            raise DataError(f"{path}: mask has an alpha channel and colours that disagree on the object; "
+                            f"save it as 8-bit grey, object = 255", skippable=True)
+    return _grey_labels(colour, kind)
+
+
+def _grey_labels(grey: np.ndarray, kind: str | None) -> tuple[np.ndarray, str | None]:
+    """Grey levels 0 and one k <= 127 (0/1 labels, a label index) mark the object with k:
+    under GT = value > 127 they would all read as background."""
+    top = int(grey.max(initial=0))
+    if top == 0 or top > 127 or np.count_nonzero((grey != 0) & (grey != top)):
+        return grey, kind
+    return np.where(grey == top, 255, 0).astype(np.uint8), kind or f"0/{top} labels (object = {top})"
+
+
+def _two_colour_labels(path: str, rgb: np.ndarray) -> np.ndarray:
+    """Black plus one colour -> 0/255; more colours than that have no single meaning."""
+    flat = rgb.reshape(-1, 3)
+    colours = np.unique(flat[np.any(flat != 0, axis=1)], axis=0)
+    if len(colours) > 1:
+        raise DataError(f"{path}: mask has {len(colours) + 1} colours (a multi-class label image?); "
+                        f"save it as 8-bit grey, object = 255, background = 0", skippable=True)
+    return np.where(np.any(rgb != 0, axis=2), 255, 0).astype(np.uint8)
 
 
 def image_size(path: str) -> tuple[int, int]:

@@ -3,13 +3,20 @@
 A layout maps a root folder to splits: (dataset name, split, image dir, mask dir).
 Split is 'train', 'test' or 'all' (a flat folder pair usable for either)."""
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .io import IMAGE_EXTS, MASK_EXTS, DataError, image_size
+from .io import IMAGE_EXTS, MASK_EXTS, DataError, decode_mask, image_size
+
+log = logging.getLogger("camodet")
 
 KNOWN_NAMES = ("COD10K", "CAMO", "NC4K", "CHAMELEON")
+# Benchmarks that exist only as test sets: the field never trains on them, so a flat folder
+# of theirs given to training is left out (said once) instead of leaking the test set.
+TEST_ONLY = ("NC4K", "CHAMELEON")
+NONCAM_TAG = "-NonCAM-"   # COD10K's non-camouflaged images (empty masks), wherever their files end up
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,9 @@ class SplitDir:
     images: str
     masks: str
     layout: str
+    # Image folders of other splits whose masks live in `masks` too (CAMO's one GT/ folder):
+    # their masks are not orphans of this split.
+    mask_siblings: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,11 @@ class Sample:
 
     @property
     def is_noncam(self) -> bool:
-        return "-NonCAM-" in self.name
+        return is_noncam(self.name)
+
+
+def is_noncam(stem: str) -> bool:
+    return NONCAM_TAG in stem
 
 
 def _d(*parts) -> Optional[str]:
@@ -42,6 +56,8 @@ def _d(*parts) -> Optional[str]:
 
 def _dataset_name(root: str) -> str:
     base = os.path.basename(os.path.normpath(root))
+    if base.lower() in ("train", "test"):  # COD10K-v3/Test given directly: the dataset is the parent
+        base = os.path.basename(os.path.dirname(os.path.normpath(root))) or base
     for known in KNOWN_NAMES:
         if base.upper().startswith(known):
             return known
@@ -61,12 +77,13 @@ def detect_layout(root: str) -> list[SplitDir]:
             found.append(SplitDir(name, split, img, gt, "COD10K-v3"))
     if found:
         return found
-    # CAMO: Images/Train|Test + GT
+    # CAMO: Images/Train|Test + one GT/ that holds the masks of both splits
     gt = _d(root, "GT")
-    for split, sub in (("train", "Train"), ("test", "Test")):
-        img = _d(root, "Images", sub)
+    camo = {split: _d(root, "Images", sub) for split, sub in (("train", "Train"), ("test", "Test"))}
+    for split, img in camo.items():
         if img and gt:
-            found.append(SplitDir(name, split, img, gt, "CAMO"))
+            others = tuple(d for s, d in camo.items() if s != split and d)
+            found.append(SplitDir(name, split, img, gt, "CAMO", mask_siblings=others))
     if found:
         return found
     # SINet style: TrainDataset/{Imgs,GT} and TestDataset/<NAME>/{Imgs,GT}
@@ -91,6 +108,10 @@ def detect_layout(root: str) -> list[SplitDir]:
         f"Imgs + GT, or TrainDataset/TestDataset); use --images DIR --masks DIR for other folders")
 
 
+def _stems(folders, exts) -> set:
+    return {stem for f in folders for stem in _index(f, exts)}
+
+
 def _index(folder: str, exts) -> dict[str, str]:
     out = {}
     for fn in sorted(os.listdir(folder)):
@@ -113,10 +134,14 @@ def list_samples(split: SplitDir, include_noncam: bool = False, check_sizes: boo
     images = _index(split.images, IMAGE_EXTS)
     masks = _index(split.masks, MASK_EXTS)
     problems, samples, skipped = [], [], 0
-    for stem in sorted(set(masks) - set(images)):
-        problems.append(f"{masks[stem]}: mask without an image in {split.images}")
+    siblings = _stems(split.mask_siblings, IMAGE_EXTS)
+    for stem in sorted(set(masks) - set(images) - siblings):
+        where = " or ".join(sorted([split.images, *split.mask_siblings]))  # the same words from either split
+        problems.append(f"{masks[stem]}: mask without an image in {where}")
     for stem, img_path in images.items():
-        if split.layout == "COD10K-v3" and "-NonCAM-" in stem and not include_noncam:
+        # By file name, in every layout: COD10K's NonCAM images also turn up in flat folders,
+        # SINet-style trees and --images/--masks, and their empty masks would inflate scores.
+        if is_noncam(stem) and not include_noncam:
             skipped += 1
             continue
         mask_path = masks.get(stem)
@@ -143,19 +168,32 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
     """All samples of the wanted split ('train' or 'test') over several roots.
     A flat folder pair ('all') counts as either split."""
     splits: list[SplitDir] = []
+    test_only = []
     for root in paths:
         found = [s for s in detect_layout(root) if s.split in (split, "all")]
-        if not found:
+        if split == "train":
+            test_only += [(root, s) for s in found if s.split == "all" and s.dataset in TEST_ONLY]
+            found = [s for s in found if not (s.split == "all" and s.dataset in TEST_ONLY)]
+        if not found and not any(r == root for r, _ in test_only):
             have = ", ".join(sorted({s.split for s in detect_layout(root)}))
             raise DataError(f"{root}: has no {split} split (found: {have})")
         splits += found
     if images and masks:
         splits.append(SplitDir(_dataset_name(images), "all", images, masks, "images/masks"))
+    for root, s in test_only:
+        if not splits:
+            raise DataError(f"{root}: {s.dataset} is a test-only benchmark, the field never trains on it; "
+                            f"to train on it anyway use --images {s.images} --masks {s.masks}")
+        log.info(f"{root}: {s.dataset} is a test-only benchmark; not used for training (evaluate on it)")
     samples, problems = [], []
     for s in splits:
         listing = list_samples(s, include_noncam)
         samples += listing.samples
         problems += listing.problems
+        if listing.noncam_skipped:
+            log.info(f"{s.dataset} {split}: {listing.noncam_skipped} NonCAM images left out "
+                     f"(the field uses camouflaged images only; --include-noncam to keep them)")
+        note_mask_format(s, listing.samples)
     if problems and not skip_bad_files:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         # Each problem without its own way out: the way out is said once, with the count, below.
@@ -166,3 +204,18 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
     if not samples:
         raise DataError(f"no {split} images with masks found in {', '.join(paths) or images}")
     return samples
+
+
+def note_mask_format(split: SplitDir, samples: list) -> None:
+    """Say once per mask folder when its masks are not plain 0..255 grey (0/1 labels, a palette,
+    RGB label colours, alpha only) and how they are read; judged from the first mask, since a
+    dataset stores all its masks alike. A mask that cannot be read is left to the loader."""
+    if not samples:
+        return
+    try:
+        _, kind = decode_mask(samples[0].mask)
+    except DataError:
+        return
+    if kind:
+        log.info(f"{split.masks}: masks stored as {kind} (first: {os.path.basename(samples[0].mask)}); "
+                 f"read accordingly ('camodet data check' counts every file)")

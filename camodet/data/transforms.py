@@ -7,8 +7,12 @@ import math
 import cv2
 import numpy as np
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+from ..normalization import IMAGENET, Normalization
+
+# ImageNet statistics on the 0..255 scale, for code written before normalisation became the
+# backbone's own; new code takes a Normalization.
+MEAN = np.array(IMAGENET.mean, dtype=np.float32) * 255.0
+STD = np.array(IMAGENET.std, dtype=np.float32) * 255.0
 
 
 def resize(image: np.ndarray, size: int, interpolation=cv2.INTER_LINEAR) -> np.ndarray:
@@ -60,6 +64,6 @@ def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
     return resize(image, size)
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """HxWx3 (uint8 or float 0..255) -> 3xHxW float32, ImageNet statistics."""
-    return ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy()
+def normalise(image: np.ndarray, norm: Normalization = IMAGENET) -> np.ndarray:
+    """HxWx3 (uint8 or float 0..255) -> 3xHxW float32 with the backbone's statistics."""
+    return norm.apply(image)

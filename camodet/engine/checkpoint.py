@@ -48,11 +48,13 @@ def atomic_save(obj: dict, path: str) -> None:
         pass  # some filesystems cannot fsync a directory; the rename itself is atomic
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, mmap: bool = False) -> dict:
+    """mmap=True maps the tensors instead of reading them: cheap when only the small entries
+    (config, epoch, normalization) are wanted."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file", "missing")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused, it needs arbitrary Python objects to load ({str(e).splitlines()[0][:120]}); "

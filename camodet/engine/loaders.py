@@ -7,10 +7,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..config import DataConfig
+from ..config import DataConfig, TrainConfig
 from ..data.dataset import CODDataset, collate, index_seed, load_pair
 from ..data.io import DataError
 from ..data.layouts import Sample, gather
+from ..models import backbone_normalization
+from ..normalization import Normalization
+from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +22,19 @@ def training_samples(data: DataConfig, skip_bad_files: bool | None = None) -> li
     """The training split of every dataset root (or --images/--masks), before the validation carve-out."""
     skip = data.skip_bad_files if skip_bad_files is None else skip_bad_files
     return gather(data.dataset_path, "train", data.include_noncam, skip, data.images, data.masks)
+
+
+def input_normalization(cfg: TrainConfig) -> Normalization:
+    """The input statistics of a run: a resumed run keeps those its checkpoint was trained with
+    (ImageNet's for a checkpoint from before they were saved), a new one takes the backbone's own
+    from timm's pretrained config, whether or not pretrained weights are loaded."""
+    if cfg.run.resume_from:
+        norm, source = Normalization.of_checkpoint(load_checkpoint(cfg.run.resume_from, mmap=True)), \
+            f"as {cfg.run.resume_from} was trained"
+    else:
+        norm, source = backbone_normalization(cfg.model.backbone), f"{cfg.model.backbone}'s pretrained config"
+    log.info(f"input normalisation: {norm} ({source})")
+    return norm
 
 
 def split_train_val(samples: list[Sample], fraction: float, seed: int) -> tuple[list, list]:

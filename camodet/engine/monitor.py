@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.transforms import MEAN, STD
 from ..metrics import to_uint8
 
 log = logging.getLogger("camodet")
@@ -82,7 +81,7 @@ class TensorBoard:
         for i in range(min(PANEL_IMAGES, len(val_set))):
             item = val_set[i]
             prob = torch.sigmoid(model(item["image"][None].to(device)).logits.float())[0, 0].cpu().numpy()
-            rgb = np.clip(item["image"].numpy().transpose(1, 2, 0) * STD + MEAN, 0, 255).astype(np.uint8)
+            rgb = val_set.norm.undo(item["image"].numpy())  # the statistics the set normalised with
             rows.append(triptych(rgb, item["gt"], prob, prob.shape[0]))
         self.writer.add_image("val/input_gt_prediction", np.concatenate(rows, 0), epoch, dataformats="HWC")
         self.writer.flush()

@@ -111,6 +111,7 @@ def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg
         "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
         "schedule_start": list(state.schedule_start), "world_size": state.world_size,
         "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
+        "normalization": model.normalization.to_dict(),  # the input statistics the weights expect
     }
     if guard is not None:
         ckpt["guard"] = guard.state_dict()

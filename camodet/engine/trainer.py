@@ -33,6 +33,7 @@ from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGu
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .monitor import TensorBoard, peak_memory_mb
 from .loaders import EpochSampler, readable_samples, split_train_val, train_loader, training_samples, val_loader
+from .loaders import input_normalization
 from .optim import build_optimizer, set_lrs
 from .plan import Plan, make_plan
 from .state import EpochProgress, State, checkpoint_dict, restore, snapshot
@@ -168,8 +169,11 @@ def train(cfg: TrainConfig) -> State:
     train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
     if cfg.data.skip_bad_files:
         val_samples = readable_samples(val_samples)
-    train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files)
-    val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files)
+    norm = input_normalization(cfg)  # the backbone's own statistics (a resumed run: its checkpoint's)
+    train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files,
+                           norm=norm)
+    val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files,
+                         norm=norm)
     say(f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
         f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}")
 
@@ -178,6 +182,7 @@ def train(cfg: TrainConfig) -> State:
     resuming = bool(cfg.run.resume_from)
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resuming else cfg.model
     model = build_model(model_cfg).to(device)
+    model.normalization = norm  # saved in every checkpoint
     state, resume_ckpt, restart_epoch, position = State(world_size=d.world), None, None, None
     saved_schedule = None
     guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)

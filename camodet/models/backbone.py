@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..normalization import IMAGENET, Normalization
 
 
 class BackboneError(ValueError):
@@ -34,6 +35,21 @@ def check_backbone(name: str, img_size: int) -> None:
         lower, upper = img_size // stride * stride, (img_size // stride + 1) * stride
         raise ConfigError(f"--img-size {img_size} is not a multiple of {name}'s output stride {stride}; "
                           f"use {lower or upper} or {upper}")
+
+
+def backbone_normalization(name: str) -> Normalization:
+    """The input statistics of timm's pretrained config for `name` (built on the meta device: no
+    weights, no network); ImageNet's where the config names none."""
+    with torch.device("meta"):
+        body = timm.create_model(name, features_only=True, pretrained=False)
+    return normalization_of(body)
+
+
+def normalization_of(body: nn.Module) -> Normalization:
+    cfg = getattr(body, "pretrained_cfg", None) or {}
+    if cfg.get("mean") is None or cfg.get("std") is None:
+        return IMAGENET
+    return Normalization(tuple(cfg["mean"]), tuple(cfg["std"]))
 
 
 def _norm(name: str) -> str:
@@ -72,6 +88,7 @@ class Backbone(nn.Module):
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())
         self.num_groups = len(self.channels)
+        self.normalization = normalization_of(self.body)   # what its pretrained weights expect
         module_names = [n for n, _ in self.body.named_modules() if n]
         self._module_group = assign_groups(module_names, list(info.module_name()))
 

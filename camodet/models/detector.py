@@ -35,6 +35,9 @@ class CamoDetector(nn.Module):
         n_side = len(self.decoder.levels) - 1 if cfg.deep_supervision else 0
         self.side_heads = nn.ModuleList(nn.Conv2d(c, 1, 1) for _ in range(n_side))
         self.frozen_groups: set[int] = set()
+        # The input statistics this model is trained (or was trained) with: the backbone's own
+        # for a new model; a loaded checkpoint's replace it (see Normalization.of_checkpoint).
+        self.normalization = self.backbone.normalization
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in backward: timm's per-stage checkpointing in the

@@ -88,7 +88,7 @@ def test_reference_user_journey(synth_root, tmp_path, monkeypatch, capsys):
     faults = Faults(monkeypatch)
     common = ["--dataset-path", synth_root, camo, "--backbone", "edgenext_xx_small", "--num-experts", "3",
               "--img-size", "64", "--decoder-channels", "16", "--num-workers", "0", "--seed", "5",
-              "--use-ema", "--ema-decay", "0.9", "--accumulation-steps", "2", "--skip-bad-files"]  # TEMP
+              "--use-ema", "--ema-decay", "0.9", "--accumulation-steps", "2"]
     # Run A: stage 1 (1 epoch) + progressive stage 2 (epochs 2-4), batch 4: 28 images, 4 steps an epoch.
     a_args = common + ["--batch-size", "4", "--epochs", "4", "--stage1-epochs", "1", "--progressive-unfreeze",
                        "--lr", "0.001"]
