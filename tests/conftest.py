@@ -108,3 +108,22 @@ def build_benchmarks(base) -> dict:
 def benchmarks(tmp_path_factory):
     """The four benchmark trees (read-only), shared by the session."""
     return build_benchmarks(tmp_path_factory.mktemp("benchmarks"))
+
+
+def poison_weights_at(monkeypatch, call: int) -> None:
+    """Fill a trainable decoder weight with NaN just before the trainer's `call`-th set_lrs
+    (one per optimizer step): the guard then sees non-finite weights and must roll back."""
+    import math
+
+    import camodet.engine.trainer as trainer
+    models, real_build = [], trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", lambda cfg: models.append(real_build(cfg)) or models[-1])
+    real_set_lrs, calls = trainer.set_lrs, [0]
+
+    def poison_then_set_lrs(*args):
+        calls[0] += 1
+        if calls[0] == call:
+            with torch.no_grad():
+                next(p for p in models[0].decoder.parameters() if p.requires_grad).fill_(math.nan)
+        return real_set_lrs(*args)
+    monkeypatch.setattr(trainer, "set_lrs", poison_then_set_lrs)

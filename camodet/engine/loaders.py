@@ -24,13 +24,13 @@ def training_samples(data: DataConfig, skip_bad_files: bool | None = None) -> li
     return gather(data.dataset_path, "train", data.include_noncam, skip, data.images, data.masks)
 
 
-def input_normalization(cfg: TrainConfig) -> Normalization:
+def input_normalization(cfg: TrainConfig, resume_ckpt: dict | None = None) -> Normalization:
     """The input statistics of a run: a resumed run keeps those its checkpoint was trained with
     (ImageNet's for a checkpoint from before they were saved), a new one takes the backbone's own
     from timm's pretrained config, whether or not pretrained weights are loaded."""
     if cfg.run.resume_from:
-        norm, source = Normalization.of_checkpoint(load_checkpoint(cfg.run.resume_from, mmap=True)), \
-            f"as {cfg.run.resume_from} was trained"
+        ckpt = resume_ckpt if resume_ckpt is not None else load_checkpoint(cfg.run.resume_from, mmap=True)
+        norm, source = Normalization.of_checkpoint(ckpt), f"as {cfg.run.resume_from} was trained"
     else:
         norm, source = backbone_normalization(cfg.model.backbone), f"{cfg.model.backbone}'s pretrained config"
     log.info(f"input normalisation: {norm} ({source})")

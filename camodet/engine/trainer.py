@@ -169,7 +169,9 @@ def train(cfg: TrainConfig) -> State:
     train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
     if cfg.data.skip_bad_files:
         val_samples = readable_samples(val_samples)
-    norm = input_normalization(cfg)  # the backbone's own statistics (a resumed run: its checkpoint's)
+    # Read once: its normalisation decides the datasets', its state the model's.
+    resume_ckpt = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
+    norm = input_normalization(cfg, resume_ckpt)  # the backbone's own statistics (a resumed run: its checkpoint's)
     train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files,
                            norm=norm)
     val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files,
@@ -183,11 +185,10 @@ def train(cfg: TrainConfig) -> State:
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resuming else cfg.model
     model = build_model(model_cfg).to(device)
     model.normalization = norm  # saved in every checkpoint
-    state, resume_ckpt, restart_epoch, position = State(world_size=d.world), None, None, None
+    state, restart_epoch, position = State(world_size=d.world), None, None
     saved_schedule = None
     guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
-    if cfg.run.resume_from:
-        resume_ckpt = load_checkpoint(cfg.run.resume_from)
+    if resume_ckpt is not None:
         check_arch(resume_ckpt, cfg.to_dict()["model"], cfg.run.resume_from)
         model.load_state_dict(resume_ckpt.get("raw_model_state_dict", resume_ckpt["model_state_dict"]))
         changes = resume_changes(resume_ckpt, cfg, d.world)
@@ -328,9 +329,10 @@ def train(cfg: TrainConfig) -> State:
                 roll_back(outcome, epoch, state, cfg, plan, run_dir, record)
                 progress = restore(good, model, ema, optimizer, scaler, state, device)
                 guard.after_rollback()
-            for module in (model, ema.module if ema is not None else None):
-                if module is not None and outcome.action in ("done", "stopped"):
-                    distributed.sync_buffers(module, d)  # norm statistics, as every rank validates and saves
+            if outcome.action in ("done", "stopped"):  # norm statistics, as every rank validates and saves
+                distributed.sync_buffers(model, d)
+                if ema is not None:
+                    distributed.sync_buffers(ema.module, d)
 
             # --time-limit: validation and the saves must still fit, or stop here (the pass is kept).
             if outcome.action == "done" and time_limit and len(val_set):

@@ -1,7 +1,6 @@
 """The reference user's path, one point at a time: each test names the way the previous
 code went wrong (and fails on it)."""
 
-import math
 import os
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from camodet.cli import EXIT_RESUMABLE, main
 from camodet.engine import history
 from camodet.engine.checkpoint import load_checkpoint
 from camodet.engine.loaders import EpochSampler
+
+from ..conftest import poison_weights_at
 
 
 def flag(args, name, value):
@@ -66,17 +67,7 @@ def test_exact_resume_of_a_warm_restart_keeps_the_replanned_schedule(tiny_args, 
 def test_fp16_rollback_restores_the_scaler_and_finishes(tiny_args, tmp_path, monkeypatch):
     # The fp16 path that --amp auto takes on a P100/T4, on the CPU's fp16 autocast with a real GradScaler.
     monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.float16)
-    models, real_build = [], trainer.build_model
-    monkeypatch.setattr(trainer, "build_model", lambda cfg: models.append(real_build(cfg)) or models[-1])
-    real_set_lrs, calls = trainer.set_lrs, [0]
-
-    def poison_then_set_lrs(*args):
-        calls[0] += 1
-        if calls[0] == 8:  # before the forward of epoch 2, step 2: the guard sees NaN weights after unscale_
-            with torch.no_grad():
-                next(p for p in models[0].decoder.parameters() if p.requires_grad).fill_(math.nan)
-        return real_set_lrs(*args)
-    monkeypatch.setattr(trainer, "set_lrs", poison_then_set_lrs)
+    poison_weights_at(monkeypatch, 8)  # before the forward of epoch 2, step 2: the guard sees NaN weights after unscale_
     assert main(["train", *tiny_args, "--use-ema"]) == 0
     (rb,) = events(tmp_path / "run", "rollback")
     assert (rb["epoch"], rb["step"]) == (2, 2)
@@ -247,3 +238,34 @@ def test_batchnorm_statistics_agree_across_ranks(synth_root, tmp_path):
     saved = load_checkpoint(tmp_path / "run" / "last.pth")["model_state_dict"]
     assert all(torch.equal(saved[k], r0[k]) for k in stats)
     assert "hold identical parameters" in proc.stdout
+
+
+def test_time_limit_before_validation_keeps_the_pass_and_resumes_exactly(tiny_args, tmp_path, monkeypatch, capsys):
+    """The limit arrives after an epoch's last step, when validation and the save no longer
+    fit: the finished pass is saved as a position, and the resumed run validates it."""
+    import camodet.engine.interrupt as interrupt
+    args = flag(tiny_args, "--epochs", "3")
+    assert main(["train", *flag(args, "--checkpoint-dir", str(tmp_path / "full"))]) == 0
+    clock, passes = [0.0], [0]
+    monkeypatch.setattr(interrupt, "clock", lambda: clock[0])
+    real_sync = trainer.distributed.sync_buffers
+
+    def end_of_pass(module, d):       # called once per finished pass (no EMA): epoch 2 ends near the limit
+        passes[0] += 1
+        if passes[0] == 2:
+            clock[0] = 3600.0 - 1.5   # less than validation + two saves away
+        return real_sync(module, d)
+    monkeypatch.setattr(trainer.distributed, "sync_buffers", end_of_pass)
+    cut = flag(args, "--checkpoint-dir", str(tmp_path / "cut")) + ["--time-limit", "1h"]
+    assert main(["train", *cut]) == EXIT_RESUMABLE
+    assert "stopped by time limit" in capsys.readouterr().err
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pth")
+    assert ckpt["epoch"] == 1 and ckpt["position"]["epoch"] == 2 and ckpt["position"]["micro_step"] == 5
+    monkeypatch.setattr(trainer.distributed, "sync_buffers", real_sync)
+    clock[0] = 0.0
+    assert main(["train", *cut, "--resume-from", str(tmp_path / "cut" / "last.pth")]) == 0
+    keep = ("epoch", "loss", "val", "global_step")
+    ea, eb = events(tmp_path / "full", "epoch"), events(tmp_path / "cut", "epoch")
+    assert [{k: r[k] for k in keep} for r in ea] == [{k: r[k] for k in keep} for r in eb]
+    assert same_tensors(load_checkpoint(tmp_path / "full" / "last.pth")["model_state_dict"],
+                        load_checkpoint(tmp_path / "cut" / "last.pth")["model_state_dict"])

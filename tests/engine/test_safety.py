@@ -18,6 +18,8 @@ from camodet.cli import main
 from camodet.engine import history
 from camodet.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, nonfinite_tensors
 
+from ..conftest import poison_weights_at
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -56,19 +58,7 @@ def test_nan_loss_in_fp32_skips_one_step(tiny_args, tmp_path, monkeypatch):
 
 
 def test_nan_weights_mid_epoch_roll_back_with_lower_lr(tiny_args, tmp_path, monkeypatch):
-    models = []
-    real_build = trainer.build_model
-    monkeypatch.setattr(trainer, "build_model", lambda cfg: models.append(real_build(cfg)) or models[-1])
-
-    real_set_lrs, calls = trainer.set_lrs, [0]
-
-    def poison_then_set_lrs(*args):
-        calls[0] += 1
-        if calls[0] == 8:  # before the forward of epoch 2, step 2
-            with torch.no_grad():
-                next(p for p in models[0].decoder.parameters() if p.requires_grad).fill_(math.nan)
-        return real_set_lrs(*args)
-    monkeypatch.setattr(trainer, "set_lrs", poison_then_set_lrs)
+    poison_weights_at(monkeypatch, 8)  # before the forward of epoch 2, step 2
     assert main(["train", *tiny_args, "--use-ema"]) == 0
     (rb,) = events(tmp_path / "run", "rollback")
     assert (rb["epoch"], rb["step"], rb["lr_scale"]) == (2, 2, 0.5) and "non-finite weights" in rb["reason"]
