@@ -184,3 +184,16 @@ def test_grad_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
+
+
+def test_backbone_features_keep_the_input_memory_format():
+    # EdgeNeXt permutes to NHWC and back inside its blocks, so timm hands out channels_last
+    # strides for a contiguous input; mixed formats slow the decoder's backward 20x on the CPU.
+    backbone = Backbone("edgenext_xx_small")
+    x = torch.randn(2, 3, 64, 64)
+    assert not all(f.is_contiguous() for f in backbone.body(x))  # what timm gives
+    assert all(f.is_contiguous() for f in backbone(x))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in backbone(cl))
+    for a, b in zip(backbone.body(x), backbone(x)):
+        assert torch.equal(a, b)
