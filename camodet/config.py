@@ -47,6 +47,13 @@ def opt(default, help: str, flag: Optional[str] = None, choices=None, **extra):
     return field(default=default, metadata=meta)
 
 
+def workers(value) -> "int | str":
+    """--num-workers: a count, or 'auto' (resolved for the device where the run starts)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return int(value)
+
+
 @dataclass
 class DataConfig:
     dataset_path: list[str] = opt([], "dataset root(s); layouts are detected (COD10K-v3, CAMO, NC4K, "
@@ -57,7 +64,9 @@ class DataConfig:
     val_fraction: float = opt(0.1, "fraction of training images held out for validation (seeded)")
     include_noncam: bool = opt(False, "COD10K: also use NonCAM images (the field uses CAM only)")
     skip_bad_files: bool = opt(False, "skip unreadable or unmatched files instead of stopping")
-    num_workers: int = opt(4, "data-loader worker processes")
+    num_workers: workers = opt("auto", "data-loader worker processes, or auto: on a GPU the cores "
+                                         "less one (up to 16); on the CPU none where the compute "
+                                         "threads need every core (see camodet/engine/loaders.py)")
     cache: bool = opt(False, "decode and pre-resize the dataset once into --cache-dir; later runs read that")
     cache_dir: Optional[str] = opt(None, "cache folder (default: ~/.cache/camodet)")
 
@@ -387,7 +396,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
          f"--decoder-channels must be a positive multiple of 8 (got {m.decoder_channels})")
     need(d.img_size >= 32, f"--img-size must be at least 32 (got {d.img_size})")
     need(0.0 <= d.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {d.val_fraction})")
-    need(d.num_workers >= 0, f"--num-workers must be >= 0 (got {d.num_workers})")
+    need(d.num_workers == "auto" or d.num_workers >= 0, f"--num-workers must be >= 0 or auto (got {d.num_workers})")
     need(r.keep_last >= 0, f"--keep-last must be >= 0 (got {r.keep_last})")
     sf = cfg.safety
     need(sf.max_rollbacks >= 0, f"--max-rollbacks must be >= 0 (got {sf.max_rollbacks})")

@@ -1,30 +1,87 @@
 """Structure loss (weighted BCE + weighted IoU on logits, as in F3Net/SINet-V2),
-deep supervision and the MoE balance term."""
+deep supervision and the MoE balance term.
+
+What the loss derives from the mask alone (the boundary weight and its sums) is
+computed once per step in a `MaskTarget` and shared by the main output and every
+side output: all of them are at the mask's size. The boundary weight's 31x31 local
+mean is a box sum over a summed-area table, so its cost does not grow with the
+window (the 31x31 avg_pool2d it replaces cost as much as the rest of a small step)."""
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+BOUNDARY_WINDOW = 31   # side of the local mean that finds the boundary band
+BOUNDARY_GAIN = 5      # a pixel far from its local mean weighs up to 1 + 5 = 6x
 
-def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Pixels near the boundary (where the 31x31 local mean differs from the mask) weigh up to 6x."""
-    logits, mask = logits.float(), mask.float()
-    weight = 1 + 5 * torch.abs(F.avg_pool2d(mask, 31, stride=1, padding=15) - mask)
-    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    wbce = (weight * bce).sum((2, 3)) / weight.sum((2, 3))
+
+def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """F.avg_pool2d(x, k, stride=1, padding=k // 2) (zero padding counted, so a box sum / k^2)
+    in O(H*W) whatever k: running sums along H then W, a window being the difference of two.
+    Summed in float64, which makes the differences exact for 0/1 masks and leaves ~1e-16 of
+    the sums for soft (interpolated) ones, where float32 would lose ~1e-7 * W."""
+    if k % 2 != 1:
+        raise ValueError(f"box_mean needs an odd window (got {k})")
+    r = k // 2
+    acc = torch.float32 if x.device.type == "mps" else torch.float64  # mps has no float64
+    s = x.to(acc)
+    c = F.pad(s, (0, 0, r + 1, r)).cumsum(-2)   # c[i + k] - c[i] = rows i - r .. i + r
+    s = c[..., k:, :] - c[..., :-k, :]
+    c = F.pad(s, (r + 1, r)).cumsum(-1)
+    s = c[..., k:] - c[..., :-k]
+    return (s / (k * k)).to(x.dtype)
+
+
+def boundary_weight(mask: torch.Tensor, window: int = BOUNDARY_WINDOW) -> torch.Tensor:
+    """Pixels near the boundary (where the local mean differs from the mask) weigh up to 6x."""
+    mask = mask.float()
+    return 1 + BOUNDARY_GAIN * torch.abs(box_mean(mask, window) - mask)
+
+
+@dataclass
+class MaskTarget:
+    """A mask and what the structure loss needs from it alone, computed once per step."""
+    mask: torch.Tensor           # (B, 1, H, W) float
+    weight: torch.Tensor         # boundary weight, same shape
+    weighted_mask: torch.Tensor  # weight * mask
+    weight_sum: torch.Tensor     # (B, 1): sum of weight per image
+    weighted_mask_sum: torch.Tensor  # (B, 1): sum of weight * mask per image
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "MaskTarget":
+        mask = mask.float()
+        weight = boundary_weight(mask)
+        weighted = weight * mask
+        return cls(mask, weight, weighted, weight.sum((2, 3)), weighted.sum((2, 3)))
+
+
+def structure_loss(logits: torch.Tensor, mask: "torch.Tensor | MaskTarget") -> torch.Tensor:
+    """Weighted BCE + weighted IoU, mean over the batch. `mask` is the (B, 1, H, W) mask or its
+    MaskTarget (pass that when several outputs share one mask). Same values as the textbook form
+        wbce = sum(w * bce) / sum(w); wiou = 1 - (sum(p*m*w) + 1) / (sum((p+m)*w) - sum(p*m*w) + 1)
+    with the mask-only products and sums taken from the target instead of recomputed."""
+    t = mask if isinstance(mask, MaskTarget) else MaskTarget.of(mask)
+    logits = logits.float()
+    # BCE with the weight inside the fused kernel: sum(w * bce) without a full-size product.
+    wbce = F.binary_cross_entropy_with_logits(logits, t.mask, weight=t.weight, reduction="none").sum((2, 3))
+    wbce = wbce / t.weight_sum
     prob = torch.sigmoid(logits)
-    inter = (prob * mask * weight).sum((2, 3))
-    union = ((prob + mask) * weight).sum((2, 3))
+    inter = (prob * t.weighted_mask).sum((2, 3))
+    union = (prob * t.weight).sum((2, 3)) + t.weighted_mask_sum
     wiou = 1 - (inter + 1) / (union - inter + 1)
     return (wbce + wiou).mean()
 
 
 def total_loss(output, mask: torch.Tensor, side_weights: list[float], moe_weight: float):
-    """(total, parts): parts are detached tensors for logging (no host sync here)."""
-    main = structure_loss(output.logits, mask)
+    """(total, parts): parts are detached tensors for logging (no host sync here). The mask's
+    boundary weight is computed once and shared by the main and side outputs."""
+    target = MaskTarget.of(mask)
+    main = structure_loss(output.logits, target)
     total = main
     parts = {"main": main.detach()}
     if output.side_logits:
-        side = sum(w * structure_loss(s, mask) for w, s in zip(side_weights, output.side_logits))
+        side = sum(w * structure_loss(s, target) for w, s in zip(side_weights, output.side_logits))
         total = total + side
         parts["side"] = side.detach()
     if output.aux_loss is not None and moe_weight > 0:

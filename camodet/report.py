@@ -151,6 +151,24 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def time_table(epochs: list[dict]) -> str:
+    """The training pass against steps x its median step (what the loop adds beyond its
+    steps: data waits, warm-up, logging), data-loader waits and validation, per epoch."""
+    rows = [r for r in epochs if "train_time_s" in r]
+    if not rows:
+        return ""
+    head = ("epoch", "stage", "workers", "steps", "training pass s", "steps x median step s",
+            "pass / (steps x step)", "waiting for data s", "validation s")
+    body = []
+    for r in rows:
+        ideal = r["steps"] * r["step_time_s"] if r.get("steps") else None
+        cells = (r["epoch"], r.get("stage"), r.get("num_workers"), r.get("steps"), f"{r['train_time_s']:.1f}",
+                 f"{ideal:.1f}" if ideal else "-", f"{r['loop_ratio']:.2f}" if r.get("loop_ratio") else "-",
+                 f"{r.get('data_wait_s', 0):.1f}", f"{r['val_time_s']:.1f}" if "val_time_s" in r else "-")
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")
+
+
 def write_report(run_dir: str, predictions: bool = True) -> str:
     """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path."""
     if not os.path.isdir(run_dir):
@@ -192,6 +210,9 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
     for name in PLOTS:
         if name in plots:
             parts.append(f"<h2>{titles[name]}</h2>{_img(plots[name], name)}")
+    timing = time_table(epochs)
+    if timing:
+        parts.append("<h2>Time per epoch</h2>" + timing)
     parts.append("<h2>Validation predictions</h2>" + (_img(grid, "predictions") if grid else "")
                  + f"<p>{esc(grid_note)}</p>")
     events = [r for r in records if r.get("type") != "epoch"]

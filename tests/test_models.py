@@ -184,3 +184,35 @@ def test_grad_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
+
+
+def test_backbone_features_keep_the_input_memory_format():
+    # EdgeNeXt permutes to NHWC and back inside its blocks, so timm hands out channels_last
+    # strides for a contiguous input; mixed formats slow the decoder's backward 20x on the CPU.
+    backbone = Backbone("edgenext_xx_small")
+    x = torch.randn(2, 3, 64, 64)
+    assert not all(f.is_contiguous() for f in backbone.body(x))  # what timm gives
+    assert all(f.is_contiguous() for f in backbone(x))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in backbone(cl))
+    for a, b in zip(backbone.body(x), backbone(x)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (8, 5), (12, 30), (24, 24)])
+def test_large_kernel_conv_on_small_maps_equals_the_full_conv(size):
+    from camodet.models.experts import same_conv_on_reach
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 7, padding=9, dilation=3, groups=8)
+    x = torch.randn(2, 8, *size, requires_grad=True)
+    full = conv(x)
+    g_full = torch.autograd.grad(full.square().sum(), [x, conv.weight, conv.bias])
+    trimmed = same_conv_on_reach(conv, x)
+    g_trim = torch.autograd.grad(trimmed.square().sum(), [x, conv.weight, conv.bias])
+    assert trimmed.shape == full.shape and torch.allclose(trimmed, full, atol=1e-5)
+    for a, b in zip(g_trim, g_full):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
+    if size == (4, 4):  # only taps at offsets -3, 0, 3 reach a 4-px map: the rest get exactly no gradient
+        outer = g_trim[1].clone()
+        outer[:, :, 2:5, 2:5] = 0
+        assert outer.abs().max() == 0 and g_trim[1][:, :, 2:5, 2:5].abs().min() > 0

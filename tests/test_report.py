@@ -36,12 +36,20 @@ def test_history_has_every_epoch_and_event(watched_run):
     assert [(r["type"], r["epoch"]) for r in records if r["type"] != "epoch"] == \
         [("stage", 1), ("stage", 3), ("unfreeze", 4)]
     assert all(r["grad_norm"] > 0 and r["peak_memory_mb"] > 0 for r in records if r["type"] == "epoch")
+    previous = 0
+    for r in (r for r in records if r["type"] == "epoch"):
+        assert r["steps"] == r["global_step"] - previous > 0 and r["num_workers"] == 0
+        previous = r["global_step"]
+        assert 0 < r["step_time_s"] and r["steps"] * r["step_time_s"] <= r["train_time_s"] * 1.5
+        assert r["loop_ratio"] == pytest.approx(r["train_time_s"] / (r["steps"] * r["step_time_s"]), rel=0.01)
+        assert 0 <= r["data_wait_s"] < r["train_time_s"] and r["val_time_s"] > 0
 
 
 def test_report_writes_html_and_pngs(watched_run, capsys):
     assert main(["report", str(watched_run)]) == 0
     page = (watched_run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "Best epoch" in page and "unfreeze at epoch 4" in page
+    assert "Time per epoch" in page and "training pass s" in page
     assert "http" not in page.replace("http-equiv", "")   # self-contained: nothing fetched
     assert sorted(os.listdir(watched_run / "report")) == \
         ["experts.png", "iou.png", "loss.png", "lr.png", "predictions.png"]

@@ -14,6 +14,7 @@ from ..losses import total_loss
 from ..models import build_model
 from .device import amp_dtype, memory_format, resolve_device, tune_kernels
 from .monitor import peak_memory_mb
+from .optim import fused_adamw
 
 MEMORY_KINDS = {"cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
                 "cuda_allocated": "CUDA allocator peak", "cpu_rss": "process peak RSS on the CPU"}
@@ -43,7 +44,7 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
     fmt = memory_format(channels_last, dev)
     model = model.to(memory_format=fmt)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type == "cuda" or None)
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=fused_adamw(dev))  # as the trainer's
     forward = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, img_size, img_size, device=dev).to(memory_format=fmt)
     y = (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float()

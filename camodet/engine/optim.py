@@ -22,9 +22,15 @@ def param_groups(model: CamoDetector, weight_decay: float) -> list[dict]:
     return groups
 
 
+def fused_adamw(device: torch.device) -> bool | None:
+    """One kernel for all parameters instead of ~10 ops per tensor: on CUDA, and on the CPU
+    too, where the default per-tensor loop cost 0.14 s a step for edgenext_base's 337 tensors
+    (10% of a stage-2 step at 384 px, batch 2) against 0.017 s fused. None: torch's default."""
+    return True if device.type in ("cuda", "cpu") else None
+
+
 def build_optimizer(model: CamoDetector, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=0.0, fused=fused or None)
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=0.0, fused=fused_adamw(device))
 
 
 def set_lrs(optimizer: torch.optim.Optimizer, plan, epoch: int, step: int, steps_per_epoch: int,

@@ -33,7 +33,8 @@ from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGu
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .monitor import TensorBoard, peak_memory_mb
 from .loaders import EpochSampler, readable_samples, split_train_val, train_loader, training_samples, val_loader
-from .loaders import input_normalization
+from .loaders import input_normalization, resolve_workers
+from .timing import LoopClock
 from .optim import build_optimizer, set_lrs
 from .plan import Plan, make_plan
 from .state import EpochProgress, State, checkpoint_dict, restore, snapshot
@@ -87,6 +88,7 @@ class Outcome:
     reason: str = ""
     step: int = 0
     files: list = dataclasses.field(default_factory=list)  # images of the windows that went wrong
+    timing: dict | None = None  # LoopClock.summary() of the pass
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
@@ -145,6 +147,7 @@ def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda wher
 def train(cfg: TrainConfig) -> State:
     d = distributed.init("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg.run.device, d)
+    workers = resolve_workers(cfg.data.num_workers, device.type)  # --num-workers auto -> a number
     dtype = amp_dtype(cfg.optim.amp, device)
     torch.manual_seed(cfg.run.seed)
     run_dir = cfg.run.checkpoint_dir
@@ -159,7 +162,7 @@ def train(cfg: TrainConfig) -> State:
     if cfg.data.cache:
         cache_dir = os.path.expandvars(cfg.data.cache_dir or default_cache_dir())  # '$TMPDIR/x': per node
         cache = functools.partial(cached_samples, samples, cfg.data.img_size, cache_dir,
-                                  cfg.data.num_workers, skip_bad_files=cfg.data.skip_bad_files)
+                                  workers, skip_bad_files=cfg.data.skip_bad_files)
         # Written once where it is stored: by rank 0 on a shared folder, by each node's first
         # process on node-local scratch; the others read it after the barrier (it appears whole).
         if d.local_rank == 0 if not distributed.folder_is_shared(cache_dir, d) else d.is_main:
@@ -178,6 +181,7 @@ def train(cfg: TrainConfig) -> State:
                          norm=norm)
     say(f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
         f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}")
+    say(f"data loader: {workers} worker process(es){' (--num-workers auto)' if cfg.data.num_workers == 'auto' else ''}")
 
     # Model, then resume or initialise before anything copies its weights (EMA, DDP). A resume
     # takes every weight from its checkpoint, so it never needs the network or the weights file.
@@ -300,7 +304,7 @@ def train(cfg: TrainConfig) -> State:
                 # One loader per stage: its workers persist across the stage's epochs.
                 loader = train_loader(train_set, loader_batch, EpochSampler(len(train_set), cfg.run.seed, epoch,
                                                                             d.rank, d.world),
-                                      cfg.data.num_workers, pin_memory=device.type == "cuda",
+                                      workers, pin_memory=device.type == "cuda",
                                       worker_init_fn=init_fn, persistent_workers=cfg.speed.persistent_workers)
                 effective = loader_batch * cfg.optim.accumulation_steps * d.world
                 trainable = sorted(set(range(plan.num_groups)) - frozen)
@@ -360,7 +364,7 @@ def train(cfg: TrainConfig) -> State:
             stats = progress.stats(lambda t: distributed.all_reduce_mean(t, d))
             stats["images_per_s"] *= d.world
             eval_model = ema.module if ema is not None else model
-            val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, cfg.data.num_workers,
+            val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, workers,
                                                   init_fn), device, dtype, d, watchdog.beat) if len(val_set) else {}
             validation_seconds = time.monotonic() - validation_started
             state.epoch = epoch
@@ -386,6 +390,7 @@ def train(cfg: TrainConfig) -> State:
                     "overflow_steps": stats["overflow_steps"], "expert_usage": stats["expert_usage"], "val": val,
                     "best_iou": state.best_iou, "best_epoch": state.best_epoch,
                     "peak_memory_mb": round(memory_mb, 1), "memory_kind": memory_kind}
+                epoch_record.update(outcome.timing or {}, val_time_s=round(validation_seconds, 3), num_workers=workers)
                 record(epoch_record)
                 tb.epoch(epoch, epoch_record)
                 if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
@@ -509,9 +514,10 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
     step_seconds, step_started = 0.0, time.monotonic()
     if progress.loss_sum is None:
         progress.loss_sum = torch.zeros((), device=device)
+    clock = LoopClock()  # from here: starting the loader's workers is part of the pass
     it = iter(loader)
     watchdog.loader_iter = it
-    bar = tqdm(it, total=micro_total, initial=progress.micro_step, desc=f"epoch {epoch}", leave=False,
+    bar = tqdm(clock.wrap(it), total=micro_total, initial=progress.micro_step, desc=f"epoch {epoch}", leave=False,
                disable=None if d.is_main else True)
     t0 = time.time()
     outcome = Outcome()
@@ -575,6 +581,7 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
         window_loss.zero_()
         window_index = []
         progress.micro_step = i + 1
+        clock.step()
         if verdict.action == STEP:
             progress.grad_norm_sum += grad_v
             progress.grad_steps += 1
@@ -600,4 +607,5 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
     bar.close()
     watchdog.loader_iter = None
     progress.seconds += time.time() - t0
+    outcome.timing = clock.summary()
     return outcome

@@ -1,0 +1,48 @@
+"""Where a training pass's time goes: waiting for the data loader, and computing steps.
+
+Host clock only, no device sync of its own: on the CPU a step's work is done when its
+Python returns; on a GPU the step's one host read (the guard's numbers) waits for the
+step's kernels, so the time up to the next optimizer step's end is that step's. The
+epoch record compares the pass with steps x the median step: the difference is what the
+loop adds (waiting for data, the first step's warm-up, logging)."""
+
+import statistics
+import time
+
+
+class LoopClock:
+    def __init__(self):
+        self.start = self._mark = time.perf_counter()
+        self.data_wait = 0.0
+        self._wait_since_mark = 0.0
+        self.step_seconds: list[float] = []
+
+    def wrap(self, batches):
+        """Yield from `batches`, timing how long each one took to arrive."""
+        it = iter(batches)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            waited = time.perf_counter() - t
+            self.data_wait += waited
+            self._wait_since_mark += waited
+            yield batch
+
+    def step(self) -> None:
+        """An optimizer step ended: its compute is the time since the last one, less data waits."""
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._mark - self._wait_since_mark)
+        self._mark, self._wait_since_mark = now, 0.0
+
+    def summary(self) -> dict:
+        """Epoch-record fields: the pass, its steps, the median step, and the pass's ratio to
+        steps x median step (1.0 = the loop costs nothing beyond its steps)."""
+        total = time.perf_counter() - self.start
+        n = len(self.step_seconds)
+        step = statistics.median(self.step_seconds) if n else float("nan")
+        return {"train_time_s": round(total, 3), "steps": n, "step_time_s": round(step, 4),
+                "data_wait_s": round(self.data_wait, 3),
+                "loop_ratio": round(total / (n * step), 3) if n and step > 0 else None}
