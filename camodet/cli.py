@@ -110,22 +110,47 @@ def _model_summary(args) -> int:
 
 def _evaluate(args) -> int:
     from .evaluation import evaluate, evaluate_preds_dir, format_table, write_results
+    from .paper import format_latex, scaling_note
     if (args.checkpoint is None) == (args.preds_dir is None):
         raise ConfigError("evaluate needs a checkpoint (or export folder) or --preds-dir DIR, not both")
+    if args.curves and not args.out:
+        raise ConfigError("--curves writes files: add --out DIR (the curves go to DIR/curves/)")
+    curves: dict | None = {} if args.curves else None
     if args.preds_dir:
-        results = evaluate_preds_dir(args.preds_dir, args.dataset_path)
+        results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves)
     else:
         from .inference import TTA, Predictor
         tta = TTA.parse(args.tta)
         predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device, tta=tta)
-        results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds)
+        results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds,
+                           args.minmax, curves)
         if args.save_preds:
             print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
-    print(format_table(results))
+    note = scaling_note(args.minmax)
+    method = args.method or method_name(args.checkpoint or args.preds_dir)
+    print(format_latex(results, method, note) if args.format == "latex" else format_table(results, note))
     if args.out:
-        write_results(results, args.out)
+        write_results(results, args.out, note)
         print(f"wrote metrics.json, metrics.csv and metrics.md to {args.out}")
+        if args.format == "latex":
+            with open(os.path.join(args.out, "metrics.tex"), "w") as fh:
+                fh.write(format_latex(results, method, note) + "\n")
+            print(f"wrote metrics.tex to {args.out}")
+    if curves is not None:
+        from .curves import plot_curves, save_curves
+        from .paper import is_super_row
+        folder = os.path.join(args.out, "curves")
+        files = save_curves(curves, folder, method)
+        files += plot_curves({k: v for k, v in curves.items() if not is_super_row(k)}, folder, method)
+        print(f"wrote {len(files)} curve files to {folder}/ (<row>.npz, curves.npy, pr.png, fm.png, em.png)")
     return 0
+
+
+def method_name(source: str) -> str:
+    """The name a table or plot gives the model: its run or export folder ('runs/x/best_model.pth'
+    -> 'x'), or the predictions folder."""
+    path = os.path.abspath(source)
+    return os.path.basename(path if os.path.isdir(path) else os.path.dirname(path)) or "camodet"
 
 
 def _predict(args) -> int:
@@ -273,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for metrics.json/.csv/.md")
     e.add_argument("--save-preds", help="write 8-bit probability maps as DIR/<dataset>/<stem>.png")
     e.add_argument("--preds-dir", help="score existing maps in DIR/<dataset>/<stem>.png instead of a model")
+    e.add_argument("--curves", action="store_true",
+                   help="save PR, F- and E-measure curves (256 thresholds) and their plots in OUT/curves/")
+    e.add_argument("--format", choices=["markdown", "latex"], default="markdown",
+                   help="latex: S-alpha, weighted F, mean E, MAE to 3 decimals, as papers print them")
+    e.add_argument("--minmax", action="store_true",
+                   help="min-max normalise each map before every metric (for papers that do); "
+                        "stated in the table's legend")
+    e.add_argument("--method", help="name of the model in tables and plots (default: its folder's name)")
     _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
 

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from .data.dataset import CODDataset, collate
 from .data.io import DataError, read_grey, read_mask
 from .data.layouts import Sample, gather
-from .metrics import VARIANTS, Evaluator, to_uint8
+from .metrics import VARIANTS, to_uint8
+from .paper import DatasetScorer
 
 TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm", "MAE", "IoU", "Dice")
 
@@ -28,24 +29,33 @@ def split_by_dataset(dataset_paths: list[str]) -> dict[str, list[Sample]]:
 
 
 def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_workers: int = 2,
-             save_preds: str | None = None) -> dict:
-    """{dataset name: metrics}, predictions resized to each GT's original size."""
-    results = {}
+             save_preds: str | None = None, normalise: bool = False, curves: dict | None = None) -> dict:
+    """{row: metrics}, predictions resized to each GT's original size; a row per dataset, and
+    per COD10K super-class after COD10K. normalise: per-map min-max first (saved maps stay raw);
+    curves: a dict to fill with each row's curves (Evaluator.curves)."""
+    results: dict = {}
     for name, group in split_by_dataset(dataset_paths).items():
         ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
         loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                             pin_memory=predictor.device.type == "cuda")
-        ev = Evaluator(full=True)
+        scorer = DatasetScorer(name, normalise)
         for batch in tqdm(_scoring_every_image(loader), desc=name, leave=False, disable=None):
             probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
             for j, gt in enumerate(batch["gt"]):
                 sample = group[int(batch["index"][j])]
                 pred = to_uint8(probs[j].cpu().numpy())
-                ev.step(pred, gt, sample.name)
+                scorer.step(pred, gt, sample.name)
                 if save_preds:
                     save_map(pred, os.path.join(save_preds, name, sample.name + ".png"))
-        results[name] = ev.results()
+        _collect(scorer, results, curves)
     return results
+
+
+def _collect(scorer: DatasetScorer, results: dict, curves: dict | None) -> None:
+    for row, ev in scorer.rows().items():
+        results[row] = ev.results()
+        if curves is not None:
+            curves[row] = ev.curves()
 
 
 def _scoring_every_image(loader):
@@ -64,10 +74,11 @@ def save_map(pred: np.ndarray, path: str) -> None:
     Image.fromarray(pred).save(path)
 
 
-def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str]) -> dict:
+def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str], normalise: bool = False,
+                       curves: dict | None = None) -> dict:
     """Score prediction maps already on disk (DIR/<dataset>/<stem>.png, or DIR/<stem>.png
     for a single dataset) against the test GTs; maps of another size are resized to the
-    GT's, as PySODEvalToolkit does."""
+    GT's, as PySODEvalToolkit does. Rows, normalise and curves as in `evaluate`."""
     if not os.path.isdir(preds_dir):
         raise DataError(f"--preds-dir {preds_dir}: no such folder")
     sets = split_by_dataset(dataset_paths)
@@ -84,27 +95,31 @@ def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str]) -> dict:
         if missing:
             raise DataError(f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
                             f"(first: {missing[0]}); predictions must be named like the GT files")
-        ev = Evaluator(full=True)
+        scorer = DatasetScorer(name, normalise)
         for s in tqdm(group, desc=name, leave=False, disable=None):
             gt, pred = read_mask(s.mask), read_grey(maps[s.name])  # a map is grey levels, never labels
             if pred.shape != gt.shape:
                 pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-            ev.step(pred, gt, s.name)
-        results[name] = ev.results()
+            scorer.step(pred, gt, s.name)
+        _collect(scorer, results, curves)
     return results
 
 
-def format_table(results: dict) -> str:
+def format_table(results: dict, note: str = "") -> str:
+    """Markdown: one row per dataset (and COD10K super-class), each column's variant below;
+    note: a last legend line (which maps were scored, see paper.scaling_note)."""
     head = "| Dataset | " + " | ".join(TABLE_COLUMNS) + " | Images |"
     lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |")
     lines.append("")
     lines += [f"- {c}: {VARIANTS[c]}" for c in TABLE_COLUMNS]
+    if note:
+        lines.append(f"- {note}")
     return "\n".join(lines)
 
 
-def write_results(results: dict, out_dir: str) -> None:
+def write_results(results: dict, out_dir: str, note: str = "") -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump(results, fh, indent=2)
@@ -113,4 +128,4 @@ def write_results(results: dict, out_dir: str) -> None:
         for name, r in results.items():
             fh.write(name + "," + ",".join(f"{r[c]:.6f}" for c in TABLE_COLUMNS) + f",{r['images']}\n")
     with open(os.path.join(out_dir, "metrics.md"), "w") as fh:
-        fh.write(format_table(results) + "\n")
+        fh.write(format_table(results, note) + "\n")

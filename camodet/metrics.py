@@ -49,7 +49,12 @@ class Evaluator:
         if full:
             # FmeasureV2 + FmeasureHandler: the classic Fmeasure's numbers (tested against a golden
             # table) on the API upstream keeps; the classic class is marked for removal.
-            self.fm = sod.FmeasureV2({"fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3)})
+            # p/r: the PR curve (per-image curves averaged, as the classic class did); they share the
+            # thresholded counts the F-measure computes anyway, so they cost next to nothing.
+            self.fm = sod.FmeasureV2({
+                "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
+                "p": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
+                "r": sod.RecallHandler(with_dynamic=True, with_adaptive=False)})
             self.wfm, self.em = sod.WeightedFmeasure(), sod.Emeasure()
 
     def step(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> dict:
@@ -84,6 +89,17 @@ class Evaluator:
                        maxFm=float(fm["dynamic"].max()), adpFm=float(fm["adaptive"]))
         out["images"] = len(self.records)
         return out
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """256-point curves, index i = threshold i/255 (ascending, as PySODEvalToolkit saves
+        them; pysodmetrics holds them from threshold 255 down): precision, recall,
+        F-measure and E-measure, each the mean over images of the per-image curve."""
+        if not (self.full and self.records):
+            raise ValueError("curves need a full Evaluator that has scored at least one image")
+        fm = self.fm.get_results()
+        return {"precision": np.flip(fm["p"]["dynamic"]), "recall": np.flip(fm["r"]["dynamic"]),
+                "fmeasure": np.flip(fm["fm"]["dynamic"]),
+                "emeasure": np.flip(self.em.get_results()["em"]["curve"])}
 
 
 def mean_records(records: list[dict]) -> dict:
