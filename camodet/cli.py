@@ -156,15 +156,35 @@ def method_name(source: str) -> str:
 def _predict(args) -> int:
     from .inference import TTA, Predictor
     from .predict import predict_files
+    from .video import is_video, predict_clips
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1 (got {args.threshold})")
+    if args.smooth < 1 or args.fps <= 0:
+        raise ConfigError(f"--smooth must be at least 1 frame and --fps positive "
+                          f"(got {args.smooth}, {args.fps})")
+    videos = [i for i in args.inputs if os.path.isfile(i) and is_video(i)]
+    folders = [i for i in args.inputs if args.frames and os.path.isdir(i)]
+    images = [i for i in args.inputs if i not in videos and i not in folders]
     predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device, tta=TTA.parse(args.tta))
-    r = predict_files(predictor, args.inputs, args.out, args.threshold, args.batch_size, args.num_workers)
-    print(f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images to {args.out} "
-          f"({r['images_per_s']:.1f} images/s)")
-    for item, why in r["problems"]:
+    problems = []
+    if images:
+        r = predict_files(predictor, images, args.out, args.threshold, args.batch_size, args.num_workers)
+        print(f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images "
+              f"to {args.out} ({r['images_per_s']:.1f} images/s)")
+        problems += r["problems"]
+    if videos or folders:
+        clips, bad = predict_clips(predictor, videos, folders, args.out, args.fps,
+                                   threshold=args.threshold, batch_size=args.batch_size, smooth=args.smooth,
+                                   save_frames=args.save_frames)
+        for c in clips:
+            w, h = c["size"]
+            print(f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
+                  f"{os.path.join(args.out, c['clip'])}/mask.mp4, overlay.mp4"
+                  + (", masks/, probs/" if args.save_frames else "") + f" ({c['frames_per_s']:.1f} frames/s)")
+        problems += bad
+    for item, why in problems:
         print(f"  skipped {item}: {why}", file=sys.stderr)
-    return 1 if r["problems"] else 0
+    return 1 if problems else 0
 
 
 def _export(args) -> int:
@@ -309,11 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
 
-    pr = sub.add_parser("predict", help="masks, probability maps, overlays and cut-outs for your images")
+    pr = sub.add_parser("predict", help="masks, probability maps, overlays and cut-outs for your images; "
+                                        "mask and overlay videos for videos and frame folders")
     pr.add_argument("checkpoint", help="checkpoint or export folder")
-    pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    pr.add_argument("inputs", nargs="+", help="image or video files, folders or glob patterns")
     pr.add_argument("--out", required=True, help="output folder (masks/, probs/, overlays/, cutouts/)")
     pr.add_argument("--threshold", type=float, default=0.5, help="probability that counts as object")
+    pr.add_argument("--frames", action="store_true",
+                    help="treat each folder as video frames in frame-number order (one clip per sequence)")
+    pr.add_argument("--fps", type=float, default=25.0,
+                    help="frame rate of the videos made from --frames folders")
+    pr.add_argument("--smooth", type=int, default=1, metavar="K",
+                    help="videos: average each frame's probabilities with its neighbours over K frames")
+    pr.add_argument("--save-frames", action="store_true",
+                    help="videos: also write masks/ and probs/ PNGs per frame beside the videos")
     _inference_flags(pr, batch_size=4)
     pr.set_defaults(func=_predict)
 

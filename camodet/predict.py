@@ -76,14 +76,25 @@ def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir
     mask = prob >= threshold
     Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out_dir, "masks", stem + ".png"))
     Image.fromarray(to_uint8(prob)).save(os.path.join(out_dir, "probs", stem + ".png"))
+    Image.fromarray(overlay_image(image, mask)).save(os.path.join(out_dir, "overlays", stem + ".jpg"),
+                                                     quality=92)
+    Image.fromarray(cutout_image(image, prob, mask), "RGBA").save(
+        os.path.join(out_dir, "cutouts", stem + ".png"))
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB image with the mask tinted and its outline drawn (also the video overlay and the app's)."""
     overlay = image.astype(np.float32)
     overlay[mask] = 0.55 * overlay[mask] + 0.45 * TINT
     overlay = overlay.astype(np.uint8)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(overlay, contours, -1, (255, 255, 0), max(1, round(max(image.shape[:2]) / 400)))
-    Image.fromarray(overlay).save(os.path.join(out_dir, "overlays", stem + ".jpg"), quality=92)
-    rgba = np.dstack([image, to_uint8(prob * mask)])  # soft edge inside the mask, transparent outside
-    Image.fromarray(rgba, "RGBA").save(os.path.join(out_dir, "cutouts", stem + ".png"))
+    return overlay
+
+
+def cutout_image(image: np.ndarray, prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """HxWx4 RGBA: soft edge inside the mask, transparent outside."""
+    return np.dstack([image, to_uint8(prob * mask)])
 
 
 def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float = 0.5, batch_size: int = 4,

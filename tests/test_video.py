@@ -1,0 +1,145 @@
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from camodet.cli import main
+from camodet.video import Smoother, frame_clips, natural_key
+
+from .conftest import REAL_SAMPLES
+
+DAVIS = os.path.join(os.path.dirname(REAL_SAMPLES), "real_dev", "TestDataset", "DAVIS", "Imgs")
+
+
+def write_clip(path, frames: int = 11, fps: float = 12.0, size=(96, 72)) -> None:
+    """A textured background with a blob moving across it, written as OpenCV writes videos."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    rng = np.random.default_rng(0)
+    background = rng.integers(40, 200, (h, w, 3), dtype=np.uint8)
+    for i in range(frames):
+        frame = background.copy()
+        cv2.circle(frame, (10 + 7 * i, h // 2), 12, (30, 160, 60), -1)
+        writer.write(frame)
+    writer.release()
+
+
+def video_facts(path) -> tuple[int, float, tuple[int, int]]:
+    """(frames decoded, header fps, (width, height))."""
+    cap = cv2.VideoCapture(str(path))
+    fps, size = cap.get(cv2.CAP_PROP_FPS), (int(cap.get(3)), int(cap.get(4)))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n, fps, size
+
+
+def test_video_gives_mask_and_overlay_videos_at_input_size_and_rate(tiny_checkpoint, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip)
+    assert video_facts(clip) == (11, 12.0, (96, 72))
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_checkpoint), str(clip), "--out", str(out), "--save-frames",
+                 "--batch-size", "4"]) == 0
+    for name in ("mask.mp4", "overlay.mp4"):
+        assert video_facts(out / "clip" / name) == (11, 12.0, (96, 72))
+    masks = sorted(os.listdir(out / "clip" / "masks"))
+    assert masks == [f"frame_{i:06d}.png" for i in range(1, 12)]
+    assert np.asarray(Image.open(out / "clip" / "masks" / masks[0])).shape == (72, 96)
+    assert sorted(os.listdir(out / "clip" / "probs")) == masks
+    text = capsys.readouterr().out
+    assert "11 frames, 96x72 at 12 fps" in text and "frames/s)" in text
+
+
+def test_smoothing_averages_neighbouring_frames(tiny_checkpoint, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=6)
+    for k in ("1", "3"):
+        assert main(["predict", str(tiny_checkpoint), str(clip), "--out", str(tmp_path / k), "--save-frames",
+                     "--smooth", k]) == 0
+
+    def probs(k):
+        folder = tmp_path / k / "clip" / "probs"
+        return [np.asarray(Image.open(folder / f), np.float32) for f in sorted(os.listdir(folder))]
+    raw, smooth = probs("1"), probs("3")
+    assert len(smooth) == 6
+    assert np.abs(smooth[2] - (raw[1] + raw[2] + raw[3]) / 3).max() <= 1.0     # 8-bit rounding
+    assert np.abs(smooth[0] - (raw[0] + raw[1]) / 2).max() <= 1.0               # window cut at the start
+    assert np.abs(smooth[2] - raw[2]).max() > 1.0
+
+
+def test_smoother_windows():
+    maps = [np.full((2, 2), float(v)) for v in (0, 3, 6, 9)]
+
+    def run(k):
+        s, out = Smoother(k), []
+        for i, m in enumerate(maps):
+            out += s.push(i, m)
+        out += s.flush()
+        assert [i for i, _ in out] == [0, 1, 2, 3]
+        return [float(p[0, 0]) for _, p in out]
+    assert run(1) == [0, 3, 6, 9]
+    assert run(3) == [1.5, 3, 6, 7.5]
+    assert run(2) == [1.5, 4.5, 7.5, 9]
+    assert run(9) == [4.5] * 4
+
+
+def test_frame_folder_in_frame_number_order_one_clip_per_sequence(tiny_checkpoint, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(1)
+    for i in (1, 2, 10, 11, 3):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(frames / f"bear_{i}.jpg")
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(frames / f"cat-{i:03d}.png")
+    clips = frame_clips(str(frames), fps=10)
+    assert [c.name for c in clips] == ["bear", "cat"]
+    assert [s for s, _ in clips[0].frames()] == ["bear_1", "bear_2", "bear_3", "bear_10", "bear_11"]
+    assert sorted(["f10", "f9", "f100"], key=natural_key) == ["f9", "f10", "f100"]
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_checkpoint), str(frames), "--frames", "--fps", "10",
+                 "--out", str(out)]) == 0
+    assert video_facts(out / "bear" / "mask.mp4") == (5, 10.0, (56, 40))
+    assert video_facts(out / "cat" / "overlay.mp4") == (4, 10.0, (56, 40))
+    # without --frames the same folder is a folder of photos, as before
+    assert main(["predict", str(tiny_checkpoint), str(frames), "--out", str(tmp_path / "photos"),
+                 "--num-workers", "0"]) == 0
+    assert len(os.listdir(tmp_path / "photos" / "masks")) == 9
+
+
+def test_bad_videos_and_folders_are_named(tiny_checkpoint, tmp_path, capsys):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    clip = tmp_path / "ok.mp4"
+    write_clip(clip, frames=3)
+    out = tmp_path / "out"
+    rc = main(["predict", str(tiny_checkpoint), str(fake), str(empty), str(clip), "--frames",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"skipped {fake}: not a readable video (OpenCV could not decode a frame); convert it" in err
+    assert f"skipped {empty}: no frames (images) in this folder" in err
+    assert video_facts(out / "ok" / "mask.mp4")[0] == 3                       # the good clip still ran
+    assert main(["predict", str(tiny_checkpoint), str(clip), "--out", str(out), "--smooth", "0"]) == 2
+
+
+@pytest.mark.skipif(not os.path.isdir(DAVIS), reason="needs ../shared/data/real_dev/TestDataset/DAVIS")
+def test_davis_frames(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "davis"
+    assert main(["predict", str(tiny_checkpoint), DAVIS, "--frames", "--out", str(out), "--save-frames",
+                 "--smooth", "3", "--batch-size", "8"]) == 0
+    names = sorted(os.listdir(DAVIS))
+    sequences: dict[str, list[str]] = {}
+    for f in names:
+        sequences.setdefault(f.rsplit("_", 1)[0], []).append(os.path.splitext(f)[0])
+    assert sorted(os.listdir(out)) == sorted(sequences)
+    for seq, stems in sequences.items():
+        w, h = Image.open(os.path.join(DAVIS, stems[0] + ".jpg")).size
+        assert video_facts(out / seq / "mask.mp4") == (len(stems), 25.0, (w, h))
+        assert sorted(os.path.splitext(f)[0] for f in os.listdir(out / seq / "masks")) == sorted(stems)
+    assert capsys.readouterr().out.count("frames/s)") == len(sequences)
