@@ -119,9 +119,10 @@ def _evaluate(args) -> int:
     if args.preds_dir:
         results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves)
     else:
-        from .inference import TTA, Predictor
+        from .hub import load_predictor
+        from .inference import TTA
         tta = TTA.parse(args.tta)
-        predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device, tta=tta)
+        predictor = load_predictor(args.checkpoint, weights=args.weights, device=args.device, tta=tta)
         results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds,
                            args.minmax, curves)
         if args.save_preds:
@@ -154,7 +155,8 @@ def method_name(source: str) -> str:
 
 
 def _predict(args) -> int:
-    from .inference import TTA, Predictor
+    from .hub import load_predictor
+    from .inference import TTA
     from .predict import predict_files
     from .video import is_video, predict_clips
     if not 0.0 < args.threshold < 1.0:
@@ -165,7 +167,8 @@ def _predict(args) -> int:
     videos = [i for i in args.inputs if os.path.isfile(i) and is_video(i)]
     folders = [i for i in args.inputs if args.frames and os.path.isdir(i)]
     images = [i for i in args.inputs if i not in videos and i not in folders]
-    predictor = Predictor.load(args.checkpoint, weights=args.weights, device=args.device, tta=TTA.parse(args.tta))
+    predictor = load_predictor(args.checkpoint, weights=args.weights, device=args.device,
+                               tta=TTA.parse(args.tta))
     problems = []
     if images:
         r = predict_files(predictor, images, args.out, args.threshold, args.batch_size, args.num_workers)
@@ -192,6 +195,15 @@ def _export(args) -> int:
     info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=args.onnx)
     print(f"wrote {', '.join(info['files'])} to {args.out_dir}"
           + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if args.onnx else ""))
+    return 0
+
+
+def _push(args) -> int:
+    from .hub import push
+    info = push(args.source, args.repo_id, token=args.token, private=args.private, results=args.results,
+                datasets=args.datasets, license=args.license, endpoint=args.endpoint)
+    print(f"pushed {', '.join(info['files'])} to {info['repo_url']} ({info['commit_url']}); "
+          f"load it with Predictor.from_pretrained({args.repo_id!r}) or 'camodet predict {args.repo_id} ...'")
     return 0
 
 
@@ -313,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_data_check)
 
     e = sub.add_parser("evaluate", help="the field's metrics on test splits, at original resolution")
-    e.add_argument("checkpoint", nargs="?", help="checkpoint or export folder (omit with --preds-dir)")
+    e.add_argument("checkpoint", nargs="?",
+                   help="checkpoint, export folder or Hub id (omit with --preds-dir)")
     e.add_argument("--dataset-path", nargs="+", required=True)
     e.add_argument("--out", help="folder for metrics.json/.csv/.md")
     e.add_argument("--save-preds", help="write 8-bit probability maps as DIR/<dataset>/<stem>.png")
@@ -331,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="masks, probability maps, overlays and cut-outs for your images; "
                                         "mask and overlay videos for videos and frame folders")
-    pr.add_argument("checkpoint", help="checkpoint or export folder")
+    pr.add_argument("checkpoint", help="checkpoint, export folder or Hub model id (user/name)")
     pr.add_argument("inputs", nargs="+", help="image or video files, folders or glob patterns")
     pr.add_argument("--out", required=True, help="output folder (masks/, probs/, overlays/, cutouts/)")
     pr.add_argument("--threshold", type=float, default=0.5, help="probability that counts as object")
@@ -352,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--onnx", action="store_true", help="also write model.onnx (pip install 'camodet[export]')")
     x.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
     x.set_defaults(func=_export)
+
+    hp = sub.add_parser("push", help="publish a model on the Hugging Face Hub: model.safetensors, "
+                                     "config.json and a model card (pip install 'camodet[hub]')")
+    hp.add_argument("source", help="checkpoint, run folder (its best checkpoint) or export folder")
+    hp.add_argument("repo_id", help="user/name on the Hub (created if missing)")
+    hp.add_argument("--results", help="folder (or metrics.json) of 'camodet evaluate --out' for the card's "
+                                      "table (default: one found beside the run)")
+    hp.add_argument("--datasets", nargs="+",
+                    help="datasets named in the card's metadata (default: the table's)")
+    hp.add_argument("--license", help="license in the card's metadata, e.g. mit or cc-by-nc-4.0")
+    hp.add_argument("--private", action="store_true", help="create the repository private")
+    hp.add_argument("--token", help="Hub token (default: HF_TOKEN or 'hf auth login')")
+    hp.add_argument("--endpoint", help="Hub address (default: HF_ENDPOINT or huggingface.co)")
+    hp.set_defaults(func=_push)
 
     pl = sub.add_parser("plan", help="measure steps, then choose micro-batch, accumulation and LR "
                                      "(three profiles, each a YAML for train --config)")
@@ -398,10 +425,11 @@ def main(argv=None) -> int:
     from .engine.checkpoint import CheckpointError
     from .engine.guard import DivergenceError
     from .export import ExportError
+    from .hub import HubError
     from .models.backbone import BackboneError
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, BackboneError, ExportError) as e:
+    except (ConfigError, DataError, CheckpointError, BackboneError, ExportError, HubError) as e:
         print(f"camodet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DivergenceError as e:

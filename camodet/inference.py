@@ -158,6 +158,14 @@ class Predictor:
         """HxWx3 uint8 RGB -> (3, S, S) network input: resized, normalised as in training."""
         return torch.from_numpy(self.norm.apply(resize(rgb, self.img_size)))
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None, cache_dir: str | None = None,
+                        **kwargs) -> "Predictor":
+        """A Hugging Face Hub model id ('user/name', from the Hub or, with HF_HUB_OFFLINE=1, its
+        cache) or a local export folder or checkpoint; kwargs as for `load`. Needs camodet[hub]."""
+        from .hub import resolve
+        return cls.load(resolve(name_or_path, revision, cache_dir), **kwargs)
+
 
 def as_rgb(image) -> np.ndarray:
     """HxWx3 uint8 from a path (EXIF-rotated), a PIL image (any mode) or an array."""
