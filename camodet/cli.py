@@ -192,9 +192,10 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     from .export import export
-    info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=args.onnx)
+    info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=args.onnx, fp16=args.fp16)
     print(f"wrote {', '.join(info['files'])} to {args.out_dir}"
-          + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if args.onnx else ""))
+          + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if args.onnx else "")
+          + (f"; the fp16 graph within {info['onnx_fp16_max_abs_diff']:.1e}" if args.fp16 else ""))
     return 0
 
 
@@ -362,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="model.safetensors + config.json (and --onnx model.onnx)")
     x.add_argument("checkpoint")
     x.add_argument("out_dir")
-    x.add_argument("--onnx", action="store_true", help="also write model.onnx (pip install 'camodet[export]')")
+    x.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx (pip install 'camodet[export]'); dynamic batch, height "
+                        "and width (multiples of 32)")
+    x.add_argument("--fp16", action="store_true",
+                   help="also write model_fp16.onnx: half-precision weights and compute for GPUs, "
+                        "float32 in and out")
     x.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
     x.set_defaults(func=_export)
 

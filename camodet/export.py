@@ -2,6 +2,7 @@
 no training state) and, optionally, an ONNX graph checked against PyTorch."""
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -14,8 +15,10 @@ import torch
 from . import __version__
 from .inference import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, Predictor
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE, ONNX_FP16_FILE = "model.onnx", "model_fp16.onnx"
 ONNX_TOLERANCE = 1e-3
+FP16_TOLERANCE = 2e-2      # fp16 compute against fp32 PyTorch: probabilities to about two decimals
+STRIDE = 32                # the graph takes any height and width that are multiples of this, >= 2 strides
 
 
 class ExportError(RuntimeError):
@@ -23,18 +26,23 @@ class ExportError(RuntimeError):
 
 
 class ProbabilityHead(torch.nn.Module):
-    """What the ONNX graph computes: normalised image batch -> probability map at input size."""
+    """What the ONNX graph computes: normalised image batch -> probability map at input size.
+    fp16: the weights and the computation in half precision (for GPUs), float32 in and out."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, fp16: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.fp16 = model, fp16
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.fp16:
+            return torch.sigmoid(self.model(image.half()).logits).float()
         return torch.sigmoid(self.model(image).logits)
 
 
-def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False) -> dict:
-    """Write the export folder; returns what was written and, with onnx, the check."""
+def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False,
+           fp16: bool = False) -> dict:
+    """Write the export folder; returns what was written and, with onnx (and fp16: the half
+    precision graph too), the largest difference from PyTorch that the check measured."""
     from safetensors.torch import save_file
     predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
     model = predictor.model
@@ -59,38 +67,46 @@ def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = Fa
     if onnx:
         info["onnx_max_abs_diff"] = export_onnx(model, predictor.img_size, os.path.join(out_dir, ONNX_FILE))
         info["files"].append(ONNX_FILE)
+    if fp16:
+        info["onnx_fp16_max_abs_diff"] = export_onnx(model, predictor.img_size,
+                                                     os.path.join(out_dir, ONNX_FP16_FILE), fp16=True)
+        info["files"].append(ONNX_FP16_FILE)
     return info
 
 
-def export_onnx(model: torch.nn.Module, img_size: int, path: str) -> float:
-    """Export with a dynamic batch dimension, then compare with PyTorch in onnxruntime;
-    returns the max abs difference of the probabilities (raises above ONNX_TOLERANCE)."""
+def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = False) -> float:
+    """Export with dynamic batch, height and width (multiples of STRIDE, at least two), then
+    compare with fp32 PyTorch in onnxruntime at the training size and at a non-square one;
+    returns the max abs difference of the probabilities (raises above the tolerance)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ExportError("--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'") from None
     head = ProbabilityHead(model).eval()
+    traced = ProbabilityHead(copy.deepcopy(model).half(), fp16=True).eval() if fp16 else head
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
+    rows, cols = (torch.export.Dim(n, min=2, max=8192 // STRIDE) for n in ("height_strides", "width_strides"))
     chatter = io.StringIO()
     quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
     levels = [q.level for q in quiet]
     for q in quiet:
         q.setLevel(logging.ERROR)
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):  # it narrates every pass
-        torch.onnx.export(head, (example,), path, input_names=["image"], output_names=["probability"],
-                          dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False)
+        torch.onnx.export(traced, (example,), path, input_names=["image"], output_names=["probability"],
+                          dynamic_shapes={"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}},
+                          dynamo=True, external_data=False)
     for q, level in zip(quiet, levels):
         q.setLevel(level)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for n in (1, 3):
-        x = torch.randn(n, 3, img_size, img_size, generator=torch.Generator().manual_seed(n))
+    worst, tolerance = 0.0, FP16_TOLERANCE if fp16 else ONNX_TOLERANCE
+    for n, (h, w) in ((1, (img_size, img_size)), (3, (img_size, img_size + 2 * STRIDE))):
+        x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(n))
         with torch.no_grad():
             want = head(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]
         worst = max(worst, float(np.abs(got - want).max()))
-    if worst > ONNX_TOLERANCE:
-        raise ExportError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE}); "
+    if worst > tolerance:
+        raise ExportError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance}); "
                           f"the ONNX file is not trustworthy for this model")
     return worst

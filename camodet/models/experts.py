@@ -35,6 +35,8 @@ def same_conv_on_reach(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     taps) for a fraction of the work. LargeKernel's 7x7 dilated-3 conv spans 19 px; at 1/32
     of a 128 px input the map is 4 px wide and 40 of the 49 taps see only padding, and the
     CPU's dilated depthwise backward cost as much as a whole expert."""
+    if torch.compiler.is_exporting():   # one graph for every input size (ONNX: dynamic H and W),
+        return conv(x)                   # so the full kernel: the same output, pads fixed in the graph
     (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
     rh, rw = kh // 2, kw // 2
     th, tw = min(rh, (x.shape[-2] - 1) // dh), min(rw, (x.shape[-1] - 1) // dw)

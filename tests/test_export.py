@@ -1,0 +1,81 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from camodet import Predictor
+from camodet.cli import main
+
+from .conftest import real_samples_dir
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'camodet[export]'")
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_checkpoint, tmp_path_factory):
+    """One export with both graphs (each takes ~10-20 s to trace on a 2-core CPU)."""
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    assert main(["export", str(tiny_checkpoint), str(out), "--onnx", "--fp16"]) == 0
+    return out
+
+
+def torch_probs(p: Predictor, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(p.logits(torch.from_numpy(x))).numpy()
+
+
+@pytest.mark.slow
+def test_onnx_takes_any_batch_height_and_width(onnx_export):
+    import onnx
+    assert sorted(os.listdir(onnx_export)) == ["config.json", "model.onnx", "model.safetensors",
+                                               "model_fp16.onnx"]
+    dims = onnx.load(str(onnx_export / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]     # N, 3, H, W
+    p = Predictor.load(str(onnx_export))
+    fp32 = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    fp16 = ort.InferenceSession(str(onnx_export / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 160), (1, 3, 224, 128)):   # none of them the training size
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = torch_probs(p, x)
+        got = fp32.run(None, {"image": x})[0]
+        assert got.shape == (shape[0], 1, *shape[2:]) and np.abs(got - want).max() < 1e-3
+        half = fp16.run(None, {"image": x})[0]
+        assert half.dtype == np.float32 and np.abs(half - want).max() < 2e-2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(real_samples_dir() is None, reason="needs ../shared/data/real_camo_samples")
+def test_onnx_on_real_photos_at_their_aspect_ratio(onnx_export):
+    """A photo resized keeping its aspect (sides rounded to multiples of 32), as a deployment
+    that skips the square resize would feed it."""
+    import cv2
+
+    from camodet.data.io import read_image
+    p = Predictor.load(str(onnx_export))
+    session = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    folder = os.path.join(real_samples_dir(), "Image")
+    for f in sorted(os.listdir(folder))[:2]:
+        rgb = read_image(os.path.join(folder, f))
+        h, w = rgb.shape[:2]
+        scale = 160 / max(h, w)
+        size = (max(64, round(w * scale / 32) * 32), max(64, round(h * scale / 32) * 32))
+        x = p.norm.apply(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))[None]
+        got = session.run(None, {"image": x})[0]
+        assert got.shape == (1, 1, size[1], size[0]) and size[0] != size[1]
+        assert np.abs(got - torch_probs(p, x)).max() < 1e-3
+
+
+def test_conv_shortcut_is_exact_and_skipped_while_exporting(monkeypatch):
+    """The decoder's reach-limited conv (a speed-up on small maps) gives the full conv's output;
+    during export the full conv is traced, so one graph serves every size."""
+    from camodet.models.experts import same_conv_on_reach
+    conv = torch.nn.Conv2d(4, 4, 7, padding=9, dilation=3, groups=4)
+    x = torch.randn(1, 4, 5, 6)
+    torch.testing.assert_close(same_conv_on_reach(conv, x), conv(x))
+    calls = []
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    monkeypatch.setattr(conv, "forward", lambda t: calls.append(t.shape) or torch.zeros(1))
+    same_conv_on_reach(conv, x)
+    assert calls == [x.shape]
