@@ -208,6 +208,14 @@ def _push(args) -> int:
     return 0
 
 
+def _app(args) -> int:
+    from .app import launch
+    from .hub import load_predictor
+    predictor = load_predictor(args.model, weights=args.weights, device=args.device)
+    launch(predictor, args.title or method_name(args.model), host=args.host, port=args.port)
+    return 0
+
+
 def _inspect(args) -> int:
     from .engine.inspect import format_inspection, inspect_checkpoint
     report = inspect_checkpoint(args.checkpoint)
@@ -386,6 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--endpoint", help="Hub address (default: HF_ENDPOINT or huggingface.co)")
     hp.set_defaults(func=_push)
 
+    ap = sub.add_parser("app", help="web demo on localhost: drop a photo, see mask, overlay and cut-out "
+                                    "(pip install 'camodet[app]')")
+    ap.add_argument("model", help="checkpoint, export folder or Hub model id (user/name)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--title", help="name shown on the page (default: the model's folder or id)")
+    ap.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.set_defaults(func=_app)
+
     pl = sub.add_parser("plan", help="measure steps, then choose micro-batch, accumulation and LR "
                                      "(three profiles, each a YAML for train --config)")
     add_arguments(pl)
@@ -431,11 +449,12 @@ def main(argv=None) -> int:
     from .engine.checkpoint import CheckpointError
     from .engine.guard import DivergenceError
     from .export import ExportError
+    from .app import AppError
     from .hub import HubError
     from .models.backbone import BackboneError
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, BackboneError, ExportError, HubError) as e:
+    except (ConfigError, DataError, CheckpointError, BackboneError, ExportError, HubError, AppError) as e:
         print(f"camodet: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DivergenceError as e:
