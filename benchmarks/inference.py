@@ -12,7 +12,6 @@ import platform
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from camodet.config import ModelConfig
