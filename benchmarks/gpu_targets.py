@@ -30,7 +30,7 @@ import torch
 from camodet.data.cache import cached_samples
 from camodet.data.layouts import gather
 from camodet.data.synth import write_dataset
-from camodet.engine import history
+from camodet.runs import history
 from camodet.engine.measure import measure_in_subprocess
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -71,12 +71,12 @@ def main():
                 x = torch.randn(b, 3, h, w)
                 xn = x.numpy()
 
-                def run_torch():
+                def run_torch(x=x):
                     with torch.inference_mode():
                         head(x)
                 times = {"PyTorch": best_of(run_torch, a.repeats)}
                 for name, session in graphs.items():
-                    times[name] = best_of(lambda s=session: s.run(None, {"image": xn}), a.repeats)
+                    times[name] = best_of(lambda s=session, xn=xn: s.run(None, {"image": xn}), a.repeats)
                 rows.append((f"{h}x{w}", b, times))
     print(f"{a.backbone}, {a.num_experts} experts, deep supervision, exported at {a.img_size} px; "
           f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "

@@ -12,7 +12,7 @@ import time
 
 from camodet.cli import main as camodet
 from camodet.data.synth import write_dataset
-from camodet.engine import history
+from camodet.runs import history
 
 VARIANTS = {
     "full (4 experts top-2, deep supervision)": ["--num-experts", "4", "--deep-supervision"],

@@ -26,7 +26,7 @@ import torch
 
 from camodet.config import ModelConfig
 from camodet.engine.optim import build_optimizer
-from camodet.losses import total_loss
+from camodet.losses import LossSettings, total_loss
 from camodet.models import Backbone, ModelOutput, build_model
 from fpn_yardstick import PlainFPN, bce_soft_iou
 
@@ -55,7 +55,7 @@ def camodet_step(cfg: dict, stage: int, deep_supervision: bool, x, y, keep: dict
 
     def step():
         out = model(x)
-        loss, _ = total_loss(out, y, model.side_weights, MOE_WEIGHT)
+        loss, _ = total_loss(out, y, LossSettings(tuple(model.side_weights), MOE_WEIGHT))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -84,7 +84,7 @@ def loss_step(keep: dict, y):
         leaf = lambda t: t.detach().requires_grad_()  # noqa: E731
         copy = ModelOutput(leaf(out.logits), [leaf(s) for s in out.side_logits],
                            None if out.aux_loss is None else leaf(out.aux_loss))
-        loss, _ = total_loss(copy, y, keep["side_weights"], MOE_WEIGHT)
+        loss, _ = total_loss(copy, y, LossSettings(tuple(keep["side_weights"]), MOE_WEIGHT))
         loss.backward()
     return step
 

@@ -14,7 +14,7 @@ from .config import ConfigError, add_arguments, from_args
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: stopped at --time-limit or on the preemption signal;
-#                     last.pth holds the position, the printed command (or --resume-from auto) continues
+#                     the last checkpoint holds the position, the printed command (or --resume-from auto) continues
 
 
 def program() -> list[str]:
@@ -29,7 +29,7 @@ def program() -> list[str]:
 
 def resume_command(argv: list[str], last: str) -> str:
     """The command that was run, continuing from `last`: --resume-from replaced (a warm
-    restart's source becomes this run's own last.pth), --init-from and --overwrite dropped."""
+    restart's source becomes this run's own last checkpoint), --init-from and --overwrite dropped."""
     kept, skip = [], False
     for a in argv:
         if skip:
@@ -44,16 +44,18 @@ def resume_command(argv: list[str], last: str) -> str:
 def _train(args) -> int:
     cfg = from_args(args)
     cfg.validate()
+    from .runs.folder import RunFolder
+    folder = RunFolder(cfg.run.checkpoint_dir)
     if cfg.run.resume_from == "auto":
-        from .engine.run_folder import auto_resume
-        cfg.run.resume_from = auto_resume(cfg.run.checkpoint_dir)
+        cfg.run.resume_from = folder.auto_resume()
+    from .runs.folder import BEST_METRIC
     from .models import check_backbone  # heavy imports only after the cheap checks pass
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     from .engine.trainer import train
-    last = os.path.join(cfg.run.checkpoint_dir, "last.pth")
+    last = folder.last
     if cfg.data.val_fraction == 0:
-        print("no validation (--val-fraction 0): every image trains, last.pth is written each epoch, "
-              "and there is no best_model.pth (nothing decides 'best')")
+        print(f"no validation (--val-fraction 0): every image trains, {last} is written each epoch, "
+              f"and there is no best checkpoint (nothing decides 'best')")
     state = train(cfg)
     if state.interrupted:
         print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
@@ -67,9 +69,9 @@ def _train(args) -> int:
     if state.best_epoch == 0:
         why = "--val-fraction 0" if cfg.data.val_fraction == 0 else "no validation images"
         print(f"done: trained to epoch {state.epoch} of {cfg.stages.epochs} without validation ({why}); "
-              f"the weights are in {last} (no best_model.pth)")
+              f"the weights are in {last} (no best checkpoint)")
         return 0
-    print(f"done: best validation IoU {state.best_iou:.4f} at epoch {state.best_epoch}; "
+    print(f"done: best validation {BEST_METRIC} {state.best_iou:.4f} at epoch {state.best_epoch}; "
           f"checkpoints in {cfg.run.checkpoint_dir}")
     return 0
 
@@ -217,21 +219,10 @@ def _app(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .engine.inspect import format_inspection, inspect_checkpoint
+    from .inspection import format_inspection, inspect_checkpoint
     report = inspect_checkpoint(args.checkpoint)
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspection(report))
     return report["exit_code"]
-
-
-def parse_memory(text: str) -> float:
-    """'16GB', '16G', '12000MB' or a number of GB -> MB."""
-    t = text.strip().upper().removesuffix("B")
-    try:
-        if t.endswith("M"):
-            return float(t[:-1])
-        return float(t.removesuffix("G")) * 1024
-    except ValueError:
-        raise ConfigError(f"--gpu-memory {text!r}: use a size like 16GB or 12000MB") from None
 
 
 def _plan(args) -> int:
@@ -240,54 +231,9 @@ def _plan(args) -> int:
     cfg.validate(check_paths=has_data)
     if args.effective_batch < 1:
         raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
-    import dataclasses
-
-    import torch
-
-    from .config import save_yaml
-    from .engine.loaders import split_train_val, training_samples
-    from .engine.measure import MEMORY_KINDS, measure_candidates
-    from .engine.planner import PROFILES, PlanError, choose, format_plan
-    from .models import check_backbone
-    check_backbone(cfg.model.backbone, cfg.data.img_size)
-    on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
-    if args.gpu_memory:
-        budget = parse_memory(args.gpu_memory)
-    elif on_gpu:
-        budget = torch.cuda.get_device_properties(0).total_memory / 2**20
-    else:
-        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    images = (len(split_train_val(training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction,
-                                  cfg.run.seed)[0]) if has_data else args.num_images)
-
-    def show(m):
-        print(f"measured stage {m['stage']}, micro-batch {m['batch']}: " + (
-            f"failed ({m['error']})" if "error" in m else f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"),
-            flush=True)
-    step_spec = {"model_cfg": dataclasses.asdict(cfg.model), "img_size": cfg.data.img_size, "steps": args.steps,
-                 "grad_checkpointing": cfg.speed.grad_checkpointing, "device": "cuda" if on_gpu else "cpu",
-                 "amp": cfg.optim.amp, "channels_last": cfg.speed.channels_last, "compile": cfg.speed.compile}
-    measured = measure_candidates(step_spec, args.candidates, budget, show)
-    kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
-    print(f"\nbudget {budget:.0f} MB ({'GPU' if on_gpu else 'CPU RAM'}; measured: "
-          f"{MEMORY_KINDS.get(kind, kind)}), "
-          f"{images} training images, target effective batch {args.effective_batch}, LR rule {args.lr_scaling}\n")
-    base = {"lr": cfg.optim.lr, "stage2_lr": cfg.stage2_lr,
-            "base_batch1": cfg.optim.batch_size * cfg.optim.accumulation_steps,
-            "base_batch2": cfg.stage2_batch_size * cfg.optim.accumulation_steps}
-    os.makedirs(args.out_dir, exist_ok=True)
-    for profile, margin in PROFILES.items():
-        try:
-            accum, plans = choose(measured, budget, margin, args.effective_batch, base, args.lr_scaling, images)
-        except PlanError as e:
-            print(f"{profile}: {e}")
-            continue
-        optim = dataclasses.replace(cfg.optim, batch_size=plans[0].micro_batch, stage2_batch_size=plans[1].micro_batch,
-                                    accumulation_steps=accum, lr=plans[0].lr, stage2_lr=plans[1].lr)
-        path = os.path.join(args.out_dir, f"plan-{profile}.yaml")
-        save_yaml(dataclasses.replace(cfg, optim=optim), path)
-        print(format_plan(profile, accum, plans, kind, budget) + f"\n  -> {path}")
-    return 0
+    from .memory_plan import plan_command
+    return plan_command(cfg, has_data, args.gpu_memory, args.candidates, args.steps, args.effective_batch,
+                        args.lr_scaling, args.num_images, args.out_dir)
 
 
 def _report(args) -> int:
@@ -307,6 +253,7 @@ def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and its flags; train's come from the config dataclasses."""
     p = argparse.ArgumentParser(prog="camodet", description="Camouflaged object detection: train, evaluate, ship.")
     p.add_argument("--version", action="version", version=f"camodet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -441,17 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one subcommand; expected failures print one line and return an exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from .app import AppError
     from .data.io import DataError
-    from .engine.checkpoint import CheckpointError
     from .engine.guard import DivergenceError
     from .export import ExportError
-    from .app import AppError
     from .hub import HubError
     from .models.backbone import BackboneError
+    from .runs.checkpoint import CheckpointError
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, BackboneError, ExportError, HubError, AppError) as e:

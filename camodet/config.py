@@ -56,6 +56,7 @@ def workers(value) -> "int | str":
 
 @dataclass
 class DataConfig:
+    """Where the images come from and how they are read."""
     dataset_path: list[str] = opt([], "dataset root(s); layouts are detected (COD10K-v3, CAMO, NC4K, "
                                       "CHAMELEON, TrainDataset/TestDataset)", nargs="+")
     images: Optional[str] = opt(None, "image folder (with --masks) instead of a dataset root")
@@ -73,6 +74,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """The network: backbone, experts, decoder, deep supervision, pretrained weights."""
     backbone: str = opt("edgenext_base", "timm backbone name (any model with features_only)")
     pretrained: bool = opt(False, "load ImageNet weights through timm (needs network or HF cache)")
     pretrained_path: Optional[str] = opt(None, "load backbone weights from a local .pth/.safetensors")
@@ -85,6 +87,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimizer, batch, LR schedule, precision and EMA."""
     batch_size: int = opt(8, "stage-1 micro-batch size per process")
     stage2_batch_size: Optional[int] = opt(None, "stage-2 micro-batch size (default: --batch-size)")
     accumulation_steps: int = opt(1, "micro-batches per optimizer step")
@@ -107,6 +110,7 @@ class OptimConfig:
 
 @dataclass
 class StageConfig:
+    """Stage 1 (frozen backbone) and stage 2 (progressive unfreezing) lengths."""
     epochs: int = opt(120, "total epochs over both stages")
     stage1_epochs: int = opt(30, "epochs with the backbone frozen (stage 1)")
     skip_stage1: bool = opt(False, "start in stage 2")
@@ -116,6 +120,7 @@ class StageConfig:
 
 @dataclass
 class RunConfig:
+    """The run folder, resuming, devices, logging and stopping."""
     checkpoint_dir: str = opt("runs/camodet", "run folder: checkpoints, config.yaml, metrics.jsonl")
     resume_from: Optional[str] = opt(None, "checkpoint to resume (exact) or warm-restart from; 'auto': resume "
                                            "CHECKPOINT_DIR/last.pth when the folder holds one, else start (for "
@@ -141,6 +146,7 @@ class RunConfig:
 
 @dataclass
 class SpeedConfig:
+    """Speed settings that do not change what is computed."""
     channels_last: str = opt("auto", "channels_last memory format (auto: on for CUDA)", choices=["auto", "on", "off"])
     compile: bool = opt(False, "torch.compile the model (falls back to eager with a message where it fails)")
     grad_checkpointing: bool = opt(False, "recompute activations in backward (backbone, decoder, experts) "
@@ -150,6 +156,7 @@ class SpeedConfig:
 
 @dataclass
 class SafetyConfig:
+    """The divergence guard, rollbacks and the stall watchdog."""
     max_rollbacks: int = opt(3, "rollbacks to the last good state before the run stops as diverged")
     rollback_lr_factor: float = opt(0.5, "LR multiplier applied at each rollback")
     max_nonfinite_steps: int = opt(3, "non-finite steps within 100 optimizer steps that trigger a rollback")
@@ -161,6 +168,8 @@ class SafetyConfig:
 
 @dataclass
 class TrainConfig:
+    """Every training setting, by section: the single source of the CLI flags,
+    YAML files and the config.yaml saved in a run folder."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -186,6 +195,8 @@ class TrainConfig:
         return merge(cls(), d, source="dict")
 
     def validate(self, check_paths: bool = True) -> "TrainConfig":
+        """Refuse settings that make no sense together, in one line naming the flag and
+    the fix, before anything is loaded; `check_paths` also checks that data paths exist."""
         validate(self, check_paths=check_paths)
         return self
 
@@ -362,6 +373,8 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
+    """Refuse settings that make no sense together, in one line naming the flag and
+    the fix, before anything is loaded; `check_paths` also checks that data paths exist."""
     d, m, o, s, r = cfg.data, cfg.model, cfg.optim, cfg.stages, cfg.run
 
     def need(ok: bool, msg: str):

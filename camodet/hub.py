@@ -45,8 +45,12 @@ def resolve(name_or_path: str, revision: str | None = None, cache_dir: str | Non
     if os.path.exists(name_or_path) or not is_hub_id(name_or_path):
         return name_or_path
     hub = _hub()
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
     try:
         return hub.snapshot_download(name_or_path, revision=revision, cache_dir=cache_dir,
                                      allow_patterns=[EXPORT_WEIGHTS, EXPORT_CONFIG])
@@ -120,15 +124,9 @@ def stage_export(source: str, out: str) -> dict:
 
 
 def run_checkpoint(run_dir: str) -> str | None:
-    """The run's best checkpoint, else its last: the run folder decides (its file names live there)."""
-    try:   # issue 15 makes RunFolder the one owner of a run's file names
-        from .runs.folder import RunFolder
-        return RunFolder(run_dir).newest_weights()
-    except ImportError:   # until then: the names engine/run_folder.py matches, best first
-        from .engine.run_folder import checkpoints_in
-        found = checkpoints_in(run_dir)
-        best = [f for f in found if f.startswith("best")] + [f for f in found if f.startswith("last")]
-        return os.path.join(run_dir, best[0]) if best else None
+    """The run's best checkpoint, else its last (the run folder owns its file names)."""
+    from .runs.folder import RunFolder
+    return RunFolder(run_dir).newest_weights()
 
 
 def find_results(source: str, explicit: str | None = None) -> tuple[dict, str] | None:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from .config import ConfigError, ModelConfig
 from .data.io import as_uint8, read_image
 from .data.transforms import resize
-from .engine.checkpoint import CheckpointError, load_checkpoint
-from .engine.device import amp_dtype, resolve_device
+from .runs.checkpoint import CheckpointError, load_checkpoint, model_weights
+from .device import amp_dtype, resolve_device
 from .models import build_model
 from .normalization import IMAGENET, Normalization
 
@@ -30,6 +30,7 @@ class TTA:
 
     @classmethod
     def parse(cls, specs: list[str] | None) -> "TTA":
+        """--tta values ('flip', 'scales=0.75,1,1.25', 'none') as a TTA."""
         flip, scales = False, (1.0,)
         for spec in specs or []:
             if spec == "flip":
@@ -83,6 +84,8 @@ def read_export(folder: str) -> tuple[dict, dict]:
 
 
 class Predictor:
+    """A model ready to predict: input normalisation, size, device, TTA and precision.
+    Build it with Predictor.load(checkpoint or export folder)."""
     def __init__(self, model, img_size: int, device: torch.device, tta: TTA = TTA(), amp: bool = True,
                  norm: Normalization | None = None):
         self.model = model.eval().to(device)
@@ -98,8 +101,8 @@ class Predictor:
     @classmethod
     def load(cls, path: str, weights: str = "auto", device: str = "auto", tta: TTA = TTA(),
              amp: bool = True) -> "Predictor":
-        """A training checkpoint or an export folder. weights: 'auto' (what the checkpoint's
-        model_state_dict holds: EMA for a best checkpoint of an EMA run), 'ema' or 'raw'."""
+        """A training checkpoint or an export folder. weights: 'auto' (what the checkpoint was
+        validated with: EMA for a best checkpoint of an EMA run), 'ema' or 'raw'."""
         if os.path.isdir(path):
             cfg, state = read_export(path)
             mcfg, img_size = model_config(cfg["model"]), int(cfg["img_size"])
@@ -109,14 +112,7 @@ class Predictor:
             norm = Normalization.of_checkpoint(ckpt)
             cfg = ckpt.get("config", {})
             mcfg, img_size = model_config(cfg.get("model", {})), int(cfg.get("data", {}).get("img_size", 384))
-            state = ckpt["model_state_dict"]
-            if weights == "ema":
-                if "ema_state_dict" not in ckpt:
-                    raise CheckpointError(f"{path} has no EMA weights (trained without --use-ema); "
-                                          f"use --weights raw", "foreign")
-                state = ckpt["ema_state_dict"]
-            elif weights == "raw":
-                state = ckpt.get("raw_model_state_dict", state)
+            state = model_weights(ckpt, weights, path)
         model = build_model(mcfg)
         model.load_state_dict(state)
         return cls(model, img_size, resolve_device(device), tta, amp, norm)

@@ -73,9 +73,22 @@ def structure_loss(logits: torch.Tensor, mask: "torch.Tensor | MaskTarget") -> t
     return (wbce + wiou).mean()
 
 
-def total_loss(output, mask: torch.Tensor, side_weights: list[float], moe_weight: float):
+@dataclass(frozen=True)
+class LossSettings:
+    """How the terms of the training loss are weighed: a new term gets its weight here."""
+    side_weights: tuple[float, ...] = ()  # deep supervision: one weight per side output
+    moe_weight: float = 0.01               # the MoE balance term
+
+    @classmethod
+    def for_model(cls, model, moe_weight: float) -> "LossSettings":
+        """The settings for a CamoDetector: its side outputs' weights, and the balance weight."""
+        return cls(tuple(model.side_weights), moe_weight)
+
+
+def total_loss(output, mask: torch.Tensor, settings: LossSettings):
     """(total, parts): parts are detached tensors for logging (no host sync here). The mask's
     boundary weight is computed once and shared by the main and side outputs."""
+    side_weights, moe_weight = settings.side_weights, settings.moe_weight
     target = MaskTarget.of(mask)
     main = structure_loss(output.logits, target)
     total = main

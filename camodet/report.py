@@ -11,8 +11,9 @@ import numpy as np
 import yaml
 
 from .config import ConfigError, TrainConfig
-from .engine import history
-from .engine.health import new_advice
+from .runs import history
+from .runs.folder import BEST_METRIC, CONFIG, METRICS, RunFolder
+from .runs.health import new_advice
 
 PLOTS = ("loss", "iou", "lr", "experts")
 GRID_IMAGES = 8
@@ -20,8 +21,10 @@ GRID_SIDE = 192
 
 
 def load_run(run_dir: str) -> tuple[list[dict], dict]:
-    records = history.read(os.path.join(run_dir, "metrics.jsonl"))
-    cfg_path = os.path.join(run_dir, "config.yaml")
+    """(history records, config dict) of a run folder; empty where a file is missing."""
+    folder = RunFolder(run_dir)
+    records = history.read(folder.metrics)
+    cfg_path = folder.config
     config = {}
     if os.path.isfile(cfg_path):
         with open(cfg_path) as fh:
@@ -88,7 +91,7 @@ def make_plots(records: list[dict]) -> dict:
         ax.plot(x, [(r.get("val") or {}).get(k) for r in epochs], marker="o", ms=3, label=f"val {k}")
     best = [r for r in epochs if r.get("best_epoch") == r["epoch"]]
     if best:
-        ax.scatter([best[-1]["epoch"]], [best[-1]["val"].get("IoU")], s=80, facecolors="none",
+        ax.scatter([best[-1]["epoch"]], [best[-1]["val"].get(BEST_METRIC)], s=80, facecolors="none",
                    edgecolors="green", label="best")
     finish(fig, ax, "iou", "validation")
 
@@ -111,17 +114,16 @@ def make_plots(records: list[dict]) -> dict:
 def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
     """Input | ground truth | prediction for the first validation images, from the best
     (else last) checkpoint; (PNG bytes or None, a note)."""
-    ckpt = next((os.path.join(run_dir, f) for f in ("best_model.pth", "last.pth")
-                 if os.path.isfile(os.path.join(run_dir, f))), None)
+    ckpt = RunFolder(run_dir).newest_weights()
     if ckpt is None:
         return None, "no checkpoint yet, so no predictions"
     try:
         from PIL import Image
 
         from .data.io import DataError, read_image, read_mask
-        from .engine.checkpoint import CheckpointError
-        from .engine.loaders import split_train_val, training_samples
-        from .engine.monitor import triptych
+        from .runs.checkpoint import CheckpointError
+        from .data.splits import split_train_val, training_samples
+        from .panels import triptych
         from .inference import Predictor
         cfg = TrainConfig.from_dict(config)
         _, val = split_train_val(training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction,
@@ -175,10 +177,10 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
         raise ConfigError(f"{run_dir}: no such run folder")
     records, config = load_run(run_dir)
     if not records and not config:
-        raise ConfigError(f"{run_dir}: no metrics.jsonl or config.yaml; is this a camodet run folder?")
+        raise ConfigError(f"{run_dir}: no {METRICS} or {CONFIG}; is this a camodet run folder?")
     epochs = [r for r in records if r.get("type") == "epoch"]
     plots = make_plots(records) if epochs else {}
-    png_dir = os.path.join(run_dir, "report")
+    png_dir = RunFolder(run_dir).report_dir
     os.makedirs(png_dir, exist_ok=True)
     for name, png in plots.items():
         with open(os.path.join(png_dir, f"{name}.png"), "wb") as fh:
@@ -227,7 +229,7 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
             "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
             "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}pre{background:#f6f6f6;padding:1em}"
             ".status{font-size:1.1em}</style></head><body>" + "\n".join(parts) + "</body></html>")
-    path = os.path.join(run_dir, "report.html")
+    path = RunFolder(run_dir).report
     with open(path, "w") as fh:
         fh.write(page)
     return path

@@ -62,7 +62,7 @@ def test_upload_a_photo_and_get_mask_overlay_and_cutout(tiny_checkpoint, capsys)
                 img = page.locator(f"#{name} img")
                 img.wait_for(state="visible", timeout=30_000)
                 outputs[name] = fetch(page, img.get_attribute("src"))
-            assert outputs["mask"].size == outputs["overlay"].size == outputs["cutout"].size == (width, height)
+            assert {im.size for im in outputs.values()} == {(width, height)}
             assert outputs["cutout"].mode == "RGBA"
             prob = predictor.predict(photo)
             mask = np.asarray(outputs["mask"].convert("L")) > 127
@@ -88,7 +88,8 @@ def test_upload_a_photo_and_get_mask_overlay_and_cutout(tiny_checkpoint, capsys)
 
 def fetch(page, src: str) -> Image.Image:
     """An image the page shows, fetched as the page would (same origin, same session)."""
-    response = page.request.get(src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/"))
+    url = src if src.startswith("http") else page.url.rstrip("/") + "/" + src.lstrip("/")
+    response = page.request.get(url)
     assert response.ok, src
     return Image.open(io.BytesIO(response.body()))
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from camodet import losses
-from camodet.losses import MaskTarget, box_mean, boundary_weight, structure_loss, total_loss
+from camodet.losses import LossSettings, MaskTarget, box_mean, boundary_weight, structure_loss, total_loss
 from camodet.models import ModelOutput
 
 
@@ -83,7 +83,7 @@ def test_total_loss_with_deep_supervision_equals_the_old_sum_and_weighs_the_mask
     calls = []
     real = losses.boundary_weight
     monkeypatch.setattr(losses, "boundary_weight", lambda m: calls.append(1) or real(m))
-    total, parts = total_loss(ModelOutput(main, sides, aux), mask, weights, 0.01)
+    total, parts = total_loss(ModelOutput(main, sides, aux), mask, LossSettings(tuple(weights), 0.01))
     assert len(calls) == 1  # once per step, not once per output
     ref = (reference_structure_loss(main, mask) + sum(w * reference_structure_loss(s, mask)
                                                       for w, s in zip(weights, sides)) + 0.01 * aux)

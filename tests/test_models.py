@@ -165,7 +165,7 @@ def test_summary_counts_parts():
 
 
 def test_grad_checkpointing_gives_the_same_gradients():
-    from camodet.losses import total_loss
+    from camodet.losses import LossSettings, total_loss
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="edgenext_xx_small", num_experts=3, decoder_channels=16,
                                     deep_supervision=True)).train()
@@ -176,7 +176,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
         calls.clear()
         model.zero_grad()
         model.set_grad_checkpointing(enable)
-        loss, _ = total_loss(model(x), y, model.side_weights, 0.01)
+        loss, _ = total_loss(model(x), y, LossSettings(tuple(model.side_weights), 0.01))
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         assert len(calls) == (2 if enable else 1)      # recomputed in backward: the memory is not kept

@@ -15,7 +15,7 @@ from camodet.data.dataset import CODDataset
 from camodet.data.io import read_image
 from camodet.data.layouts import gather
 from camodet.data.transforms import resize
-from camodet.engine.checkpoint import load_checkpoint
+from camodet.runs.checkpoint import load_checkpoint
 from camodet.models import backbone_normalization
 from camodet.normalization import IMAGENET, Normalization
 

@@ -46,6 +46,7 @@ def check_dataset(root: str, decode: bool = True) -> dict:
 
 
 def format_report(report: dict) -> str:
+    """check_dataset's report as the lines `camodet data check` prints."""
     lines = [f"dataset root: {report['root']}"]
     for s in report["splits"]:
         lines.append(f"  {s['dataset']} {s['split']:<5} layout {s['layout']}: {s['pairs']} pairs "

@@ -21,6 +21,7 @@ NONCAM_TAG = "-NonCAM-"   # COD10K's non-camouflaged images (empty masks), where
 
 @dataclass(frozen=True)
 class SplitDir:
+    """An image folder and its mask folder: one split of one dataset."""
     dataset: str
     split: str
     images: str
@@ -33,6 +34,7 @@ class SplitDir:
 
 @dataclass(frozen=True)
 class Sample:
+    """One image/mask pair and where it comes from."""
     image: str
     mask: str
     name: str          # file stem, used for prediction file names
@@ -123,6 +125,7 @@ def _index(folder: str, exts) -> dict[str, str]:
 
 @dataclass
 class Listing:
+    """The pairs found in a split, with the files that could not be paired."""
     samples: list
     problems: list          # one message per bad file
     noncam_skipped: int = 0

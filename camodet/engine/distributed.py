@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place among the training processes (all ones when alone)."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0

@@ -22,12 +22,15 @@ MIN_HISTORY = 20     # finite losses needed before a spike can be judged
 
 @dataclass
 class Verdict:
+    """What to do with an optimizer step (STEP, SKIP, OVERFLOW, ROLLBACK) and why."""
     action: str
     reason: str = ""
 
 
 @dataclass
 class DivergenceGuard:
+    """Judges every optimizer step from its loss, gradient norm and weight norm:
+    non-finite numbers and loss spikes are skipped once, then rolled back; see observe()."""
     max_nonfinite_steps: int = 3
     spike_factor: float = 10.0
     losses: deque = field(default_factory=lambda: deque(maxlen=200))

@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 
+from ..runs.folder import LAST
+
 log = logging.getLogger("camodet")
 
 TIME_LIMIT = "time limit"
@@ -36,7 +38,7 @@ def requeue_slurm_job() -> bool:
     if proc.returncode != 0:
         log.warning(f"--requeue-on-preempt: scontrol requeue {job} failed: {proc.stderr.strip()[:200]}")
         return False
-    log.info(f"requeued SLURM job {job}; it resumes from last.pth with --resume-from auto")
+    log.info(f"requeued SLURM job {job}; it resumes from {LAST} with --resume-from auto")
     return True
 
 

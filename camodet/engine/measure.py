@@ -10,11 +10,12 @@ import time
 import torch
 
 from ..config import ModelConfig
-from ..losses import total_loss
+from ..losses import LossSettings
 from ..models import build_model
-from .device import amp_dtype, memory_format, resolve_device, tune_kernels
+from ..device import amp_dtype, memory_format, resolve_device, tune_kernels
 from .monitor import peak_memory_mb
-from .optim import fused_adamw
+from .optim import build_optimizer
+from .step import TrainStep
 
 MEMORY_KINDS = {"cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
                 "cuda_allocated": "CUDA allocator peak", "cpu_rss": "process peak RSS on the CPU"}
@@ -31,7 +32,9 @@ def cuda_card_peak_mb(device: torch.device) -> float:
 
 def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_checkpointing: bool = False,
                  steps: int = 2, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
-                 compile: bool = False) -> dict:
+                 compile: bool = False, moe_loss_weight: float = 0.01, weight_decay: float = 0.01) -> dict:
+    """Seconds per training step and peak memory of one stage at one micro-batch size, with the
+    trainer's step on random data (`steps` timed after warm-up)."""
     dev = resolve_device(device)
     tune_kernels(dev)  # as the trainer does
     torch.manual_seed(0)
@@ -43,22 +46,18 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
     model.train()
     fmt = memory_format(channels_last, dev)
     model = model.to(memory_format=fmt)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=fused_adamw(dev))  # as the trainer's
-    forward = torch.compile(model) if compile else model
-    x = torch.randn(batch, 3, img_size, img_size, device=dev).to(memory_format=fmt)
-    y = (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float()
     dtype = amp_dtype(amp, dev)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    # The trainer's own step: its optimizer, loss and grad scaler.
+    train_step = TrainStep(model, model, torch.compile(model) if compile else model, None,
+                           build_optimizer(model, weight_decay, dev),
+                           torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
+                           LossSettings.for_model(model, moe_loss_weight), dev, dtype, fmt)
+    batch_data = {"image": torch.randn(batch, 3, img_size, img_size, device=dev),
+                  "mask": (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float()}
 
     def step():
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            out = forward(x)
-        loss, _ = total_loss(out, y, model.side_weights, 0.01)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        train_step.backward(batch_data, 1.0)
+        train_step.update()
         if dev.type == "cuda":
             torch.cuda.synchronize()
     for _ in range(2 if compile else 1):  # warm-up: allocator, optimizer state, compilation

@@ -2,18 +2,15 @@
 expert usage per MoE block, and a panel of fixed validation images every few epochs."""
 
 import logging
-import os
 import resource
 
-import cv2
 import numpy as np
 import torch
 
-from ..metrics import to_uint8
+from ..panels import triptych
 
 log = logging.getLogger("camodet")
 PANEL_IMAGES = 4
-
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(peak MB, what was measured): CUDA allocator peak on a GPU, process peak RSS on the CPU."""
@@ -21,16 +18,9 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"  # Linux reports KiB
 
-
-def triptych(image: np.ndarray, gt: np.ndarray, prob: np.ndarray, side: int) -> np.ndarray:
-    """One row of a prediction grid: image | ground truth | probability, each side x side, uint8 RGB."""
-    tiles = (image, np.repeat(gt[..., None], 3, 2), np.repeat(to_uint8(prob)[..., None], 3, 2))
-    return np.concatenate([cv2.resize(np.ascontiguousarray(t), (side, side), interpolation=cv2.INTER_AREA)
-                           for t in tiles], 1)
-
-
 class TensorBoard:
-    def __init__(self, enabled: bool, run_dir: str, purge_step: int | None):
+    """TensorBoard writer of rank 0 (a no-op when off or not installed)."""
+    def __init__(self, enabled: bool, log_dir: str, purge_step: int | None):
         self.writer = None
         if not enabled:
             return
@@ -41,7 +31,7 @@ class TensorBoard:
                         "(pip install tensorboard, or pass --no-tensorboard to silence this)")
             return
         # purge_step drops events a previous attempt wrote past the point this run resumes from
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir, purge_step=purge_step)
 
     def step(self, global_step: int, loss: float, grad_norm: float, optimizer) -> None:
         if self.writer is None:
@@ -56,6 +46,7 @@ class TensorBoard:
                 self.writer.add_scalar(f"lr/{'decoder' if g < 0 else f'backbone_group{g}'}", pg["lr"], global_step)
 
     def epoch(self, epoch: int, record: dict) -> None:
+        """Epoch scalars: losses, LR, validation metrics, timing and expert usage per block."""
         if self.writer is None:
             return
         w = self.writer

@@ -1,30 +1,12 @@
-"""What a run carries between steps and epochs, and how it becomes a checkpoint:
-run counters, the position inside an epoch (for a mid-epoch resume), in-memory
-snapshots of the last good state (for rollback)."""
+"""What a pass over an epoch carries: the position inside the epoch and its running sums
+(saved for a mid-epoch resume), and in-memory snapshots of the last good state (for
+rollback). The run's counters (RunState) are part of the checkpoint format."""
 
-import math
 from dataclasses import dataclass, field, fields
 
 import torch
 
-from ..config import TrainConfig
-
-
-@dataclass
-class State:
-    epoch: int = 0            # last completed epoch
-    global_step: int = 0
-    best_iou: float = -math.inf
-    best_epoch: int = 0
-    metrics: dict | None = None
-    lr_scale: float = 1.0     # product of the rollback back-offs so far
-    rollbacks: int = 0
-    interrupted: str = ""     # the signal's name (or "time limit") when the run stopped early
-    # What decides the computation beyond the config, saved so that an exact resume of a
-    # warm restart (or of a multi-process run) computes what the uninterrupted run did.
-    schedule_start: tuple = (1, 1)  # first epoch of each stage's LR schedule (a warm restart moves it)
-    world_size: int = 1
-    rollback_files: list = field(default_factory=list)  # per rollback, the files of its bad windows
+from ..runs.checkpoint import RunState, to_cpu
 
 
 @dataclass
@@ -44,6 +26,18 @@ class EpochProgress:
     grad_steps: int = 0
     skipped: int = 0          # non-finite steps skipped (bf16/fp32)
     overflow: int = 0         # fp16 overflow steps skipped by the grad scaler
+
+    def add(self, images: int, loss: torch.Tensor, parts: dict, expert_usage: list) -> None:
+        """Sum a micro-batch of `images` images: its (detached) loss and parts weighed by its
+        images, and its experts' routing shares."""
+        self.images += images
+        self.loss_sum += loss * images
+        for k, v in parts.items():
+            self.part_sums[k] = self.part_sums.get(k, 0) + v * images
+        if expert_usage:
+            usage = torch.stack(expert_usage).detach()
+            self.usage_sum = usage if self.usage_sum is None else self.usage_sum + usage
+            self.usage_batches += 1
 
     def to_dict(self) -> dict:
         return to_cpu({f.name: getattr(self, f.name) for f in fields(self)})
@@ -78,17 +72,8 @@ class EpochProgress:
         }
 
 
-def to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-
 def to_device(obj, device):
+    """A nest of tensors moved to `device`."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, dict):
@@ -96,43 +81,14 @@ def to_device(obj, device):
     return obj
 
 
-def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg: TrainConfig, best: bool,
-                    guard=None, progress: EpochProgress | None = None) -> dict:
-    raw = to_cpu(model.state_dict())
-    ckpt = {
-        "format": "camodet-checkpoint-v1",
-        "model_state_dict": raw,
-        "optimizer_state_dict": optimizer.state_dict(),
-        "scaler_state_dict": scaler.state_dict(),
-        "rng_state": {"torch": torch.get_rng_state(),
-                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "epoch": state.epoch, "global_step": state.global_step, "stage": stage,
-        "best_iou": state.best_iou, "best_epoch": state.best_epoch,
-        "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
-        "schedule_start": list(state.schedule_start), "world_size": state.world_size,
-        "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
-        "normalization": model.normalization.to_dict(),  # the input statistics the weights expect
-    }
-    if guard is not None:
-        ckpt["guard"] = guard.state_dict()
-    if progress is not None:  # a mid-epoch checkpoint: the resumed run continues from here
-        ckpt["position"] = progress.to_dict()
-    if ema is not None:
-        ckpt["ema_state_dict"] = to_cpu(ema.module.state_dict())
-        if best:  # best_model.pth holds the weights that were validated: the EMA
-            ckpt["model_state_dict"], ckpt["raw_model_state_dict"] = ckpt["ema_state_dict"], raw
-            ckpt["weights"] = "ema"
-    return ckpt
-
-
-def snapshot(model, ema, optimizer, scaler, state: State, progress: EpochProgress) -> dict:
+def snapshot(model, ema, optimizer, scaler, state: RunState, progress: EpochProgress) -> dict:
     """A host copy of everything a rollback restores."""
     return {"model": to_cpu(model.state_dict()), "ema": to_cpu(ema.module.state_dict()) if ema else None,
             "optimizer": to_cpu(optimizer.state_dict()), "scaler": scaler.state_dict(),
             "global_step": state.global_step, "progress": progress.to_dict()}
 
 
-def restore(snap: dict, model, ema, optimizer, scaler, state: State, device) -> EpochProgress:
+def restore(snap: dict, model, ema, optimizer, scaler, state: RunState, device) -> EpochProgress:
     model.load_state_dict(snap["model"])
     if ema is not None:
         ema.module.load_state_dict(snap["ema"])

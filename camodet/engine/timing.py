@@ -11,6 +11,7 @@ import time
 
 
 class LoopClock:
+    """Splits a training pass's time into waiting for data and computing, per step."""
     def __init__(self):
         self.start = self._mark = time.perf_counter()
         self.data_wait = 0.0

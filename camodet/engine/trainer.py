@@ -3,7 +3,6 @@ exact resume (also mid-epoch) and warm restart, divergence guard with rollback,
 graceful stop on SIGINT/SIGTERM and a stall watchdog. Reads top to bottom:
 `train()` is the story."""
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -21,37 +20,32 @@ from tqdm import tqdm
 from ..config import TrainConfig, parse_duration, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
-from ..losses import total_loss
+from ..losses import LossSettings
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
-from . import distributed, history, run_folder
-from .health import new_advice
-from .device import amp_dtype, resolve_device, tune_kernels
-from .device import memory_format as device_memory_format  # the local name is the chosen format
-from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching, nonfinite_tensors
+from ..device import amp_dtype, resolve_device, tune_kernels
+from ..device import memory_format as device_memory_format  # the local name is the chosen format
+from ..runs import history
+from ..runs.checkpoint import RunState, TrainingCheckpoint, atomic_save, load_checkpoint, load_matching
+from ..runs.checkpoint import model_weights, nonfinite_tensors
+from ..runs.folder import BEST_METRIC, RunFolder, is_better
+from ..runs.health import new_advice
+from ..runs.resume import open_resume
+from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .monitor import TensorBoard, peak_memory_mb
-from .loaders import EpochSampler, readable_samples, split_train_val, train_loader, training_samples, val_loader
+from ..data.splits import readable_samples, split_train_val, training_samples
+from .loaders import EpochSampler, train_loader, val_loader
 from .loaders import input_normalization, resolve_workers
 from .timing import LoopClock
 from .optim import build_optimizer, set_lrs
-from .plan import Plan, make_plan
-from .state import EpochProgress, State, checkpoint_dict, restore, snapshot
+from .schedule import Plan, make_plan
+from .state import EpochProgress, restore, snapshot
+from .step import TrainStep
 from .watchdog import StallWatchdog, worker_init
 
 log = logging.getLogger("camodet")
-
-# Settings that do not change what a run computes; a resume that differs only in
-# these is still an exact continuation. Where the backbone's ImageNet weights came from
-# is one of them: a resume takes every weight from its checkpoint.
-NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.overwrite", "run.device",
-                       "run.log_every", "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
-                       "run.time_limit", "run.preempt_signal", "run.requeue_on_preempt",
-                       "model.pretrained", "model.pretrained_path",
-                       "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
-NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
-
 
 class CompiledOrEager:
     """torch.compile'd forward that falls back to eager, once and with a message, where
@@ -65,8 +59,8 @@ class CompiledOrEager:
             try:
                 return self.compiled(x)
             except Exception as e:  # any backend failure: the run must not die for a speed-up
-                log.warning(f"--compile: torch.compile failed ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+                first_line = (str(e).strip().splitlines() or [""])[0][:160]
+                log.warning(f"--compile: torch.compile failed ({type(e).__name__}: {first_line}); "
                             f"continuing without it")
                 self.compiled = None
         return self.module(x)
@@ -74,10 +68,16 @@ class CompiledOrEager:
 
 @dataclass
 class RunContext:
-    """The run-wide helpers an epoch needs besides the model and the data."""
+    """What an epoch's pass needs besides the step and the data: the settings, the schedule,
+    the run's counters, the guard, and the run-wide helpers."""
+    cfg: TrainConfig
+    d: distributed.Dist
+    plan: Plan
+    state: RunState
+    guard: DivergenceGuard
     stop: StopRequest
     watchdog: StallWatchdog
-    record: object          # record(event dict): appends to metrics.jsonl on rank 0
+    record: object          # record(event dict): appends to the run's history on rank 0
     tb: TensorBoard
 
 
@@ -102,33 +102,6 @@ def pick_device(name: str, d: distributed.Dist) -> torch.device:
     return device
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def changed_settings(saved: dict, current: dict) -> list[str]:
-    a, b = flat(saved), flat(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in NOT_HYPERPARAMETERS and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
-            and a.get(k) != b.get(k)]
-
-
-def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
-    """Why resuming `ckpt` cannot continue exactly (empty: it can). Another process count
-    changes the effective batch, the steps per epoch and which samples each rank holds,
-    so no uninterrupted run computes what the continuation would: a warm restart."""
-    changes = changed_settings(ckpt.get("config", {}), cfg.to_dict())
-    saved_world = ckpt.get("world_size")  # absent in checkpoints of camodet before 0.1.1
-    if saved_world is not None and int(saved_world) != world:
-        changes.append(f"processes: {int(saved_world)} -> {world} (the effective batch and the data each "
-                       f"process sees change)")
-    return changes
-
-
 def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda where: None) -> dict:
     """IoU, Dice, MAE, S-measure at each GT's original size, every image once over all ranks."""
     evaluator = Evaluator(full=False)
@@ -144,17 +117,19 @@ def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda wher
     return mean_records(records)
 
 
-def train(cfg: TrainConfig) -> State:
+def train(cfg: TrainConfig) -> RunState:
+    """Train as `cfg` says, from scratch, a checkpoint (--resume-from, --init-from) or a
+    mid-epoch position; returns the run's counters (`interrupted` set when it stopped early)."""
     d = distributed.init("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     device = pick_device(cfg.run.device, d)
     workers = resolve_workers(cfg.data.num_workers, device.type)  # --num-workers auto -> a number
     dtype = amp_dtype(cfg.optim.amp, device)
     torch.manual_seed(cfg.run.seed)
-    run_dir = cfg.run.checkpoint_dir
+    folder = RunFolder(cfg.run.checkpoint_dir)
     say = log.info if d.is_main else log.debug
     if d.enabled:
         say(d.describe())
-    run_folder.claim(run_dir, cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main)
+    folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main)
     distributed.barrier(d)
 
     # Data: validation carved from the training images, seeded.
@@ -172,9 +147,10 @@ def train(cfg: TrainConfig) -> State:
     train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
     if cfg.data.skip_bad_files:
         val_samples = readable_samples(val_samples)
-    # Read once: its normalisation decides the datasets', its state the model's.
-    resume_ckpt = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
-    norm = input_normalization(cfg, resume_ckpt)  # the backbone's own statistics (a resumed run: its checkpoint's)
+    # Read once (and refused here if it is another architecture): its normalisation decides
+    # the datasets', its state the model's.
+    resume = open_resume(cfg, d.world) if cfg.run.resume_from else None
+    norm = input_normalization(cfg, resume.ckpt if resume else None)  # the backbone's own statistics (a resumed run: its checkpoint's)
     train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files,
                            norm=norm)
     val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files,
@@ -185,42 +161,17 @@ def train(cfg: TrainConfig) -> State:
 
     # Model, then resume or initialise before anything copies its weights (EMA, DDP). A resume
     # takes every weight from its checkpoint, so it never needs the network or the weights file.
-    resuming = bool(cfg.run.resume_from)
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resuming else cfg.model
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
     model = build_model(model_cfg).to(device)
     model.normalization = norm  # saved in every checkpoint
-    state, restart_epoch, position = State(world_size=d.world), None, None
-    saved_schedule = None
+    state = RunState(world_size=d.world)
     guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
-    if resume_ckpt is not None:
-        check_arch(resume_ckpt, cfg.to_dict()["model"], cfg.run.resume_from)
-        model.load_state_dict(resume_ckpt.get("raw_model_state_dict", resume_ckpt["model_state_dict"]))
-        changes = resume_changes(resume_ckpt, cfg, d.world)
-        state.epoch = int(resume_ckpt["epoch"])
-        state.global_step = int(resume_ckpt.get("global_step", 0))
-        if run_folder.resumes_in_place(run_dir, cfg.run.resume_from):
-            state.best_iou = float(resume_ckpt.get("best_iou", -math.inf))
-            state.best_epoch = int(resume_ckpt.get("best_epoch", 0))
-        if changes:
-            restart_epoch = state.epoch + 1
-            say(f"warm restart from {cfg.run.resume_from} (epoch {state.epoch}): weights and EMA loaded, "
-                f"schedule re-planned from epoch {restart_epoch}"
-                + (f" (the interrupted epoch {restart_epoch} starts again from its beginning)"
-                   if "position" in resume_ckpt else "") + "; changed: " + "; ".join(changes))
-        else:
-            state.lr_scale = float(resume_ckpt.get("lr_scale", 1.0))
-            state.rollbacks = int(resume_ckpt.get("rollbacks", 0))
-            saved_schedule = resume_ckpt.get("schedule_start")
-            guard.load_state_dict(resume_ckpt.get("guard", {}))
-            if "position" in resume_ckpt:
-                position = EpochProgress.from_dict(resume_ckpt["position"], device)
-                say(f"resuming {cfg.run.resume_from} exactly inside epoch {position.epoch}, after "
-                    f"{position.micro_step} micro-batches")
-            else:
-                say(f"resuming {cfg.run.resume_from} exactly after epoch {state.epoch}")
+    if resume is not None:
+        model.load_state_dict(model_weights(resume.ckpt, "raw"))
+        say(resume.describe())
     elif cfg.run.init_from:
         init = load_checkpoint(cfg.run.init_from)
-        loaded, total = load_matching(model, init.get("raw_model_state_dict", init["model_state_dict"]))
+        loaded, total = load_matching(model, model_weights(init, "raw"))
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
     m, st = cfg.model, cfg.stages
@@ -233,67 +184,67 @@ def train(cfg: TrainConfig) -> State:
         model.set_grad_checkpointing(True)
     memory_format = device_memory_format(cfg.speed.channels_last, device)
     model = model.to(memory_format=memory_format)
-    plan = make_plan(cfg, model.backbone.num_groups, restart_epoch, saved_schedule)
-    state.schedule_start = plan.schedule_start
     optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
-    if resume_ckpt is not None:
-        if ema is not None and "ema_state_dict" in resume_ckpt:
-            ema.module.load_state_dict(resume_ckpt["ema_state_dict"])
-        if restart_epoch is None:  # exact: everything that moves comes back
-            optimizer.load_state_dict(resume_ckpt["optimizer_state_dict"])
-            scaler.load_state_dict(resume_ckpt["scaler_state_dict"])
-            torch.set_rng_state(resume_ckpt["rng_state"]["torch"])
-            if torch.cuda.is_available() and resume_ckpt["rng_state"]["cuda"]:
-                torch.cuda.set_rng_state_all(resume_ckpt["rng_state"]["cuda"])
-        del resume_ckpt
+    checkpoint = TrainingCheckpoint(model, ema, optimizer, scaler, state, guard, cfg.to_dict())
+    position, restart_epoch = None, None
+    if resume is not None:  # exact: everything that moves comes back; warm: weights, EMA and position
+        saved = checkpoint.load_state_dict(resume.ckpt, resume.exact, resume.same_run)
+        position = EpochProgress.from_dict(saved, device) if saved is not None else None
+        restart_epoch = None if resume.exact else state.epoch + 1
+        resume = dataclasses.replace(resume, ckpt={})  # every tensor is loaded: free the file's copy
+    plan = make_plan(cfg, model.backbone.num_groups, restart_epoch, state.schedule_start)
+    state.schedule_start = plan.schedule_start
 
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
     # The run's history in memory (earlier attempts in this folder included), for the health advice.
-    records = history.read(metrics_path) if d.is_main else []
+    records = history.read(folder.metrics) if d.is_main else []
     cfg_dict = cfg.to_dict()
 
     def record(event: dict) -> None:
         if d.is_main:
-            history.append(metrics_path, event)
+            history.append(folder.metrics, event)
             records.append(event)
 
     if d.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        save_yaml(cfg, os.path.join(run_dir, "config.yaml"))
+        os.makedirs(folder.path, exist_ok=True)
+        save_yaml(cfg, folder.config)
     if restart_epoch is not None:
-        record({"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from, "changed": changes})
+        record({"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from,
+                "changed": resume.changes})
 
     def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
         started = time.monotonic()
-        ckpt = checkpoint_dict(model, ema, optimizer, scaler, state, stage, cfg, best, guard, progress)
+        ckpt = checkpoint.state_dict(stage, best, progress.to_dict() if progress is not None else None)
         atomic_save(ckpt, path)
         stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)  # what --time-limit keeps back
         return ckpt
 
-    ddp_model, frozen, stage, loader_batch, loader, forward = model, None, None, None, None, model
+    step = TrainStep(model, model, model, ema, optimizer, scaler,
+                     LossSettings.for_model(model, cfg.optim.moe_loss_weight), device, dtype, memory_format)
+    frozen, stage, loader_batch, loader = None, None, None, None
     first_epoch = position.epoch if position is not None else state.epoch + 1
     if first_epoch > plan.epochs:
         say(f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
             f"raise --epochs to train on (a warm restart)")
-    tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
+    tb = TensorBoard(cfg.run.tensorboard and d.is_main, folder.tensorboard,
+                     state.global_step if cfg.run.resume_from else None)
     time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
     validation_seconds = None
     preempt = signal_number(cfg.run.preempt_signal)
-    with StopRequest(time_limit, (preempt,)) as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
+    with StopRequest(time_limit, (preempt,)) as stop, StallWatchdog(cfg.safety.stall_timeout, folder.stall_report) as watchdog, tb:
         # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
         stop.save_seconds = 1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
-        ctx = RunContext(stop, watchdog, record, tb)
+        ctx = RunContext(cfg, d, plan, state, guard, stop, watchdog, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
             watchdog.beat(f"start of epoch {epoch}")
             # Stage and trainable set come from the plan; DDP is re-wrapped when the set changes.
             if plan.frozen_groups(epoch) != frozen:
                 frozen = plan.frozen_groups(epoch)
                 model.set_frozen_groups(set(frozen))
-                ddp_model = distributed.wrap(model, d, device)
-                forward = CompiledOrEager(ddp_model) if cfg.speed.compile else ddp_model
+                step.wrapped = distributed.wrap(model, d, device)
+                step.forward = CompiledOrEager(step.wrapped) if cfg.speed.compile else step.wrapped
                 if stage is not None and plan.stage(epoch) == stage:
                     trainable = sorted(set(range(plan.num_groups)) - frozen)
                     say(f"epoch {epoch}: backbone groups {trainable} now train")
@@ -320,8 +271,7 @@ def train(cfg: TrainConfig) -> State:
             progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
             good = snapshot(model, ema, optimizer, scaler, state, progress)
             while True:
-                outcome = train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader,
-                                          progress, plan, state, guard, cfg, device, dtype, d, ctx, memory_format)
+                outcome = train_one_epoch(step, loader, progress, ctx)
                 if outcome.action == "done":
                     bad = nonfinite_tensors(model.state_dict()) + \
                         (nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else [])
@@ -330,7 +280,7 @@ def train(cfg: TrainConfig) -> State:
                                                     f"({', '.join(bad[:3]) or 'on another rank'})", progress.micro_step)
                 if outcome.action != ROLLBACK:
                     break
-                roll_back(outcome, epoch, state, cfg, plan, run_dir, record)
+                roll_back(outcome, epoch, ctx, folder)
                 progress = restore(good, model, ema, optimizer, scaler, state, device)
                 guard.after_rollback()
             if outcome.action in ("done", "stopped"):  # norm statistics, as every rank validates and saves
@@ -350,11 +300,11 @@ def train(cfg: TrainConfig) -> State:
                 state.interrupted = stop_reason(stop, d)
                 progress.merge_ranks(lambda t: distributed.all_reduce_mean(t, d))
                 if d.is_main:
-                    save(os.path.join(run_dir, "last.pth"), progress=progress)
+                    save(folder.last, progress=progress)
                 record({"type": "interrupted", "epoch": epoch, "micro_step": progress.micro_step,
                         "global_step": state.global_step, "signal": state.interrupted})
                 say(f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} micro-batches; "
-                    f"resumable checkpoint {os.path.join(run_dir, 'last.pth')}")
+                    f"resumable checkpoint {folder.last}")
                 if d.is_main and cfg.run.requeue_on_preempt and state.interrupted in (
                         signal.Signals(preempt).name, "SIGTERM"):
                     requeue_slurm_job()
@@ -369,18 +319,18 @@ def train(cfg: TrainConfig) -> State:
             validation_seconds = time.monotonic() - validation_started
             state.epoch = epoch
             state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
-            iou = val.get("IoU", float("nan"))
-            improved = math.isfinite(iou) and iou > state.best_iou
+            iou = val.get(BEST_METRIC, float("nan"))
+            improved = is_better(iou, state.best_iou)
             if improved:
                 state.best_iou, state.best_epoch = iou, epoch
 
             if d.is_main:
                 watchdog.beat(f"saving checkpoints of epoch {epoch}")
-                last = save(os.path.join(run_dir, "last.pth"))
+                last = save(folder.last)
                 if cfg.run.keep_last > 0:
-                    keep_numbered(run_dir, epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
+                    folder.keep_last(epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
                 if improved:
-                    save(os.path.join(run_dir, "best_model.pth"), best=True)
+                    save(folder.best, best=True)
                 memory_mb, memory_kind = peak_memory_mb(device)
                 epoch_record = {
                     "type": "epoch", "epoch": epoch, "stage": stage, "global_step": state.global_step,
@@ -426,16 +376,16 @@ def any_rank(flag: bool, d: distributed.Dist, device) -> bool:
     return distributed.all_reduce_mean(torch.tensor(float(flag), device=device), d).item() > 0
 
 
-def roll_back(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan, run_dir: str,
-              record) -> None:
+def roll_back(outcome: Outcome, epoch: int, ctx: RunContext, folder: RunFolder) -> None:
     """Count the rollback and lower the LR, or stop the run when the budget is spent."""
+    state, cfg, record = ctx.state, ctx.cfg, ctx.record
     state.rollbacks += 1
     state.rollback_files.append(sorted(set(outcome.files)))
     event = {"epoch": epoch, "step": outcome.step, "global_step": state.global_step, "reason": outcome.reason,
              "rollbacks": state.rollbacks, "files": state.rollback_files[-1]}
     if state.rollbacks > cfg.safety.max_rollbacks:
         record({"type": "diverged", **event})
-        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, plan, run_dir))
+        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, ctx.plan, folder))
     state.lr_scale *= cfg.safety.rollback_lr_factor
     record({"type": "rollback", **event, "lr_scale": state.lr_scale})
     log.warning(f"divergence at epoch {epoch}, step {outcome.step}: {outcome.reason}; rolled back to the "
@@ -443,15 +393,17 @@ def roll_back(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan
                 f"LR now x{state.lr_scale:g} of the plan")
 
 
-def divergence_message(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan,
-                       run_dir: str) -> str:
+def divergence_message(outcome: Outcome, epoch: int, state: RunState, cfg: TrainConfig, plan: Plan,
+                       folder: RunFolder) -> str:
+    """Why the run stopped, where its good checkpoints are, and what to try: the failing
+    windows over the rollbacks tell a data problem (the same files) from the LR (others)."""
     stage = plan.stage(epoch)
     flag, peak = ("--lr", cfg.optim.lr) if stage == 1 else ("--stage2-lr", cfg.stage2_lr)
     suggested = peak * state.lr_scale * cfg.safety.rollback_lr_factor
-    last = os.path.join(run_dir, "last.pth")
+    last = folder.last
     good = (f"last good checkpoint: {last} (epoch {state.epoch})" if state.epoch > 0 and os.path.isfile(last)
             else "no epoch finished, so there is no good checkpoint")
-    best = (f", best: {os.path.join(run_dir, 'best_model.pth')} (epoch {state.best_epoch}, IoU {state.best_iou:.4f})"
+    best = (f", best: {folder.best} (epoch {state.best_epoch}, {BEST_METRIC} {state.best_iou:.4f})"
             if state.best_epoch else "")
     # Each rollback replays the same data at a lower LR: bad windows that hold the same files
     # every time point at those files; windows that move point at the learning rate.
@@ -468,16 +420,7 @@ def divergence_message(outcome: Outcome, epoch: int, state: State, cfg: TrainCon
             f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
             f"{good}{best}. {cause} --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
             f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
-            f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see metrics.jsonl for every event")
-
-
-def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
-    """epoch_N.pth for the last `keep` epochs, ordered by N as a number (epoch_10 after epoch_9)."""
-    save(os.path.join(run_dir, f"epoch_{epoch}.pth"))
-    numbered = sorted((int(f[6:-4]), f) for f in os.listdir(run_dir)
-                      if f.startswith("epoch_") and f.endswith(".pth") and f[6:-4].isdigit())
-    for _, f in numbered[:-keep]:
-        os.unlink(os.path.join(run_dir, f))
+            f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see {folder.metrics} for every event")
 
 
 def window_files(loader, window_index: list, d: distributed.Dist) -> list[str]:
@@ -488,16 +431,14 @@ def window_files(loader, window_index: list, d: distributed.Dist) -> list[str]:
     return sorted({f for part in distributed.gather_objects(mine, d) for f in part})
 
 
-def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, progress: EpochProgress, plan: Plan,
-                    state: State, guard: DivergenceGuard, cfg: TrainConfig, device, dtype, d: distributed.Dist,
-                    ctx: RunContext, memory_format=torch.contiguous_format) -> Outcome:
+def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunContext) -> Outcome:
     """The rest of one epoch, from `progress.micro_step`. Each micro-batch loss is weighted
     by its share of the images in its accumulation window, so a short last window still
     gives the mean over exactly the images it saw. One host read per optimizer step: the
     guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
-    epoch = progress.epoch
-    stop, watchdog = ctx.stop, ctx.watchdog
-    ddp_model.train()
+    cfg, d, plan, state, guard, stop, watchdog = ctx.cfg, ctx.d, ctx.plan, ctx.state, ctx.guard, ctx.stop, ctx.watchdog
+    epoch, device = progress.epoch, step.device
+    step.wrapped.train()
     accum = cfg.optim.accumulation_steps
     micro_batch = loader.batch_size
     sampler = loader.sampler
@@ -505,9 +446,9 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
     per_rank = sampler.total
     micro_total = math.ceil(per_rank / micro_batch)
     steps_per_epoch = math.ceil(micro_total / accum)
-    params = [p for p in model.parameters() if p.requires_grad]
-    watched = params + [b for b in model.buffers() if b.is_floating_point()]
-    fp16 = scaler.is_enabled()
+    params = step.trainable()
+    watched = params + [b for b in step.model.buffers() if b.is_floating_point()]
+    fp16 = step.scaler.is_enabled()
     window_loss = torch.zeros((), device=device)
     window_index: list[torch.Tensor] = []   # dataset indices of this window (CPU), to name its files
     bad_files: list[str] = []               # files of the windows skipped in this pass
@@ -522,61 +463,37 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
     t0 = time.time()
     outcome = Outcome()
     for i, batch in enumerate(bar, start=progress.micro_step):
-        step = i // accum
+        k = i // accum  # the optimizer step within the epoch
         # Images in this optimizer step's window: only the epoch's last micro-batch can be short.
-        window_images = min(per_rank, (step + 1) * accum * micro_batch) - step * accum * micro_batch
+        window_images = min(per_rank, (k + 1) * accum * micro_batch) - k * accum * micro_batch
         boundary = (i + 1) % accum == 0 or i == micro_total - 1
         if i % accum == 0:
-            progress.lr = set_lrs(optimizer, plan, epoch, step, steps_per_epoch, state.lr_scale)
-        image = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
-        mask = batch["mask"].to(device, non_blocking=True)
-        n = image.shape[0]
+            progress.lr = set_lrs(step.optimizer, plan, epoch, k, steps_per_epoch, state.lr_scale)
+        n = batch["image"].shape[0]
         window_index.append(batch["index"])
-        sync = contextlib.nullcontext() if boundary or not d.enabled else ddp_model.no_sync()
-        with sync:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = forward(image)
-            loss, parts = total_loss(out, mask, model.side_weights, cfg.optim.moe_loss_weight)
-            share = n / window_images
-            scaler.scale(loss * share).backward()
-        window_loss += loss.detach() * share
-        progress.images += n
-        progress.loss_sum += loss.detach() * n
-        for k, v in parts.items():
-            progress.part_sums[k] = progress.part_sums.get(k, 0) + v * n
-        if out.expert_usage:
-            usage = torch.stack(out.expert_usage).detach()
-            progress.usage_sum = usage if progress.usage_sum is None else progress.usage_sum + usage
-            progress.usage_batches += 1
+        loss, parts, out = step.backward(batch, n / window_images, sync=boundary)
+        window_loss += loss * (n / window_images)
+        progress.add(n, loss, parts, out.expert_usage)
         if not boundary:
             continue
 
         # --time-limit: another step and the save must fit; the decision travels with the host read below.
         stop.out_of_time(2 * step_seconds)
-        scaler.unscale_(optimizer)  # true gradient norms for the guard and for clipping (no-op without fp16)
-        if cfg.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        check = [window_loss, grad_norm.float(), torch.nn.utils.get_total_norm(watched).float()]
+        grad_norm = step.gradient_norm(params, cfg.optim.grad_clip)
+        check = [window_loss, grad_norm.float(), torch.nn.utils.get_total_norm(watched).float(),
+                 torch.tensor(float(stop.requested), device=device)]
+        check = torch.stack(check)
         if d.enabled:
-            check = distributed.all_reduce_mean(torch.stack(check + [torch.tensor(
-                float(stop.requested), device=device)]), d).tolist()
-        else:
-            check = torch.stack(check).tolist() + [float(stop.requested)]
-        loss_v, grad_v, weight_v, stop_v = check  # the one host synchronisation of this step
+            check = distributed.all_reduce_mean(check, d)
+        loss_v, grad_v, weight_v, stop_v = check.tolist()  # the one host synchronisation of this step
         verdict = guard.observe(state.global_step, loss_v, grad_v, weight_v, fp16)
         files = window_files(loader, window_index, d) if verdict.action in (SKIP, ROLLBACK) else []
         bad_files += files
         if verdict.action == ROLLBACK:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.update()  # closes this step's unscale_(); the rollback then restores the saved scale
-            outcome = Outcome(ROLLBACK, verdict.reason, step, bad_files)
+            step.discard()  # the rollback then restores the saved scaler
+            outcome = Outcome(ROLLBACK, verdict.reason, k, bad_files)
             break
-        if verdict.action in (STEP, OVERFLOW):
-            scaler.step(optimizer)  # under fp16 overflow the scaler skips the update itself
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        step.update(apply=verdict.action in (STEP, OVERFLOW))
         state.global_step += 1
         window_loss.zero_()
         window_index = []
@@ -585,24 +502,24 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
         if verdict.action == STEP:
             progress.grad_norm_sum += grad_v
             progress.grad_steps += 1
-            if ema is not None:
-                ema.update(model, step=state.global_step)
+            if step.ema is not None:
+                step.ema.update(step.model, step=state.global_step)
         elif verdict.action == OVERFLOW:
             progress.overflow += 1
         elif verdict.action == SKIP:
             progress.skipped += 1
-            ctx.record({"type": "skipped_step", "epoch": epoch, "step": step, "global_step": state.global_step,
+            ctx.record({"type": "skipped_step", "epoch": epoch, "step": k, "global_step": state.global_step,
                         "reason": verdict.reason, "files": files})
-            log.warning(f"epoch {epoch}, step {step}: {verdict.reason} (files: {', '.join(files[:4])}"
+            log.warning(f"epoch {epoch}, step {k}: {verdict.reason} (files: {', '.join(files[:4])}"
                         f"{' ...' if len(files) > 4 else ''})")
-        watchdog.beat(f"epoch {epoch}, optimizer step {step + 1} of {steps_per_epoch}")
+        watchdog.beat(f"epoch {epoch}, optimizer step {k + 1} of {steps_per_epoch}")
         step_seconds, step_started = time.monotonic() - step_started, time.monotonic()
         if state.global_step % cfg.run.log_every == 0:
-            ctx.tb.step(state.global_step, loss_v, grad_v, optimizer)
+            ctx.tb.step(state.global_step, loss_v, grad_v, step.optimizer)
             if bar.disable is False:
                 bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
         if stop_v > 0:
-            outcome = Outcome("stopped", stop.name, step)
+            outcome = Outcome("stopped", stop.name, k)
             break
     bar.close()
     watchdog.loader_iter = None

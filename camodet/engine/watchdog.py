@@ -42,8 +42,12 @@ def loader_state(it) -> str:
 
 
 class StallWatchdog:
-    def __init__(self, timeout: float, run_dir: str):
-        self.timeout, self.run_dir = timeout, run_dir
+    """Ends a run whose main thread made no progress (`beat`) for `timeout` seconds, after
+    writing every thread's and loader worker's stack to `report_path()` (a file of the run
+    folder); 0 turns it off."""
+
+    def __init__(self, timeout: float, report_path):
+        self.timeout, self.report_path = timeout, report_path
         self.where, self.last = "starting", time.monotonic()
         self.loader_iter = None
         # Workers write their stacks here on SIGUSR1; the dump copies them into the run folder.
@@ -83,7 +87,9 @@ class StallWatchdog:
                 os._exit(EXIT_STALLED)  # the main thread is stuck: nothing else can end the run
 
     def dump(self, idle: float) -> str:
-        path = os.path.join(self.run_dir, f"stall-{time.strftime('%Y%m%d-%H%M%S')}.txt")
+        """Write every thread's stack and the loader workers' to the run folder;
+        returns the file's path."""
+        path = self.report_path()
         workers = getattr(self.loader_iter, "_workers", None) or []
         for w in workers:
             if w.is_alive() and hasattr(signal, "SIGUSR1"):

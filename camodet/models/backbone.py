@@ -80,6 +80,8 @@ def assign_groups(module_names: list[str], feature_modules: list[str]) -> dict[s
 
 
 class Backbone(nn.Module):
+    """A timm backbone as a feature pyramid: four levels, strides 4 to 32, their
+    channel counts, the groups that unfreeze stage by stage, and its input normalisation."""
     def __init__(self, name: str, pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
         self.name = name

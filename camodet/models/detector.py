@@ -17,6 +17,7 @@ SIDE_WEIGHT_DECAY = 0.5
 
 @dataclass
 class ModelOutput:
+    """Logits at the input size, side logits (deep supervision), MoE balance loss, usage."""
     logits: torch.Tensor                                    # (B, 1, H, W) at input size
     side_logits: list = field(default_factory=list)         # deep supervision, at input size
     aux_loss: torch.Tensor | None = None                    # MoE balance (mean over blocks)
@@ -24,6 +25,8 @@ class ModelOutput:
 
 
 class CamoDetector(nn.Module):
+    """Backbone -> MoE decoder -> mask logits at the input size, with optional side
+    heads for deep supervision and backbone groups that can be frozen."""
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -11,6 +11,8 @@ def count(module) -> int:
 
 
 def summarise(model: CamoDetector, img_size: int) -> dict:
+    """Parameters by part (backbone, experts, routers, decoder, heads) and the
+    feature shapes at `img_size`."""
     experts = sum(count(b.experts) for b in model.decoder.moe.values())
     routers = sum(count(b.router) for b in model.decoder.moe.values())
     parts = {

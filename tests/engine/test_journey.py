@@ -15,8 +15,8 @@ import torch
 import camodet.engine.trainer as trainer
 from camodet.cli import main
 from camodet.data.synth import write_dataset
-from camodet.engine import history
-from camodet.engine.checkpoint import load_checkpoint
+from camodet.runs import history
+from camodet.runs.checkpoint import load_checkpoint
 
 
 def camo_tree(root) -> str:

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from camodet.engine import history
-from camodet.engine.checkpoint import load_checkpoint
+from camodet.runs import history
+from camodet.runs.checkpoint import load_checkpoint
 from camodet.engine.distributed import first_host, from_srun, tasks_per_node
 
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import camodet.engine.guard as guard_module
+import camodet.engine.step as step_module
 import camodet.engine.trainer as trainer
 from camodet.cli import EXIT_RESUMABLE, main
-from camodet.engine import history
-from camodet.engine.checkpoint import load_checkpoint
+from camodet.runs import history
+from camodet.runs.checkpoint import load_checkpoint
 from camodet.engine.loaders import EpochSampler
 
 from ..conftest import poison_weights_at
@@ -118,7 +119,7 @@ class Spikes:
     def __init__(self, monkeypatch, spike):
         import camodet.engine.loaders as loaders
         self.datasets, self.trained, self.spike, collated = [], [], spike, []
-        real_collate, real_loss, real_ds = loaders.collate, trainer.total_loss, trainer.CODDataset
+        real_collate, real_loss, real_ds = loaders.collate, step_module.total_loss, trainer.CODDataset
 
         def collate(batch):
             out = real_collate(batch)
@@ -135,7 +136,7 @@ class Spikes:
                 super().__init__(*a, **k)
                 self.datasets.append(ds)
         monkeypatch.setattr(loaders, "collate", collate)
-        monkeypatch.setattr(trainer, "total_loss", loss)
+        monkeypatch.setattr(step_module, "total_loss", loss)
         monkeypatch.setattr(trainer, "CODDataset", Recorded)
         monkeypatch.setattr(guard_module, "MIN_HISTORY", 3)
 

@@ -1,7 +1,6 @@
 """Fault injection: each test fails if the protection it names is removed."""
 
 import glob
-import hashlib
 import math
 import os
 import signal
@@ -13,10 +12,11 @@ import time
 import pytest
 import torch
 
+import camodet.engine.step as step_module
 import camodet.engine.trainer as trainer
 from camodet.cli import main
-from camodet.engine import history
-from camodet.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint, nonfinite_tensors
+from camodet.runs import history
+from camodet.runs.checkpoint import CheckpointError, atomic_save, load_checkpoint, nonfinite_tensors
 
 from ..conftest import poison_weights_at
 
@@ -25,13 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def inject_loss(monkeypatch, fault):
     """Wrap the trainer's loss; `fault(call, loss)` sees every training micro-batch (1-based)."""
-    real, calls = trainer.total_loss, [0]
+    real, calls = step_module.total_loss, [0]
 
     def loss_fn(*args, **kwargs):
         calls[0] += 1
         loss, parts = real(*args, **kwargs)
         return fault(calls[0], loss), parts
-    monkeypatch.setattr(trainer, "total_loss", loss_fn)
+    monkeypatch.setattr(step_module, "total_loss", loss_fn)
 
 
 def run_files_finite(run_dir):
@@ -107,7 +107,7 @@ def test_exception_mid_write_keeps_previous_file(tmp_path, monkeypatch):
 
 DRIVER = """
 import os, signal, sys, time
-import camodet.engine.trainer as t
+import camodet.engine.step as t
 from camodet.cli import main
 real, calls, at = t.total_loss, [0], int(os.environ["FAULT_AT"])
 def loss(*a, **k):

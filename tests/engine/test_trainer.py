@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -8,8 +7,8 @@ import torch
 
 from camodet.cli import main
 from camodet.config import ModelConfig
-from camodet.engine import history
-from camodet.engine.checkpoint import load_checkpoint
+from camodet.runs import history
+from camodet.runs.checkpoint import load_checkpoint
 from camodet.models import build_model
 
 from ..conftest import truncate
@@ -258,7 +257,7 @@ def test_train_with_cache(tiny_args, tmp_path):
 def test_a_bad_validation_image_is_dropped_not_doubled(synth_root, tiny_args, tmp_path):
     import shutil
     from camodet.data.layouts import gather
-    from camodet.engine.loaders import split_train_val
+    from camodet.data.splits import split_train_val
     root = tmp_path / "COD10K-v3"
     shutil.copytree(synth_root, root)
     _, val = split_train_val(gather([str(root)], "train"), 0.5, 1)

@@ -3,8 +3,12 @@ import os
 import pytest
 
 from camodet.cli import main
-from camodet.engine.checkpoint import CheckpointError
-from camodet.engine.run_folder import claim
+from camodet.runs.checkpoint import CheckpointError
+from camodet.runs.folder import RunFolder
+
+
+def claim(run_dir, resume_from, overwrite, remove=True):
+    RunFolder(run_dir).claim(resume_from, overwrite, remove)
 
 
 def _fake_run(folder):

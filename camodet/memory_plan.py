@@ -1,8 +1,12 @@
 """`camodet plan`: choose micro-batch, accumulation and LR per stage from measured steps.
 The choice is a pure function of the measurements, so it is unit-tested with made-up ones."""
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
+
+from .config import ConfigError, TrainConfig, save_yaml
 
 # Share of the memory budget kept free, per profile.
 PROFILES = {"conservative": 0.30, "balanced": 0.15, "fast": 0.05}
@@ -14,6 +18,7 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class StagePlan:
+    """The chosen micro-batch of one stage with what it costs and its LR."""
     stage: int
     micro_batch: int
     peak_mb: float
@@ -74,3 +79,65 @@ def format_plan(profile: str, accum: int, plans: list[StagePlan], memory_kind: s
                      f"lr {p.lr:.3g}, peak {p.peak_mb:.0f} MB of {budget_mb:.0f} ({memory_kind}), "
                      f"{p.s_per_step:.2f} s/micro-step, ~{p.minutes_per_epoch:.1f} min/epoch")
     return "\n".join(lines)
+
+
+def parse_memory(text: str) -> float:
+    """'16GB', '16G', '12000MB' or a number of GB -> MB."""
+    t = text.strip().upper().removesuffix("B")
+    try:
+        if t.endswith("M"):
+            return float(t[:-1])
+        return float(t.removesuffix("G")) * 1024
+    except ValueError:
+        raise ConfigError(f"--gpu-memory {text!r}: use a size like 16GB or 12000MB") from None
+
+
+def plan_command(cfg: TrainConfig, has_data: bool, gpu_memory: str | None, candidates: list[int], steps: int,
+                 effective_batch: int, lr_scaling: str, num_images: int, out_dir: str) -> int:
+    """`camodet plan`: measure real steps of `cfg`'s model for each candidate micro-batch, then
+    write one YAML per profile (conservative, balanced, fast) into `out_dir`."""
+    import torch
+
+    from .data.splits import split_train_val, training_samples
+    from .engine.measure import MEMORY_KINDS, measure_candidates
+    from .models import check_backbone
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
+    if gpu_memory:
+        budget = parse_memory(gpu_memory)
+    elif on_gpu:
+        budget = torch.cuda.get_device_properties(0).total_memory / 2**20
+    else:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    images = (len(split_train_val(training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction,
+                                  cfg.run.seed)[0]) if has_data else num_images)
+
+    def show(m):
+        print(f"measured stage {m['stage']}, micro-batch {m['batch']}: " + (
+            f"failed ({m['error']})" if "error" in m else f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"),
+            flush=True)
+    step_spec = {"model_cfg": dataclasses.asdict(cfg.model), "img_size": cfg.data.img_size, "steps": steps,
+                 "grad_checkpointing": cfg.speed.grad_checkpointing, "device": "cuda" if on_gpu else "cpu",
+                 "amp": cfg.optim.amp, "channels_last": cfg.speed.channels_last, "compile": cfg.speed.compile,
+                 "moe_loss_weight": cfg.optim.moe_loss_weight, "weight_decay": cfg.optim.weight_decay}
+    measured = measure_candidates(step_spec, candidates, budget, show)
+    kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
+    print(f"\nbudget {budget:.0f} MB ({'GPU' if on_gpu else 'CPU RAM'}; measured: "
+          f"{MEMORY_KINDS.get(kind, kind)}), "
+          f"{images} training images, target effective batch {effective_batch}, LR rule {lr_scaling}\n")
+    base = {"lr": cfg.optim.lr, "stage2_lr": cfg.stage2_lr,
+            "base_batch1": cfg.optim.batch_size * cfg.optim.accumulation_steps,
+            "base_batch2": cfg.stage2_batch_size * cfg.optim.accumulation_steps}
+    os.makedirs(out_dir, exist_ok=True)
+    for profile, margin in PROFILES.items():
+        try:
+            accum, plans = choose(measured, budget, margin, effective_batch, base, lr_scaling, images)
+        except PlanError as e:
+            print(f"{profile}: {e}")
+            continue
+        optim = dataclasses.replace(cfg.optim, batch_size=plans[0].micro_batch, stage2_batch_size=plans[1].micro_batch,
+                                    accumulation_steps=accum, lr=plans[0].lr, stage2_lr=plans[1].lr)
+        path = os.path.join(out_dir, f"plan-{profile}.yaml")
+        save_yaml(dataclasses.replace(cfg, optim=optim), path)
+        print(format_plan(profile, accum, plans, kind, budget) + f"\n  -> {path}")
+    return 0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from camodet.engine.device import amp_dtype, memory_format, tune_kernels
+from camodet.device import amp_dtype, memory_format, tune_kernels
 
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),

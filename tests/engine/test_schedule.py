@@ -3,7 +3,7 @@ import math
 import pytest
 
 from camodet.config import TrainConfig
-from camodet.engine.plan import make_plan, schedule_lr
+from camodet.engine.schedule import make_plan, schedule_lr
 
 
 def cfg(**kw):

@@ -5,12 +5,15 @@ import os
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors
+from .runs.checkpoint import EMA, POSITION, CheckpointError, load_checkpoint, model_weights
+from .runs.checkpoint import nonfinite_tensors
 
 CLEAN, NONFINITE, BROKEN = 0, 1, 2  # exit codes
 
 
 def inspect_checkpoint(path: str) -> dict:
+    """What `path` holds (position, best, metrics, settings, weights) and whether it reads
+    completely and holds only finite numbers; `exit_code` says which."""
     report = {"path": path, "size_bytes": os.path.getsize(path) if os.path.isfile(path) else None}
     try:
         ckpt = load_checkpoint(path)
@@ -18,17 +21,17 @@ def inspect_checkpoint(path: str) -> dict:
         return {**report, "integrity": e.kind, "error": str(e), "status": "broken", "exit_code": BROKEN}
     cfg = ckpt.get("config", {})
     model, optim, data, stages = (cfg.get(k, {}) for k in ("model", "optim", "data", "stages"))
-    weights = ckpt["model_state_dict"]
+    weights = model_weights(ckpt)
     tensors = [v for v in weights.values() if isinstance(v, torch.Tensor)]
     bad = nonfinite_tensors(ckpt)
-    position = ckpt.get("position")
+    position = ckpt.get(POSITION)
     report.update({
         "integrity": "ok",
         "format": ckpt.get("format", "unknown"),
         "epoch": ckpt.get("epoch"), "stage": ckpt.get("stage"), "global_step": ckpt.get("global_step"),
         "mid_epoch": {"epoch": position["epoch"], "micro_step": position["micro_step"]} if position else None,
         "best_iou": _finite_or_none(ckpt.get("best_iou")), "best_epoch": ckpt.get("best_epoch"),
-        "weights": ckpt.get("weights", "raw"), "has_ema": "ema_state_dict" in ckpt,
+        "weights": ckpt.get("weights", "raw"), "has_ema": EMA in ckpt,
         "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0),
         "metrics": ckpt.get("metrics", {}),
         "config": {"backbone": model.get("backbone"), "num_experts": model.get("num_experts"),
@@ -49,6 +52,7 @@ def _finite_or_none(x):
 
 
 def format_inspection(r: dict) -> str:
+    """inspect_checkpoint's report as the lines `camodet inspect` prints."""
     if r["status"] == "broken":
         return f"{r['path']}: BROKEN ({r['integrity']})\n  {r['error']}"
     size = f"{r['size_bytes'] / 1e6:.1f} MB" if r["size_bytes"] else "?"

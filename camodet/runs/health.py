@@ -4,6 +4,8 @@ what it saw and what to try. Used by the trainer after every epoch and by the re
 import statistics
 from dataclasses import dataclass
 
+from .folder import BEST
+
 FALLING_EPOCHS = 3        # validation IoU falling this many epochs in a row
 SPIKE_RATIO = 1.5         # epoch loss this far above the best of the previous epochs
 GRAD_RISE_EPOCHS = 3      # gradient norm rising this many epochs in a row ...
@@ -14,6 +16,7 @@ TRAINABLE_CHANGES = ("stage", "unfreeze", "warm_restart", "rollback")
 
 @dataclass(frozen=True)
 class Advice:
+    """One piece of advice: the epoch it is about, the rule that fired and what to do."""
     epoch: int
     rule: str
     message: str
@@ -41,7 +44,7 @@ def advise(records: list[dict], config: dict) -> list[Advice]:
     if len(ious) == FALLING_EPOCHS + 1 and None not in ious and all(b < a for a, b in zip(ious, ious[1:])):
         out.append(Advice(e, "iou_falling",
                           f"validation IoU fell {FALLING_EPOCHS} epochs in a row ({ious[0]:.4f} -> {ious[-1]:.4f}); "
-                          f"try {lr_flag} 20% lower, resuming from best_model.pth"))
+                          f"try {lr_flag} 20% lower, resuming from {BEST}"))
 
     earlier = [r["loss"] for r in same_stage[:-1] if isinstance(r.get("loss"), (int, float))]
     if earlier and last.get("loss", 0) > SPIKE_RATIO * min(earlier):

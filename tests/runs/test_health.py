@@ -1,4 +1,4 @@
-from camodet.engine.health import advise
+from camodet.runs.health import advise
 
 CONFIG = {"stages": {"epochs": 20, "stage1_epochs": 5, "skip_stage1": False}, "optim": {"min_lr": 1e-5}}
 
@@ -53,7 +53,7 @@ def test_lr_at_floor_with_epochs_left():
 
 
 def test_persisting_condition_is_reported_once():
-    from camodet.engine.health import new_advice
+    from camodet.runs.health import new_advice
     starved = [(0.5, 0.5, 0.0)]
     run = healthy(3) + [epoch(4, usage=starved), epoch(5, usage=starved)]
     assert [a.rule for a in new_advice(run[:4], CONFIG)] == ["expert_unused"]

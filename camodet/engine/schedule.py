@@ -10,6 +10,8 @@ from ..config import TrainConfig
 
 @dataclass(frozen=True)
 class Plan:
+    """The stage and LR schedule of a run: which backbone groups train in each epoch
+    and each parameter group's LR at each step. A pure function of the config (make_plan)."""
     epochs: int
     stage1_end: int                 # last epoch of stage 1 (0: no stage 1)
     num_groups: int                 # backbone groups, 0 = shallowest
