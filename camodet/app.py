@@ -2,6 +2,7 @@
 mask, the overlay and the cut-out, move the threshold, and download the cut-out (PNG with
 transparency). Gradio is an optional extra: pip install 'camodet[app]'."""
 
+import logging
 import os
 import tempfile
 
@@ -81,6 +82,7 @@ def build_app(predictor, title: str = "camodet"):
 def launch(predictor, title: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, block: bool = True):
     """Start the server; returns (demo, local URL). block=False returns at once (tests)."""
     demo = build_app(predictor, title)
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # Gradio's own start-up checks, one line each
     try:
         _, url, _ = demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True,
                                 quiet=True, ssr_mode=False, inbrowser=False)
