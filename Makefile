@@ -1,5 +1,5 @@
 # `make demo`: install, generate synthetic data, train on the CPU, evaluate, report.
-# `make test`: install and run the test suite.
+# `make test`: install, lint (ruff check + format check) and run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,8 @@ demo: $(STAMP)
 	$(PY) -m camodet predict $(DEMO)/run/best_model.pth $(DEMO)/SYNTH-COD10K/Test/Image --out $(DEMO)/predict
 
 test: $(STAMP)
+	$(PY) -m ruff check camodet tests benchmarks tools
+	$(PY) -m ruff format --check camodet tests benchmarks tools
 	$(PY) -m pytest -q
 
 clean:

@@ -49,20 +49,25 @@ def main():
     p.add_argument("--fp16", action="store_true", help="also time model_fp16.onnx")
     a = p.parse_args()
     import onnxruntime as ort
+
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=a.backbone, num_experts=a.num_experts, deep_supervision=True)
     model = build_model(cfg).eval()
     head = ProbabilityHead(model).eval()
-    gpu = "GPU: not measured (no CUDA device on this machine)" if not torch.cuda.is_available() else \
-        "GPU: present but not timed by this script (CPU numbers only)"
+    gpu = (
+        "GPU: not measured (no CUDA device on this machine)"
+        if not torch.cuda.is_available()
+        else "GPU: present but not timed by this script (CPU numbers only)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         graphs, notes = {}, []
         for name, fp16 in (("ORT", False), ("ORT fp16", True))[: 2 if a.fp16 else 1]:
             path = os.path.join(tmp, f"{name}.onnx")
             t = time.perf_counter()
             diff = export_onnx(model, a.img_size, path, fp16=fp16)
-            notes.append(f"{name}: export {time.perf_counter() - t:.1f} s, "
-                         f"max |ORT - PyTorch fp32| = {diff:.1e}")
+            notes.append(
+                f"{name}: export {time.perf_counter() - t:.1f} s, max |ORT - PyTorch fp32| = {diff:.1e}"
+            )
             graphs[name] = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         rows = []
         for size in a.sizes:
@@ -74,21 +79,34 @@ def main():
                 def run_torch(x=x):
                     with torch.inference_mode():
                         head(x)
+
                 times = {"PyTorch": best_of(run_torch, a.repeats)}
                 for name, session in graphs.items():
                     times[name] = best_of(lambda s=session, xn=xn: s.run(None, {"image": xn}), a.repeats)
                 rows.append((f"{h}x{w}", b, times))
-    print(f"{a.backbone}, {a.num_experts} experts, deep supervision, exported at {a.img_size} px; "
-          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__} (CPUExecutionProvider); {gpu}")
+    print(
+        f"{a.backbone}, {a.num_experts} experts, deep supervision, exported at {a.img_size} px; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__} (CPUExecutionProvider); {gpu}"
+    )
     print("; ".join(notes) + f"; best of {a.repeats} after a warm-up\n")
     names = list(rows[0][2])
-    print("| input | batch | " + " | ".join(f"{n} s/batch | {n} img/s" for n in names)
-          + " | " + " | ".join(f"{n} / PyTorch speed" for n in names[1:]) + " |")
+    print(
+        "| input | batch | "
+        + " | ".join(f"{n} s/batch | {n} img/s" for n in names)
+        + " | "
+        + " | ".join(f"{n} / PyTorch speed" for n in names[1:])
+        + " |"
+    )
     print("|---|---|" + "---|---|" * len(names) + "---|" * (len(names) - 1))
     for size, b, t in rows:
-        print(f"| {size} | {b} | " + " | ".join(f"{t[n]:.3f} | {b / t[n]:.2f}" for n in names)
-              + " | " + " | ".join(f"{t['PyTorch'] / t[n]:.2f}x" for n in names[1:]) + " |")
+        print(
+            f"| {size} | {b} | "
+            + " | ".join(f"{t[n]:.3f} | {b / t[n]:.2f}" for n in names)
+            + " | "
+            + " | ".join(f"{t['PyTorch'] / t[n]:.2f}x" for n in names[1:])
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ class AppError(RuntimeError):
 
 
 def _gradio():
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # no calls home from a local demo
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
     try:
         import gradio as gr
     except ImportError:
@@ -29,6 +29,7 @@ def _gradio():
 def render(image: np.ndarray, prob: np.ndarray, threshold: float, folder: str) -> tuple:
     """(mask, overlay, cut-out, path of the cut-out PNG) for one probability map."""
     from PIL import Image
+
     mask = prob >= float(threshold)
     cut = cutout_image(image, prob, mask)
     path = os.path.join(folder, "cutout.png")
@@ -58,21 +59,30 @@ def build_app(predictor, title: str = "camodet"):
         return render(image, prob, threshold, folder)
 
     with gr.Blocks(title=f"{title}: camouflaged object detection", analytics_enabled=False) as demo:
-        gr.Markdown(f"## {title}: find the camouflaged object\n"
-                    "Drop or upload a photo; the model marks what hides in it. Move the threshold to keep "
-                    "more or less; download the cut-out as a PNG with a transparent background.")
+        gr.Markdown(
+            f"## {title}: find the camouflaged object\n"
+            "Drop or upload a photo; the model marks what hides in it. Move the threshold to keep "
+            "more or less; download the cut-out as a PNG with a transparent background."
+        )
         with gr.Row():
-            photo = gr.Image(label="Photo", type="numpy", image_mode="RGB", sources=["upload", "clipboard"],
-                             elem_id="photo")
+            photo = gr.Image(
+                label="Photo",
+                type="numpy",
+                image_mode="RGB",
+                sources=["upload", "clipboard"],
+                elem_id="photo",
+            )
             with gr.Column():
-                threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold (probability)",
-                                      elem_id="threshold")
+                threshold = gr.Slider(
+                    0.05, 0.95, value=0.5, step=0.05, label="Threshold (probability)", elem_id="threshold"
+                )
                 download = gr.File(label="Cut-out (PNG, transparent background)", elem_id="download")
         with gr.Row():
             mask = gr.Image(label="Mask", format="png", interactive=False, elem_id="mask")
             overlay = gr.Image(label="Overlay", format="png", interactive=False, elem_id="overlay")
-            cut = gr.Image(label="Cut-out", format="png", image_mode="RGBA", interactive=False,
-                           elem_id="cutout")
+            cut = gr.Image(
+                label="Cut-out", format="png", image_mode="RGBA", interactive=False, elem_id="cutout"
+            )
         state = gr.State()
         photo.change(run, [photo, threshold], [state, mask, overlay, cut, download])
         threshold.change(rethreshold, [state, threshold], [mask, overlay, cut, download])
@@ -82,10 +92,17 @@ def build_app(predictor, title: str = "camodet"):
 def launch(predictor, title: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT, block: bool = True):
     """Start the server; returns (demo, local URL). block=False returns at once (tests)."""
     demo = build_app(predictor, title)
-    logging.getLogger("httpx").setLevel(logging.WARNING)   # Gradio's own start-up checks, one line each
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks, one line each
     try:
-        _, url, _ = demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True,
-                                quiet=True, ssr_mode=False, inbrowser=False)
+        _, url, _ = demo.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            prevent_thread_lock=True,
+            quiet=True,
+            ssr_mode=False,
+            inbrowser=False,
+        )
     except OSError as e:
         raise AppError(f"cannot listen on {host}:{port} ({e}); pass --port with a free port") from None
     print(f"camodet app: {title} at {url} (Ctrl-C stops it)", flush=True)

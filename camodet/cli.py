@@ -13,8 +13,9 @@ from .config import ConfigError, add_arguments, from_args
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: stopped at --time-limit or on the preemption signal;
-#                     the last checkpoint holds the position, the printed command (or --resume-from auto) continues
+# sysexits' EX_TEMPFAIL: stopped at --time-limit or on the preemption signal; the last checkpoint
+# holds the position, and the printed command (or --resume-from auto) continues the run.
+EXIT_RESUMABLE = 75
 
 
 def program() -> list[str]:
@@ -45,21 +46,29 @@ def _train(args) -> int:
     cfg = from_args(args)
     cfg.validate()
     from .runs.folder import RunFolder
+
     folder = RunFolder(cfg.run.checkpoint_dir)
     if cfg.run.resume_from == "auto":
         cfg.run.resume_from = folder.auto_resume()
-    from .runs.folder import BEST_METRIC
     from .models import check_backbone  # heavy imports only after the cheap checks pass
+    from .runs.folder import BEST_METRIC
+
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     from .engine.trainer import train
+
     last = folder.last
     if cfg.data.val_fraction == 0:
-        print(f"no validation (--val-fraction 0): every image trains, {last} is written each epoch, "
-              f"and there is no best checkpoint (nothing decides 'best')")
+        print(
+            f"no validation (--val-fraction 0): every image trains, {last} is written each epoch, "
+            f"and there is no best checkpoint (nothing decides 'best')"
+        )
     state = train(cfg)
     if state.interrupted:
-        print(f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
-              f"  {resume_command(args.argv, last)}", file=sys.stderr)
+        print(
+            f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
+            f"  {resume_command(args.argv, last)}",
+            file=sys.stderr,
+        )
         if state.interrupted in ("SIGINT", "SIGTERM"):
             return 128 + int(getattr(signal, state.interrupted))
         return EXIT_RESUMABLE
@@ -68,31 +77,48 @@ def _train(args) -> int:
         return 0
     if state.best_epoch == 0:
         why = "--val-fraction 0" if cfg.data.val_fraction == 0 else "no validation images"
-        print(f"done: trained to epoch {state.epoch} of {cfg.stages.epochs} without validation ({why}); "
-              f"the weights are in {last} (no best checkpoint)")
+        print(
+            f"done: trained to epoch {state.epoch} of {cfg.stages.epochs} without validation ({why}); "
+            f"the weights are in {last} (no best checkpoint)"
+        )
         return 0
-    print(f"done: best validation {BEST_METRIC} {state.best_iou:.4f} at epoch {state.best_epoch}; "
-          f"checkpoints in {cfg.run.checkpoint_dir}")
+    print(
+        f"done: best validation {BEST_METRIC} {state.best_iou:.4f} at epoch {state.best_epoch}; "
+        f"checkpoints in {cfg.run.checkpoint_dir}"
+    )
     return 0
 
 
 def _synth(args) -> int:
     from .data.synth import write_dataset
+
     if args.train < 1 or args.test < 0:
         raise ConfigError("synth needs --train >= 1 and --test >= 0")
     if not 32 <= args.min_size <= args.max_size:
-        raise ConfigError(f"synth sizes must satisfy 32 <= --min-size <= --max-size (got {args.min_size}, {args.max_size})")
+        raise ConfigError(
+            f"synth sizes must satisfy 32 <= --min-size <= --max-size (got {args.min_size}, {args.max_size})"
+        )
     if args.workers < 0:
         raise ConfigError(f"synth --workers must be 0 (one per core) or more (got {args.workers})")
-    info = write_dataset(args.out, args.train, args.test, seed=args.seed, noncam_every=args.noncam_every,
-                         size_range=(args.min_size, args.max_size), workers=args.workers or os.cpu_count())
-    print(f"wrote a COD10K-v3-layout synthetic dataset to {info['root']}: {info['train']} train, "
-          f"{info['test']} test images (seed {info['seed']})")
+    info = write_dataset(
+        args.out,
+        args.train,
+        args.test,
+        seed=args.seed,
+        noncam_every=args.noncam_every,
+        size_range=(args.min_size, args.max_size),
+        workers=args.workers or os.cpu_count(),
+    )
+    print(
+        f"wrote a COD10K-v3-layout synthetic dataset to {info['root']}: {info['train']} train, "
+        f"{info['test']} test images (seed {info['seed']})"
+    )
     return 0
 
 
 def _data_check(args) -> int:
     from .data.check import check_dataset, format_report
+
     report = check_dataset(args.path, decode=not args.headers_only)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 1 if report["problems"] else 0
@@ -102,9 +128,15 @@ def _model_summary(args) -> int:
     from .config import ModelConfig
     from .models import build_model, check_backbone
     from .models.summary import format_summary, summarise
+
     check_backbone(args.backbone, args.img_size)
-    cfg = ModelConfig(backbone=args.backbone, num_experts=args.num_experts, top_k=min(2, args.num_experts),
-                      deep_supervision=not args.no_deep_supervision, decoder_channels=args.decoder_channels)
+    cfg = ModelConfig(
+        backbone=args.backbone,
+        num_experts=args.num_experts,
+        top_k=min(2, args.num_experts),
+        deep_supervision=not args.no_deep_supervision,
+        decoder_channels=args.decoder_channels,
+    )
     s = summarise(build_model(cfg), args.img_size)
     print(json.dumps(s, indent=2) if args.json else format_summary(s, args.backbone))
     return 0
@@ -113,6 +145,7 @@ def _model_summary(args) -> int:
 def _evaluate(args) -> int:
     from .evaluation import evaluate, evaluate_preds_dir, format_table, write_results
     from .paper import format_latex, scaling_note
+
     if (args.checkpoint is None) == (args.preds_dir is None):
         raise ConfigError("evaluate needs a checkpoint (or export folder) or --preds-dir DIR, not both")
     if args.curves and not args.out:
@@ -123,10 +156,18 @@ def _evaluate(args) -> int:
     else:
         from .hub import load_predictor
         from .inference import TTA
+
         tta = TTA.parse(args.tta)
         predictor = load_predictor(args.checkpoint, weights=args.weights, device=args.device, tta=tta)
-        results = evaluate(predictor, args.dataset_path, args.batch_size, args.num_workers, args.save_preds,
-                           args.minmax, curves)
+        results = evaluate(
+            predictor,
+            args.dataset_path,
+            args.batch_size,
+            args.num_workers,
+            args.save_preds,
+            args.minmax,
+            curves,
+        )
         if args.save_preds:
             print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
     note = scaling_note(args.minmax)
@@ -142,6 +183,7 @@ def _evaluate(args) -> int:
     if curves is not None:
         from .curves import plot_curves, save_curves
         from .paper import is_super_row
+
         folder = os.path.join(args.out, "curves")
         files = save_curves(curves, folder, method)
         files += plot_curves({k: v for k, v in curves.items() if not is_super_row(k)}, folder, method)
@@ -161,31 +203,47 @@ def _predict(args) -> int:
     from .inference import TTA
     from .predict import predict_files
     from .video import is_video, predict_clips
+
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1 (got {args.threshold})")
     if args.smooth < 1 or args.fps <= 0:
-        raise ConfigError(f"--smooth must be at least 1 frame and --fps positive "
-                          f"(got {args.smooth}, {args.fps})")
+        raise ConfigError(
+            f"--smooth must be at least 1 frame and --fps positive (got {args.smooth}, {args.fps})"
+        )
     videos = [i for i in args.inputs if os.path.isfile(i) and is_video(i)]
     folders = [i for i in args.inputs if args.frames and os.path.isdir(i)]
     images = [i for i in args.inputs if i not in videos and i not in folders]
-    predictor = load_predictor(args.checkpoint, weights=args.weights, device=args.device,
-                               tta=TTA.parse(args.tta))
+    predictor = load_predictor(
+        args.checkpoint, weights=args.weights, device=args.device, tta=TTA.parse(args.tta)
+    )
     problems = []
     if images:
         r = predict_files(predictor, images, args.out, args.threshold, args.batch_size, args.num_workers)
-        print(f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images "
-              f"to {args.out} ({r['images_per_s']:.1f} images/s)")
+        print(
+            f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images "
+            f"to {args.out} ({r['images_per_s']:.1f} images/s)"
+        )
         problems += r["problems"]
     if videos or folders:
-        clips, bad = predict_clips(predictor, videos, folders, args.out, args.fps,
-                                   threshold=args.threshold, batch_size=args.batch_size, smooth=args.smooth,
-                                   save_frames=args.save_frames)
+        clips, bad = predict_clips(
+            predictor,
+            videos,
+            folders,
+            args.out,
+            args.fps,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            smooth=args.smooth,
+            save_frames=args.save_frames,
+        )
         for c in clips:
             w, h = c["size"]
-            print(f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
-                  f"{os.path.join(args.out, c['clip'])}/mask.mp4, overlay.mp4"
-                  + (", masks/, probs/" if args.save_frames else "") + f" ({c['frames_per_s']:.1f} frames/s)")
+            print(
+                f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
+                f"{os.path.join(args.out, c['clip'])}/mask.mp4, overlay.mp4"
+                + (", masks/, probs/" if args.save_frames else "")
+                + f" ({c['frames_per_s']:.1f} frames/s)"
+            )
         problems += bad
     for item, why in problems:
         print(f"  skipped {item}: {why}", file=sys.stderr)
@@ -194,25 +252,40 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     from .export import export
+
     info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=args.onnx, fp16=args.fp16)
-    print(f"wrote {', '.join(info['files'])} to {args.out_dir}"
-          + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if args.onnx else "")
-          + (f"; the fp16 graph within {info['onnx_fp16_max_abs_diff']:.1e}" if args.fp16 else ""))
+    print(
+        f"wrote {', '.join(info['files'])} to {args.out_dir}"
+        + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if args.onnx else "")
+        + (f"; the fp16 graph within {info['onnx_fp16_max_abs_diff']:.1e}" if args.fp16 else "")
+    )
     return 0
 
 
 def _push(args) -> int:
     from .hub import push
-    info = push(args.source, args.repo_id, token=args.token, private=args.private, results=args.results,
-                datasets=args.datasets, license=args.license, endpoint=args.endpoint)
-    print(f"pushed {', '.join(info['files'])} to {info['repo_url']} ({info['commit_url']}); "
-          f"load it with Predictor.from_pretrained({args.repo_id!r}) or 'camodet predict {args.repo_id} ...'")
+
+    info = push(
+        args.source,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        results=args.results,
+        datasets=args.datasets,
+        license=args.license,
+        endpoint=args.endpoint,
+    )
+    print(
+        f"pushed {', '.join(info['files'])} to {info['repo_url']} ({info['commit_url']}); "
+        f"load it with Predictor.from_pretrained({args.repo_id!r}) or 'camodet predict {args.repo_id} ...'"
+    )
     return 0
 
 
 def _app(args) -> int:
     from .app import launch
     from .hub import load_predictor
+
     predictor = load_predictor(args.model, weights=args.weights, device=args.device)
     launch(predictor, args.title or method_name(args.model), host=args.host, port=args.port)
     return 0
@@ -220,6 +293,7 @@ def _app(args) -> int:
 
 def _inspect(args) -> int:
     from .inspection import format_inspection, inspect_checkpoint
+
     report = inspect_checkpoint(args.checkpoint)
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspection(report))
     return report["exit_code"]
@@ -232,21 +306,38 @@ def _plan(args) -> int:
     if args.effective_batch < 1:
         raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
     from .memory_plan import plan_command
-    return plan_command(cfg, has_data, args.gpu_memory, args.candidates, args.steps, args.effective_batch,
-                        args.lr_scaling, args.num_images, args.out_dir)
+
+    return plan_command(
+        cfg,
+        has_data,
+        args.gpu_memory,
+        args.candidates,
+        args.steps,
+        args.effective_batch,
+        args.lr_scaling,
+        args.num_images,
+        args.out_dir,
+    )
 
 
 def _report(args) -> int:
     from .report import write_report
+
     path = write_report(args.run_dir, predictions=not args.no_predictions)
     print(f"wrote {path} and the plots in {os.path.join(args.run_dir, 'report')}/")
     return 0
 
 
 def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
-    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto",
-                   help="auto: what the checkpoint's model holds (EMA in best_model.pth of an EMA run)")
-    p.add_argument("--tta", nargs="+", metavar="SPEC", help="test-time augmentation: flip and/or scales=0.75,1,1.25")
+    p.add_argument(
+        "--weights",
+        choices=["auto", "ema", "raw"],
+        default="auto",
+        help="auto: what the checkpoint's model holds (EMA in best_model.pth of an EMA run)",
+    )
+    p.add_argument(
+        "--tta", nargs="+", metavar="SPEC", help="test-time augmentation: flip and/or scales=0.75,1,1.25"
+    )
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -254,7 +345,9 @@ def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand and its flags; train's come from the config dataclasses."""
-    p = argparse.ArgumentParser(prog="camodet", description="Camouflaged object detection: train, evaluate, ship.")
+    p = argparse.ArgumentParser(
+        prog="camodet", description="Camouflaged object detection: train, evaluate, ship."
+    )
     p.add_argument("--version", action="version", version=f"camodet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -267,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train", type=int, default=200, help="training images")
     s.add_argument("--test", type=int, default=50, help="test images")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--noncam-every", type=int, default=10, help="every N-th image is a NonCAM background (0: none)")
+    s.add_argument(
+        "--noncam-every", type=int, default=10, help="every N-th image is a NonCAM background (0: none)"
+    )
     s.add_argument("--min-size", type=int, default=160)
     s.add_argument("--max-size", type=int, default=320)
     s.add_argument("--workers", type=int, default=0, help="processes that generate images (0: one per core)")
@@ -281,68 +376,109 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_data_check)
 
     e = sub.add_parser("evaluate", help="the field's metrics on test splits, at original resolution")
-    e.add_argument("checkpoint", nargs="?",
-                   help="checkpoint, export folder or Hub id (omit with --preds-dir)")
+    e.add_argument(
+        "checkpoint", nargs="?", help="checkpoint, export folder or Hub id (omit with --preds-dir)"
+    )
     e.add_argument("--dataset-path", nargs="+", required=True)
     e.add_argument("--out", help="folder for metrics.json/.csv/.md")
     e.add_argument("--save-preds", help="write 8-bit probability maps as DIR/<dataset>/<stem>.png")
     e.add_argument("--preds-dir", help="score existing maps in DIR/<dataset>/<stem>.png instead of a model")
-    e.add_argument("--curves", action="store_true",
-                   help="save PR, F- and E-measure curves (256 thresholds) and their plots in OUT/curves/")
-    e.add_argument("--format", choices=["markdown", "latex"], default="markdown",
-                   help="latex: S-alpha, weighted F, mean E, MAE to 3 decimals, as papers print them")
-    e.add_argument("--minmax", action="store_true",
-                   help="min-max normalise each map before every metric (for papers that do); "
-                        "stated in the table's legend")
+    e.add_argument(
+        "--curves",
+        action="store_true",
+        help="save PR, F- and E-measure curves (256 thresholds) and their plots in OUT/curves/",
+    )
+    e.add_argument(
+        "--format",
+        choices=["markdown", "latex"],
+        default="markdown",
+        help="latex: S-alpha, weighted F, mean E, MAE to 3 decimals, as papers print them",
+    )
+    e.add_argument(
+        "--minmax",
+        action="store_true",
+        help="min-max normalise each map before every metric (for papers that do); "
+        "stated in the table's legend",
+    )
     e.add_argument("--method", help="name of the model in tables and plots (default: its folder's name)")
     _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
 
-    pr = sub.add_parser("predict", help="masks, probability maps, overlays and cut-outs for your images; "
-                                        "mask and overlay videos for videos and frame folders")
+    pr = sub.add_parser(
+        "predict",
+        help="masks, probability maps, overlays and cut-outs for your images; "
+        "mask and overlay videos for videos and frame folders",
+    )
     pr.add_argument("checkpoint", help="checkpoint, export folder or Hub model id (user/name)")
     pr.add_argument("inputs", nargs="+", help="image or video files, folders or glob patterns")
     pr.add_argument("--out", required=True, help="output folder (masks/, probs/, overlays/, cutouts/)")
     pr.add_argument("--threshold", type=float, default=0.5, help="probability that counts as object")
-    pr.add_argument("--frames", action="store_true",
-                    help="treat each folder as video frames in frame-number order (one clip per sequence)")
-    pr.add_argument("--fps", type=float, default=25.0,
-                    help="frame rate of the videos made from --frames folders")
-    pr.add_argument("--smooth", type=int, default=1, metavar="K",
-                    help="videos: average each frame's probabilities with its neighbours over K frames")
-    pr.add_argument("--save-frames", action="store_true",
-                    help="videos: also write masks/ and probs/ PNGs per frame beside the videos")
+    pr.add_argument(
+        "--frames",
+        action="store_true",
+        help="treat each folder as video frames in frame-number order (one clip per sequence)",
+    )
+    pr.add_argument(
+        "--fps", type=float, default=25.0, help="frame rate of the videos made from --frames folders"
+    )
+    pr.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        metavar="K",
+        help="videos: average each frame's probabilities with its neighbours over K frames",
+    )
+    pr.add_argument(
+        "--save-frames",
+        action="store_true",
+        help="videos: also write masks/ and probs/ PNGs per frame beside the videos",
+    )
     _inference_flags(pr, batch_size=4)
     pr.set_defaults(func=_predict)
 
     x = sub.add_parser("export", help="model.safetensors + config.json (and --onnx model.onnx)")
     x.add_argument("checkpoint")
     x.add_argument("out_dir")
-    x.add_argument("--onnx", action="store_true",
-                   help="also write model.onnx (pip install 'camodet[export]'); dynamic batch, height "
-                        "and width (multiples of 32)")
-    x.add_argument("--fp16", action="store_true",
-                   help="also write model_fp16.onnx: half-precision weights and compute for GPUs, "
-                        "float32 in and out")
+    x.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (pip install 'camodet[export]'); dynamic batch, height "
+        "and width (multiples of 32)",
+    )
+    x.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write model_fp16.onnx: half-precision weights and compute for GPUs, float32 in and out",
+    )
     x.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
     x.set_defaults(func=_export)
 
-    hp = sub.add_parser("push", help="publish a model on the Hugging Face Hub: model.safetensors, "
-                                     "config.json and a model card (pip install 'camodet[hub]')")
+    hp = sub.add_parser(
+        "push",
+        help="publish a model on the Hugging Face Hub: model.safetensors, "
+        "config.json and a model card (pip install 'camodet[hub]')",
+    )
     hp.add_argument("source", help="checkpoint, run folder (its best checkpoint) or export folder")
     hp.add_argument("repo_id", help="user/name on the Hub (created if missing)")
-    hp.add_argument("--results", help="folder (or metrics.json) of 'camodet evaluate --out' for the card's "
-                                      "table (default: one found beside the run)")
-    hp.add_argument("--datasets", nargs="+",
-                    help="datasets named in the card's metadata (default: the table's)")
+    hp.add_argument(
+        "--results",
+        help="folder (or metrics.json) of 'camodet evaluate --out' for the card's "
+        "table (default: one found beside the run)",
+    )
+    hp.add_argument(
+        "--datasets", nargs="+", help="datasets named in the card's metadata (default: the table's)"
+    )
     hp.add_argument("--license", help="license in the card's metadata, e.g. mit or cc-by-nc-4.0")
     hp.add_argument("--private", action="store_true", help="create the repository private")
     hp.add_argument("--token", help="Hub token (default: HF_TOKEN or 'hf auth login')")
     hp.add_argument("--endpoint", help="Hub address (default: HF_ENDPOINT or huggingface.co)")
     hp.set_defaults(func=_push)
 
-    ap = sub.add_parser("app", help="web demo on localhost: drop a photo, see mask, overlay and cut-out "
-                                    "(pip install 'camodet[app]')")
+    ap = sub.add_parser(
+        "app",
+        help="web demo on localhost: drop a photo, see mask, overlay and cut-out "
+        "(pip install 'camodet[app]')",
+    )
     ap.add_argument("model", help="checkpoint, export folder or Hub model id (user/name)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
     ap.add_argument("--port", type=int, default=7860)
@@ -351,16 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.set_defaults(func=_app)
 
-    pl = sub.add_parser("plan", help="measure steps, then choose micro-batch, accumulation and LR "
-                                     "(three profiles, each a YAML for train --config)")
+    pl = sub.add_parser(
+        "plan",
+        help="measure steps, then choose micro-batch, accumulation and LR "
+        "(three profiles, each a YAML for train --config)",
+    )
     add_arguments(pl)
     pl.add_argument("--gpu-memory", help="memory budget, e.g. 16GB (default: the GPU's, or the CPU's RAM)")
     pl.add_argument("--effective-batch", type=int, default=16, help="images per optimizer step to reach")
-    pl.add_argument("--lr-scaling", choices=["linear", "sqrt"], default="linear",
-                    help="scale the configured LRs with the effective batch: linear or square root")
-    pl.add_argument("--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="micro-batches to try")
+    pl.add_argument(
+        "--lr-scaling",
+        choices=["linear", "sqrt"],
+        default="linear",
+        help="scale the configured LRs with the effective batch: linear or square root",
+    )
+    pl.add_argument(
+        "--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="micro-batches to try"
+    )
     pl.add_argument("--steps", type=int, default=2, help="timed steps per measurement (after one warm-up)")
-    pl.add_argument("--num-images", type=int, default=3600, help="training images when no --dataset-path is given")
+    pl.add_argument(
+        "--num-images", type=int, default=3600, help="training images when no --dataset-path is given"
+    )
     pl.add_argument("--out-dir", default="plans", help="where the three YAML files go")
     pl.set_defaults(func=_plan)
 
@@ -369,8 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-predictions", action="store_true", help="skip the grid of validation predictions")
     rp.set_defaults(func=_report)
 
-    i = sub.add_parser("inspect", help="verify a checkpoint: position, metrics, config, NaN/Inf tensors "
-                                       "(exit 0 clean, 1 non-finite, 2 unreadable)")
+    i = sub.add_parser(
+        "inspect",
+        help="verify a checkpoint: position, metrics, config, NaN/Inf tensors "
+        "(exit 0 clean, 1 non-finite, 2 unreadable)",
+    )
     i.add_argument("checkpoint")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
@@ -400,6 +550,7 @@ def main(argv=None) -> int:
     from .hub import HubError
     from .models.backbone import BackboneError
     from .runs.checkpoint import CheckpointError
+
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, BackboneError, ExportError, HubError, AppError) as e:

@@ -29,11 +29,16 @@ def save_curves(curves: dict[str, dict[str, np.ndarray]], out_dir: str, method: 
     written = []
     for row, c in curves.items():
         name = f"{row}.npz"
-        np.savez(os.path.join(out_dir, name), thresholds=THRESHOLDS,
-                 **{k: np.asarray(c[k], dtype=np.float64) for k in CURVE_KEYS})
+        np.savez(
+            os.path.join(out_dir, name),
+            thresholds=THRESHOLDS,
+            **{k: np.asarray(c[k], dtype=np.float64) for k in CURVE_KEYS},
+        )
         written.append(name)
-    toolkit = {row: {method: {TOOLKIT_KEYS[k]: np.asarray(c[k]).tolist() for k in CURVE_KEYS}}
-               for row, c in curves.items()}
+    toolkit = {
+        row: {method: {TOOLKIT_KEYS[k]: np.asarray(c[k]).tolist() for k in CURVE_KEYS}}
+        for row, c in curves.items()
+    }
     np.save(os.path.join(out_dir, "curves.npy"), toolkit, allow_pickle=True)
     return written + ["curves.npy"]
 
@@ -48,13 +53,16 @@ def plot_curves(curves: dict[str, dict[str, np.ndarray]], out_dir: str, method: 
     """pr.png (precision against recall), fm.png and em.png (against the threshold), one panel
     per row; returns the file names."""
     import matplotlib
+
     matplotlib.use("Agg")  # files only: no display on servers and in CI
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
-    plots = {"pr.png": ("recall", "precision", "Recall", "Precision"),
-             "fm.png": (None, "fmeasure", "Threshold", "F-measure"),
-             "em.png": (None, "emeasure", "Threshold", "E-measure")}
+    plots = {
+        "pr.png": ("recall", "precision", "Recall", "Precision"),
+        "fm.png": (None, "fmeasure", "Threshold", "F-measure"),
+        "em.png": (None, "emeasure", "Threshold", "E-measure"),
+    }
     written = []
     for fname, (xkey, ykey, xlabel, ylabel) in plots.items():
         n = len(curves)

@@ -28,16 +28,28 @@ def split_by_dataset(dataset_paths: list[str]) -> dict[str, list[Sample]]:
     return out
 
 
-def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_workers: int = 2,
-             save_preds: str | None = None, normalise: bool = False, curves: dict | None = None) -> dict:
+def evaluate(
+    predictor,
+    dataset_paths: list[str],
+    batch_size: int = 8,
+    num_workers: int = 2,
+    save_preds: str | None = None,
+    normalise: bool = False,
+    curves: dict | None = None,
+) -> dict:
     """{row: metrics}, predictions resized to each GT's original size; a row per dataset, and
     per COD10K super-class after COD10K. normalise: per-map min-max first (saved maps stay raw);
     curves: a dict to fill with each row's curves (Evaluator.curves)."""
     results: dict = {}
     for name, group in split_by_dataset(dataset_paths).items():
         ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                            pin_memory=predictor.device.type == "cuda")
+        loader = DataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=predictor.device.type == "cuda",
+        )
         scorer = DatasetScorer(name, normalise)
         for batch in tqdm(_scoring_every_image(loader), desc=name, leave=False, disable=None):
             probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
@@ -64,8 +76,7 @@ def _scoring_every_image(loader):
     try:
         yield from loader
     except DataError as e:
-        raise DataError(f"{e.reason}; replace it: the protocol scores every test image") \
-            from None
+        raise DataError(f"{e.reason}; replace it: the protocol scores every test image") from None
 
 
 def save_map(pred: np.ndarray, path: str) -> None:
@@ -74,8 +85,9 @@ def save_map(pred: np.ndarray, path: str) -> None:
     Image.fromarray(pred).save(path)
 
 
-def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str], normalise: bool = False,
-                       curves: dict | None = None) -> dict:
+def evaluate_preds_dir(
+    preds_dir: str, dataset_paths: list[str], normalise: bool = False, curves: dict | None = None
+) -> dict:
     """Score prediction maps already on disk (DIR/<dataset>/<stem>.png, or DIR/<stem>.png
     for a single dataset) against the test GTs; maps of another size are resized to the
     GT's, as PySODEvalToolkit does. Rows, normalise and curves as in `evaluate`."""
@@ -87,14 +99,18 @@ def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str], normalise: bool
         folder = os.path.join(preds_dir, name)
         if not os.path.isdir(folder):
             if len(sets) > 1:
-                raise DataError(f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
-                                f"use the DIR/<dataset>/<stem>.png layout")
+                raise DataError(
+                    f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
+                    f"use the DIR/<dataset>/<stem>.png layout"
+                )
             folder = preds_dir
         maps = {os.path.splitext(f)[0]: os.path.join(folder, f) for f in os.listdir(folder)}
         missing = [s.name for s in group if s.name not in maps]
         if missing:
-            raise DataError(f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
-                            f"(first: {missing[0]}); predictions must be named like the GT files")
+            raise DataError(
+                f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
+                f"(first: {missing[0]}); predictions must be named like the GT files"
+            )
         scorer = DatasetScorer(name, normalise)
         for s in tqdm(group, desc=name, leave=False, disable=None):
             gt, pred = read_mask(s.mask), read_grey(maps[s.name])  # a map is grey levels, never labels
@@ -111,7 +127,9 @@ def format_table(results: dict, note: str = "") -> str:
     head = "| Dataset | " + " | ".join(TABLE_COLUMNS) + " | Images |"
     lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |"
+        )
     lines.append("")
     lines += [f"- {c}: {VARIANTS[c]}" for c in TABLE_COLUMNS]
     if note:

@@ -17,8 +17,8 @@ from .inference import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, Predictor
 
 ONNX_FILE, ONNX_FP16_FILE = "model.onnx", "model_fp16.onnx"
 ONNX_TOLERANCE = 1e-3
-FP16_TOLERANCE = 2e-2      # fp16 compute against fp32 PyTorch: probabilities to about two decimals
-STRIDE = 32                # the graph takes any height and width that are multiples of this, >= 2 strides
+FP16_TOLERANCE = 2e-2  # fp16 compute against fp32 PyTorch: probabilities to about two decimals
+STRIDE = 32  # the graph takes any height and width that are multiples of this, >= 2 strides
 
 
 class ExportError(RuntimeError):
@@ -39,11 +39,13 @@ class ProbabilityHead(torch.nn.Module):
         return torch.sigmoid(self.model(image).logits)
 
 
-def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False,
-           fp16: bool = False) -> dict:
+def export(
+    checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False, fp16: bool = False
+) -> dict:
     """Write the export folder; returns what was written and, with onnx (and fp16: the half
     precision graph too), the largest difference from PyTorch that the check measured."""
     from safetensors.torch import save_file
+
     predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
     model = predictor.model
     os.makedirs(out_dir, exist_ok=True)
@@ -53,14 +55,22 @@ def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = Fa
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
-    config = {"format": EXPORT_FORMAT, "camodet_version": __version__, "model": asdict(model.cfg),
-              "img_size": predictor.img_size, "source": os.path.abspath(checkpoint), "weights": weights,
-              # the backbone's own statistics, as the weights were trained with (0..255 scale)
-              "input": {"layout": "NCHW RGB, (pixel 0..255 - mean) / std",
-                        "mean": [v * 255.0 for v in predictor.norm.mean],
-                        "std": [v * 255.0 for v in predictor.norm.std],
-                        "size": [predictor.img_size, predictor.img_size]},
-              "output": "probability map (N, 1, H, W) at the input size; resize to the image's size"}
+    config = {
+        "format": EXPORT_FORMAT,
+        "camodet_version": __version__,
+        "model": asdict(model.cfg),
+        "img_size": predictor.img_size,
+        "source": os.path.abspath(checkpoint),
+        "weights": weights,
+        # the backbone's own statistics, as the weights were trained with (0..255 scale)
+        "input": {
+            "layout": "NCHW RGB, (pixel 0..255 - mean) / std",
+            "mean": [v * 255.0 for v in predictor.norm.mean],
+            "std": [v * 255.0 for v in predictor.norm.std],
+            "size": [predictor.img_size, predictor.img_size],
+        },
+        "output": "probability map (N, 1, H, W) at the input size; resize to the image's size",
+    }
     with open(os.path.join(out_dir, EXPORT_CONFIG), "w") as fh:
         json.dump(config, fh, indent=2)
     info = {"files": [EXPORT_WEIGHTS, EXPORT_CONFIG]}
@@ -68,8 +78,9 @@ def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = Fa
         info["onnx_max_abs_diff"] = export_onnx(model, predictor.img_size, os.path.join(out_dir, ONNX_FILE))
         info["files"].append(ONNX_FILE)
     if fp16:
-        info["onnx_fp16_max_abs_diff"] = export_onnx(model, predictor.img_size,
-                                                     os.path.join(out_dir, ONNX_FP16_FILE), fp16=True)
+        info["onnx_fp16_max_abs_diff"] = export_onnx(
+            model, predictor.img_size, os.path.join(out_dir, ONNX_FP16_FILE), fp16=True
+        )
         info["files"].append(ONNX_FP16_FILE)
     return info
 
@@ -81,7 +92,9 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = F
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'") from None
+        raise ExportError(
+            "--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'"
+        ) from None
     head = ProbabilityHead(model).eval()
     traced = ProbabilityHead(copy.deepcopy(model).half(), fp16=True).eval() if fp16 else head
     example = torch.randn(2, 3, img_size, img_size)
@@ -93,9 +106,16 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = F
     for q in quiet:
         q.setLevel(logging.ERROR)
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):  # it narrates every pass
-        torch.onnx.export(traced, (example,), path, input_names=["image"], output_names=["probability"],
-                          dynamic_shapes={"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}},
-                          dynamo=True, external_data=False)
+        torch.onnx.export(
+            traced,
+            (example,),
+            path,
+            input_names=["image"],
+            output_names=["probability"],
+            dynamic_shapes={"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}},
+            dynamo=True,
+            external_data=False,
+        )
     for q, level in zip(quiet, levels):
         q.setLevel(level)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -107,6 +127,8 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = F
         got = session.run(None, {"image": x.numpy()})[0]
         worst = max(worst, float(np.abs(got - want).max()))
     if worst > tolerance:
-        raise ExportError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance}); "
-                          f"the ONNX file is not trustworthy for this model")
+        raise ExportError(
+            f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance}); "
+            f"the ONNX file is not trustworthy for this model"
+        )
     return worst

@@ -34,8 +34,9 @@ def _hub():
 
 def is_hub_id(name: str) -> bool:
     """'user/name' that is not a local path (a missing 'runs/x.pth' is a typo, not a model id)."""
-    return (bool(_REPO_ID.match(name)) and not os.path.exists(name)
-            and not name.lower().endswith(_LOCAL_SUFFIXES))
+    return (
+        bool(_REPO_ID.match(name)) and not os.path.exists(name) and not name.lower().endswith(_LOCAL_SUFFIXES)
+    )
 
 
 def resolve(name_or_path: str, revision: str | None = None, cache_dir: str | None = None) -> str:
@@ -51,33 +52,55 @@ def resolve(name_or_path: str, revision: str | None = None, cache_dir: str | Non
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
     )
+
     try:
-        return hub.snapshot_download(name_or_path, revision=revision, cache_dir=cache_dir,
-                                     allow_patterns=[EXPORT_WEIGHTS, EXPORT_CONFIG])
+        return hub.snapshot_download(
+            name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=[EXPORT_WEIGHTS, EXPORT_CONFIG],
+        )
     except LocalEntryNotFoundError:
-        raise HubError(f"{name_or_path}: not a local file or folder, and not in the Hugging Face cache "
-                       f"while offline or unreachable; connect once (unset HF_HUB_OFFLINE) to download it, "
-                       f"or pass an export folder") from None
+        raise HubError(
+            f"{name_or_path}: not a local file or folder, and not in the Hugging Face cache "
+            f"while offline or unreachable; connect once (unset HF_HUB_OFFLINE) to download it, "
+            f"or pass an export folder"
+        ) from None
     except (RepositoryNotFoundError, GatedRepoError):
-        raise HubError(f"{name_or_path}: no such model on the Hugging Face Hub (or it is private or gated: "
-                       f"log in with 'hf auth login'); check the id, or pass a local path") from None
+        raise HubError(
+            f"{name_or_path}: no such model on the Hugging Face Hub (or it is private or gated: "
+            f"log in with 'hf auth login'); check the id, or pass a local path"
+        ) from None
     except HfHubHTTPError as e:
-        raise HubError(f"{name_or_path}: the Hub answered {e.response.status_code}; try again later, "
-                       f"or pass a local export folder") from None
+        raise HubError(
+            f"{name_or_path}: the Hub answered {e.response.status_code}; try again later, "
+            f"or pass a local export folder"
+        ) from None
 
 
 def load_predictor(source: str, **kwargs):
     """Predictor from a checkpoint, an export folder or a Hub id (what the CLI's model argument takes)."""
     from .inference import Predictor
+
     if not os.path.exists(source) and not is_hub_id(source):
-        raise HubError(f"{source}: no such checkpoint or export folder, and not a Hub id (user/name); "
-                       f"check the path")
+        raise HubError(
+            f"{source}: no such checkpoint or export folder, and not a Hub id (user/name); check the path"
+        )
     return Predictor.load(resolve(source), **kwargs)
 
 
-def push(source: str, repo_id: str, *, token: str | None = None, private: bool = False,
-         results: str | None = None, datasets: list[str] | None = None, license: str | None = None,
-         endpoint: str | None = None, message: str | None = None) -> dict:
+def push(
+    source: str,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    results: str | None = None,
+    datasets: list[str] | None = None,
+    license: str | None = None,
+    endpoint: str | None = None,
+    message: str | None = None,
+) -> dict:
     """Export `source` (checkpoint, run folder or export folder), write the model card and
     upload the three files to `repo_id`; returns the repo URL, the commit URL and the files."""
     if not _REPO_ID.match(repo_id):
@@ -93,9 +116,13 @@ def push(source: str, repo_id: str, *, token: str | None = None, private: bool =
         if token is None and api.token is None and hub.get_token() is None:
             raise HubError("not logged in to the Hugging Face Hub: run 'hf auth login' or set HF_TOKEN")
         repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(folder_path=stage, repo_id=repo_id, repo_type="model",
-                                   allow_patterns=HUB_FILES,
-                                   commit_message=message or "camodet push: weights, config and model card")
+        commit = api.upload_folder(
+            folder_path=stage,
+            repo_id=repo_id,
+            repo_type="model",
+            allow_patterns=HUB_FILES,
+            commit_message=message or "camodet push: weights, config and model card",
+        )
     return {"repo_url": str(repo), "commit_url": commit.commit_url, "files": HUB_FILES}
 
 
@@ -103,15 +130,18 @@ def stage_export(source: str, out: str) -> dict:
     """model.safetensors + config.json of `source` in `out`; returns config.json's content.
     The config's 'source' becomes the checkpoint's file name: a local path has no place on the Hub."""
     if os.path.isdir(source) and os.path.isfile(os.path.join(source, EXPORT_CONFIG)):
-        read_export(source)   # refuses a folder that is not a camodet export, with the fix
+        read_export(source)  # refuses a folder that is not a camodet export, with the fix
         for f in (EXPORT_WEIGHTS, EXPORT_CONFIG):
             shutil.copyfile(os.path.join(source, f), os.path.join(out, f))
     else:
         from .export import export
+
         checkpoint = run_checkpoint(source) if os.path.isdir(source) else source
         if checkpoint is None or not os.path.isfile(checkpoint):
-            raise HubError(f"{source}: no checkpoint or export here; pass a checkpoint file, a run folder "
-                           f"with one, or an export folder ('camodet export CKPT DIR')")
+            raise HubError(
+                f"{source}: no checkpoint or export here; pass a checkpoint file, a run folder "
+                f"with one, or an export folder ('camodet export CKPT DIR')"
+            )
         export(checkpoint, out)
     path = os.path.join(out, EXPORT_CONFIG)
     with open(path) as fh:
@@ -126,6 +156,7 @@ def stage_export(source: str, out: str) -> dict:
 def run_checkpoint(run_dir: str) -> str | None:
     """The run's best checkpoint, else its last (the run folder owns its file names)."""
     from .runs.folder import RunFolder
+
     return RunFolder(run_dir).newest_weights()
 
 
@@ -134,11 +165,14 @@ def find_results(source: str, explicit: str | None = None) -> tuple[dict, str] |
     metrics.json), else a metrics.json of evaluate's form in the source's folder or one level
     below it (runs/x/eval/metrics.json beside runs/x/best_model.pth); None when there is none."""
     from .evaluation import format_table
+
     if explicit:
         candidates = [explicit if explicit.endswith(".json") else os.path.join(explicit, "metrics.json")]
         if not os.path.isfile(candidates[0]):
-            raise HubError(f"--results {explicit}: no metrics.json there; write one with "
-                           f"'camodet evaluate ... --out DIR'")
+            raise HubError(
+                f"--results {explicit}: no metrics.json there; write one with "
+                f"'camodet evaluate ... --out DIR'"
+            )
     else:
         folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         subs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
@@ -149,9 +183,12 @@ def find_results(source: str, explicit: str | None = None) -> tuple[dict, str] |
                 results = json.load(fh)
         except (OSError, ValueError):
             continue
-        if isinstance(results, dict) and results and all(
-                isinstance(r, dict) and {"Sm", "MAE", "images"} <= set(r) for r in results.values()):
-            md = os.path.join(os.path.dirname(path), "metrics.md")   # with the legend evaluate wrote
+        if (
+            isinstance(results, dict)
+            and results
+            and all(isinstance(r, dict) and {"Sm", "MAE", "images"} <= set(r) for r in results.values())
+        ):
+            md = os.path.join(os.path.dirname(path), "metrics.md")  # with the legend evaluate wrote
             table = open(md).read().strip() if os.path.isfile(md) else format_table(results)
             return results, table
     if explicit:
@@ -159,41 +196,82 @@ def find_results(source: str, explicit: str | None = None) -> tuple[dict, str] |
     return None
 
 
-def model_card(repo_id: str, config: dict, results: tuple[dict, str] | None, datasets: list[str],
-               license: str | None = None) -> str:
+def model_card(
+    repo_id: str,
+    config: dict,
+    results: tuple[dict, str] | None,
+    datasets: list[str],
+    license: str | None = None,
+) -> str:
     """README.md: the Hub's metadata block, then what the model is, its results, how to run it."""
     model = config.get("model", {})
-    meta: dict = {"library_name": "camodet", "pipeline_tag": "image-segmentation",
-                  "tags": ["camouflaged-object-detection", "binary-segmentation", "camodet",
-                           model.get("backbone", "timm")]}
+    meta: dict = {
+        "library_name": "camodet",
+        "pipeline_tag": "image-segmentation",
+        "tags": [
+            "camouflaged-object-detection",
+            "binary-segmentation",
+            "camodet",
+            model.get("backbone", "timm"),
+        ],
+    }
     if datasets:
         meta["datasets"] = list(datasets)
     if license:
         meta["license"] = license
     size = config.get("img_size", "?")
     inp = config.get("input", {})
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-             f"# {repo_id.split('/')[-1]}", "",
-             f"A camouflaged object detector (binary segmentation: the hidden animal or object against "
-             f"its background) trained with camodet: timm backbone `{model.get('backbone')}`, a "
-             f"mixture-of-experts decoder with {model.get('num_experts')} experts, input {size}x{size}.", ""]
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"A camouflaged object detector (binary segmentation: the hidden animal or object against "
+        f"its background) trained with camodet: timm backbone `{model.get('backbone')}`, a "
+        f"mixture-of-experts decoder with {model.get('num_experts')} experts, input {size}x{size}.",
+        "",
+    ]
     if results:
-        lines += ["## Results", "", "From `camodet evaluate` (predictions resized to each ground truth's "
-                  "original size; the field's protocol through pysodmetrics):", "", results[1], ""]
-    lines += ["## Use it", "", "```bash", "pip install 'camodet[hub]'",
-              f"camodet predict {repo_id} photos/ --out masks/    # masks, probabilities, overlays, cut-outs",
-              f"camodet predict {repo_id} clip.mp4 --out video/   # mask and overlay videos",
-              f"camodet app {repo_id}                             # web demo on localhost (camodet[app])",
-              "```", "", "```python", "from camodet import Predictor", "",
-              f'predictor = Predictor.from_pretrained("{repo_id}")',
-              'prob = predictor.predict("photo.jpg")   # HxW float32 in 0..1 at the photo\'s size',
-              "mask = prob >= 0.5", "```", "",
-              "## Files", "",
-              f"- `{EXPORT_WEIGHTS}`: the weights (safetensors: no code runs on load).",
-              f"- `{EXPORT_CONFIG}`: architecture, input size, normalisation (all it takes to rebuild it).",
-              "", "Input: RGB resized to {0}x{0}, `(pixel - mean) / std` with mean {1} and std {2} on the "
-              "0..255 scale; output: a probability map, resized back to the image.".format(
-                  size, _round(inp.get("mean")), _round(inp.get("std"))), ""]
+        lines += [
+            "## Results",
+            "",
+            "From `camodet evaluate` (predictions resized to each ground truth's "
+            "original size; the field's protocol through pysodmetrics):",
+            "",
+            results[1],
+            "",
+        ]
+    lines += [
+        "## Use it",
+        "",
+        "```bash",
+        "pip install 'camodet[hub]'",
+        f"camodet predict {repo_id} photos/ --out masks/    # masks, probabilities, overlays, cut-outs",
+        f"camodet predict {repo_id} clip.mp4 --out video/   # mask and overlay videos",
+        f"camodet app {repo_id}                             # web demo on localhost (camodet[app])",
+        "```",
+        "",
+        "```python",
+        "from camodet import Predictor",
+        "",
+        f'predictor = Predictor.from_pretrained("{repo_id}")',
+        'prob = predictor.predict("photo.jpg")   # HxW float32 in 0..1 at the photo\'s size',
+        "mask = prob >= 0.5",
+        "```",
+        "",
+        "## Files",
+        "",
+        f"- `{EXPORT_WEIGHTS}`: the weights (safetensors: no code runs on load).",
+        f"- `{EXPORT_CONFIG}`: architecture, input size, normalisation (all it takes to rebuild it).",
+        "",
+        "Input: RGB resized to {0}x{0}, `(pixel - mean) / std` with mean {1} and std {2} on the "
+        "0..255 scale; output: a probability map, resized back to the image.".format(
+            size, _round(inp.get("mean")), _round(inp.get("std"))
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 @dataclass(frozen=True)
 class Normalization:
     """The per-channel mean and std that a backbone's inputs are normalised with."""
-    mean: tuple[float, float, float]   # per RGB channel, on timm's 0..1 pixel scale
+
+    mean: tuple[float, float, float]  # per RGB channel, on timm's 0..1 pixel scale
     std: tuple[float, float, float]
 
     def __post_init__(self):

@@ -12,8 +12,12 @@ SUPER_CLASSES = ("Aquatic", "Terrestrial", "Flying", "Amphibian", "Other")
 _SUPER = re.compile(r"-CAM-\d+-([A-Za-z]+)-")
 
 # (column, LaTeX header) in the field's usual order; the arrow says which way is better.
-PAPER_COLUMNS = (("Sm", r"$S_\alpha\uparrow$"), ("wFm", r"$F^w_\beta\uparrow$"),
-                 ("meanEm", r"$E^m_\phi\uparrow$"), ("MAE", r"$\mathcal{M}\downarrow$"))
+PAPER_COLUMNS = (
+    ("Sm", r"$S_\alpha\uparrow$"),
+    ("wFm", r"$F^w_\beta\uparrow$"),
+    ("meanEm", r"$E^m_\phi\uparrow$"),
+    ("MAE", r"$\mathcal{M}\downarrow$"),
+)
 
 
 def super_class(name: str) -> str | None:
@@ -34,12 +38,16 @@ def minmax(pred: np.ndarray) -> np.ndarray:
 def scaling_note(normalise: bool) -> str:
     """One sentence for the table's legend: which maps the numbers were computed on."""
     if normalise:
-        return ("maps: min-max normalised per map (--minmax) before every metric, "
-                "IoU and Dice (at 0.5) and the curves included")
+        return (
+            "maps: min-max normalised per map (--minmax) before every metric, "
+            "IoU and Dice (at 0.5) and the curves included"
+        )
     # pysodmetrics' step() rescales each map to its own min..max (MATLAB's mapminmax, as the
     # field's toolboxes do); only the columns camodet computes itself see the raw map.
-    return ("maps: as predicted; pysodmetrics (Sm, wFm, E-, F-measure, MAE) rescales each map to its "
-            "min..max as the field's toolboxes do, IoU and Dice threshold the raw probability at 0.5")
+    return (
+        "maps: as predicted; pysodmetrics (Sm, wFm, E-, F-measure, MAE) rescales each map to its "
+        "min..max as the field's toolboxes do, IoU and Dice threshold the raw probability at 0.5"
+    )
 
 
 class DatasetScorer:
@@ -88,21 +96,48 @@ def is_super_row(name: str) -> bool:
 def _latex_table(rows: dict, method: str, title: str, note: str) -> str:
     n = len(PAPER_COLUMNS)
     spec = "l" + "".join("|" + "c" * n for _ in rows)
-    groups = " & ".join(rf"\multicolumn{{{n}}}{{c{'|' if i < len(rows) - 1 else ''}}}"
-                        rf"{{{_tex(name)} ({r['images']})}}" for i, (name, r) in enumerate(rows.items()))
+    groups = " & ".join(
+        rf"\multicolumn{{{n}}}{{c{'|' if i < len(rows) - 1 else ''}}}"
+        rf"{{{_tex(name)} ({r['images']})}}"
+        for i, (name, r) in enumerate(rows.items())
+    )
     heads = " & ".join(h for _ in rows for _, h in PAPER_COLUMNS)
     values = " & ".join(f"{r[c]:.3f}" for r in rows.values() for c, _ in PAPER_COLUMNS)
-    caption = (rf"{title}: S-measure $S_\alpha$ ($\alpha$ 0.5), weighted F-measure $F^w_\beta$, "
-               rf"mean E-measure $E^m_\phi$, mean absolute error $\mathcal{{M}}$; "
-               rf"numbers in brackets are images. {_tex(note.rstrip('.'))}.")
-    return "\n".join([
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule", rf" & {groups} \\", rf"Method & {heads} \\", r"\midrule",
-        rf"{_tex(method)} & {values} \\", r"\bottomrule", r"\end{tabular}", r"\end{table}"])
+    caption = (
+        rf"{title}: S-measure $S_\alpha$ ($\alpha$ 0.5), weighted F-measure $F^w_\beta$, "
+        rf"mean E-measure $E^m_\phi$, mean absolute error $\mathcal{{M}}$; "
+        rf"numbers in brackets are images. {_tex(note.rstrip('.'))}."
+    )
+    return "\n".join(
+        [
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\caption{{{caption}}}",
+            rf"\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            rf" & {groups} \\",
+            rf"Method & {heads} \\",
+            r"\midrule",
+            rf"{_tex(method)} & {values} \\",
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+        ]
+    )
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex(text: str) -> str:

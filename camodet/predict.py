@@ -18,7 +18,7 @@ from .metrics import to_uint8
 from .normalization import Normalization
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
-TINT = np.array([255, 64, 0], dtype=np.float32)   # overlay colour (orange): visible on green and brown scenes
+TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -54,7 +54,11 @@ class ImageFiles(Dataset):
             image = read_image(self.paths[i])
         except DataError as e:  # listed as "skipped PATH: why"; predict skips without being asked
             return {"index": i, "error": e.reason.removeprefix(f"{self.paths[i]}: ")}
-        return {"index": i, "image": image, "input": torch.from_numpy(self.norm.apply(resize(image, self.img_size)))}
+        return {
+            "index": i,
+            "image": image,
+            "input": torch.from_numpy(self.norm.apply(resize(image, self.img_size))),
+        }
 
 
 def collate_files(items: list[dict]) -> list[dict]:
@@ -76,10 +80,12 @@ def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir
     mask = prob >= threshold
     Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out_dir, "masks", stem + ".png"))
     Image.fromarray(to_uint8(prob)).save(os.path.join(out_dir, "probs", stem + ".png"))
-    Image.fromarray(overlay_image(image, mask)).save(os.path.join(out_dir, "overlays", stem + ".jpg"),
-                                                     quality=92)
+    Image.fromarray(overlay_image(image, mask)).save(
+        os.path.join(out_dir, "overlays", stem + ".jpg"), quality=92
+    )
     Image.fromarray(cutout_image(image, prob, mask), "RGBA").save(
-        os.path.join(out_dir, "cutouts", stem + ".png"))
+        os.path.join(out_dir, "cutouts", stem + ".png")
+    )
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -97,17 +103,29 @@ def cutout_image(image: np.ndarray, prob: np.ndarray, mask: np.ndarray) -> np.nd
     return np.dstack([image, to_uint8(prob * mask)])
 
 
-def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float = 0.5, batch_size: int = 4,
-                  num_workers: int = 2) -> dict:
+def predict_files(
+    predictor,
+    inputs: list[str],
+    out_dir: str,
+    threshold: float = 0.5,
+    batch_size: int = 4,
+    num_workers: int = 2,
+) -> dict:
     """Run over every input; returns counts, timing and the inputs that could not be read."""
     paths, problems = expand_inputs(inputs)
     for sub in OUTPUTS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     stems = unique_stems(paths)
-    loader = DataLoader(ImageFiles(paths, predictor.img_size, predictor.norm), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_files)
+    loader = DataLoader(
+        ImageFiles(paths, predictor.img_size, predictor.norm),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_files,
+    )
     done, start = 0, time.time()
-    for items in tqdm(loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True):
+    for items in tqdm(
+        loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True
+    ):
         good = [it for it in items if "error" not in it]
         problems += [(paths[it["index"]], it["error"]) for it in items if "error" in it]
         if not good:
@@ -118,5 +136,10 @@ def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float =
             write_outputs(it["image"], prob.cpu().numpy(), threshold, out_dir, stems[it["index"]])
             done += 1
     seconds = time.time() - start
-    return {"written": done, "inputs": len(paths), "problems": problems, "seconds": seconds,
-            "images_per_s": done / max(seconds, 1e-9)}
+    return {
+        "written": done,
+        "inputs": len(paths),
+        "problems": problems,
+        "seconds": seconds,
+        "images_per_s": done / max(seconds, 1e-9),
+    }

@@ -20,8 +20,8 @@ from .metrics import to_uint8
 from .predict import overlay_image
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
-DEFAULT_FPS = 25.0     # for frame folders, and videos whose header holds no rate
-FOURCC = "mp4v"        # in every OpenCV wheel (H.264 is not); plays in browsers' and desktop players
+DEFAULT_FPS = 25.0  # for frame folders, and videos whose header holds no rate
+FOURCC = "mp4v"  # in every OpenCV wheel (H.264 is not); plays in browsers' and desktop players
 
 
 def is_video(path: str) -> bool:
@@ -36,12 +36,13 @@ def natural_key(name: str) -> list:
 @dataclass
 class Clip:
     """One sequence of frames: a video file, or the frames of one sequence in a folder."""
+
     name: str
     source: str
     fps: float
-    size: tuple[int, int]          # (width, height) of every frame
-    count: int                     # frames (a video header's count can be off by a few)
-    frames: Callable[[], Iterator[tuple[str, np.ndarray]]]   # (frame stem, HxWx3 RGB)
+    size: tuple[int, int]  # (width, height) of every frame
+    count: int  # frames (a video header's count can be off by a few)
+    frames: Callable[[], Iterator[tuple[str, np.ndarray]]]  # (frame stem, HxWx3 RGB)
 
 
 def open_video(path: str) -> Clip:
@@ -50,8 +51,10 @@ def open_video(path: str) -> Clip:
     ok, first = cap.read() if cap.isOpened() else (False, None)
     if not ok:
         cap.release()
-        raise DataError(f"{path}: not a readable video (OpenCV could not decode a frame); convert it, "
-                        f"e.g. ffmpeg -i {path} -c:v mpeg4 clip.mp4")
+        raise DataError(
+            f"{path}: not a readable video (OpenCV could not decode a frame); convert it, "
+            f"e.g. ffmpeg -i {path} -c:v mpeg4 clip.mp4"
+        )
     fps = cap.get(cv2.CAP_PROP_FPS)
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
@@ -69,8 +72,15 @@ def open_video(path: str) -> Clip:
                 yield f"frame_{i:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         finally:
             cap.release()
-    return Clip(os.path.splitext(os.path.basename(path))[0], path, fps if fps and fps > 0 else DEFAULT_FPS,
-                (w, h), count, frames)
+
+    return Clip(
+        os.path.splitext(os.path.basename(path))[0],
+        path,
+        fps if fps and fps > 0 else DEFAULT_FPS,
+        (w, h),
+        count,
+        frames,
+    )
 
 
 def frame_clips(folder: str, fps: float = DEFAULT_FPS) -> list[Clip]:
@@ -94,9 +104,12 @@ def frame_clips(folder: str, fps: float = DEFAULT_FPS) -> list[Clip]:
             for p in paths:
                 rgb = read_image(p)
                 if (rgb.shape[1], rgb.shape[0]) != size:
-                    raise DataError(f"{p}: frame is {rgb.shape[1]}x{rgb.shape[0]}, the sequence's first is "
-                                    f"{size[0]}x{size[1]}; frames of one clip must share a size")
+                    raise DataError(
+                        f"{p}: frame is {rgb.shape[1]}x{rgb.shape[0]}, the sequence's first is "
+                        f"{size[0]}x{size[1]}; frames of one clip must share a size"
+                    )
                 yield os.path.splitext(os.path.basename(p))[0], rgb
+
         name = base if len(groups) == 1 or not prefix else prefix
         clips.append(Clip(name, folder, fps, (w, h), len(paths), frames))
     return clips
@@ -110,9 +123,9 @@ class Smoother:
         self.back, self.fwd = (k - 1) // 2, k // 2
         self.items: deque = deque()
         self.probs: deque = deque()
-        self.first = 0      # frame index of items[0]
+        self.first = 0  # frame index of items[0]
         self.seen = 0
-        self.next = 0       # next frame to emit
+        self.next = 0  # next frame to emit
 
     def push(self, item, prob: np.ndarray) -> list:
         """Add a frame; returns the (item, smoothed prob) pairs that are now complete."""
@@ -137,7 +150,7 @@ class Smoother:
         window = [self.probs[i - self.first] for i in range(lo, hi + 1)]
         result = (self.items[t - self.first], window[0] if len(window) == 1 else np.mean(window, axis=0))
         self.next += 1
-        while self.first < self.next - self.back:   # no later frame's window reaches these
+        while self.first < self.next - self.back:  # no later frame's window reaches these
             self.items.popleft()
             self.probs.popleft()
             self.first += 1
@@ -147,13 +160,22 @@ class Smoother:
 def _writer(path: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
     w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*FOURCC), fps, size)
     if not w.isOpened():
-        raise DataError(f"{path}: OpenCV cannot write {FOURCC} video here; check the folder is writable "
-                        f"and opencv-python-headless is installed")
+        raise DataError(
+            f"{path}: OpenCV cannot write {FOURCC} video here; check the folder is writable "
+            f"and opencv-python-headless is installed"
+        )
     return w
 
 
-def predict_clip(predictor, clip: Clip, out_dir: str, threshold: float = 0.5, batch_size: int = 4,
-                 smooth: int = 1, save_frames: bool = False) -> dict:
+def predict_clip(
+    predictor,
+    clip: Clip,
+    out_dir: str,
+    threshold: float = 0.5,
+    batch_size: int = 4,
+    smooth: int = 1,
+    save_frames: bool = False,
+) -> dict:
     """Write OUT/<clip>/mask.mp4 and overlay.mp4 (and masks/, probs/ PNGs per frame with
     save_frames); returns frames written, rate, size, files and frames/s."""
     folder = os.path.join(out_dir, clip.name)
@@ -197,8 +219,16 @@ def predict_clip(predictor, clip: Clip, out_dir: str, threshold: float = 0.5, ba
         mask_video.release()
         overlay_video.release()
     seconds = time.time() - start
-    return {"clip": clip.name, "source": clip.source, "frames": written, "fps": clip.fps, "size": clip.size,
-            "files": files, "seconds": seconds, "frames_per_s": written / max(seconds, 1e-9)}
+    return {
+        "clip": clip.name,
+        "source": clip.source,
+        "frames": written,
+        "fps": clip.fps,
+        "size": clip.size,
+        "files": files,
+        "seconds": seconds,
+        "frames_per_s": written / max(seconds, 1e-9),
+    }
 
 
 def _then_none(it: Iterator) -> Iterator:
@@ -207,8 +237,9 @@ def _then_none(it: Iterator) -> Iterator:
     yield None
 
 
-def predict_clips(predictor, videos: list[str], frame_folders: list[str], out_dir: str, fps: float,
-                  **options) -> tuple[list[dict], list[tuple[str, str]]]:
+def predict_clips(
+    predictor, videos: list[str], frame_folders: list[str], out_dir: str, fps: float, **options
+) -> tuple[list[dict], list[tuple[str, str]]]:
     """Every video file and frame folder (one clip per sequence); returns the clips' summaries
     and the inputs that could not be read, as [(input, why)], without stopping the others."""
     done, problems = [], []

@@ -15,9 +15,17 @@ from .conftest import real_samples_dir
 
 CHROMIUM = os.environ.get("CAMODET_CHROMIUM", "/usr/bin/chromium")
 # No network, no GPU, nothing in the background: the page talks to the local server only.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOT = os.environ.get("CAMODET_APP_SCREENSHOT", "/tmp/app_shot.png")   # outside the repository
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOT = os.environ.get("CAMODET_APP_SCREENSHOT", "/tmp/app_shot.png")  # outside the repository
 
 
 def _missing() -> str | None:
@@ -35,6 +43,7 @@ def _missing() -> str | None:
 
 def test_app_errors_are_one_line(tmp_path, capsys):
     from camodet.cli import main
+
     assert main(["app", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth: no such checkpoint or export folder" in capsys.readouterr().err
 
@@ -45,6 +54,7 @@ def test_upload_a_photo_and_get_mask_overlay_and_cutout(tiny_checkpoint, capsys)
     from playwright.sync_api import sync_playwright
 
     from camodet.app import launch
+
     predictor = Predictor.load(str(tiny_checkpoint), device="cpu")
     demo, url = launch(predictor, "tiny-cod", port=_free_port(), block=False)
     assert f"at {url}" in capsys.readouterr().out and url.startswith("http://127.0.0.1:")
@@ -66,7 +76,7 @@ def test_upload_a_photo_and_get_mask_overlay_and_cutout(tiny_checkpoint, capsys)
             assert outputs["cutout"].mode == "RGBA"
             prob = predictor.predict(photo)
             mask = np.asarray(outputs["mask"].convert("L")) > 127
-            np.testing.assert_array_equal(mask, prob >= 0.5)            # what the model says, at 0.5
+            np.testing.assert_array_equal(mask, prob >= 0.5)  # what the model says, at 0.5
             link = page.locator("#download a").first
             link.wait_for(timeout=30_000)
             download = fetch(page, link.get_attribute("href"))
@@ -96,6 +106,7 @@ def fetch(page, src: str) -> Image.Image:
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

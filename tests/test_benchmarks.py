@@ -14,11 +14,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_gpu_targets_smoke_runs_every_section(tmp_path):
     report = tmp_path / "gpu.md"
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_targets.py"), "--smoke",
-                        "--out", str(report)], capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_targets.py"), "--smoke", "--out", str(report)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     text = report.read_text()
-    for header in ("## 1. Memory", "## 2. Throughput", "## 3. End to end", "## 4. Data pipeline", "## 5. `camodet plan"):
+    for header in (
+        "## 1. Memory",
+        "## 2. Throughput",
+        "## 3. End to end",
+        "## 4. Data pipeline",
+        "## 5. `camodet plan",
+    ):
         assert header in text
     assert "failed" not in text and "NOT met" not in text
     # every measured rate is a real one (a loader that yields nothing printed 0.0 once)

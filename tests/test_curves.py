@@ -14,6 +14,7 @@ from camodet.evaluation import evaluate_preds_dir, split_by_dataset
 def preds(synth_root, tmp_path_factory):
     """Blurred, shifted GTs as prediction maps of the synthetic COD10K test split."""
     import cv2
+
     out = tmp_path_factory.mktemp("curve_preds")
     rng = np.random.default_rng(1)
     (out / "COD10K").mkdir()
@@ -26,8 +27,10 @@ def preds(synth_root, tmp_path_factory):
 
 def test_curves_files_agree_with_the_table(synth_root, preds, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["evaluate", "--preds-dir", preds, "--dataset-path", synth_root, "--out", str(out),
-                 "--curves"]) == 0
+    assert (
+        main(["evaluate", "--preds-dir", preds, "--dataset-path", synth_root, "--out", str(out), "--curves"])
+        == 0
+    )
     assert "curve files to" in capsys.readouterr().out
     folder = out / "curves"
     assert sorted(os.listdir(folder)) == ["COD10K.npz", "curves.npy", "em.png", "fm.png", "pr.png"]
@@ -51,7 +54,7 @@ def test_curves_files_agree_with_the_table(synth_root, preds, tmp_path, capsys):
     np.testing.assert_allclose(entry["p"], c["precision"])
     for png in ("pr.png", "fm.png", "em.png"):
         im = Image.open(folder / png)
-        assert im.size[0] > 300 and len(np.unique(np.asarray(im.convert("L")))) > 10   # drawn, not blank
+        assert im.size[0] > 300 and len(np.unique(np.asarray(im.convert("L")))) > 10  # drawn, not blank
 
 
 def test_curves_need_an_output_folder(synth_root, preds, capsys):
@@ -61,8 +64,22 @@ def test_curves_need_an_output_folder(synth_root, preds, capsys):
 
 def test_curves_from_a_model(tiny_checkpoint, synth_root, tmp_path):
     out = tmp_path / "eval"
-    assert main(["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--num-workers", "0",
-                 "--out", str(out), "--curves"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_checkpoint),
+                "--dataset-path",
+                synth_root,
+                "--num-workers",
+                "0",
+                "--out",
+                str(out),
+                "--curves",
+            ]
+        )
+        == 0
+    )
     c = load_curves(str(out / "curves" / "COD10K.npz"))
     assert np.all((c["precision"] >= 0) & (c["precision"] <= 1))
     toolkit = np.load(out / "curves" / "curves.npy", allow_pickle=True).item()

@@ -28,15 +28,20 @@ def torch_probs(p: Predictor, x: np.ndarray) -> np.ndarray:
 @pytest.mark.slow
 def test_onnx_takes_any_batch_height_and_width(onnx_export):
     import onnx
-    assert sorted(os.listdir(onnx_export)) == ["config.json", "model.onnx", "model.safetensors",
-                                               "model_fp16.onnx"]
+
+    assert sorted(os.listdir(onnx_export)) == [
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+        "model_fp16.onnx",
+    ]
     dims = onnx.load(str(onnx_export / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
-    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]     # N, 3, H, W
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # N, 3, H, W
     p = Predictor.load(str(onnx_export))
     fp32 = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
     fp16 = ort.InferenceSession(str(onnx_export / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    for shape in ((1, 3, 64, 64), (2, 3, 96, 160), (1, 3, 224, 128)):   # none of them the training size
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 160), (1, 3, 224, 128)):  # none of them the training size
         x = rng.standard_normal(shape).astype(np.float32)
         want = torch_probs(p, x)
         got = fp32.run(None, {"image": x})[0]
@@ -53,6 +58,7 @@ def test_onnx_on_real_photos_at_their_aspect_ratio(onnx_export):
     import cv2
 
     from camodet.data.io import read_image
+
     p = Predictor.load(str(onnx_export))
     session = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
     folder = os.path.join(real_samples_dir(), "Image")
@@ -71,6 +77,7 @@ def test_conv_shortcut_is_exact_and_skipped_while_exporting(monkeypatch):
     """The decoder's reach-limited conv (a speed-up on small maps) gives the full conv's output;
     during export the full conv is traced, so one graph serves every size."""
     from camodet.models.experts import same_conv_on_reach
+
     conv = torch.nn.Conv2d(4, 4, 7, padding=9, dilation=3, groups=4)
     x = torch.randn(1, 4, 5, 6)
     torch.testing.assert_close(same_conv_on_reach(conv, x), conv(x))

@@ -29,7 +29,7 @@ class StandInHub(BaseHTTPRequestHandler):
     """The four calls `push` makes, answered as huggingface.co answers them; every request and
     every committed file is recorded on the server for the test to check."""
 
-    def do_POST(self):   # noqa: N802 (http.server's name)
+    def do_POST(self):  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         rec = self.server.record
         rec["calls"].append(self.path)
@@ -40,7 +40,7 @@ class StandInHub(BaseHTTPRequestHandler):
             return self.reply(200, {"url": f"{self.server.url}/{req['organization']}/{req['name']}"})
         if self.path == "/api/validate-yaml":
             text = json.loads(body)["content"]
-            rec["metadata"] = yaml.safe_load(text.split("---")[1])   # the Hub refuses invalid YAML
+            rec["metadata"] = yaml.safe_load(text.split("---")[1])  # the Hub refuses invalid YAML
             return self.reply(200, {"errors": [], "warnings": []})
         if self.path == f"/api/models/{REPO}/preupload/main":
             files = json.loads(body)["files"]
@@ -53,8 +53,9 @@ class StandInHub(BaseHTTPRequestHandler):
                     rec["message"] = item["value"]["summary"]
                 elif item["key"] == "file":
                     rec["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-            return self.reply(200, {"commitUrl": f"{self.server.url}/{REPO}/commit/{'a' * 40}",
-                                    "commitOid": "a" * 40})
+            return self.reply(
+                200, {"commitUrl": f"{self.server.url}/{REPO}/commit/{'a' * 40}", "commitOid": "a" * 40}
+            )
         self.reply(404, {"error": f"the stand-in does not know {self.path}"})
 
     def reply(self, status: int, payload: dict) -> None:
@@ -87,8 +88,21 @@ def run_with_results(tiny_checkpoint, synth_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("hub_run") / "cod-run"
     run.mkdir()
     shutil.copy(tiny_checkpoint, run / os.path.basename(tiny_checkpoint))
-    assert main(["evaluate", str(run / os.path.basename(tiny_checkpoint)), "--dataset-path", synth_root,
-                 "--num-workers", "0", "--out", str(run / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run / os.path.basename(tiny_checkpoint)),
+                "--dataset-path",
+                synth_root,
+                "--num-workers",
+                "0",
+                "--out",
+                str(run / "eval"),
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -114,16 +128,32 @@ def offline(monkeypatch):
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
 
 
-def test_push_uploads_weights_config_and_card(run_with_results, stand_in, tiny_checkpoint, tmp_path, capsys,
-                                              monkeypatch):
-    rc = main(["push", str(run_with_results), REPO, "--endpoint", stand_in.url, "--token", "hf_test",
-               "--license", "mit"])
+def test_push_uploads_weights_config_and_card(
+    run_with_results, stand_in, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    rc = main(
+        [
+            "push",
+            str(run_with_results),
+            REPO,
+            "--endpoint",
+            stand_in.url,
+            "--token",
+            "hf_test",
+            "--license",
+            "mit",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     rec = stand_in.record
     assert f"pushed model.safetensors, config.json, README.md to {stand_in.url}/{REPO}" in out.out
-    assert rec["created"] == {"name": "tiny-cod", "organization": "someone", "visibility": "public",
-                              "type": "model"}
+    assert rec["created"] == {
+        "name": "tiny-cod",
+        "organization": "someone",
+        "visibility": "public",
+        "type": "model",
+    }
     assert rec["auth"] == {"Bearer hf_test"}
     assert sorted(rec["files"]) == ["README.md", "config.json", "model.safetensors"]
     # the card: the Hub's metadata, the evaluate table found beside the run, how to load
@@ -140,8 +170,9 @@ def test_push_uploads_weights_config_and_card(run_with_results, stand_in, tiny_c
     assert config["model"]["backbone"] == "edgenext_xx_small"
     # what went up loads, from the cache, to the checkpoint's own predictions
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
-    prepare_cache(tmp_path / "cache", REPO,
-                  {k: rec["files"][k] for k in ("config.json", "model.safetensors")})
+    prepare_cache(
+        tmp_path / "cache", REPO, {k: rec["files"][k] for k in ("config.json", "model.safetensors")}
+    )
     image = np.random.default_rng(4).integers(0, 255, (47, 65, 3), dtype=np.uint8)
     pulled = Predictor.from_pretrained(REPO, cache_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(pulled.predict(image), Predictor.load(str(tiny_checkpoint)).predict(image))
@@ -159,31 +190,51 @@ def test_push_problems_are_one_line(tiny_checkpoint, stand_in, tmp_path, monkeyp
     monkeypatch.setattr(hub.HfApi, "token", None, raising=False)
     assert main(["push", str(tiny_checkpoint), REPO, "--endpoint", stand_in.url]) == 2
     assert "not logged in to the Hugging Face Hub: run 'hf auth login'" in capsys.readouterr().err
-    assert stand_in.record["calls"] == []          # nothing reached the Hub
+    assert stand_in.record["calls"] == []  # nothing reached the Hub
 
 
 def test_from_pretrained_local_folder(tiny_checkpoint, tmp_path):
     assert main(["export", str(tiny_checkpoint), str(tmp_path / "export")]) == 0
     image = np.random.default_rng(5).integers(0, 255, (33, 50, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(Predictor.from_pretrained(str(tmp_path / "export")).predict(image),
-                                  Predictor.load(str(tiny_checkpoint)).predict(image))
+    np.testing.assert_array_equal(
+        Predictor.from_pretrained(str(tmp_path / "export")).predict(image),
+        Predictor.load(str(tiny_checkpoint)).predict(image),
+    )
 
 
 def test_predict_with_hub_id_offline_from_cache(tiny_checkpoint, tmp_path):
     """`camodet predict user/name photos/` in a fresh process with HF_HUB_OFFLINE=1."""
     export = tmp_path / "export"
     assert main(["export", str(tiny_checkpoint), str(export)]) == 0
-    prepare_cache(tmp_path / "cache", REPO,
-                  {f: (export / f).read_bytes() for f in ("config.json", "model.safetensors")})
+    prepare_cache(
+        tmp_path / "cache", REPO, {f: (export / f).read_bytes() for f in ("config.json", "model.safetensors")}
+    )
     photos = tmp_path / "photos"
     photos.mkdir()
     from PIL import Image
+
     image = np.random.default_rng(6).integers(0, 255, (40, 52, 3), dtype=np.uint8)
     Image.fromarray(image).save(photos / "a.png")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ROOT}
-    done = subprocess.run([PYTHON, "-m", "camodet", "predict", REPO, str(photos), "--out",
-                           str(tmp_path / "out"), "--num-workers", "0", "--device", "cpu"],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "camodet",
+            "predict",
+            REPO,
+            str(photos),
+            "--out",
+            str(tmp_path / "out"),
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png"))
     want = Predictor.load(str(export)).predict(image) >= 0.5
@@ -194,12 +245,15 @@ def test_unknown_hub_id_offline_is_one_line(offline, tmp_path, capsys):
     assert main(["predict", "nobody/missing-model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("camodet: error: nobody/missing-model: not a local file or folder, and not in "
-                             "the Hugging Face cache while offline or unreachable; connect once")
+    assert err[0].startswith(
+        "camodet: error: nobody/missing-model: not a local file or folder, and not in "
+        "the Hugging Face cache while offline or unreachable; connect once"
+    )
 
 
 def test_local_paths_are_not_hub_ids(tmp_path, capsys):
     from camodet.hub import is_hub_id
+
     assert is_hub_id("user/name") and is_hub_id("org/model.v2")
     assert not is_hub_id("runs/best.pth") and not is_hub_id("a/b/c") and not is_hub_id(str(tmp_path))
     assert main(["predict", "runs/missing.pth", str(tmp_path), "--out", str(tmp_path / "o")]) == 2

@@ -29,8 +29,13 @@ def cod_with_classes(tmp_path_factory):
             n += 1
             stem = f"COD10K-CAM-{ci}-{cls}-{k + 3}-Animal{k}-{n}"
             _write(root / "Test" / "Image", root / "Test" / "GT_Object", stem, rng)
-    _write(root / "Test" / "Image", root / "Test" / "GT_Object", "COD10K-NonCAM-5-Background-1-Sky-99", rng,
-           noncam=True)
+    _write(
+        root / "Test" / "Image",
+        root / "Test" / "GT_Object",
+        "COD10K-NonCAM-5-Background-1-Sky-99",
+        rng,
+        noncam=True,
+    )
     _write(root / "Train" / "Image", root / "Train" / "GT_Object", "COD10K-CAM-1-Aquatic-1-Crab-1", rng)
     preds.mkdir(parents=True)
     for s in split_by_dataset([str(root)])["COD10K"]:
@@ -46,14 +51,14 @@ def test_super_class_from_cod10k_names():
     assert super_class("COD10K-CAM-5-Other-69-Other-4990") == "Other"
     assert super_class("COD10K-NonCAM-5-Background-1-Sky-99") is None
     assert super_class("camourflage_00012") is None
-    assert super_class("COD10K-CAM-1-Synthetic-1-Blob-3") is None   # the generator's: no invented row
+    assert super_class("COD10K-CAM-1-Synthetic-1-Blob-3") is None  # the generator's: no invented row
 
 
 def test_rows_per_super_class_score_their_own_images(cod_with_classes, tmp_path):
     root, preds = cod_with_classes
     results = evaluate_preds_dir(preds, [root])
     assert list(results) == ["COD10K"] + [f"COD10K-{c}" for c in SUPER_CLASSES]
-    assert results["COD10K"]["images"] == sum(CLASSES.values())           # NonCAM left out, as always
+    assert results["COD10K"]["images"] == sum(CLASSES.values())  # NonCAM left out, as always
     for cls, count in CLASSES.items():
         assert results[f"COD10K-{cls}"]["images"] == count
     # a super-class row is what scoring that class's images alone gives
@@ -91,21 +96,39 @@ def test_minmax_is_opt_in_and_stated(cod_with_classes, capsys):
 def test_latex_table_has_the_papers_columns(cod_with_classes, tmp_path, capsys):
     root, preds = cod_with_classes
     out = tmp_path / "eval"
-    assert main(["evaluate", "--preds-dir", preds, "--dataset-path", root, "--format", "latex",
-                 "--out", str(out), "--method", "Ours_v2"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--preds-dir",
+                preds,
+                "--dataset-path",
+                root,
+                "--format",
+                "latex",
+                "--out",
+                str(out),
+                "--method",
+                "Ours_v2",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     results = json.load(open(out / "metrics.json"))
     assert (out / "metrics.tex").read_text().strip() in text
     main_table, class_table = text.split(r"\end{table}")[:2]
     assert r"\begin{tabular}{l|cccc}" in main_table and r"\toprule" in main_table
     heads = main_table.splitlines()[main_table.splitlines().index(r"\toprule") + 2]
-    assert heads == (r"Method & $S_\alpha\uparrow$ & $F^w_\beta\uparrow$ & $E^m_\phi\uparrow$ & "
-                     r"$\mathcal{M}\downarrow$ \\")
+    assert heads == (
+        r"Method & $S_\alpha\uparrow$ & $F^w_\beta\uparrow$ & $E^m_\phi\uparrow$ & "
+        r"$\mathcal{M}\downarrow$ \\"
+    )
     r = results["COD10K"]
     want = f"Ours\\_v2 & {r['Sm']:.3f} & {r['wFm']:.3f} & {r['meanEm']:.3f} & {r['MAE']:.3f} \\\\"
     assert want in main_table.splitlines()
     assert r"\multicolumn{4}{c}{COD10K (9)}" in main_table
-    assert "pysodmetrics" in main_table and r"\caption{" in main_table     # the legend
+    assert "pysodmetrics" in main_table and r"\caption{" in main_table  # the legend
     # second table: the five super-classes, in the paper's order
     assert class_table.index("COD10K-Aquatic (3)") < class_table.index("COD10K-Other (1)")
     assert r"\begin{tabular}{l|cccc|cccc|cccc|cccc|cccc}" in class_table

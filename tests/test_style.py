@@ -19,11 +19,14 @@ def undocumented(path: pathlib.Path) -> list[str]:
                 lines = child.end_lineno - child.lineno + 1
                 needs = isinstance(child, ast.ClassDef) or lines > LONG
                 if public and needs and ast.get_docstring(child) is None:
-                    missing.append(f"{path.relative_to(PACKAGE.parent)}:{child.lineno} {scope}{child.name} "
-                                   f"({lines} lines)")
+                    missing.append(
+                        f"{path.relative_to(PACKAGE.parent)}:{child.lineno} {scope}{child.name} "
+                        f"({lines} lines)"
+                    )
                 # functions nested in functions are details of their parent
                 if isinstance(child, ast.ClassDef):
                     visit(child, f"{scope}{child.name}.", public)
+
     visit(tree, "", True)
     return missing
 
@@ -36,9 +39,13 @@ def test_public_classes_and_long_functions_have_docstrings():
 def test_shipping_a_model_does_not_load_the_training_engine():
     import subprocess
     import sys
-    code = ("import sys, camodet.inference, camodet.export, camodet.evaluation, camodet.inspection, "
-            "camodet.report, camodet.runs.resume; "
-            "print(sorted(m for m in sys.modules if m.startswith('camodet.engine')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent).stdout.strip()
+
+    code = (
+        "import sys, camodet.inference, camodet.export, camodet.evaluation, camodet.inspection, "
+        "camodet.report, camodet.runs.resume; "
+        "print(sorted(m for m in sys.modules if m.startswith('camodet.engine')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    ).stdout.strip()
     assert out == "[]"

@@ -42,8 +42,21 @@ def test_video_gives_mask_and_overlay_videos_at_input_size_and_rate(tiny_checkpo
     write_clip(clip)
     assert video_facts(clip) == (11, 12.0, (96, 72))
     out = tmp_path / "out"
-    assert main(["predict", str(tiny_checkpoint), str(clip), "--out", str(out), "--save-frames",
-                 "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                str(clip),
+                "--out",
+                str(out),
+                "--save-frames",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     for name in ("mask.mp4", "overlay.mp4"):
         assert video_facts(out / "clip" / name) == (11, 12.0, (96, 72))
     masks = sorted(os.listdir(out / "clip" / "masks"))
@@ -58,16 +71,30 @@ def test_smoothing_averages_neighbouring_frames(tiny_checkpoint, tmp_path):
     clip = tmp_path / "clip.mp4"
     write_clip(clip, frames=6)
     for k in ("1", "3"):
-        assert main(["predict", str(tiny_checkpoint), str(clip), "--out", str(tmp_path / k), "--save-frames",
-                     "--smooth", k]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(tiny_checkpoint),
+                    str(clip),
+                    "--out",
+                    str(tmp_path / k),
+                    "--save-frames",
+                    "--smooth",
+                    k,
+                ]
+            )
+            == 0
+        )
 
     def probs(k):
         folder = tmp_path / k / "clip" / "probs"
         return [np.asarray(Image.open(folder / f), np.float32) for f in sorted(os.listdir(folder))]
+
     raw, smooth = probs("1"), probs("3")
     assert len(smooth) == 6
-    assert np.abs(smooth[2] - (raw[1] + raw[2] + raw[3]) / 3).max() <= 1.0     # 8-bit rounding
-    assert np.abs(smooth[0] - (raw[0] + raw[1]) / 2).max() <= 1.0               # window cut at the start
+    assert np.abs(smooth[2] - (raw[1] + raw[2] + raw[3]) / 3).max() <= 1.0  # 8-bit rounding
+    assert np.abs(smooth[0] - (raw[0] + raw[1]) / 2).max() <= 1.0  # window cut at the start
     assert np.abs(smooth[2] - raw[2]).max() > 1.0
 
 
@@ -81,6 +108,7 @@ def test_smoother_windows():
         out += s.flush()
         assert [i for i, _ in out] == [0, 1, 2, 3]
         return [float(p[0, 0]) for _, p in out]
+
     assert run(1) == [0, 3, 6, 9]
     assert run(3) == [1.5, 3, 6, 7.5]
     assert run(2) == [1.5, 4.5, 7.5, 9]
@@ -100,13 +128,27 @@ def test_frame_folder_in_frame_number_order_one_clip_per_sequence(tiny_checkpoin
     assert [s for s, _ in clips[0].frames()] == ["bear_1", "bear_2", "bear_3", "bear_10", "bear_11"]
     assert sorted(["f10", "f9", "f100"], key=natural_key) == ["f9", "f10", "f100"]
     out = tmp_path / "out"
-    assert main(["predict", str(tiny_checkpoint), str(frames), "--frames", "--fps", "10",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["predict", str(tiny_checkpoint), str(frames), "--frames", "--fps", "10", "--out", str(out)])
+        == 0
+    )
     assert video_facts(out / "bear" / "mask.mp4") == (5, 10.0, (56, 40))
     assert video_facts(out / "cat" / "overlay.mp4") == (4, 10.0, (56, 40))
     # without --frames the same folder is a folder of photos, as before
-    assert main(["predict", str(tiny_checkpoint), str(frames), "--out", str(tmp_path / "photos"),
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                str(frames),
+                "--out",
+                str(tmp_path / "photos"),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert len(os.listdir(tmp_path / "photos" / "masks")) == 9
 
 
@@ -118,21 +160,38 @@ def test_bad_videos_and_folders_are_named(tiny_checkpoint, tmp_path, capsys):
     clip = tmp_path / "ok.mp4"
     write_clip(clip, frames=3)
     out = tmp_path / "out"
-    rc = main(["predict", str(tiny_checkpoint), str(fake), str(empty), str(clip), "--frames",
-               "--out", str(out)])
+    rc = main(
+        ["predict", str(tiny_checkpoint), str(fake), str(empty), str(clip), "--frames", "--out", str(out)]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert f"skipped {fake}: not a readable video (OpenCV could not decode a frame); convert it" in err
     assert f"skipped {empty}: no frames (images) in this folder" in err
-    assert video_facts(out / "ok" / "mask.mp4")[0] == 3                       # the good clip still ran
+    assert video_facts(out / "ok" / "mask.mp4")[0] == 3  # the good clip still ran
     assert main(["predict", str(tiny_checkpoint), str(clip), "--out", str(out), "--smooth", "0"]) == 2
 
 
 @pytest.mark.skipif(not os.path.isdir(DAVIS), reason="needs ../shared/data/real_dev/TestDataset/DAVIS")
 def test_davis_frames(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "davis"
-    assert main(["predict", str(tiny_checkpoint), DAVIS, "--frames", "--out", str(out), "--save-frames",
-                 "--smooth", "3", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                DAVIS,
+                "--frames",
+                "--out",
+                str(out),
+                "--save-frames",
+                "--smooth",
+                "3",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     names = sorted(os.listdir(DAVIS))
     sequences: dict[str, list[str]] = {}
     for f in names:

@@ -17,16 +17,30 @@ def main():
     p.add_argument("--width", type=int, default=1100)
     p.add_argument("--height", type=int, default=4200)
     a = p.parse_args()
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    browser = next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
     if browser is None:
         sys.exit("no Chromium found: apt-get install chromium")
     html = os.path.abspath(os.path.join(a.run_dir, "report.html"))
     if not os.path.isfile(html):
         subprocess.run([sys.executable, "-m", "camodet", "report", a.run_dir], check=True)
     out = os.path.abspath(a.out or os.path.join(a.run_dir, "report", "screenshot.png"))
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={a.width},{a.height}", f"--screenshot={out}", f"file://{html}"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={a.width},{a.height}",
+            f"--screenshot={out}",
+            f"file://{html}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     print(f"wrote {out}")
 
 

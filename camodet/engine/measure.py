@@ -10,15 +10,18 @@ import time
 import torch
 
 from ..config import ModelConfig
+from ..device import amp_dtype, memory_format, resolve_device, tune_kernels
 from ..losses import LossSettings
 from ..models import build_model
-from ..device import amp_dtype, memory_format, resolve_device, tune_kernels
 from .monitor import peak_memory_mb
 from .optim import build_optimizer
 from .step import TrainStep
 
-MEMORY_KINDS = {"cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
-                "cuda_allocated": "CUDA allocator peak", "cpu_rss": "process peak RSS on the CPU"}
+MEMORY_KINDS = {
+    "cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
+    "cuda_allocated": "CUDA allocator peak",
+    "cpu_rss": "process peak RSS on the CPU",
+}
 
 
 def cuda_card_peak_mb(device: torch.device) -> float:
@@ -30,9 +33,20 @@ def cuda_card_peak_mb(device: torch.device) -> float:
     return (torch.cuda.max_memory_reserved(device) + outside_allocator) / 2**20
 
 
-def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_checkpointing: bool = False,
-                 steps: int = 2, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
-                 compile: bool = False, moe_loss_weight: float = 0.01, weight_decay: float = 0.01) -> dict:
+def measure_step(
+    model_cfg: dict,
+    img_size: int,
+    batch: int,
+    stage: int,
+    grad_checkpointing: bool = False,
+    steps: int = 2,
+    device: str = "auto",
+    amp: str = "auto",
+    channels_last: str = "auto",
+    compile: bool = False,
+    moe_loss_weight: float = 0.01,
+    weight_decay: float = 0.01,
+) -> dict:
     """Seconds per training step and peak memory of one stage at one micro-batch size, with the
     trainer's step on random data (`steps` timed after warm-up)."""
     dev = resolve_device(device)
@@ -48,18 +62,29 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
     model = model.to(memory_format=fmt)
     dtype = amp_dtype(amp, dev)
     # The trainer's own step: its optimizer, loss and grad scaler.
-    train_step = TrainStep(model, model, torch.compile(model) if compile else model, None,
-                           build_optimizer(model, weight_decay, dev),
-                           torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
-                           LossSettings.for_model(model, moe_loss_weight), dev, dtype, fmt)
-    batch_data = {"image": torch.randn(batch, 3, img_size, img_size, device=dev),
-                  "mask": (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float()}
+    train_step = TrainStep(
+        model,
+        model,
+        torch.compile(model) if compile else model,
+        None,
+        build_optimizer(model, weight_decay, dev),
+        torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
+        LossSettings.for_model(model, moe_loss_weight),
+        dev,
+        dtype,
+        fmt,
+    )
+    batch_data = {
+        "image": torch.randn(batch, 3, img_size, img_size, device=dev),
+        "mask": (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float(),
+    }
 
     def step():
         train_step.backward(batch_data, 1.0)
         train_step.update()
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
     for _ in range(2 if compile else 1):  # warm-up: allocator, optimizer state, compilation
         step()
     t = time.perf_counter()
@@ -67,8 +92,14 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
         step()
     sec = (time.perf_counter() - t) / steps
     mem, kind = peak_memory_mb(dev)
-    result = {"stage": stage, "batch": batch, "s_per_step": sec, "peak_mb": mem, "memory": kind,
-              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    result = {
+        "stage": stage,
+        "batch": batch,
+        "s_per_step": sec,
+        "peak_mb": mem,
+        "memory": kind,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+    }
     if dev.type == "cuda":
         result.update(allocated_mb=mem, peak_mb=cuda_card_peak_mb(dev), memory="cuda_card")
     return result
@@ -78,8 +109,12 @@ def measure_in_subprocess(timeout: float | None = None, **spec) -> dict:
     """measure_step in a fresh interpreter; {'error': ...} when it fails (e.g. out of memory)
     or takes longer than `timeout` seconds."""
     try:
-        out = subprocess.run([sys.executable, "-m", "camodet.engine.measure", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-m", "camodet.engine.measure", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"stage": spec["stage"], "batch": spec["batch"], "error": f"timed out after {timeout:g} s"}
     if out.returncode != 0:
@@ -88,8 +123,9 @@ def measure_in_subprocess(timeout: float | None = None, **spec) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_candidates(step_spec: dict, candidates: list[int], budget_mb: float,
-                       on_result=lambda m: None) -> list[dict]:
+def measure_candidates(
+    step_spec: dict, candidates: list[int], budget_mb: float, on_result=lambda m: None
+) -> list[dict]:
     """Per stage, micro-batches in increasing order until one fails or exceeds the budget.
     `step_spec`: measure_step's arguments other than batch and stage."""
     measured = []

@@ -12,14 +12,17 @@ from ..panels import triptych
 log = logging.getLogger("camodet")
 PANEL_IMAGES = 4
 
+
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(peak MB, what was measured): CUDA allocator peak on a GPU, process peak RSS on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"  # Linux reports KiB
 
+
 class TensorBoard:
     """TensorBoard writer of rank 0 (a no-op when off or not installed)."""
+
     def __init__(self, enabled: bool, log_dir: str, purge_step: int | None):
         self.writer = None
         if not enabled:
@@ -27,8 +30,10 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log.warning("TensorBoard logging is off: the tensorboard package is not installed "
-                        "(pip install tensorboard, or pass --no-tensorboard to silence this)")
+            log.warning(
+                "TensorBoard logging is off: the tensorboard package is not installed "
+                "(pip install tensorboard, or pass --no-tensorboard to silence this)"
+            )
             return
         # purge_step drops events a previous attempt wrote past the point this run resumes from
         self.writer = SummaryWriter(log_dir, purge_step=purge_step)
@@ -43,7 +48,9 @@ class TensorBoard:
             g = pg["backbone_group"]
             if g not in seen:
                 seen.add(g)
-                self.writer.add_scalar(f"lr/{'decoder' if g < 0 else f'backbone_group{g}'}", pg["lr"], global_step)
+                self.writer.add_scalar(
+                    f"lr/{'decoder' if g < 0 else f'backbone_group{g}'}", pg["lr"], global_step
+                )
 
     def epoch(self, epoch: int, record: dict) -> None:
         """Epoch scalars: losses, LR, validation metrics, timing and expert usage per block."""
@@ -53,7 +60,14 @@ class TensorBoard:
         for k, v in record.items():
             if k.startswith("loss") and isinstance(v, (int, float)):
                 w.add_scalar(f"train/{k}", v, epoch)
-        for k in ("images_per_s", "skipped_steps", "overflow_steps", "grad_norm", "peak_memory_mb", "lr_scale"):
+        for k in (
+            "images_per_s",
+            "skipped_steps",
+            "overflow_steps",
+            "grad_norm",
+            "peak_memory_mb",
+            "lr_scale",
+        ):
             if isinstance(record.get(k), (int, float)):
                 w.add_scalar(f"train/{k}", record[k], epoch)
         for k, v in (record.get("val") or {}).items():

@@ -13,8 +13,9 @@ from ..runs.checkpoint import RunState, to_cpu
 class EpochProgress:
     """Where an epoch stands and what it has summed so far; saved on interruption so
     that the resumed epoch reports the same means as an uninterrupted one."""
+
     epoch: int
-    micro_step: int = 0       # micro-batches done
+    micro_step: int = 0  # micro-batches done
     images: int = 0
     loss_sum: torch.Tensor | None = None
     part_sums: dict = field(default_factory=dict)
@@ -24,8 +25,8 @@ class EpochProgress:
     lr: float = 0.0
     grad_norm_sum: float = 0.0  # over the steps taken (host numbers from the guard's read)
     grad_steps: int = 0
-    skipped: int = 0          # non-finite steps skipped (bf16/fp32)
-    overflow: int = 0         # fp16 overflow steps skipped by the grad scaler
+    skipped: int = 0  # non-finite steps skipped (bf16/fp32)
+    overflow: int = 0  # fp16 overflow steps skipped by the grad scaler
 
     def add(self, images: int, loss: torch.Tensor, parts: dict, expert_usage: list) -> None:
         """Sum a micro-batch of `images` images: its (detached) loss and parts weighed by its
@@ -66,9 +67,11 @@ class EpochProgress:
             "lr": self.lr,
             "images_per_s": self.images / max(self.seconds, 1e-9),
             "expert_usage": (self.usage_sum / max(self.usage_batches, 1)).tolist()
-                             if self.usage_sum is not None else [],
+            if self.usage_sum is not None
+            else [],
             "grad_norm": self.grad_norm_sum / self.grad_steps if self.grad_steps else None,
-            "skipped_steps": self.skipped, "overflow_steps": self.overflow,
+            "skipped_steps": self.skipped,
+            "overflow_steps": self.overflow,
         }
 
 
@@ -83,9 +86,14 @@ def to_device(obj, device):
 
 def snapshot(model, ema, optimizer, scaler, state: RunState, progress: EpochProgress) -> dict:
     """A host copy of everything a rollback restores."""
-    return {"model": to_cpu(model.state_dict()), "ema": to_cpu(ema.module.state_dict()) if ema else None,
-            "optimizer": to_cpu(optimizer.state_dict()), "scaler": scaler.state_dict(),
-            "global_step": state.global_step, "progress": progress.to_dict()}
+    return {
+        "model": to_cpu(model.state_dict()),
+        "ema": to_cpu(ema.module.state_dict()) if ema else None,
+        "optimizer": to_cpu(optimizer.state_dict()),
+        "scaler": scaler.state_dict(),
+        "global_step": state.global_step,
+        "progress": progress.to_dict(),
+    }
 
 
 def restore(snap: dict, model, ema, optimizer, scaler, state: RunState, device) -> EpochProgress:

@@ -2,8 +2,8 @@
 optimizer update of a window. The trainer and `camodet plan`'s measurement use the same step."""
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -15,10 +15,11 @@ class TrainStep:
     """The parts a step needs. `model` is the bare model (its parameters, what EMA and the
     checkpoint see); `wrapped` the model as it trains (DDP around it, or itself); `forward`
     what computes the outputs (`wrapped`, or its torch.compile'd form)."""
+
     model: torch.nn.Module
     wrapped: torch.nn.Module
     forward: Callable
-    ema: object                       # timm ModelEmaV3, or None
+    ema: object  # timm ModelEmaV3, or None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loss: LossSettings

@@ -12,6 +12,7 @@ import time
 
 class LoopClock:
     """Splits a training pass's time into waiting for data and computing, per step."""
+
     def __init__(self):
         self.start = self._mark = time.perf_counter()
         self.data_wait = 0.0
@@ -44,6 +45,10 @@ class LoopClock:
         total = time.perf_counter() - self.start
         n = len(self.step_seconds)
         step = statistics.median(self.step_seconds) if n else float("nan")
-        return {"train_time_s": round(total, 3), "steps": n, "step_time_s": round(step, 4),
-                "data_wait_s": round(self.data_wait, 3),
-                "loop_ratio": round(total / (n * step), 3) if n and step > 0 else None}
+        return {
+            "train_time_s": round(total, 3),
+            "steps": n,
+            "step_time_s": round(step, 4),
+            "data_wait_s": round(self.data_wait, 3),
+            "loop_ratio": round(total / (n * step), 3) if n and step > 0 else None,
+        }

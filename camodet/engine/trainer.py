@@ -20,32 +20,39 @@ from tqdm import tqdm
 from ..config import TrainConfig, parse_duration, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
+from ..data.splits import readable_samples, split_train_val, training_samples
+from ..device import amp_dtype, resolve_device, tune_kernels
+from ..device import memory_format as device_memory_format  # the local name is the chosen format
 from ..losses import LossSettings
 from ..metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
-from ..device import amp_dtype, resolve_device, tune_kernels
-from ..device import memory_format as device_memory_format  # the local name is the chosen format
 from ..runs import history
-from ..runs.checkpoint import RunState, TrainingCheckpoint, atomic_save, load_checkpoint, load_matching
-from ..runs.checkpoint import model_weights, nonfinite_tensors
+from ..runs.checkpoint import (
+    RunState,
+    TrainingCheckpoint,
+    atomic_save,
+    load_checkpoint,
+    load_matching,
+    model_weights,
+    nonfinite_tensors,
+)
 from ..runs.folder import BEST_METRIC, RunFolder, is_better
 from ..runs.health import new_advice
 from ..runs.resume import open_resume
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
+from .loaders import EpochSampler, input_normalization, resolve_workers, train_loader, val_loader
 from .monitor import TensorBoard, peak_memory_mb
-from ..data.splits import readable_samples, split_train_val, training_samples
-from .loaders import EpochSampler, train_loader, val_loader
-from .loaders import input_normalization, resolve_workers
-from .timing import LoopClock
 from .optim import build_optimizer, set_lrs
 from .schedule import Plan, make_plan
 from .state import EpochProgress, restore, snapshot
 from .step import TrainStep
+from .timing import LoopClock
 from .watchdog import StallWatchdog, worker_init
 
 log = logging.getLogger("camodet")
+
 
 class CompiledOrEager:
     """torch.compile'd forward that falls back to eager, once and with a message, where
@@ -60,8 +67,10 @@ class CompiledOrEager:
                 return self.compiled(x)
             except Exception as e:  # any backend failure: the run must not die for a speed-up
                 first_line = (str(e).strip().splitlines() or [""])[0][:160]
-                log.warning(f"--compile: torch.compile failed ({type(e).__name__}: {first_line}); "
-                            f"continuing without it")
+                log.warning(
+                    f"--compile: torch.compile failed ({type(e).__name__}: {first_line}); "
+                    f"continuing without it"
+                )
                 self.compiled = None
         return self.module(x)
 
@@ -70,6 +79,7 @@ class CompiledOrEager:
 class RunContext:
     """What an epoch's pass needs besides the step and the data: the settings, the schedule,
     the run's counters, the guard, and the run-wide helpers."""
+
     cfg: TrainConfig
     d: distributed.Dist
     plan: Plan
@@ -77,14 +87,15 @@ class RunContext:
     guard: DivergenceGuard
     stop: StopRequest
     watchdog: StallWatchdog
-    record: object          # record(event dict): appends to the run's history on rank 0
+    record: object  # record(event dict): appends to the run's history on rank 0
     tb: TensorBoard
 
 
 @dataclass
 class Outcome:
     """How a pass over (the rest of) an epoch ended."""
-    action: str = "done"      # done | rollback | stopped
+
+    action: str = "done"  # done | rollback | stopped
     reason: str = ""
     step: int = 0
     files: list = dataclasses.field(default_factory=list)  # images of the windows that went wrong
@@ -111,8 +122,10 @@ def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda wher
             beat(f"validation batch {i + 1}")
             logits = model(batch["image"].to(device, non_blocking=True)).logits.float()
             for j, gt in enumerate(batch["gt"]):
-                up = F.interpolate(logits[j:j + 1], size=gt.shape, mode="bilinear", align_corners=False)
-                evaluator.step(to_uint8(torch.sigmoid(up)[0, 0].cpu().numpy()), gt, str(int(batch["index"][j])))
+                up = F.interpolate(logits[j : j + 1], size=gt.shape, mode="bilinear", align_corners=False)
+                evaluator.step(
+                    to_uint8(torch.sigmoid(up)[0, 0].cpu().numpy()), gt, str(int(batch["index"][j]))
+                )
     records = [r for part in distributed.gather_objects(evaluator.records, d) for r in part]
     return mean_records(records)
 
@@ -136,8 +149,14 @@ def train(cfg: TrainConfig) -> RunState:
     samples = training_samples(cfg.data)
     if cfg.data.cache:
         cache_dir = os.path.expandvars(cfg.data.cache_dir or default_cache_dir())  # '$TMPDIR/x': per node
-        cache = functools.partial(cached_samples, samples, cfg.data.img_size, cache_dir,
-                                  workers, skip_bad_files=cfg.data.skip_bad_files)
+        cache = functools.partial(
+            cached_samples,
+            samples,
+            cfg.data.img_size,
+            cache_dir,
+            workers,
+            skip_bad_files=cfg.data.skip_bad_files,
+        )
         # Written once where it is stored: by rank 0 on a shared folder, by each node's first
         # process on node-local scratch; the others read it after the barrier (it appears whole).
         if d.local_rank == 0 if not distributed.folder_is_shared(cache_dir, d) else d.is_main:
@@ -150,18 +169,29 @@ def train(cfg: TrainConfig) -> RunState:
     # Read once (and refused here if it is another architecture): its normalisation decides
     # the datasets', its state the model's.
     resume = open_resume(cfg, d.world) if cfg.run.resume_from else None
-    norm = input_normalization(cfg, resume.ckpt if resume else None)  # the backbone's own statistics (a resumed run: its checkpoint's)
-    train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files,
-                           norm=norm)
-    val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files,
-                         norm=norm)
-    say(f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
-        f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}")
-    say(f"data loader: {workers} worker process(es){' (--num-workers auto)' if cfg.data.num_workers == 'auto' else ''}")
+    norm = input_normalization(
+        cfg, resume.ckpt if resume else None
+    )  # the backbone's own statistics (a resumed run: its checkpoint's)
+    train_set = CODDataset(
+        train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files, norm=norm
+    )
+    val_set = CODDataset(
+        val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files, norm=norm
+    )
+    say(
+        f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
+        f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}"
+    )
+    say(
+        f"data loader: {workers} worker "
+        f"process(es){' (--num-workers auto)' if cfg.data.num_workers == 'auto' else ''}"
+    )
 
     # Model, then resume or initialise before anything copies its weights (EMA, DDP). A resume
     # takes every weight from its checkpoint, so it never needs the network or the weights file.
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
+    model_cfg = (
+        dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
+    )
     model = build_model(model_cfg).to(device)
     model.normalization = norm  # saved in every checkpoint
     state = RunState(world_size=d.world)
@@ -175,10 +205,16 @@ def train(cfg: TrainConfig) -> RunState:
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
     m, st = cfg.model, cfg.stages
-    if (d.is_main and not (m.pretrained or m.pretrained_path or cfg.run.resume_from or cfg.run.init_from)
-            and st.stage1_epochs > 0 and not st.skip_stage1):
-        log.warning("stage 1 trains the decoder on a frozen backbone that is randomly initialised; for real "
-                    "data pass --pretrained or --pretrained-path FILE (or --stage1-epochs 0)")
+    if (
+        d.is_main
+        and not (m.pretrained or m.pretrained_path or cfg.run.resume_from or cfg.run.init_from)
+        and st.stage1_epochs > 0
+        and not st.skip_stage1
+    ):
+        log.warning(
+            "stage 1 trains the decoder on a frozen backbone that is randomly initialised; for real "
+            "data pass --pretrained or --pretrained-path FILE (or --stage1-epochs 0)"
+        )
 
     if cfg.speed.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -210,8 +246,14 @@ def train(cfg: TrainConfig) -> RunState:
         os.makedirs(folder.path, exist_ok=True)
         save_yaml(cfg, folder.config)
     if restart_epoch is not None:
-        record({"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from,
-                "changed": resume.changes})
+        record(
+            {
+                "type": "warm_restart",
+                "epoch": restart_epoch,
+                "from": cfg.run.resume_from,
+                "changed": resume.changes,
+            }
+        )
 
     def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
         started = time.monotonic()
@@ -220,21 +262,42 @@ def train(cfg: TrainConfig) -> RunState:
         stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)  # what --time-limit keeps back
         return ckpt
 
-    step = TrainStep(model, model, model, ema, optimizer, scaler,
-                     LossSettings.for_model(model, cfg.optim.moe_loss_weight), device, dtype, memory_format)
+    step = TrainStep(
+        model,
+        model,
+        model,
+        ema,
+        optimizer,
+        scaler,
+        LossSettings.for_model(model, cfg.optim.moe_loss_weight),
+        device,
+        dtype,
+        memory_format,
+    )
     frozen, stage, loader_batch, loader = None, None, None, None
     first_epoch = position.epoch if position is not None else state.epoch + 1
     if first_epoch > plan.epochs:
-        say(f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
-            f"raise --epochs to train on (a warm restart)")
-    tb = TensorBoard(cfg.run.tensorboard and d.is_main, folder.tensorboard,
-                     state.global_step if cfg.run.resume_from else None)
+        say(
+            f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
+            f"raise --epochs to train on (a warm restart)"
+        )
+    tb = TensorBoard(
+        cfg.run.tensorboard and d.is_main,
+        folder.tensorboard,
+        state.global_step if cfg.run.resume_from else None,
+    )
     time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
     validation_seconds = None
     preempt = signal_number(cfg.run.preempt_signal)
-    with StopRequest(time_limit, (preempt,)) as stop, StallWatchdog(cfg.safety.stall_timeout, folder.stall_report) as watchdog, tb:
+    with (
+        StopRequest(time_limit, (preempt,)) as stop,
+        StallWatchdog(cfg.safety.stall_timeout, folder.stall_report) as watchdog,
+        tb,
+    ):
         # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
-        stop.save_seconds = 1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
+        stop.save_seconds = (
+            1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
+        )
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
         ctx = RunContext(cfg, d, plan, state, guard, stop, watchdog, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
@@ -253,18 +316,33 @@ def train(cfg: TrainConfig) -> RunState:
                 stage = plan.stage(epoch)
                 loader_batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
                 # One loader per stage: its workers persist across the stage's epochs.
-                loader = train_loader(train_set, loader_batch, EpochSampler(len(train_set), cfg.run.seed, epoch,
-                                                                            d.rank, d.world),
-                                      workers, pin_memory=device.type == "cuda",
-                                      worker_init_fn=init_fn, persistent_workers=cfg.speed.persistent_workers)
+                loader = train_loader(
+                    train_set,
+                    loader_batch,
+                    EpochSampler(len(train_set), cfg.run.seed, epoch, d.rank, d.world),
+                    workers,
+                    pin_memory=device.type == "cuda",
+                    worker_init_fn=init_fn,
+                    persistent_workers=cfg.speed.persistent_workers,
+                )
                 effective = loader_batch * cfg.optim.accumulation_steps * d.world
                 trainable = sorted(set(range(plan.num_groups)) - frozen)
-                say(f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
+                say(
+                    f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
                     f"{cfg.optim.accumulation_steps} x {d.world} process(es) = effective batch {effective}; "
                     f"peak lr {plan.lr[stage - 1] * state.lr_scale:g}; backbone groups training: "
-                    f"{trainable or 'none'}")
-                record({"type": "stage", "epoch": epoch, "stage": stage, "batch_size": loader_batch,
-                        "effective_batch": effective, "trainable": trainable})
+                    f"{trainable or 'none'}"
+                )
+                record(
+                    {
+                        "type": "stage",
+                        "epoch": epoch,
+                        "stage": stage,
+                        "batch_size": loader_batch,
+                        "effective_batch": effective,
+                        "trainable": trainable,
+                    }
+                )
 
             # Train the epoch (or its rest, after a mid-epoch resume). On divergence, go back to
             # the state at the start of this pass with a lower LR and train it again.
@@ -273,11 +351,16 @@ def train(cfg: TrainConfig) -> RunState:
             while True:
                 outcome = train_one_epoch(step, loader, progress, ctx)
                 if outcome.action == "done":
-                    bad = nonfinite_tensors(model.state_dict()) + \
-                        (nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else [])
+                    bad = nonfinite_tensors(model.state_dict()) + (
+                        nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else []
+                    )
                     if any_rank(bool(bad), d, device):
-                        outcome = Outcome(ROLLBACK, f"non-finite tensors at the end of the epoch "
-                                                    f"({', '.join(bad[:3]) or 'on another rank'})", progress.micro_step)
+                        outcome = Outcome(
+                            ROLLBACK,
+                            f"non-finite tensors at the end of the epoch "
+                            f"({', '.join(bad[:3]) or 'on another rank'})",
+                            progress.micro_step,
+                        )
                 if outcome.action != ROLLBACK:
                     break
                 roll_back(outcome, epoch, ctx, folder)
@@ -290,8 +373,11 @@ def train(cfg: TrainConfig) -> RunState:
 
             # --time-limit: validation and the saves must still fit, or stop here (the pass is kept).
             if outcome.action == "done" and time_limit and len(val_set):
-                needed = validation_seconds if validation_seconds is not None else \
-                    progress.seconds * len(val_set) / max(1, len(train_set))
+                needed = (
+                    validation_seconds
+                    if validation_seconds is not None
+                    else progress.seconds * len(val_set) / max(1, len(train_set))
+                )
                 if any_rank(stop.out_of_time(needed + stop.save_seconds), d, device):
                     stop.timed_out = True
                     outcome = Outcome("stopped", stop.name, progress.micro_step)
@@ -301,12 +387,25 @@ def train(cfg: TrainConfig) -> RunState:
                 progress.merge_ranks(lambda t: distributed.all_reduce_mean(t, d))
                 if d.is_main:
                     save(folder.last, progress=progress)
-                record({"type": "interrupted", "epoch": epoch, "micro_step": progress.micro_step,
-                        "global_step": state.global_step, "signal": state.interrupted})
-                say(f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} micro-batches; "
-                    f"resumable checkpoint {folder.last}")
-                if d.is_main and cfg.run.requeue_on_preempt and state.interrupted in (
-                        signal.Signals(preempt).name, "SIGTERM"):
+                record(
+                    {
+                        "type": "interrupted",
+                        "epoch": epoch,
+                        "micro_step": progress.micro_step,
+                        "global_step": state.global_step,
+                        "signal": state.interrupted,
+                    }
+                )
+                say(
+                    f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} "
+                    "micro-batches; "
+                    f"resumable checkpoint {folder.last}"
+                )
+                if (
+                    d.is_main
+                    and cfg.run.requeue_on_preempt
+                    and state.interrupted in (signal.Signals(preempt).name, "SIGTERM")
+                ):
                     requeue_slurm_job()
                 break
 
@@ -314,11 +413,25 @@ def train(cfg: TrainConfig) -> RunState:
             stats = progress.stats(lambda t: distributed.all_reduce_mean(t, d))
             stats["images_per_s"] *= d.world
             eval_model = ema.module if ema is not None else model
-            val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, workers,
-                                                  init_fn), device, dtype, d, watchdog.beat) if len(val_set) else {}
+            val = (
+                validate(
+                    eval_model,
+                    val_loader(val_set, loader_batch, d.rank, d.world, workers, init_fn),
+                    device,
+                    dtype,
+                    d,
+                    watchdog.beat,
+                )
+                if len(val_set)
+                else {}
+            )
             validation_seconds = time.monotonic() - validation_started
             state.epoch = epoch
-            state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
+            state.metrics = {
+                "loss": stats["loss"],
+                "lr": stats["lr"],
+                **{f"val_{k}": v for k, v in val.items()},
+            }
             iou = val.get(BEST_METRIC, float("nan"))
             improved = is_better(iou, state.best_iou)
             if improved:
@@ -328,32 +441,57 @@ def train(cfg: TrainConfig) -> RunState:
                 watchdog.beat(f"saving checkpoints of epoch {epoch}")
                 last = save(folder.last)
                 if cfg.run.keep_last > 0:
-                    folder.keep_last(epoch, cfg.run.keep_last, lambda p: atomic_save(last, p))
+                    folder.keep_last(epoch, cfg.run.keep_last, functools.partial(atomic_save, last))
                 if improved:
                     save(folder.best, best=True)
                 memory_mb, memory_kind = peak_memory_mb(device)
                 epoch_record = {
-                    "type": "epoch", "epoch": epoch, "stage": stage, "global_step": state.global_step,
-                    "time_s": round(progress.seconds, 3), "images_per_s": stats["images_per_s"], **stats["parts"],
-                    "loss": stats["loss"], "lr": stats["lr"], "lr_scale": state.lr_scale,
-                    "grad_norm": stats["grad_norm"], "skipped_steps": stats["skipped_steps"],
-                    "overflow_steps": stats["overflow_steps"], "expert_usage": stats["expert_usage"], "val": val,
-                    "best_iou": state.best_iou, "best_epoch": state.best_epoch,
-                    "peak_memory_mb": round(memory_mb, 1), "memory_kind": memory_kind}
-                epoch_record.update(outcome.timing or {}, val_time_s=round(validation_seconds, 3), num_workers=workers)
+                    "type": "epoch",
+                    "epoch": epoch,
+                    "stage": stage,
+                    "global_step": state.global_step,
+                    "time_s": round(progress.seconds, 3),
+                    "images_per_s": stats["images_per_s"],
+                    **stats["parts"],
+                    "loss": stats["loss"],
+                    "lr": stats["lr"],
+                    "lr_scale": state.lr_scale,
+                    "grad_norm": stats["grad_norm"],
+                    "skipped_steps": stats["skipped_steps"],
+                    "overflow_steps": stats["overflow_steps"],
+                    "expert_usage": stats["expert_usage"],
+                    "val": val,
+                    "best_iou": state.best_iou,
+                    "best_epoch": state.best_epoch,
+                    "peak_memory_mb": round(memory_mb, 1),
+                    "memory_kind": memory_kind,
+                }
+                epoch_record.update(
+                    outcome.timing or {}, val_time_s=round(validation_seconds, 3), num_workers=workers
+                )
                 record(epoch_record)
                 tb.epoch(epoch, epoch_record)
                 if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
                     tb.panel(epoch, eval_model, val_set, device)
-                print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
-                      f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
-                      + (" | best" if improved else ""), flush=True)
+                print(
+                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
+                    f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
+                    + (" | best" if improved else ""),
+                    flush=True,
+                )
                 for advice in new_advice(records, cfg_dict):
                     log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
             if any_rank(stop.requested, d, device):  # a signal during validation or saving
                 state.interrupted = stop_reason(stop, d)
-                record({"type": "interrupted", "epoch": epoch, "micro_step": None,
-                        "global_step": state.global_step, "signal": state.interrupted})
+                record(
+                    {
+                        "type": "interrupted",
+                        "epoch": epoch,
+                        "micro_step": None,
+                        "global_step": state.global_step,
+                        "signal": state.interrupted,
+                    }
+                )
                 break
     if d.enabled and not state.interrupted:
         distributed.check_in_sync(model, d)
@@ -381,46 +519,69 @@ def roll_back(outcome: Outcome, epoch: int, ctx: RunContext, folder: RunFolder) 
     state, cfg, record = ctx.state, ctx.cfg, ctx.record
     state.rollbacks += 1
     state.rollback_files.append(sorted(set(outcome.files)))
-    event = {"epoch": epoch, "step": outcome.step, "global_step": state.global_step, "reason": outcome.reason,
-             "rollbacks": state.rollbacks, "files": state.rollback_files[-1]}
+    event = {
+        "epoch": epoch,
+        "step": outcome.step,
+        "global_step": state.global_step,
+        "reason": outcome.reason,
+        "rollbacks": state.rollbacks,
+        "files": state.rollback_files[-1],
+    }
     if state.rollbacks > cfg.safety.max_rollbacks:
         record({"type": "diverged", **event})
         raise DivergenceError(divergence_message(outcome, epoch, state, cfg, ctx.plan, folder))
     state.lr_scale *= cfg.safety.rollback_lr_factor
     record({"type": "rollback", **event, "lr_scale": state.lr_scale})
-    log.warning(f"divergence at epoch {epoch}, step {outcome.step}: {outcome.reason}; rolled back to the "
-                f"start of this pass (rollback {state.rollbacks} of {cfg.safety.max_rollbacks}), "
-                f"LR now x{state.lr_scale:g} of the plan")
+    log.warning(
+        f"divergence at epoch {epoch}, step {outcome.step}: {outcome.reason}; rolled back to the "
+        f"start of this pass (rollback {state.rollbacks} of {cfg.safety.max_rollbacks}), "
+        f"LR now x{state.lr_scale:g} of the plan"
+    )
 
 
-def divergence_message(outcome: Outcome, epoch: int, state: RunState, cfg: TrainConfig, plan: Plan,
-                       folder: RunFolder) -> str:
+def divergence_message(
+    outcome: Outcome, epoch: int, state: RunState, cfg: TrainConfig, plan: Plan, folder: RunFolder
+) -> str:
     """Why the run stopped, where its good checkpoints are, and what to try: the failing
     windows over the rollbacks tell a data problem (the same files) from the LR (others)."""
     stage = plan.stage(epoch)
     flag, peak = ("--lr", cfg.optim.lr) if stage == 1 else ("--stage2-lr", cfg.stage2_lr)
     suggested = peak * state.lr_scale * cfg.safety.rollback_lr_factor
     last = folder.last
-    good = (f"last good checkpoint: {last} (epoch {state.epoch})" if state.epoch > 0 and os.path.isfile(last)
-            else "no epoch finished, so there is no good checkpoint")
-    best = (f", best: {folder.best} (epoch {state.best_epoch}, {BEST_METRIC} {state.best_iou:.4f})"
-            if state.best_epoch else "")
+    good = (
+        f"last good checkpoint: {last} (epoch {state.epoch})"
+        if state.epoch > 0 and os.path.isfile(last)
+        else "no epoch finished, so there is no good checkpoint"
+    )
+    best = (
+        f", best: {folder.best} (epoch {state.best_epoch}, {BEST_METRIC} {state.best_iou:.4f})"
+        if state.best_epoch
+        else ""
+    )
     # Each rollback replays the same data at a lower LR: bad windows that hold the same files
     # every time point at those files; windows that move point at the learning rate.
     common = set.intersection(*map(set, state.rollback_files)) if state.rollback_files else set()
     if len(state.rollback_files) > 1 and common:
         shown = sorted(common)
-        cause = (f"The same file(s) were in the failing window every time ({', '.join(shown[:4])}"
-                 f"{f' and {len(shown) - 4} more' if len(shown) > 4 else ''}): a data problem is likely; check "
-                 f"their masks ('camodet data check'), fix or remove them. If they are fine, try")
+        cause = (
+            f"The same file(s) were in the failing window every time ({', '.join(shown[:4])}"
+            f"{f' and {len(shown) - 4} more' if len(shown) > 4 else ''}): a data problem is likely; check "
+            f"their masks ('camodet data check'), fix or remove them. If they are fine, try"
+        )
     else:
-        cause = ("The failing windows held different files each time, which points at the learning rate. Try"
-                 if len(state.rollback_files) > 1 else "Try")
-    return (f"training diverged at epoch {epoch} (stage {stage}), step {outcome.step}: {outcome.reason}; "
-            f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
-            f"{good}{best}. {cause} --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
-            f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
-            f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see {folder.metrics} for every event")
+        cause = (
+            "The failing windows held different files each time, which points at the learning rate. Try"
+            if len(state.rollback_files) > 1
+            else "Try"
+        )
+    return (
+        f"training diverged at epoch {epoch} (stage {stage}), step {outcome.step}: {outcome.reason}; "
+        f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
+        f"{good}{best}. {cause} --resume-from {last if state.epoch > 0 else '...'} with {flag} "
+        f"{suggested:.3g}"
+        f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
+        f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see {folder.metrics} for every event"
+    )
 
 
 def window_files(loader, window_index: list, d: distributed.Dist) -> list[str]:
@@ -436,7 +597,15 @@ def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunCo
     by its share of the images in its accumulation window, so a short last window still
     gives the mean over exactly the images it saw. One host read per optimizer step: the
     guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
-    cfg, d, plan, state, guard, stop, watchdog = ctx.cfg, ctx.d, ctx.plan, ctx.state, ctx.guard, ctx.stop, ctx.watchdog
+    cfg, d, plan, state, guard, stop, watchdog = (
+        ctx.cfg,
+        ctx.d,
+        ctx.plan,
+        ctx.state,
+        ctx.guard,
+        ctx.stop,
+        ctx.watchdog,
+    )
     epoch, device = progress.epoch, step.device
     step.wrapped.train()
     accum = cfg.optim.accumulation_steps
@@ -450,16 +619,22 @@ def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunCo
     watched = params + [b for b in step.model.buffers() if b.is_floating_point()]
     fp16 = step.scaler.is_enabled()
     window_loss = torch.zeros((), device=device)
-    window_index: list[torch.Tensor] = []   # dataset indices of this window (CPU), to name its files
-    bad_files: list[str] = []               # files of the windows skipped in this pass
+    window_index: list[torch.Tensor] = []  # dataset indices of this window (CPU), to name its files
+    bad_files: list[str] = []  # files of the windows skipped in this pass
     step_seconds, step_started = 0.0, time.monotonic()
     if progress.loss_sum is None:
         progress.loss_sum = torch.zeros((), device=device)
     clock = LoopClock()  # from here: starting the loader's workers is part of the pass
     it = iter(loader)
     watchdog.loader_iter = it
-    bar = tqdm(clock.wrap(it), total=micro_total, initial=progress.micro_step, desc=f"epoch {epoch}", leave=False,
-               disable=None if d.is_main else True)
+    bar = tqdm(
+        clock.wrap(it),
+        total=micro_total,
+        initial=progress.micro_step,
+        desc=f"epoch {epoch}",
+        leave=False,
+        disable=None if d.is_main else True,
+    )
     t0 = time.time()
     outcome = Outcome()
     for i, batch in enumerate(bar, start=progress.micro_step):
@@ -480,8 +655,12 @@ def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunCo
         # --time-limit: another step and the save must fit; the decision travels with the host read below.
         stop.out_of_time(2 * step_seconds)
         grad_norm = step.gradient_norm(params, cfg.optim.grad_clip)
-        check = [window_loss, grad_norm.float(), torch.nn.utils.get_total_norm(watched).float(),
-                 torch.tensor(float(stop.requested), device=device)]
+        check = [
+            window_loss,
+            grad_norm.float(),
+            torch.nn.utils.get_total_norm(watched).float(),
+            torch.tensor(float(stop.requested), device=device),
+        ]
         check = torch.stack(check)
         if d.enabled:
             check = distributed.all_reduce_mean(check, d)
@@ -508,10 +687,20 @@ def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunCo
             progress.overflow += 1
         elif verdict.action == SKIP:
             progress.skipped += 1
-            ctx.record({"type": "skipped_step", "epoch": epoch, "step": k, "global_step": state.global_step,
-                        "reason": verdict.reason, "files": files})
-            log.warning(f"epoch {epoch}, step {k}: {verdict.reason} (files: {', '.join(files[:4])}"
-                        f"{' ...' if len(files) > 4 else ''})")
+            ctx.record(
+                {
+                    "type": "skipped_step",
+                    "epoch": epoch,
+                    "step": k,
+                    "global_step": state.global_step,
+                    "reason": verdict.reason,
+                    "files": files,
+                }
+            )
+            log.warning(
+                f"epoch {epoch}, step {k}: {verdict.reason} (files: {', '.join(files[:4])}"
+                f"{' ...' if len(files) > 4 else ''})"
+            )
         watchdog.beat(f"epoch {epoch}, optimizer step {k + 1} of {steps_per_epoch}")
         step_seconds, step_started = time.monotonic() - step_started, time.monotonic()
         if state.global_step % cfg.run.log_every == 0:

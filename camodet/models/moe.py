@@ -16,9 +16,10 @@ from .experts import make_expert
 @dataclass
 class Routing:
     """A router's decision for a batch and its load-balancing term."""
-    gates: torch.Tensor          # (B, E), rows sum to 1, zeros outside the top-k
-    balance_loss: torch.Tensor   # scalar, 1.0 at perfect balance
-    usage: torch.Tensor          # (E,) mean gate per expert over the batch (detached)
+
+    gates: torch.Tensor  # (B, E), rows sum to 1, zeros outside the top-k
+    balance_loss: torch.Tensor  # scalar, 1.0 at perfect balance
+    usage: torch.Tensor  # (E,) mean gate per expert over the batch (detached)
 
 
 def route(logits: torch.Tensor, top_k: int, gating: str) -> Routing:
@@ -39,6 +40,7 @@ def route(logits: torch.Tensor, top_k: int, gating: str) -> Routing:
 class MoEBlock(nn.Module):
     """Mixture of experts over a feature map: a router picks the top-k experts per
     image from pooled features, their outputs are summed by gate weight."""
+
     def __init__(self, channels: int, num_experts: int, top_k: int = 2, gating: str = "topk"):
         super().__init__()
         self.experts = nn.ModuleList(make_expert(i, channels) for i in range(num_experts))

@@ -34,8 +34,11 @@ def atomic_save(obj: dict, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous file "
-                                  f"is untouched; free disk space or fix permissions", "write") from None
+            raise CheckpointError(
+                f"could not write {path} ({e.strerror or e}); the previous file "
+                f"is untouched; free disk space or fix permissions",
+                "write",
+            ) from None
         raise
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -58,14 +61,22 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
         raise CheckpointError(
             f"{path}: refused, it needs arbitrary Python objects to load ({str(e).splitlines()[0][:120]}); "
             f"loading it could run untrusted code. If you trust it, convert it once with "
-            f"torch.load(..., weights_only=False) and re-save a plain dict of tensors", "unsafe") from None
+            f"torch.load(..., weights_only=False) and re-save a plain dict of tensors",
+            "unsafe",
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
-                              f"use another checkpoint ({LAST}, {BEST} or an {NUMBERED.format('N')})", "corrupt") from None
+        raise CheckpointError(
+            f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
+            f"use another checkpoint ({LAST}, {BEST} or an {NUMBERED.format('N')})",
+            "corrupt",
+        ) from None
     if not isinstance(ckpt, dict) or MODEL not in ckpt:
-        raise CheckpointError(f"{path}: not a camodet checkpoint (no model_state_dict); give a {LAST} or "
-                              f"{BEST} written by camodet train (ImageNet backbone weights go to "
-                              f"--pretrained-path)", "foreign")
+        raise CheckpointError(
+            f"{path}: not a camodet checkpoint (no model_state_dict); give a {LAST} or "
+            f"{BEST} written by camodet train (ImageNet backbone weights go to "
+            f"--pretrained-path)",
+            "foreign",
+        )
     return ckpt
 
 
@@ -79,8 +90,11 @@ def check_arch(ckpt: dict, model_cfg: dict, path: str) -> None:
     want = arch_of(model_cfg)
     diff = [f"{k}={saved.get(k)!r} (this run: {want[k]!r})" for k in ARCH_KEYS if saved.get(k) != want[k]]
     if diff:
-        raise CheckpointError(f"{path} is another architecture: {', '.join(diff)}; match those settings, "
-                              f"or use --init-from {path} to take only the tensors that fit", "arch")
+        raise CheckpointError(
+            f"{path} is another architecture: {', '.join(diff)}; match those settings, "
+            f"or use --init-from {path} to take only the tensors that fit",
+            "arch",
+        )
 
 
 def load_matching(model: torch.nn.Module, state: dict) -> tuple[int, int]:
@@ -117,7 +131,13 @@ def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
 # The file's keys. A checkpoint is a flat dict: the weights that were validated under MODEL
 # (EMA weights in a best checkpoint of an EMA run, the raw ones then beside them under RAW).
 MODEL, RAW, EMA = "model_state_dict", "raw_model_state_dict", "ema_state_dict"
-OPTIMIZER, SCALER, RNG, GUARD, POSITION = "optimizer_state_dict", "scaler_state_dict", "rng_state", "guard", "position"
+OPTIMIZER, SCALER, RNG, GUARD, POSITION = (
+    "optimizer_state_dict",
+    "scaler_state_dict",
+    "rng_state",
+    "guard",
+    "position",
+)
 WEIGHT_CHOICES = ("auto", "ema", "raw")
 
 
@@ -131,8 +151,9 @@ def model_weights(ckpt: dict, which: str = "auto", path: str = "the checkpoint")
         return ckpt.get(RAW, ckpt[MODEL])
     if which == "ema":
         if EMA not in ckpt:
-            raise CheckpointError(f"{path} has no EMA weights (trained without --use-ema); use --weights raw",
-                                  "foreign")
+            raise CheckpointError(
+                f"{path} has no EMA weights (trained without --use-ema); use --weights raw", "foreign"
+            )
         return ckpt[EMA]
     raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)} (got {which!r})")
 
@@ -151,26 +172,35 @@ def to_cpu(obj):
 @dataclass
 class RunState:
     """The run's counters, saved at the top level of every checkpoint."""
-    epoch: int = 0            # last completed epoch
+
+    epoch: int = 0  # last completed epoch
     global_step: int = 0
     best_iou: float = -math.inf
     best_epoch: int = 0
     metrics: dict | None = None
-    lr_scale: float = 1.0     # product of the rollback back-offs so far
+    lr_scale: float = 1.0  # product of the rollback back-offs so far
     rollbacks: int = 0
-    interrupted: str = ""     # the signal's name (or "time limit") when the run stopped early (not saved)
+    interrupted: str = ""  # the signal's name (or "time limit") when the run stopped early (not saved)
     # What decides the computation beyond the config, saved so that an exact resume of a
     # warm restart (or of a multi-process run) computes what the uninterrupted run did.
     schedule_start: tuple | None = None  # first epoch of each stage's LR schedule (a warm restart moves it)
     world_size: int = 1
-    rollback_files: list = field(default_factory=list)  # per rollback, the files of its bad windows (not saved)
+    rollback_files: list = field(
+        default_factory=list
+    )  # per rollback, the files of its bad windows (not saved)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "global_step": self.global_step,
-                "best_iou": self.best_iou, "best_epoch": self.best_epoch,
-                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks,
-                "schedule_start": list(self.schedule_start or ()), "world_size": self.world_size,
-                "metrics": self.metrics or {}}
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_iou": self.best_iou,
+            "best_epoch": self.best_epoch,
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "schedule_start": list(self.schedule_start or ()),
+            "world_size": self.world_size,
+            "metrics": self.metrics or {},
+        }
 
     def load_state_dict(self, ckpt: dict, exact: bool = True, same_run: bool = True) -> None:
         """Position always; the best so far only when continuing the same run folder (a run
@@ -193,8 +223,10 @@ class RngState:
 
     @staticmethod
     def state_dict() -> dict:
-        return {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     @staticmethod
     def load_state_dict(state: dict) -> None:
@@ -209,6 +241,7 @@ class TrainingCheckpoint:
     them under the file's keys and `load_state_dict` gives each back what it wrote. `model` is
     the bare model (not a DDP wrapper); `normalization` its input statistics; `config` the run's
     settings as a dict; `ema` a timm ModelEma (or None); `guard` has state_dict/load_state_dict."""
+
     model: torch.nn.Module
     ema: object
     optimizer: torch.optim.Optimizer
@@ -227,8 +260,10 @@ class TrainingCheckpoint:
             OPTIMIZER: self.optimizer.state_dict(),
             SCALER: self.scaler.state_dict(),
             RNG: RngState.state_dict(),
-            **self.state.state_dict(), "stage": stage,
-            "config": self.config, "weights": "raw",
+            **self.state.state_dict(),
+            "stage": stage,
+            "config": self.config,
+            "weights": "raw",
             "normalization": self.model.normalization.to_dict(),  # the input statistics the weights expect
             GUARD: self.guard.state_dict(),
         }

@@ -14,11 +14,11 @@ from .errors import CheckpointError
 
 log = logging.getLogger("camodet")
 
-LAST = "last.pth"              # every epoch, and at a stop with the position inside the epoch
-BEST = "best_model.pth"        # the epoch with the best validation metric
-NUMBERED = "epoch_{}.pth"      # --keep-last K
-METRICS = "metrics.jsonl"      # one record per epoch or event
-CONFIG = "config.yaml"         # the run's settings, loadable with --config
+LAST = "last.pth"  # every epoch, and at a stop with the position inside the epoch
+BEST = "best_model.pth"  # the epoch with the best validation metric
+NUMBERED = "epoch_{}.pth"  # --keep-last K
+METRICS = "metrics.jsonl"  # one record per epoch or event
+CONFIG = "config.yaml"  # the run's settings, loadable with --config
 REPORT = "report.html"
 REPORT_DIR, TENSORBOARD_DIR = "report", "tensorboard"
 STALL_REPORT = "stall-{}.txt"  # the watchdog's stacks of a run that hung, by time
@@ -42,8 +42,19 @@ _NUMBERED = re.compile("^" + _pattern(NUMBERED, r"(\d+)") + "$")
 _CHECKPOINT_NAMES = "|".join([re.escape(LAST), re.escape(BEST), _pattern(NUMBERED, r"\d+")])
 _CHECKPOINT = re.compile(rf"^({_CHECKPOINT_NAMES})$")
 # Everything a run writes into its folder; --overwrite removes only these, never other files.
-_RUN_FILES = re.compile("^(" + "|".join([_CHECKPOINT_NAMES, re.escape(METRICS), re.escape(CONFIG),
-                                         re.escape(REPORT), _pattern(STALL_REPORT, ".*")]) + ")$")
+_RUN_FILES = re.compile(
+    "^("
+    + "|".join(
+        [
+            _CHECKPOINT_NAMES,
+            re.escape(METRICS),
+            re.escape(CONFIG),
+            re.escape(REPORT),
+            _pattern(STALL_REPORT, ".*"),
+        ]
+    )
+    + ")$"
+)
 _RUN_DIRS = (TENSORBOARD_DIR, REPORT_DIR)
 
 
@@ -102,8 +113,11 @@ class RunFolder:
 
     def holds(self, checkpoint: str | None) -> bool:
         """Whether `checkpoint` is a file of this folder (a resume in place continues this run)."""
-        return bool(checkpoint) and os.path.isdir(self.path) and os.path.samefile(
-            os.path.dirname(os.path.abspath(checkpoint)), self.path)
+        return (
+            bool(checkpoint)
+            and os.path.isdir(self.path)
+            and os.path.samefile(os.path.dirname(os.path.abspath(checkpoint)), self.path)
+        )
 
     def claim(self, resume_from: str | None, overwrite: bool, remove: bool = True) -> None:
         """Refuse a run that would write over another run's checkpoints, unless it continues
@@ -116,8 +130,11 @@ class RunFolder:
         if not overwrite:
             resume = self.file(LAST if LAST in found else found[-1])
             raise CheckpointError(
-                f"{self.path} already holds a run ({', '.join(found)}); continue it with --resume-from {resume}, "
-                f"choose another --checkpoint-dir, or add --overwrite to replace it", "exists")
+                f"{self.path} already holds a run ({', '.join(found)}); continue it with "
+                f"--resume-from {resume}, "
+                f"choose another --checkpoint-dir, or add --overwrite to replace it",
+                "exists",
+            )
         for name in os.listdir(self.path):
             path = self.file(name)
             if _RUN_FILES.match(name) and os.path.isfile(path):

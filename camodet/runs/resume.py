@@ -11,11 +11,27 @@ from .folder import RunFolder
 # Settings that do not change what a run computes; a resume that differs only in
 # these is still an exact continuation. Where the backbone's ImageNet weights came from
 # is one of them: a resume takes every weight from its checkpoint.
-NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.overwrite", "run.device",
-                       "run.log_every", "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
-                       "run.time_limit", "run.preempt_signal", "run.requeue_on_preempt",
-                       "model.pretrained", "model.pretrained_path",
-                       "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
+NOT_HYPERPARAMETERS = {
+    "run.checkpoint_dir",
+    "run.resume_from",
+    "run.init_from",
+    "run.overwrite",
+    "run.device",
+    "run.log_every",
+    "run.use_ddp",
+    "run.keep_last",
+    "run.tensorboard",
+    "run.image_every",
+    "run.time_limit",
+    "run.preempt_signal",
+    "run.requeue_on_preempt",
+    "model.pretrained",
+    "model.pretrained_path",
+    "data.num_workers",
+    "data.skip_bad_files",
+    "data.cache",
+    "data.cache_dir",
+}
 NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
 
 
@@ -31,9 +47,13 @@ def flat(d: dict, prefix: str = "") -> dict:
 def changed_settings(saved: dict, current: dict) -> list[str]:
     """'key: old -> new' for every hyperparameter that differs between two config dicts."""
     a, b = flat(saved), flat(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in NOT_HYPERPARAMETERS and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
-            and a.get(k) != b.get(k)]
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in NOT_HYPERPARAMETERS
+        and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
+        and a.get(k) != b.get(k)
+    ]
 
 
 def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
@@ -43,8 +63,10 @@ def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
     changes = changed_settings(ckpt.get("config", {}), cfg.to_dict())
     saved_world = ckpt.get("world_size")  # absent in checkpoints of camodet before 0.1.1
     if saved_world is not None and int(saved_world) != world:
-        changes.append(f"processes: {int(saved_world)} -> {world} (the effective batch and the data each "
-                       f"process sees change)")
+        changes.append(
+            f"processes: {int(saved_world)} -> {world} (the effective batch and the data each "
+            f"process sees change)"
+        )
     return changes
 
 
@@ -52,6 +74,7 @@ def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
 class Resume:
     """A checkpoint to continue from, read once, and how: exact (no changes) or a warm
     restart (the changes listed), in place (the same run folder: its best so far counts)."""
+
     path: str
     ckpt: dict
     changes: list[str]
@@ -73,14 +96,23 @@ class Resume:
         """The log line that says what the resume does."""
         if not self.exact:
             restart = self.epoch + 1
-            return (f"warm restart from {self.path} (epoch {self.epoch}): weights and EMA loaded, schedule "
-                    f"re-planned from epoch {restart}"
-                    + (f" (the interrupted epoch {restart} starts again from its beginning)" if self.mid_epoch
-                       else "") + "; changed: " + "; ".join(self.changes))
+            return (
+                f"warm restart from {self.path} (epoch {self.epoch}): weights and EMA loaded, schedule "
+                f"re-planned from epoch {restart}"
+                + (
+                    f" (the interrupted epoch {restart} starts again from its beginning)"
+                    if self.mid_epoch
+                    else ""
+                )
+                + "; changed: "
+                + "; ".join(self.changes)
+            )
         if self.mid_epoch:
             p = self.ckpt[POSITION]
-            return (f"resuming {self.path} exactly inside epoch {p['epoch']}, after {p['micro_step']} "
-                    f"micro-batches")
+            return (
+                f"resuming {self.path} exactly inside epoch {p['epoch']}, after {p['micro_step']} "
+                f"micro-batches"
+            )
         return f"resuming {self.path} exactly after epoch {self.epoch}"
 
 
