@@ -192,7 +192,7 @@ def _evaluate(args) -> int:
 
 
 def method_name(source: str) -> str:
-    """The name a table or plot gives the model: its run or export folder ('runs/x/best_model.pth'
+    """The name a table or plot gives the model: its run or export folder (a checkpoint in 'runs/x/'
     -> 'x'), or the predictions folder."""
     path = os.path.abspath(source)
     return os.path.basename(path if os.path.isdir(path) else os.path.dirname(path)) or "camodet"

@@ -163,7 +163,7 @@ def run_checkpoint(run_dir: str) -> str | None:
 def find_results(source: str, explicit: str | None = None) -> tuple[dict, str] | None:
     """(results, Markdown table) of `camodet evaluate --out`: `explicit` (the folder or its
     metrics.json), else a metrics.json of evaluate's form in the source's folder or one level
-    below it (runs/x/eval/metrics.json beside runs/x/best_model.pth); None when there is none."""
+    below it (runs/x/eval/metrics.json beside a checkpoint in runs/x/); None when there is none."""
     from .evaluation import format_table
 
     if explicit:

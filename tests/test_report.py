@@ -3,7 +3,7 @@ import os
 import pytest
 
 from camodet.cli import main
-from camodet.engine import history
+from camodet.runs import history
 
 
 @pytest.fixture(scope="module")
