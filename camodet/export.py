@@ -25,6 +25,42 @@ class ExportError(RuntimeError):
     """Exporting failed; the message says what is missing."""
 
 
+class StaticSamePadConv(torch.nn.Module):
+    """timm's Conv2dSame (TensorFlow's 'same' padding, in tf_efficientnet_* and others) pads by a
+    function of the input size, and torch.export then reasons symbolically about every shape after
+    it: minutes for tf_efficientnet_lite0. The graph only takes sizes that are multiples of STRIDE,
+    so each such conv sees a size that is a multiple of its own stride, where the padding is a
+    constant: (k - 1) * d + 1 - s, split as timm splits it. Exact for every size the graph accepts
+    (the ONNX check runs a second, non-square size)."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        pads = [max((k - 1) * d + 1 - s, 0) for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation)]
+        (ph, pw) = pads
+        self.pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        x = torch.nn.functional.pad(x, self.pad)
+        return torch.nn.functional.conv2d(x, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
+
+
+def with_static_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` itself when it has no size-dependent padding, else a copy with StaticSamePadConv."""
+    from timm.layers import Conv2dSame
+
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv2dSame)]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, StaticSamePadConv(getattr(owner, child)))
+    return model
+
+
 class ProbabilityHead(torch.nn.Module):
     """What the ONNX graph computes: normalised image batch -> probability map at input size.
     fp16: the weights and the computation in half precision (for GPUs), float32 in and out."""
@@ -96,7 +132,9 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = F
             "--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'"
         ) from None
     head = ProbabilityHead(model).eval()
-    traced = ProbabilityHead(copy.deepcopy(model).half(), fp16=True).eval() if fp16 else head
+    static = with_static_padding(model)
+    traced = ProbabilityHead(copy.deepcopy(static).half(), fp16=True) if fp16 else ProbabilityHead(static)
+    traced.eval()
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
     rows, cols = (torch.export.Dim(n, min=2, max=8192 // STRIDE) for n in ("height_strides", "width_strides"))

@@ -86,3 +86,16 @@ def test_conv_shortcut_is_exact_and_skipped_while_exporting(monkeypatch):
     monkeypatch.setattr(conv, "forward", lambda t: calls.append(t.shape) or torch.zeros(1))
     same_conv_on_reach(conv, x)
     assert calls == [x.shape]
+
+
+def test_static_same_padding_equals_timms_on_every_size_the_graph_takes():
+    from timm.layers import Conv2dSame
+
+    from camodet.export import StaticSamePadConv
+
+    torch.manual_seed(0)
+    for k, s, d in ((3, 2, 1), (5, 2, 1), (3, 1, 1), (3, 1, 2), (1, 1, 1)):
+        conv = Conv2dSame(4, 6, k, stride=s, dilation=d)
+        for h, w in ((32, 32), (64, 96), (8, 2)):
+            x = torch.randn(2, 4, h, w)
+            torch.testing.assert_close(StaticSamePadConv(conv)(x), conv(x), rtol=0, atol=1e-6)
