@@ -87,11 +87,20 @@ class ModelConfig:
     backbone: str = opt("edgenext_base", "timm backbone name (any model with features_only)")
     pretrained: bool = opt(False, "load ImageNet weights through timm (needs network or HF cache)")
     pretrained_path: str | None = opt(None, "load backbone weights from a local .pth/.safetensors")
-    num_experts: int = opt(7, "number of experts in each mixture-of-experts block")
-    top_k: int = opt(2, "experts chosen per image with --gating topk")
+    # One expert (a plain residual block, no routing) by default: on real photos at an equal budget
+    # 4 experts gained nothing over one (benchmarks/RESULTS.md, quality_real.py). --num-experts N turns it on.
+    num_experts: int = opt(1, "number of experts in each mixture-of-experts block (1: no routing)")
+    top_k: int = opt(2, "experts chosen per image with --gating topk (ignored with one expert)")
     gating: str = opt("topk", "router gating", choices=["topk", "dense"])
     decoder_channels: int = opt(64, "channels of the decoder")
     deep_supervision: bool = opt(False, "train side outputs at coarser decoder scales")
+    backbone_norm: str = opt(
+        "train",
+        "backbone BatchNorm statistics where the backbone trains: train "
+        "(update them from the batch) or frozen (keep the pretrained ones; "
+        "their scale and shift still train)",
+        choices=["train", "frozen"],
+    )
 
 
 @dataclass
@@ -470,7 +479,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
     need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")
     need(
-        1 <= m.top_k <= m.num_experts,
+        1 <= m.top_k <= m.num_experts or (m.num_experts == 1 and m.top_k >= 1),
         f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})",
     )
     need(

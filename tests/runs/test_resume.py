@@ -1,0 +1,13 @@
+from camodet.config import TrainConfig
+from camodet.runs.resume import changed_settings
+
+
+def test_setting_added_after_a_checkpoint_is_no_change_at_its_default():
+    """A checkpoint written before model.backbone_norm existed resumes exactly at the default
+    (what it was trained with); a run that asks for another value is a warm restart."""
+    saved = TrainConfig().to_dict()
+    del saved["model"]["backbone_norm"]
+    assert changed_settings(saved, TrainConfig().to_dict()) == []
+    other = TrainConfig()
+    other.model.backbone_norm = "frozen"
+    assert changed_settings(saved, other.to_dict()) == ["model.backbone_norm: None -> 'frozen'"]
