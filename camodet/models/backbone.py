@@ -2,7 +2,9 @@
 stage groups for freezing (one group per feature level, deepest last)."""
 
 import difflib
+import logging
 import os
+import tempfile
 
 import timm
 import torch
@@ -10,6 +12,9 @@ from torch import nn
 
 from ..config import ConfigError
 from ..normalization import IMAGENET, Normalization
+from .weights import WeightsMismatch, describe, to_timm_keys
+
+log = logging.getLogger("camodet")
 
 
 class BackboneError(ValueError):
@@ -125,14 +130,19 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
         if not os.path.isfile(pretrained_path):
             raise BackboneError(f"--pretrained-path {pretrained_path}: no such file")
         file_sd = read_state_dict(pretrained_path)  # first, so a non-weights file is named as such
+        # A file naming timm's tensors otherwise (another package's keys) is renamed, in a temp file.
+        file_sd, load_path, tmp = timm_named_file(file_sd, name, pretrained_path)
         # timm maps a full-model state dict onto the features_only model and drops the classifier.
         try:
             body = timm.create_model(name, features_only=True, pretrained=True,
-                                     pretrained_cfg_overlay={"file": pretrained_path})
+                                     pretrained_cfg_overlay={"file": load_path})
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise BackboneError(f"--pretrained-path {pretrained_path} does not fit {name}: {first}; "
                                 f"the file must be a state dict of timm's {name}") from None
+        finally:
+            if tmp:
+                os.unlink(tmp)
         _verify_complete(body, file_sd, name, pretrained_path)
         return body
     if pretrained:
@@ -144,6 +154,25 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
                 f"use --pretrained-path FILE with a local .pth/.safetensors, or pre-fill the Hugging Face "
                 f"cache and set HF_HUB_OFFLINE=1, or drop --pretrained") from None
     return timm.create_model(name, features_only=True, pretrained=False)
+
+
+def timm_named_file(file_sd: dict, name: str, path: str) -> tuple[dict, str, str | None]:
+    """(state dict under timm's names, the file for timm to load, a temp file to delete or None).
+    Keys are matched by name, by name after stripping wrapper prefixes, or by order and shape
+    (see camodet/models/weights.py); a file that fits none of these is refused in one line."""
+    with torch.device("meta"):
+        feature_keys = list(timm.create_model(name, features_only=True, pretrained=False).state_dict())
+    try:
+        sd, how = to_timm_keys(file_sd, name, feature_keys, path)
+    except WeightsMismatch as e:
+        raise BackboneError(str(e)) from None
+    if how == "name":
+        return file_sd, path, None
+    log.info(f"--pretrained-path {path}: {describe(how)}")
+    fd, tmp = tempfile.mkstemp(suffix=".pth")
+    os.close(fd)
+    torch.save(sd, tmp)
+    return sd, tmp, tmp
 
 
 def read_state_dict(path: str) -> dict:
