@@ -232,6 +232,11 @@ def _coerce(value, f: dataclasses.Field, source: str):
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{where} is not true or false")
+    if callable(tp) and not isinstance(tp, type):  # a parser function such as workers()
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} is not valid: {tp.__doc__.strip().splitlines()[0]}") from None
     if tp in (int, float):
         number = _number(value)
         if number is None or (tp is int and isinstance(number, float) and not number.is_integer()):
