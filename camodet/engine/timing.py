@@ -13,6 +13,9 @@ import time
 class LoopClock:
     def __init__(self):
         self.start = self._mark = time.perf_counter()
+        # Process CPU time (all threads): on a shared machine it does not grow when other work
+        # takes the cores, so it measures what a pass cost where wall time cannot.
+        self.cpu_start = time.process_time()
         self.data_wait = 0.0
         self._wait_since_mark = 0.0
         self.step_seconds: list[float] = []
@@ -45,4 +48,5 @@ class LoopClock:
         step = statistics.median(self.step_seconds) if n else float("nan")
         return {"train_time_s": round(total, 3), "steps": n, "step_time_s": round(step, 4),
                 "data_wait_s": round(self.data_wait, 3),
+                "train_cpu_s": round(time.process_time() - self.cpu_start, 3),
                 "loop_ratio": round(total / (n * step), 3) if n and step > 0 else None}

