@@ -76,8 +76,10 @@ class ModelConfig:
     backbone: str = opt("edgenext_base", "timm backbone name (any model with features_only)")
     pretrained: bool = opt(False, "load ImageNet weights through timm (needs network or HF cache)")
     pretrained_path: Optional[str] = opt(None, "load backbone weights from a local .pth/.safetensors")
-    num_experts: int = opt(7, "number of experts in each mixture-of-experts block")
-    top_k: int = opt(2, "experts chosen per image with --gating topk")
+    # One expert (a plain residual block, no routing) by default: on real photos at an equal budget
+    # 4 experts gained nothing over one (benchmarks/RESULTS.md, quality_real.py). --num-experts N turns it on.
+    num_experts: int = opt(1, "number of experts in each mixture-of-experts block (1: no routing)")
+    top_k: int = opt(2, "experts chosen per image with --gating topk (ignored with one expert)")
     gating: str = opt("topk", "router gating", choices=["topk", "dense"])
     decoder_channels: int = opt(64, "channels of the decoder")
     deep_supervision: bool = opt(False, "train side outputs at coarser decoder scales")
@@ -398,7 +400,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(o.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0 (got {o.backbone_lr_mult})")
     need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
     need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")
-    need(1 <= m.top_k <= m.num_experts,
+    need(1 <= m.top_k <= m.num_experts or (m.num_experts == 1 and m.top_k >= 1),
          f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})")
     need(m.decoder_channels >= 8 and m.decoder_channels % 8 == 0,
          f"--decoder-channels must be a positive multiple of 8 (got {m.decoder_channels})")

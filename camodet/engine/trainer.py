@@ -112,9 +112,12 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def changed_settings(saved: dict, current: dict) -> list[str]:
     a, b = flat(saved), flat(current)
+    # A setting added after the checkpoint was written, now at its default (which is what the older
+    # version did), changes nothing: resuming such a checkpoint stays exact.
+    defaults = flat(TrainConfig().to_dict())
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in NOT_HYPERPARAMETERS and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
-            and a.get(k) != b.get(k)]
+            and a.get(k) != b.get(k) and not (k not in a and b.get(k) == defaults.get(k))]
 
 
 def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:

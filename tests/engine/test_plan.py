@@ -80,3 +80,15 @@ def test_pure_function_of_position():
     assert a == b
     assert all(math.isclose(a.group_lr(g, e, s, 7), b.group_lr(g, e, s, 7))
                for g in (None, 0, 3) for e in range(1, 12) for s in range(7))
+
+
+def test_setting_added_after_a_checkpoint_is_no_change_at_its_default():
+    """A checkpoint written before model.backbone_norm existed resumes exactly at the default
+    (what it was trained with); a run that asks for another value is a warm restart."""
+    from camodet.engine.trainer import changed_settings
+    saved = TrainConfig().to_dict()
+    del saved["model"]["backbone_norm"]
+    assert changed_settings(saved, TrainConfig().to_dict()) == []
+    other = TrainConfig()
+    other.model.backbone_norm = "frozen"
+    assert changed_settings(saved, other.to_dict()) == ["model.backbone_norm: None -> 'frozen'"]
