@@ -85,7 +85,8 @@ def subset_dataset(src: str, dst: str, n: int) -> str:
         for f in sorted(os.listdir(os.path.join(src, split, "Imgs")))[:n]:
             stem = os.path.splitext(f)[0]
             os.symlink(os.path.join(src, split, "Imgs", f), os.path.join(dst, split, "Imgs", f))
-            os.symlink(os.path.join(src, split, "GT", stem + ".png"), os.path.join(dst, split, "GT", stem + ".png"))
+            mask = os.path.join(split, "GT", stem + ".png")
+            os.symlink(os.path.join(src, mask), os.path.join(dst, mask))
     return dst
 
 
@@ -209,8 +210,9 @@ def run_baseline(a, data: str, weights: str, seed: int, budget: float) -> dict:
     model = PlainFPN(BACKBONE, pretrained_path=weights)
     norm = model.backbone.normalization
     samples = training_samples(DataConfig(dataset_path=[data]))
-    loader = DataLoader(FlipDataset(samples, a.img_size, norm, seed), batch_size=a.baseline_batch, shuffle=True,
-                        drop_last=len(samples) > a.baseline_batch, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(FlipDataset(samples, a.img_size, norm, seed), batch_size=a.baseline_batch,
+                        shuffle=True, drop_last=len(samples) > a.baseline_batch,
+                        generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.01)
     model.train()
     start, wall, steps, epochs, used = cpu_seconds(), time.perf_counter(), 0, 0, 0.0
@@ -253,8 +255,9 @@ def report(runs: list[dict], a, budget: float) -> str:
              + " | ".join(f"{ds} IoU" for ds in runs[0]["results"]) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(runs[0]["results"])]
     for r in runs:
+        ious = " | ".join(f"{v['IoU']:.4f}" for v in r["results"].values())
         lines.append(f"| {r['method']} | {r['seed']} | {r['epochs']} | {r['steps']} | {r['cost']:.0f} | "
-                     f"{r['wall']:.0f} | " + " | ".join(f"{v['IoU']:.4f}" for v in r["results"].values()) + " |")
+                     f"{r['wall']:.0f} | {ious} |")
     summary = summarise(runs)
     lines += ["", "mean ± std over seeds (IoU: per-image IoU of prob >= 0.5, mean over images; MAE lower is "
               "better; others pysodmetrics)", "",
@@ -269,10 +272,11 @@ def report(runs: list[dict], a, budget: float) -> str:
             r, b = summary["recipe"][ds], summary["baseline"][ds]
             gain = r["IoU"][0] - b["IoU"][0]
             spread = 2 * max(r["IoU"][1], b["IoU"][1])
-            no_worse = (r["Sm"][0] >= b["Sm"][0] and r["wFm"][0] >= b["wFm"][0] and r["MAE"][0] <= b["MAE"][0])
+            delta = {m: r[m][0] - b[m][0] for m in ("Sm", "wFm", "MAE")}
+            no_worse = delta["Sm"] >= 0 and delta["wFm"] >= 0 and delta["MAE"] <= 0
             ok = gain >= 0.03 and gain > spread and no_worse
-            lines.append(f"{ds}: recipe - baseline IoU {gain:+.4f} (2x spread {spread:.4f}); Sm {r['Sm'][0] - b['Sm'][0]:+.4f}, "
-                         f"wFm {r['wFm'][0] - b['wFm'][0]:+.4f}, MAE {r['MAE'][0] - b['MAE'][0]:+.4f}: "
+            lines.append(f"{ds}: recipe - baseline IoU {gain:+.4f} (2x spread {spread:.4f}); "
+                         f"Sm {delta['Sm']:+.4f}, wFm {delta['wFm']:+.4f}, MAE {delta['MAE']:+.4f}: "
                          f"target {'met' if ok else 'NOT met'}")
     return "\n".join(lines)
 
@@ -290,7 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-lr", type=float, default=4e-4)
     p.add_argument("--baseline-batch", type=int, default=16)
     p.add_argument("--out", default=None, help="write the table (.md) and the runs (.json) here (stem)")
-    p.add_argument("--smoke", action="store_true", help="8 images per split, 64 px, a few seconds per run, one seed")
+    p.add_argument("--smoke", action="store_true",
+                   help="8 images per split, 64 px, a few seconds per run, one seed")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     weights = a.weights or lite0_weights()
@@ -308,7 +313,8 @@ def main(argv=None) -> int:
         cfg = recipe_config(recipe_flags(a, data, weights))
         c1, c2 = calibrate(cfg, data)
         stage1_share = 0.0 if cfg.stages.skip_stage1 else cfg.stages.stage1_epochs / cfg.stages.epochs
-        epochs, stage1 = plan_epochs(a.budget, n_images, c1, c2, stage1_share, cfg.stages.progressive_unfreeze)
+        epochs, stage1 = plan_epochs(a.budget, n_images, c1, c2, stage1_share,
+                                     cfg.stages.progressive_unfreeze)
         print(f"calibration: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms CPU per image (stage 1 / 2); recipe: "
               f"{epochs} epochs, {stage1} in stage 1, over {n_images} images", flush=True)
         runs = []
@@ -319,16 +325,18 @@ def main(argv=None) -> int:
                 runs.append({"method": "recipe", "seed": seed, **r})
                 spent = r["cost"]
             if "baseline" in methods:
-                runs.append({"method": "baseline", "seed": seed, **run_baseline(a, data, weights, seed, spent)})
-            print(f"seed {seed}: " + "; ".join(f"{r['method']} {r['cost']:.0f} CPU-s, {r['steps']} steps, IoU "
-                                                + ", ".join(f"{k} {v['IoU']:.4f}" for k, v in r["results"].items())
-                                                for r in runs if r["seed"] == seed), flush=True)
+                r = run_baseline(a, data, weights, seed, spent)
+                runs.append({"method": "baseline", "seed": seed, **r})
+            print(f"seed {seed}: " + "; ".join(
+                f"{r['method']} {r['cost']:.0f} CPU-s, {r['steps']} steps, IoU "
+                + ", ".join(f"{k} {v['IoU']:.4f}" for k, v in r["results"].items())
+                for r in runs if r["seed"] == seed), flush=True)
     text = report(runs, a, a.budget)
     print("\n" + text)
     if a.out:
         with open(a.out + ".md", "w") as fh:
-            fh.write(f"command: {' '.join(shlex.quote(x) for x in sys.argv)}\nrecipe args: {a.recipe_args!r}\n\n"
-                     + text + "\n")
+            command = " ".join(shlex.quote(x) for x in sys.argv)
+            fh.write(f"command: {command}\nrecipe args: {a.recipe_args!r}\n\n{text}\n")
         with open(a.out + ".json", "w") as fh:
             json.dump({"args": vars(a), "runs": runs}, fh, indent=1)
     return 0

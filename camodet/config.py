@@ -83,9 +83,9 @@ class ModelConfig:
     gating: str = opt("topk", "router gating", choices=["topk", "dense"])
     decoder_channels: int = opt(64, "channels of the decoder")
     deep_supervision: bool = opt(False, "train side outputs at coarser decoder scales")
-    backbone_norm: str = opt("train", "backbone BatchNorm statistics where the backbone trains: train (update "
-                                      "them from the batch) or frozen (keep the pretrained ones; their scale "
-                                      "and shift still train)", choices=["train", "frozen"])
+    backbone_norm: str = opt("train", "backbone BatchNorm statistics where the backbone trains: train "
+                                      "(update them from the batch) or frozen (keep the pretrained ones; "
+                                      "their scale and shift still train)", choices=["train", "frozen"])
 
 
 @dataclass

@@ -220,8 +220,8 @@ def test_large_kernel_conv_on_small_maps_equals_the_full_conv(size):
 
 @pytest.mark.parametrize("setting", ["train", "frozen"])
 def test_backbone_norm_frozen_keeps_statistics_but_trains_scale_and_shift(setting):
-    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", num_experts=1, top_k=1, decoder_channels=16,
-                                    backbone_norm=setting))
+    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", num_experts=1, top_k=1,
+                                    decoder_channels=16, backbone_norm=setting))
     model.set_frozen_groups(set())
     model.train()
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
