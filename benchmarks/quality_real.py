@@ -59,7 +59,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "small.yaml")
 DEFAULT_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "real_dev")
 BACKBONE = "tf_efficientnet_lite0"
-METRICS = ("IoU", "Sm", "wFm", "MAE", "meanEm", "maxFm", "Dice")
+METRICS = ("IoU", "Dice", "Sm", "wFm", "MAE", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm")
 BASELINE_WARMUP = 0.05  # fraction of the budget
 
 
