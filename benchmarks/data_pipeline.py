@@ -42,8 +42,10 @@ def main():
         t = time.perf_counter()
         cached = cached_samples(samples, a.img_size, os.path.join(tmp, "cache"), workers=max(a.workers))
         build = time.perf_counter() - t
-        print(f"{len(samples)} JPEGs of 640-1024 px -> {a.img_size} px training samples; {os.cpu_count()} cores; "
-              f"cache built once in {build:.1f} s\n")
+        print(
+            f"{len(samples)} JPEGs of 640-1024 px -> {a.img_size} px training samples; {os.cpu_count()} cores; "
+            f"cache built once in {build:.1f} s\n"
+        )
         print("| workers | from JPEG img/s | from cache img/s | cache / JPEG |")
         print("|---|---|---|---|")
         for w in a.workers:

@@ -22,13 +22,39 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--backbone", "edgenext_xx_small", "--num-experts", "4", "--deep-supervision", "--img-size", "128",
-         "--batch-size", "16", "--decoder-channels", "64"]
+SMALL = [
+    "--backbone",
+    "edgenext_xx_small",
+    "--num-experts",
+    "4",
+    "--deep-supervision",
+    "--img-size",
+    "128",
+    "--batch-size",
+    "16",
+    "--decoder-channels",
+    "64",
+]
 
 
 def run_train(data: str, out: str, workers: str, epochs: int, cache_dir: str | None) -> list[dict]:
-    args = [sys.executable, "-m", "camodet", "train", "--dataset-path", data, "--checkpoint-dir", out, *SMALL,
-            "--epochs", str(epochs), "--stage1-epochs", str(epochs // 2), "--seed", "0"]
+    args = [
+        sys.executable,
+        "-m",
+        "camodet",
+        "train",
+        "--dataset-path",
+        data,
+        "--checkpoint-dir",
+        out,
+        *SMALL,
+        "--epochs",
+        str(epochs),
+        "--stage1-epochs",
+        str(epochs // 2),
+        "--seed",
+        "0",
+    ]
     if cache_dir:
         args += ["--cache", "--cache-dir", cache_dir]
     if workers != "default":
@@ -43,8 +69,20 @@ def run_train(data: str, out: str, workers: str, epochs: int, cache_dir: str | N
 
 def isolated_step(stage: int, steps: int) -> float:
     from camodet.engine.measure import measure_in_subprocess
-    spec = dict(model_cfg={"backbone": "edgenext_xx_small", "num_experts": 4, "deep_supervision": True,
-                           "decoder_channels": 64}, img_size=128, batch=16, stage=stage, steps=steps, device="cpu")
+
+    spec = dict(
+        model_cfg={
+            "backbone": "edgenext_xx_small",
+            "num_experts": 4,
+            "deep_supervision": True,
+            "decoder_channels": 64,
+        },
+        img_size=128,
+        batch=16,
+        stage=stage,
+        steps=steps,
+        device="cpu",
+    )
     m = measure_in_subprocess(**spec)
     if "error" in m:
         raise SystemExit(f"measure_step failed: {m['error']}")
@@ -53,19 +91,28 @@ def isolated_step(stage: int, steps: int) -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", nargs="+", default=["default", "0", "1", "2", "4"],
-                   help="--num-workers values to run; 'default' passes none (auto)")
-    p.add_argument("--images", type=int, default=512, help="synthetic training images (10%% go to validation)")
+    p.add_argument(
+        "--workers",
+        nargs="+",
+        default=["default", "0", "1", "2", "4"],
+        help="--num-workers values to run; 'default' passes none (auto)",
+    )
+    p.add_argument(
+        "--images", type=int, default=512, help="synthetic training images (10%% go to validation)"
+    )
     p.add_argument("--size", type=int, nargs=2, default=[160, 320], help="synthetic image side range (px)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--measure-steps", type=int, default=5)
-    p.add_argument("--cache", action="store_true", help="train with --cache (images decoded and resized once)")
+    p.add_argument(
+        "--cache", action="store_true", help="train with --cache (images decoded and resized once)"
+    )
     a = p.parse_args()
     sys.path.insert(0, ROOT)
     import torch
 
     from camodet.data.synth import write_dataset
     from camodet.engine.loaders import resolve_workers
+
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "COD10K-v3")
         write_dataset(data, train=a.images, test=0, seed=0, size_range=tuple(a.size), workers=2)
@@ -74,23 +121,34 @@ def main():
         if a.cache:  # built once, before any timed run
             run_train(data, os.path.join(tmp, "warm-cache"), "0", 1, os.path.join(tmp, "cache"))
         for w in a.workers:
-            for r in run_train(data, os.path.join(tmp, f"run-{w}"), w, a.epochs,
-                               os.path.join(tmp, "cache") if a.cache else None):
+            for r in run_train(
+                data,
+                os.path.join(tmp, f"run-{w}"),
+                w,
+                a.epochs,
+                os.path.join(tmp, "cache") if a.cache else None,
+            ):
                 rows.append((w, r))
     auto = resolve_workers("auto", "cpu")
-    print(f"camodet train, small configuration, {a.images} synthetic images of {a.size[0]}-{a.size[1]} px, "
-          f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"auto = {auto} workers here")
+    print(
+        f"camodet train, small configuration, {a.images} synthetic images of {a.size[0]}-{a.size[1]} px, "
+        f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"auto = {auto} workers here"
+    )
     print(f"isolated step (measure_step): stage 1 {step[1]:.3f} s, stage 2 {step[2]:.3f} s\n")
-    print("| --num-workers | epoch | stage | steps | pass s | steps x isolated step s | pass / that | "
-          "in-loop step s | pass / (steps x in-loop) | data wait s | validation s |")
+    print(
+        "| --num-workers | epoch | stage | steps | pass s | steps x isolated step s | pass / that | "
+        "in-loop step s | pass / (steps x in-loop) | data wait s | validation s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for w, r in rows:
         iso = r["steps"] * step[r["stage"]]
         label = w if w != "default" else f"default: auto = {r['num_workers']}"
-        print(f"| {label} | {r['epoch']} | "
-              f"{r['stage']} | {r['steps']} | {r['train_time_s']:.2f} | {iso:.2f} | {r['train_time_s'] / iso:.2f} | "
-              f"{r['step_time_s']:.3f} | {r['loop_ratio']:.2f} | {r['data_wait_s']:.2f} | {r['val_time_s']:.2f} |")
+        print(
+            f"| {label} | {r['epoch']} | "
+            f"{r['stage']} | {r['steps']} | {r['train_time_s']:.2f} | {iso:.2f} | {r['train_time_s'] / iso:.2f} | "
+            f"{r['step_time_s']:.3f} | {r['loop_ratio']:.2f} | {r['data_wait_s']:.2f} | {r['val_time_s']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

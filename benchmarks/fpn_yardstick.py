@@ -22,7 +22,9 @@ class PlainFPN(nn.Module):
         self.levels = [i for i, r in enumerate(self.backbone.reductions) if r >= 4]  # as camodet's decoder
         self.lateral = nn.ModuleList(nn.Conv2d(self.backbone.channels[i], channels, 1) for i in self.levels)
         self.smooth = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in self.levels)
-        self.head = nn.Sequential(conv_norm_act(len(self.levels) * channels, channels), nn.Conv2d(channels, 1, 1))
+        self.head = nn.Sequential(
+            conv_norm_act(len(self.levels) * channels, channels), nn.Conv2d(channels, 1, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
@@ -31,8 +33,11 @@ class PlainFPN(nn.Module):
             lat[j] = lat[j] + F.interpolate(lat[j + 1], size=lat[j].shape[-2:], mode="nearest")
         pyramid = [conv(p) for conv, p in zip(self.smooth, lat)]
         size = pyramid[0].shape[-2:]
-        fused = torch.cat([pyramid[0]] + [F.interpolate(p, size=size, mode="bilinear", align_corners=False)
-                                          for p in pyramid[1:]], 1)
+        fused = torch.cat(
+            [pyramid[0]]
+            + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid[1:]],
+            1,
+        )
         return F.interpolate(self.head(fused), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 

@@ -43,14 +43,38 @@ THROUGHPUT_TARGET = 300.0
 
 def settings(smoke: bool) -> dict:
     if smoke:
-        return {"model": {"backbone": "edgenext_xx_small", "num_experts": 2, "deep_supervision": True},
-                "img": 64, "memory_batch": 2, "batches": [2, 4], "steps": 1, "images": 24, "sizes": (64, 96),
-                "workers": [0, 1], "loader_batch": 4, "train_workers": 1, "epochs": 1, "plan_candidates": [2],
-                "device": "cpu", "timeout": 300}
-    return {"model": {"backbone": "edgenext_base", "num_experts": 7, "deep_supervision": True},
-            "img": 384, "memory_batch": 8, "batches": [8, 16, 32, 64], "steps": 20, "images": 1024,
-            "sizes": (640, 1024), "workers": [8, 16], "loader_batch": 32, "train_workers": 16, "epochs": 3,
-            "plan_candidates": [4, 8, 16, 32], "device": "cuda", "timeout": 400}
+        return {
+            "model": {"backbone": "edgenext_xx_small", "num_experts": 2, "deep_supervision": True},
+            "img": 64,
+            "memory_batch": 2,
+            "batches": [2, 4],
+            "steps": 1,
+            "images": 24,
+            "sizes": (64, 96),
+            "workers": [0, 1],
+            "loader_batch": 4,
+            "train_workers": 1,
+            "epochs": 1,
+            "plan_candidates": [2],
+            "device": "cpu",
+            "timeout": 300,
+        }
+    return {
+        "model": {"backbone": "edgenext_base", "num_experts": 7, "deep_supervision": True},
+        "img": 384,
+        "memory_batch": 8,
+        "batches": [8, 16, 32, 64],
+        "steps": 20,
+        "images": 1024,
+        "sizes": (640, 1024),
+        "workers": [8, 16],
+        "loader_batch": 32,
+        "train_workers": 16,
+        "epochs": 3,
+        "plan_candidates": [4, 8, 16, 32],
+        "device": "cuda",
+        "timeout": 400,
+    }
 
 
 class Report:
@@ -75,8 +99,16 @@ def verdict(ok: bool, smoke: bool) -> str:
 
 
 def measure(s: dict, batch: int, **kw) -> dict:
-    return measure_in_subprocess(timeout=s["timeout"], model_cfg=s["model"], img_size=s["img"], batch=batch,
-                                 stage=2, steps=s["steps"], device=s["device"], **kw)
+    return measure_in_subprocess(
+        timeout=s["timeout"],
+        model_cfg=s["model"],
+        img_size=s["img"],
+        batch=batch,
+        stage=2,
+        steps=s["steps"],
+        device=s["device"],
+        **kw,
+    )
 
 
 def row(r: dict, batch: int) -> str:
@@ -96,12 +128,16 @@ def section_memory(s, out, smoke, found, data):
         if ckpt and "error" not in r:
             found["memory_ckpt_mb"] = r["peak_mb"]
     mb = found.get("memory_ckpt_mb", float("inf"))
-    out(f"\nTarget <= {MEMORY_TARGET_MB} MB with gradient checkpointing: {mb:.0f} MB, "
-        f"{verdict(mb <= MEMORY_TARGET_MB, smoke)}\n")
+    out(
+        f"\nTarget <= {MEMORY_TARGET_MB} MB with gradient checkpointing: {mb:.0f} MB, "
+        f"{verdict(mb <= MEMORY_TARGET_MB, smoke)}\n"
+    )
 
 
 def section_throughput(s, out, smoke, found, data):
-    out(f"## 2. Throughput: stage 2 training steps, {s['img']} px, {precision(s)}, {s['steps']} timed steps\n")
+    out(
+        f"## 2. Throughput: stage 2 training steps, {s['img']} px, {precision(s)}, {s['steps']} timed steps\n"
+    )
     out("| micro-batch | ms/step | img/s | peak on card MB | allocator peak MB |")
     out("|---|---|---|---|---|")
     best = (0.0, None)
@@ -111,8 +147,10 @@ def section_throughput(s, out, smoke, found, data):
         if "error" not in r:
             best = max(best, (batch / r["s_per_step"], batch))
     found["best_ips"], found["best_batch"] = best
-    out(f"\nTarget >= {THROUGHPUT_TARGET:.0f} img/s: best {best[0]:.1f} img/s at micro-batch {best[1]}, "
-        f"{verdict(best[0] >= THROUGHPUT_TARGET, smoke)}\n")
+    out(
+        f"\nTarget >= {THROUGHPUT_TARGET:.0f} img/s: best {best[0]:.1f} img/s at micro-batch {best[1]}, "
+        f"{verdict(best[0] >= THROUGHPUT_TARGET, smoke)}\n"
+    )
 
 
 def section_compile(s, out, smoke, found, data):
@@ -137,8 +175,10 @@ def section_data(s, out, smoke, found, data):
     t = time.perf_counter()
     cached = cached_samples(samples, s["img"], os.path.join(data["tmp"], "cache"), workers=os.cpu_count())
     build = time.perf_counter() - t
-    out(f"## 4. Data pipeline: {len(samples)} JPEGs of {s['sizes'][0]}-{s['sizes'][1]} px -> {s['img']} px "
-        f"augmented samples, {os.cpu_count()} cores (cache built in {build:.1f} s)\n")
+    out(
+        f"## 4. Data pipeline: {len(samples)} JPEGs of {s['sizes'][0]}-{s['sizes'][1]} px -> {s['img']} px "
+        f"augmented samples, {os.cpu_count()} cores (cache built in {build:.1f} s)\n"
+    )
     out("| workers | from JPEG img/s | from cache img/s |")
     out("|---|---|---|")
     for w in s["workers"]:
@@ -146,8 +186,10 @@ def section_data(s, out, smoke, found, data):
         out(f"| {w} | {j:.1f} | {c:.1f} |")
         found["data_jpeg"], found["data_cache"] = j, c
     need = max(found.get("best_ips", 0.0), found.get("train_ips", 0.0))
-    out(f"\nTarget: at {s['workers'][-1]} workers faster than training ({need:.1f} img/s): JPEG "
-        f"{verdict(found['data_jpeg'] > need, smoke)}, cache {verdict(found['data_cache'] > need, smoke)}\n")
+    out(
+        f"\nTarget: at {s['workers'][-1]} workers faster than training ({need:.1f} img/s): JPEG "
+        f"{verdict(found['data_jpeg'] > need, smoke)}, cache {verdict(found['data_cache'] > need, smoke)}\n"
+    )
 
 
 def camodet(*args: str) -> subprocess.CompletedProcess:
@@ -156,19 +198,46 @@ def camodet(*args: str) -> subprocess.CompletedProcess:
 
 def model_flags(s: dict) -> list[str]:
     m = s["model"]
-    return ["--backbone", m["backbone"], "--num-experts", str(m["num_experts"]), "--deep-supervision",
-            "--img-size", str(s["img"])]
+    return [
+        "--backbone",
+        m["backbone"],
+        "--num-experts",
+        str(m["num_experts"]),
+        "--deep-supervision",
+        "--img-size",
+        str(s["img"]),
+    ]
 
 
 def section_train(s, out, smoke, found, data):
     batch = found.get("best_batch") or s["batches"][-1]
     run = os.path.join(data["tmp"], "run")
-    flags = ["train", "--dataset-path", data["root"], "--checkpoint-dir", run, *model_flags(s),
-             "--epochs", str(s["epochs"]), "--stage1-epochs", "0", "--batch-size", str(batch),
-             "--num-workers", str(s["train_workers"]), "--lr", "0.0002", "--device", s["device"],
-             "--no-tensorboard", "--use-ema"]
-    out(f"## 3. End to end: `camodet {' '.join(flags)}` ({len(gather([data['root']], 'train'))} images, "
-        f"stage 2 throughout)\n")
+    flags = [
+        "train",
+        "--dataset-path",
+        data["root"],
+        "--checkpoint-dir",
+        run,
+        *model_flags(s),
+        "--epochs",
+        str(s["epochs"]),
+        "--stage1-epochs",
+        "0",
+        "--batch-size",
+        str(batch),
+        "--num-workers",
+        str(s["train_workers"]),
+        "--lr",
+        "0.0002",
+        "--device",
+        s["device"],
+        "--no-tensorboard",
+        "--use-ema",
+    ]
+    out(
+        f"## 3. End to end: `camodet {' '.join(flags)}` ({len(gather([data['root']], 'train'))} images, "
+        f"stage 2 throughout)\n"
+    )
     t = time.perf_counter()
     p = camodet(*flags)
     if p.returncode != 0:
@@ -178,19 +247,36 @@ def section_train(s, out, smoke, found, data):
     out("| epoch | stage | img/s (training) | epoch s | peak MB | memory | val IoU |")
     out("|---|---|---|---|---|---|---|")
     for e in epochs:
-        out(f"| {e['epoch']} | {e['stage']} | {e['images_per_s']:.1f} | {e['time_s']:.1f} | "
-            f"{e['peak_memory_mb']:.0f} | {e['memory_kind']} | {e['val']['IoU']:.4f} |")
+        out(
+            f"| {e['epoch']} | {e['stage']} | {e['images_per_s']:.1f} | {e['time_s']:.1f} | "
+            f"{e['peak_memory_mb']:.0f} | {e['memory_kind']} | {e['val']['IoU']:.4f} |"
+        )
     found["train_ips"] = epochs[-1]["images_per_s"]
-    out(f"\nwhole command {time.perf_counter() - t:.0f} s. Target >= {THROUGHPUT_TARGET:.0f} img/s "
+    out(
+        f"\nwhole command {time.perf_counter() - t:.0f} s. Target >= {THROUGHPUT_TARGET:.0f} img/s "
         f"(last epoch, workers warm): {found['train_ips']:.1f}, "
-        f"{verdict(found['train_ips'] >= THROUGHPUT_TARGET, smoke)}\n")
+        f"{verdict(found['train_ips'] >= THROUGHPUT_TARGET, smoke)}\n"
+    )
 
 
 def section_plan(s, out, smoke, found, data):
     plans = os.path.join(data["tmp"], "plans")
-    flags = ["plan", "--dataset-path", data["root"], *model_flags(s), "--device", s["device"],
-             "--gpu-memory", "16GB", "--effective-batch", "32", "--out-dir", plans,
-             "--candidates", *map(str, s["plan_candidates"])]
+    flags = [
+        "plan",
+        "--dataset-path",
+        data["root"],
+        *model_flags(s),
+        "--device",
+        s["device"],
+        "--gpu-memory",
+        "16GB",
+        "--effective-batch",
+        "32",
+        "--out-dir",
+        plans,
+        "--candidates",
+        *map(str, s["plan_candidates"]),
+    ]
     out(f"## 5. `camodet {' '.join(flags)}`\n")
     p = camodet(*flags)
     out("```")
@@ -202,24 +288,41 @@ def section_plan(s, out, smoke, found, data):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", nargs="+", choices=SECTIONS,
-                   help="sections to run (default: all; with --smoke all but compile, which takes minutes on a CPU)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        help="sections to run (default: all; with --smoke all but compile, which takes minutes on a CPU)",
+    )
     p.add_argument("--out", help="also append the Markdown report to this file")
-    p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script, no verdicts")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on the CPU: checks the script, no verdicts"
+    )
     a = p.parse_args()
     s = settings(a.smoke)
     only = a.only or [n for n in SECTIONS if not (a.smoke and n == "compile")]
     if s["device"] == "cuda" and not torch.cuda.is_available():
-        sys.exit("gpu_targets.py: no CUDA device here; run it on a GPU machine, or --smoke to check the script on the CPU")
+        sys.exit(
+            "gpu_targets.py: no CUDA device here; run it on a GPU machine, or --smoke to check the script on the CPU"
+        )
     out, found = Report(a.out), {}
     device = torch.cuda.get_device_name(0) if s["device"] == "cuda" else "CPU (smoke)"
-    out(f"# GPU targets: {device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
-        f"{time.strftime('%Y-%m-%d')}\n")
+    out(
+        f"# GPU targets: {device}, torch {torch.__version__}, {os.cpu_count()} CPU cores, "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data = {"tmp": tmp, "root": os.path.join(tmp, "COD10K-v3")}
         if {"train", "data", "plan"} & set(only):
-            write_dataset(data["root"], train=s["images"], test=1, seed=0, noncam_every=0, size_range=s["sizes"],
-                          workers=os.cpu_count())
+            write_dataset(
+                data["root"],
+                train=s["images"],
+                test=1,
+                seed=0,
+                noncam_every=0,
+                size_range=s["sizes"],
+                workers=os.cpu_count(),
+            )
         for name in SECTIONS:  # fixed order: data and compile compare against the throughput found before
             if name in only:
                 globals()[f"section_{name}"](s, out, a.smoke, found, data)

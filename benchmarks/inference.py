@@ -39,8 +39,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
     import onnxruntime as ort
+
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=a.backbone, num_experts=a.num_experts, deep_supervision=True)).eval()
+    model = build_model(
+        ModelConfig(backbone=a.backbone, num_experts=a.num_experts, deep_supervision=True)
+    ).eval()
     head = ProbabilityHead(model).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
@@ -56,13 +59,18 @@ def main():
             def run_torch():
                 with torch.inference_mode():
                     head(x)
+
             pt = best_of(run_torch, a.repeats)
             ox = best_of(lambda: session.run(None, {"image": xn}), a.repeats)
             rows.append((b, pt, ox))
-    print(f"{a.backbone}, {a.num_experts} experts, deep supervision, {a.img_size} px; "
-          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
-    print(f"ONNX export {export_s:.1f} s, max |ORT - PyTorch| = {diff:.1e}; best of {a.repeats} after a warm-up\n")
+    print(
+        f"{a.backbone}, {a.num_experts} experts, deep supervision, {a.img_size} px; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), onnxruntime {ort.__version__}"
+    )
+    print(
+        f"ONNX export {export_s:.1f} s, max |ORT - PyTorch| = {diff:.1e}; best of {a.repeats} after a warm-up\n"
+    )
     print("| batch | PyTorch s/batch | PyTorch img/s | ORT s/batch | ORT img/s | ORT / PyTorch speed |")
     print("|---|---|---|---|---|---|")
     for b, pt, ox in rows:

@@ -34,16 +34,49 @@ def main():
         for name, flags in VARIANTS.items():
             out = os.path.join(tmp, str(len(rows)))
             t = time.perf_counter()
-            assert camodet(["train", "--dataset-path", root, "--checkpoint-dir", out, "--backbone",
-                            "edgenext_xx_small", "--img-size", str(a.img_size), "--batch-size", "16",
-                            "--num-workers", "2", "--epochs", str(a.epochs), "--stage1-epochs", str(a.epochs // 4),
-                            "--lr", "0.001", "--stage2-lr", "0.0005", "--warmup-epochs", "1", "--seed", "0",
-                            "--val-fraction", "0.2", "--no-tensorboard", *flags]) == 0
+            assert (
+                camodet(
+                    [
+                        "train",
+                        "--dataset-path",
+                        root,
+                        "--checkpoint-dir",
+                        out,
+                        "--backbone",
+                        "edgenext_xx_small",
+                        "--img-size",
+                        str(a.img_size),
+                        "--batch-size",
+                        "16",
+                        "--num-workers",
+                        "2",
+                        "--epochs",
+                        str(a.epochs),
+                        "--stage1-epochs",
+                        str(a.epochs // 4),
+                        "--lr",
+                        "0.001",
+                        "--stage2-lr",
+                        "0.0005",
+                        "--warmup-epochs",
+                        "1",
+                        "--seed",
+                        "0",
+                        "--val-fraction",
+                        "0.2",
+                        "--no-tensorboard",
+                        *flags,
+                    ]
+                )
+                == 0
+            )
             seconds = time.perf_counter() - t
             epochs = [r for r in history.read(os.path.join(out, "metrics.jsonl")) if r["type"] == "epoch"]
             rows.append((name, max(r["val"]["IoU"] for r in epochs), epochs[-1]["val"]["IoU"], seconds))
-    print(f"\nsynthetic COD10K layout, {a.train} images (20% validation), {a.img_size} px, edgenext_xx_small, "
-          f"{a.epochs} epochs, seed 0, {os.cpu_count()} cores\n")
+    print(
+        f"\nsynthetic COD10K layout, {a.train} images (20% validation), {a.img_size} px, edgenext_xx_small, "
+        f"{a.epochs} epochs, seed 0, {os.cpu_count()} cores\n"
+    )
     print("| variant | best val IoU | last val IoU | train time s |")
     print("|---|---|---|---|")
     for name, best, last, sec in rows:

@@ -78,8 +78,9 @@ def lite0_weights() -> str | None:
 
 def subset_dataset(src: str, dst: str, n: int) -> str:
     """A SINet-layout copy of `src` (symlinks) with the first n pairs of each split: for --smoke."""
-    for split in ["TrainDataset"] + [os.path.join("TestDataset", t) for t in
-                                     sorted(os.listdir(os.path.join(src, "TestDataset")))]:
+    for split in ["TrainDataset"] + [
+        os.path.join("TestDataset", t) for t in sorted(os.listdir(os.path.join(src, "TestDataset")))
+    ]:
         for sub in ("Imgs", "GT"):
             os.makedirs(os.path.join(dst, split, sub), exist_ok=True)
         for f in sorted(os.listdir(os.path.join(src, split, "Imgs")))[:n]:
@@ -95,14 +96,31 @@ def recipe_flags(a, data: str, weights: str, epochs: tuple[int, int] | None = No
     """camodet train's flags: the config, then what it leaves to the command line, then the
     screening flags (last, so that they win)."""
     planned = ["--epochs", str(epochs[0]), "--stage1-epochs", str(epochs[1])] if epochs else []
-    return ["--config", RECIPE, "--dataset-path", data, "--backbone", BACKBONE, "--pretrained-path", weights,
-            "--img-size", str(a.img_size), "--val-fraction", "0", "--num-workers", "0", "--no-tensorboard",
-            *planned, *shlex.split(a.recipe_args)]
+    return [
+        "--config",
+        RECIPE,
+        "--dataset-path",
+        data,
+        "--backbone",
+        BACKBONE,
+        "--pretrained-path",
+        weights,
+        "--img-size",
+        str(a.img_size),
+        "--val-fraction",
+        "0",
+        "--num-workers",
+        "0",
+        "--no-tensorboard",
+        *planned,
+        *shlex.split(a.recipe_args),
+    ]
 
 
 def recipe_config(flags: list[str]) -> TrainConfig:
     parser = argparse.ArgumentParser()
     from camodet.config import add_arguments
+
     add_arguments(parser)
     return from_args(parser.parse_args(flags))
 
@@ -113,8 +131,12 @@ def calibrate(cfg: TrainConfig, data: str, steps: int = 3) -> tuple[float, float
     model = build_model(cfg.model)
     norm = model.normalization
     samples = training_samples(DataConfig(dataset_path=[data]))
-    loader = DataLoader(CODDataset(samples, cfg.data.img_size, train=True, norm=norm),
-                        batch_size=cfg.optim.batch_size, shuffle=True, collate_fn=collate)
+    loader = DataLoader(
+        CODDataset(samples, cfg.data.img_size, train=True, norm=norm),
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters()], lr=1e-6)
     costs = []
     for frozen in (set(range(model.backbone.num_groups)), set()):
@@ -138,8 +160,14 @@ def calibrate(cfg: TrainConfig, data: str, steps: int = 3) -> tuple[float, float
     return costs[0], costs[1]
 
 
-def plan_epochs(budget: float, n_images: int, stage1_cost: float, stage2_cost: float, stage1_share: float,
-                progressive: bool) -> tuple[int, int]:
+def plan_epochs(
+    budget: float,
+    n_images: int,
+    stage1_cost: float,
+    stage2_cost: float,
+    stage1_share: float,
+    progressive: bool,
+) -> tuple[int, int]:
     """The most epochs (with the recipe's stage-1 share) whose estimated cost fits the budget.
     Progressive unfreeze trains a growing part of the backbone: about half the extra cost."""
     s2 = stage1_cost + (stage2_cost - stage1_cost) * (0.6 if progressive else 1.0)
@@ -157,11 +185,16 @@ def run_recipe(a, data: str, weights: str, seed: int, epochs: int, stage1: int, 
     assert camodet(["train", *flags]) == 0, "camodet train failed"
     rows = [r for r in history.read(os.path.join(out, "metrics.jsonl")) if r["type"] == "epoch"]
     cfg = recipe_config(flags)
-    predictor = Predictor.load(os.path.join(out, "last.pth"), weights="ema" if cfg.optim.use_ema else "raw",
-                               device="cpu")
-    return {"cost": sum(r["train_cpu_s"] for r in rows) / torch.get_num_threads(),
-            "wall": sum(r["train_time_s"] for r in rows), "steps": sum(r["steps"] for r in rows),
-            "epochs": len(rows), "results": evaluate(predictor, [data], batch_size=16, num_workers=0)}
+    predictor = Predictor.load(
+        os.path.join(out, "last.pth"), weights="ema" if cfg.optim.use_ema else "raw", device="cpu"
+    )
+    return {
+        "cost": sum(r["train_cpu_s"] for r in rows) / torch.get_num_threads(),
+        "wall": sum(r["train_time_s"] for r in rows),
+        "steps": sum(r["steps"] for r in rows),
+        "epochs": len(rows),
+        "results": evaluate(predictor, [data], batch_size=16, num_workers=0),
+    }
 
 
 # -- the baseline -------------------------------------------------------------------------------
@@ -181,8 +214,10 @@ class FlipDataset(Dataset):
         mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if self.rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        return {"image": torch.from_numpy(self.norm.apply(np.ascontiguousarray(image))),
-                "mask": torch.from_numpy((mask > 127).astype(np.float32))[None]}
+        return {
+            "image": torch.from_numpy(self.norm.apply(np.ascontiguousarray(image))),
+            "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
+        }
 
 
 class AsDetector(nn.Module):
@@ -210,9 +245,13 @@ def run_baseline(a, data: str, weights: str, seed: int, budget: float) -> dict:
     model = PlainFPN(BACKBONE, pretrained_path=weights)
     norm = model.backbone.normalization
     samples = training_samples(DataConfig(dataset_path=[data]))
-    loader = DataLoader(FlipDataset(samples, a.img_size, norm, seed), batch_size=a.baseline_batch,
-                        shuffle=True, drop_last=len(samples) > a.baseline_batch,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        FlipDataset(samples, a.img_size, norm, seed),
+        batch_size=a.baseline_batch,
+        shuffle=True,
+        drop_last=len(samples) > a.baseline_batch,
+        generator=torch.Generator().manual_seed(seed),
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.01)
     model.train()
     start, wall, steps, epochs, used = cpu_seconds(), time.perf_counter(), 0, 0, 0.0
@@ -230,8 +269,13 @@ def run_baseline(a, data: str, weights: str, seed: int, budget: float) -> dict:
             if used >= budget:
                 break
     predictor = Predictor(AsDetector(model), a.img_size, torch.device("cpu"), norm=norm)
-    return {"cost": used, "wall": time.perf_counter() - wall, "steps": steps, "epochs": epochs,
-            "results": evaluate(predictor, [data], batch_size=16, num_workers=0)}
+    return {
+        "cost": used,
+        "wall": time.perf_counter() - wall,
+        "steps": steps,
+        "epochs": epochs,
+        "results": evaluate(predictor, [data], batch_size=16, num_workers=0),
+    }
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -243,29 +287,43 @@ def summarise(runs: list[dict]) -> dict:
         out[method] = {}
         for ds in mine[0]["results"]:
             vals = {m: [r["results"][ds][m] for r in mine] for m in METRICS}
-            out[method][ds] = {m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-                               for m, v in vals.items()}
+            out[method][ds] = {
+                m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for m, v in vals.items()
+            }
     return out
 
 
 def report(runs: list[dict], a, budget: float) -> str:
-    lines = [f"{BACKBONE} (ImageNet weights), {a.img_size} px, budget {budget:.0f} CPU-s / "
-             f"{torch.get_num_threads()} threads per run (training passes only), {os.cpu_count()} cores, "
-             f"torch {torch.__version__}", "", "| method | seed | epochs | steps | cost CPU-s/thr | wall s | "
-             + " | ".join(f"{ds} IoU" for ds in runs[0]["results"]) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(runs[0]["results"])]
+    lines = [
+        f"{BACKBONE} (ImageNet weights), {a.img_size} px, budget {budget:.0f} CPU-s / "
+        f"{torch.get_num_threads()} threads per run (training passes only), {os.cpu_count()} cores, "
+        f"torch {torch.__version__}",
+        "",
+        "| method | seed | epochs | steps | cost CPU-s/thr | wall s | "
+        + " | ".join(f"{ds} IoU" for ds in runs[0]["results"])
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(runs[0]["results"]),
+    ]
     for r in runs:
         ious = " | ".join(f"{v['IoU']:.4f}" for v in r["results"].values())
-        lines.append(f"| {r['method']} | {r['seed']} | {r['epochs']} | {r['steps']} | {r['cost']:.0f} | "
-                     f"{r['wall']:.0f} | {ious} |")
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['epochs']} | {r['steps']} | {r['cost']:.0f} | "
+            f"{r['wall']:.0f} | {ious} |"
+        )
     summary = summarise(runs)
-    lines += ["", "mean ± std over seeds (IoU: per-image IoU of prob >= 0.5, mean over images; MAE lower is "
-              "better; others pysodmetrics)", "",
-              "| method | dataset | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines += [
+        "",
+        "mean ± std over seeds (IoU: per-image IoU of prob >= 0.5, mean over images; MAE lower is "
+        "better; others pysodmetrics)",
+        "",
+        "| method | dataset | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
     for method, per_ds in summary.items():
         for ds, vals in per_ds.items():
-            lines.append(f"| {method} | {ds} | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in vals.values())
-                         + " |")
+            lines.append(
+                f"| {method} | {ds} | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in vals.values()) + " |"
+            )
     if {"recipe", "baseline"} <= summary.keys():
         lines += [""]
         for ds in summary["recipe"]:
@@ -275,9 +333,11 @@ def report(runs: list[dict], a, budget: float) -> str:
             delta = {m: r[m][0] - b[m][0] for m in ("Sm", "wFm", "MAE")}
             no_worse = delta["Sm"] >= 0 and delta["wFm"] >= 0 and delta["MAE"] <= 0
             ok = gain >= 0.03 and gain > spread and no_worse
-            lines.append(f"{ds}: recipe - baseline IoU {gain:+.4f} (2x spread {spread:.4f}); "
-                         f"Sm {delta['Sm']:+.4f}, wFm {delta['wFm']:+.4f}, MAE {delta['MAE']:+.4f}: "
-                         f"target {'met' if ok else 'NOT met'}")
+            lines.append(
+                f"{ds}: recipe - baseline IoU {gain:+.4f} (2x spread {spread:.4f}); "
+                f"Sm {delta['Sm']:+.4f}, wFm {delta['wFm']:+.4f}, MAE {delta['MAE']:+.4f}: "
+                f"target {'met' if ok else 'NOT met'}"
+            )
     return "\n".join(lines)
 
 
@@ -294,8 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-lr", type=float, default=4e-4)
     p.add_argument("--baseline-batch", type=int, default=16)
     p.add_argument("--out", default=None, help="write the table (.md) and the runs (.json) here (stem)")
-    p.add_argument("--smoke", action="store_true",
-                   help="8 images per split, 64 px, a few seconds per run, one seed")
+    p.add_argument(
+        "--smoke", action="store_true", help="8 images per split, 64 px, a few seconds per run, one seed"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     weights = a.weights or lite0_weights()
@@ -313,10 +374,14 @@ def main(argv=None) -> int:
         cfg = recipe_config(recipe_flags(a, data, weights))
         c1, c2 = calibrate(cfg, data)
         stage1_share = 0.0 if cfg.stages.skip_stage1 else cfg.stages.stage1_epochs / cfg.stages.epochs
-        epochs, stage1 = plan_epochs(a.budget, n_images, c1, c2, stage1_share,
-                                     cfg.stages.progressive_unfreeze)
-        print(f"calibration: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms CPU per image (stage 1 / 2); recipe: "
-              f"{epochs} epochs, {stage1} in stage 1, over {n_images} images", flush=True)
+        epochs, stage1 = plan_epochs(
+            a.budget, n_images, c1, c2, stage1_share, cfg.stages.progressive_unfreeze
+        )
+        print(
+            f"calibration: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms CPU per image (stage 1 / 2); recipe: "
+            f"{epochs} epochs, {stage1} in stage 1, over {n_images} images",
+            flush=True,
+        )
         runs = []
         for seed in a.seeds:
             spent = a.budget
@@ -327,10 +392,16 @@ def main(argv=None) -> int:
             if "baseline" in methods:
                 r = run_baseline(a, data, weights, seed, spent)
                 runs.append({"method": "baseline", "seed": seed, **r})
-            print(f"seed {seed}: " + "; ".join(
-                f"{r['method']} {r['cost']:.0f} CPU-s, {r['steps']} steps, IoU "
-                + ", ".join(f"{k} {v['IoU']:.4f}" for k, v in r["results"].items())
-                for r in runs if r["seed"] == seed), flush=True)
+            print(
+                f"seed {seed}: "
+                + "; ".join(
+                    f"{r['method']} {r['cost']:.0f} CPU-s, {r['steps']} steps, IoU "
+                    + ", ".join(f"{k} {v['IoU']:.4f}" for k, v in r["results"].items())
+                    for r in runs
+                    if r["seed"] == seed
+                ),
+                flush=True,
+            )
     text = report(runs, a, a.budget)
     print("\n" + text)
     if a.out:

@@ -38,6 +38,7 @@ MOE_WEIGHT = 0.01  # the trainer's default --moe-loss-weight
 FORMAT = [torch.contiguous_format]  # --channels-last on|off, as the trainer applies it
 try:
     from camodet.engine.optim import fused_adamw
+
     FUSED = fused_adamw(torch.device("cpu"))
 except ImportError:  # camodet before issue 16: torch's default, a per-tensor loop on the CPU
     FUSED = None
@@ -45,8 +46,15 @@ except ImportError:  # camodet before issue 16: torch's default, a per-tensor lo
 
 def camodet_step(cfg: dict, stage: int, deep_supervision: bool, x, y, keep: dict | None = None):
     """A step of camodet's model as the trainer takes it; `keep` receives the last outputs."""
-    model = build_model(ModelConfig(backbone=cfg["backbone"], num_experts=cfg["num_experts"],
-                                    deep_supervision=deep_supervision)).train().to(memory_format=FORMAT[0])
+    model = (
+        build_model(
+            ModelConfig(
+                backbone=cfg["backbone"], num_experts=cfg["num_experts"], deep_supervision=deep_supervision
+            )
+        )
+        .train()
+        .to(memory_format=FORMAT[0])
+    )
     if stage == 1:
         model.set_frozen_groups(set(range(model.backbone.num_groups)))
     opt = build_optimizer(model, 0.05, torch.device("cpu"))
@@ -61,6 +69,7 @@ def camodet_step(cfg: dict, stage: int, deep_supervision: bool, x, y, keep: dict
         opt.zero_grad(set_to_none=True)
         if keep is not None:
             keep["out"], keep["side_weights"] = out, model.side_weights
+
     return step
 
 
@@ -74,29 +83,38 @@ def plain_step(module: torch.nn.Module, loss_fn, x, y):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
 def loss_step(keep: dict, y):
     """total_loss forward + backward alone, on copies of the stage-2 model's last outputs."""
+
     def step():
         out = keep["out"]
         leaf = lambda t: t.detach().requires_grad_()  # noqa: E731
-        copy = ModelOutput(leaf(out.logits), [leaf(s) for s in out.side_logits],
-                           None if out.aux_loss is None else leaf(out.aux_loss))
+        copy = ModelOutput(
+            leaf(out.logits),
+            [leaf(s) for s in out.side_logits],
+            None if out.aux_loss is None else leaf(out.aux_loss),
+        )
         loss, _ = total_loss(copy, y, keep["side_weights"], MOE_WEIGHT)
         loss.backward()
+
     return step
 
 
-def measure(name: str, cfg: dict, steps: int, warmup: int, clock=time.perf_counter) -> list[tuple[str, float]]:
+def measure(
+    name: str, cfg: dict, steps: int, warmup: int, clock=time.perf_counter
+) -> list[tuple[str, float]]:
     torch.manual_seed(0)
     x = torch.randn(cfg["batch"], 3, cfg["img_size"], cfg["img_size"]).to(memory_format=FORMAT[0])
     y = (torch.rand(cfg["batch"], 1, cfg["img_size"], cfg["img_size"]) > 0.7).float()
     keep: dict = {}
     variants = {
-        "bare backbone (trainable)": plain_step(Backbone(cfg["backbone"]),
-                                                lambda f, _: sum(t.float().mean() for t in f), x, y),
+        "bare backbone (trainable)": plain_step(
+            Backbone(cfg["backbone"]), lambda f, _: sum(t.float().mean() for t in f), x, y
+        ),
         "plain FPN yardstick (all trainable)": plain_step(PlainFPN(cfg["backbone"]), bce_soft_iou, x, y),
         "stage 1: camodet, backbone frozen": camodet_step(cfg, 1, True, x, y),
         "stage 2: camodet, all trainable": camodet_step(cfg, 2, True, x, y, keep),
@@ -118,17 +136,23 @@ def report(name: str, cfg: dict, rows: list[tuple[str, float]], steps: int, warm
     bare, fpn = s["bare backbone (trainable)"], s["plain FPN yardstick (all trainable)"]
     st1, st2 = s["stage 1: camodet, backbone frozen"], s["stage 2: camodet, all trainable"]
     loss = s["loss alone (fwd + bwd, 4 outputs)"]
-    print(f"\n### {name}: {cfg['backbone']}, {cfg['num_experts']} experts, deep supervision, "
-          f"{cfg['img_size']} px, batch {cfg['batch']}; median of {steps} steps after {warmup}\n")
+    print(
+        f"\n### {name}: {cfg['backbone']}, {cfg['num_experts']} experts, deep supervision, "
+        f"{cfg['img_size']} px, batch {cfg['batch']}; median of {steps} steps after {warmup}\n"
+    )
     print(f"| {'step (forward, loss, backward, AdamW)':<40} | s/step | images/s | x bare | x FPN |")
     print("|" + "-" * 42 + "|--------|----------|--------|-------|")
     for k, v in rows:
         print(f"| {k:<40} | {v:6.3f} | {cfg['batch'] / v:8.2f} | {v / bare:6.2f} | {v / fpn:5.2f} |")
-    checks = [("loss share of the stage-2 step", loss / st2, 0.10, "{:.1%}"),
-              ("loss share of the stage-1 step", loss / st1, 0.10, "{:.1%}")]
+    checks = [
+        ("loss share of the stage-2 step", loss / st2, 0.10, "{:.1%}"),
+        ("loss share of the stage-1 step", loss / st1, 0.10, "{:.1%}"),
+    ]
     if name == "reference":
-        checks += [("stage 2 / bare backbone", st2 / bare, 1.2, "{:.2f}"),
-                   ("stage 1 / bare backbone", st1 / bare, 0.8, "{:.2f}")]
+        checks += [
+            ("stage 2 / bare backbone", st2 / bare, 1.2, "{:.2f}"),
+            ("stage 1 / bare backbone", st1 / bare, 0.8, "{:.2f}"),
+        ]
     if name == "small":
         checks += [("stage 2 (deep supervision) / plain FPN", st2 / fpn, 1.0, "{:.2f}")]
     print()
@@ -143,11 +167,19 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    p.add_argument("--channels-last", choices=["on", "off"], default="off",
-                   help="model and input in channels_last, as the trainer's --channels-last on")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: the process's CPU time, which other processes on a shared machine do not "
-                        "inflate; meaningful with --threads 1 only (threads waiting on each other spin)")
+    p.add_argument(
+        "--channels-last",
+        choices=["on", "off"],
+        default="off",
+        help="model and input in channels_last, as the trainer's --channels-last on",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: the process's CPU time, which other processes on a shared machine do not "
+        "inflate; meaningful with --threads 1 only (threads waiting on each other spin)",
+    )
     a = p.parse_args()
     if a.clock == "cpu" and torch.get_num_threads() != 1 and a.threads != 1:
         p.error("--clock cpu needs --threads 1")
@@ -156,9 +188,12 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     import camodet
-    print(f"camodet from {camodet.__file__}; {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, fp32, channels_last {a.channels_last}, "
-          f"{a.clock} clock")
+
+    print(
+        f"camodet from {camodet.__file__}; {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, fp32, channels_last {a.channels_last}, "
+        f"{a.clock} clock"
+    )
     for name in a.configs:
         report(name, CONFIGS[name], measure(name, CONFIGS[name], a.steps, a.warmup, clock), a.steps, a.warmup)
 

@@ -25,20 +25,33 @@ def main():
         for batch in a.batches:
             for ckpt in (False, True):
                 r = measure_in_subprocess(
-                    model_cfg={"backbone": a.backbone, "num_experts": a.num_experts, "deep_supervision": True},
-                    img_size=a.img_size, batch=batch, stage=stage, grad_checkpointing=ckpt, steps=a.steps)
+                    model_cfg={
+                        "backbone": a.backbone,
+                        "num_experts": a.num_experts,
+                        "deep_supervision": True,
+                    },
+                    img_size=a.img_size,
+                    batch=batch,
+                    stage=stage,
+                    grad_checkpointing=ckpt,
+                    steps=a.steps,
+                )
                 rows.append((stage, batch, ckpt, None if "error" in r else r, r.get("error", "")))
     first = next((r[3] for r in rows if r[3]), {})
-    print(f"{a.backbone}, {a.num_experts} experts, deep supervision, {a.img_size} px, device {first.get('device')}, "
-          f"memory measured: {first.get('memory')} (peak of the whole process), {a.steps} timed steps after 1 warm-up\n")
+    print(
+        f"{a.backbone}, {a.num_experts} experts, deep supervision, {a.img_size} px, device {first.get('device')}, "
+        f"memory measured: {first.get('memory')} (peak of the whole process), {a.steps} timed steps after 1 warm-up\n"
+    )
     print("| stage | batch | grad ckpt | s/step | img/s | peak MB |")
     print("|---|---|---|---|---|---|")
     for stage, batch, ckpt, r, err in rows:
         if r is None:
             print(f"| {stage} | {batch} | {'on' if ckpt else 'off'} | failed: {err} | | |")
         else:
-            print(f"| {stage} | {batch} | {'on' if ckpt else 'off'} | {r['s_per_step']:.3f} | {batch / r['s_per_step']:.2f} "
-                  f"| {r['peak_mb']:.0f} |")
+            print(
+                f"| {stage} | {batch} | {'on' if ckpt else 'off'} | {r['s_per_step']:.3f} | {batch / r['s_per_step']:.2f} "
+                f"| {r['peak_mb']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -8,5 +8,6 @@ def __getattr__(name):
     # `from camodet import Predictor` without importing torch for `camodet --version`
     if name in __all__:
         from . import inference
+
         return getattr(inference, name)
     raise AttributeError(f"module 'camodet' has no attribute {name!r}")

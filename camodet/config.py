@@ -25,6 +25,7 @@ _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 def parse_duration(text: str, flag: str = "--time-limit") -> float:
     """'8h45m', '90m', '1.5h', '3600s' or a plain number of seconds -> seconds."""
     import re
+
     t = str(text).strip().lower().replace(" ", "")
     parts = re.fullmatch(r"((\d+(\.\d+)?)[dhms])+", t)
     if parts:
@@ -56,17 +57,23 @@ def workers(value) -> "int | str":
 
 @dataclass
 class DataConfig:
-    dataset_path: list[str] = opt([], "dataset root(s); layouts are detected (COD10K-v3, CAMO, NC4K, "
-                                      "CHAMELEON, TrainDataset/TestDataset)", nargs="+")
+    dataset_path: list[str] = opt(
+        [],
+        "dataset root(s); layouts are detected (COD10K-v3, CAMO, NC4K, CHAMELEON, TrainDataset/TestDataset)",
+        nargs="+",
+    )
     images: Optional[str] = opt(None, "image folder (with --masks) instead of a dataset root")
     masks: Optional[str] = opt(None, "mask folder paired with --images")
     img_size: int = opt(384, "training/inference side length in pixels")
     val_fraction: float = opt(0.1, "fraction of training images held out for validation (seeded)")
     include_noncam: bool = opt(False, "COD10K: also use NonCAM images (the field uses CAM only)")
     skip_bad_files: bool = opt(False, "skip unreadable or unmatched files instead of stopping")
-    num_workers: workers = opt("auto", "data-loader worker processes, or auto: on a GPU the cores "
-                                         "less one (up to 16); on the CPU none where the compute "
-                                         "threads need every core (see camodet/engine/loaders.py)")
+    num_workers: workers = opt(
+        "auto",
+        "data-loader worker processes, or auto: on a GPU the cores "
+        "less one (up to 16); on the CPU none where the compute "
+        "threads need every core (see camodet/engine/loaders.py)",
+    )
     cache: bool = opt(False, "decode and pre-resize the dataset once into --cache-dir; later runs read that")
     cache_dir: Optional[str] = opt(None, "cache folder (default: ~/.cache/camodet)")
 
@@ -83,9 +90,13 @@ class ModelConfig:
     gating: str = opt("topk", "router gating", choices=["topk", "dense"])
     decoder_channels: int = opt(64, "channels of the decoder")
     deep_supervision: bool = opt(False, "train side outputs at coarser decoder scales")
-    backbone_norm: str = opt("train", "backbone BatchNorm statistics where the backbone trains: train "
-                                      "(update them from the batch) or frozen (keep the pretrained ones; "
-                                      "their scale and shift still train)", choices=["train", "frozen"])
+    backbone_norm: str = opt(
+        "train",
+        "backbone BatchNorm statistics where the backbone trains: train "
+        "(update them from the batch) or frozen (keep the pretrained ones; "
+        "their scale and shift still train)",
+        choices=["train", "frozen"],
+    )
 
 
 @dataclass
@@ -96,8 +107,9 @@ class OptimConfig:
     lr: float = opt(4e-4, "stage-1 peak learning rate")
     stage2_lr: Optional[float] = opt(None, "stage-2 peak learning rate (default: --lr)")
     min_lr: float = opt(1e-5, "learning rate at the last step of each stage")
-    scheduler: str = opt("cosine", "learning-rate schedule after warmup",
-                         choices=["cosine", "constant", "step"])
+    scheduler: str = opt(
+        "cosine", "learning-rate schedule after warmup", choices=["cosine", "constant", "step"]
+    )
     warmup_epochs: float = opt(0.0, "linear warmup at the start of each stage, in epochs")
     weight_decay: float = opt(0.01, "AdamW weight decay (never on norms and biases)")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
@@ -105,9 +117,12 @@ class OptimConfig:
     moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss")
     use_ema: bool = opt(False, "keep an exponential moving average of the weights")
     ema_decay: float = opt(0.999, "EMA decay per optimizer step")
-    amp: str = opt("auto", "mixed precision: auto = bf16 on Ampere and newer GPUs, fp16 with a grad scaler "
-                   "on older ones (T4, P100, V100), off on the CPU",
-                   choices=["auto", "bf16", "fp16", "off"])
+    amp: str = opt(
+        "auto",
+        "mixed precision: auto = bf16 on Ampere and newer GPUs, fp16 with a grad scaler "
+        "on older ones (T4, P100, V100), off on the CPU",
+        choices=["auto", "bf16", "fp16", "off"],
+    )
 
 
 @dataclass
@@ -122,12 +137,18 @@ class StageConfig:
 @dataclass
 class RunConfig:
     checkpoint_dir: str = opt("runs/camodet", "run folder: checkpoints, config.yaml, metrics.jsonl")
-    resume_from: Optional[str] = opt(None, "checkpoint to resume (exact) or warm-restart from; 'auto': resume "
-                                           "CHECKPOINT_DIR/last.pth when the folder holds one, else start (for "
-                                           "requeued jobs)")
+    resume_from: Optional[str] = opt(
+        None,
+        "checkpoint to resume (exact) or warm-restart from; 'auto': resume "
+        "CHECKPOINT_DIR/last.pth when the folder holds one, else start (for "
+        "requeued jobs)",
+    )
     init_from: Optional[str] = opt(None, "checkpoint to take matching weights from (fresh run)")
-    overwrite: bool = opt(False, "replace the run already in --checkpoint-dir (its checkpoints, metrics, logs) "
-                                 "instead of refusing to start")
+    overwrite: bool = opt(
+        False,
+        "replace the run already in --checkpoint-dir (its checkpoints, metrics, logs) "
+        "instead of refusing to start",
+    )
     seed: int = opt(42, "random seed (data split, order, augmentation, init)")
     use_ddp: bool = opt(False, "accepted for compatibility; torchrun's environment decides")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
@@ -135,21 +156,33 @@ class RunConfig:
     log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates")
     tensorboard: bool = opt(True, "write TensorBoard logs to RUN/tensorboard (needs the tensorboard package)")
     image_every: int = opt(5, "epochs between TensorBoard panels of validation predictions (0 = never)")
-    preempt_signal: str = opt("USR1", "signal a scheduler sends ahead of preemption (SLURM: --signal=USR1@120): "
-                                      "like SIGTERM the run saves its position and stops, with exit code 75")
-    requeue_on_preempt: bool = opt(False, "under SLURM, requeue the job (scontrol requeue) after saving on the "
-                                          "preemption signal or SIGTERM; with --resume-from auto it continues")
-    time_limit: Optional[str] = opt(None, "wall time this command may take, e.g. 8h45m (a notebook's hard limit): "
-                                          "the run stops by itself early enough to finish its step and write a "
-                                          "resumable last.pth, and prints the command that continues it")
+    preempt_signal: str = opt(
+        "USR1",
+        "signal a scheduler sends ahead of preemption (SLURM: --signal=USR1@120): "
+        "like SIGTERM the run saves its position and stops, with exit code 75",
+    )
+    requeue_on_preempt: bool = opt(
+        False,
+        "under SLURM, requeue the job (scontrol requeue) after saving on the "
+        "preemption signal or SIGTERM; with --resume-from auto it continues",
+    )
+    time_limit: Optional[str] = opt(
+        None,
+        "wall time this command may take, e.g. 8h45m (a notebook's hard limit): "
+        "the run stops by itself early enough to finish its step and write a "
+        "resumable last.pth, and prints the command that continues it",
+    )
 
 
 @dataclass
 class SpeedConfig:
-    channels_last: str = opt("auto", "channels_last memory format (auto: on for CUDA)", choices=["auto", "on", "off"])
+    channels_last: str = opt(
+        "auto", "channels_last memory format (auto: on for CUDA)", choices=["auto", "on", "off"]
+    )
     compile: bool = opt(False, "torch.compile the model (falls back to eager with a message where it fails)")
-    grad_checkpointing: bool = opt(False, "recompute activations in backward (backbone, decoder, experts) "
-                                          "to save memory")
+    grad_checkpointing: bool = opt(
+        False, "recompute activations in backward (backbone, decoder, experts) to save memory"
+    )
     persistent_workers: bool = opt(True, "keep data-loader workers alive between epochs of a stage")
 
 
@@ -158,10 +191,14 @@ class SafetyConfig:
     max_rollbacks: int = opt(3, "rollbacks to the last good state before the run stops as diverged")
     rollback_lr_factor: float = opt(0.5, "LR multiplier applied at each rollback")
     max_nonfinite_steps: int = opt(3, "non-finite steps within 100 optimizer steps that trigger a rollback")
-    spike_factor: float = opt(10.0, "a step loss this many times the running median triggers a rollback "
-                                    "(0 disables)")
-    stall_timeout: float = opt(900.0, "seconds without a finished optimizer step before the watchdog dumps "
-                                      "stacks and stops the run (0 disables)")
+    spike_factor: float = opt(
+        10.0, "a step loss this many times the running median triggers a rollback (0 disables)"
+    )
+    stall_timeout: float = opt(
+        900.0,
+        "seconds without a finished optimizer step before the watchdog dumps "
+        "stacks and stops the run (0 disables)",
+    )
 
 
 @dataclass
@@ -245,8 +282,10 @@ def _coerce(value, f: dataclasses.Field, source: str):
     if tp in (int, float):
         number = _number(value)
         if number is None or (tp is int and isinstance(number, float) and not number.is_integer()):
-            raise ConfigError(f"{_flag(f)}: cannot read {value!r} from {source} as {tp.__name__} "
-                              f"(expected {_type_name(tp)})")
+            raise ConfigError(
+                f"{_flag(f)}: cannot read {value!r} from {source} as {tp.__name__} "
+                f"(expected {_type_name(tp)})"
+            )
         return tp(number)
     choices = f.metadata.get("choices")
     if choices and isinstance(value, bool) and {"on", "off"} <= set(choices):
@@ -334,8 +373,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(sec_name)
         for f in dataclasses.fields(sec_type):
             tp = _base_type(f.type)
-            kw: dict[str, Any] = dict(dest=f"{sec_name}.{f.name}", default=argparse.SUPPRESS,
-                                      help=f.metadata["help"])
+            kw: dict[str, Any] = dict(
+                dest=f"{sec_name}.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"]
+            )
             if tp is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
@@ -345,12 +385,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     kw["nargs"] = f.metadata["nargs"]
                     kw["action"] = "extend"
                 choices = f.metadata.get("choices")
-                kw["metavar"] = ("{" + ",".join(choices) + "}" if choices
-                                 else f.name.upper() if tp is not list else "PATH")
+                kw["metavar"] = (
+                    "{" + ",".join(choices) + "}" if choices else f.name.upper() if tp is not list else "PATH"
+                )
             group.add_argument(_flag(f), **kw)
     # --no-amp is the reference workflow's spelling of --amp off.
-    parser.add_argument("--no-amp", dest="optim.amp", action="store_const", const="off",
-                        default=argparse.SUPPRESS, help="disable mixed precision (same as --amp off)")
+    parser.add_argument(
+        "--no-amp",
+        dest="optim.amp",
+        action="store_const",
+        const="off",
+        default=argparse.SUPPRESS,
+        help="disable mixed precision (same as --amp off)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
@@ -377,65 +424,98 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
         for f in dataclasses.fields(section):
             choices = f.metadata.get("choices")
             value = getattr(section, f.name)
-            need(not choices or value in choices, f"{_flag(f)}: {value!r} is not one of {', '.join(choices or [])}")
+            need(
+                not choices or value in choices,
+                f"{_flag(f)}: {value!r} is not one of {', '.join(choices or [])}",
+            )
     need(s.epochs > 0, f"--epochs must be positive (got {s.epochs})")
     need(s.stage1_epochs >= 0, f"--stage1-epochs must be >= 0 (got {s.stage1_epochs})")
-    need(s.stage1_epochs <= s.epochs,
-         f"--stage1-epochs ({s.stage1_epochs}) exceeds --epochs ({s.epochs}), which counts both stages; "
-         f"raise --epochs or lower --stage1-epochs")
+    need(
+        s.stage1_epochs <= s.epochs,
+        f"--stage1-epochs ({s.stage1_epochs}) exceeds --epochs ({s.epochs}), which counts both stages; "
+        f"raise --epochs or lower --stage1-epochs",
+    )
     need(s.unfreeze_warmup_epochs >= 0, "--unfreeze-warmup-epochs must be >= 0")
     need(o.accumulation_steps >= 1, f"--accumulation-steps must be at least 1 (got {o.accumulation_steps})")
     need(o.batch_size >= 1, f"--batch-size must be at least 1 (got {o.batch_size})")
-    need(o.stage2_batch_size is None or o.stage2_batch_size >= 1,
-         f"--stage2-batch-size must be at least 1 (got {o.stage2_batch_size})")
+    need(
+        o.stage2_batch_size is None or o.stage2_batch_size >= 1,
+        f"--stage2-batch-size must be at least 1 (got {o.stage2_batch_size})",
+    )
     need(o.lr > 0, f"--lr must be positive (got {o.lr})")
     need(o.stage2_lr is None or o.stage2_lr > 0, f"--stage2-lr must be positive (got {o.stage2_lr})")
     need(o.min_lr >= 0, f"--min-lr must be >= 0 (got {o.min_lr})")
     for name, peak in (("--lr", o.lr), ("--stage2-lr", cfg.stage2_lr)):
-        need(o.min_lr <= peak, f"--min-lr ({o.min_lr:g}) is above {name} ({peak:g}); the schedule "
-                               f"would rise instead of decay: lower --min-lr")
+        need(
+            o.min_lr <= peak,
+            f"--min-lr ({o.min_lr:g}) is above {name} ({peak:g}); the schedule "
+            f"would rise instead of decay: lower --min-lr",
+        )
     need(o.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {o.warmup_epochs})")
     need(o.grad_clip >= 0, f"--grad-clip must be >= 0 (got {o.grad_clip})")
     need(o.weight_decay >= 0, f"--weight-decay must be >= 0 (got {o.weight_decay})")
     need(o.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0 (got {o.backbone_lr_mult})")
     need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
     need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")
-    need(1 <= m.top_k <= m.num_experts or (m.num_experts == 1 and m.top_k >= 1),
-         f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})")
-    need(m.decoder_channels >= 8 and m.decoder_channels % 8 == 0,
-         f"--decoder-channels must be a positive multiple of 8 (got {m.decoder_channels})")
+    need(
+        1 <= m.top_k <= m.num_experts or (m.num_experts == 1 and m.top_k >= 1),
+        f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})",
+    )
+    need(
+        m.decoder_channels >= 8 and m.decoder_channels % 8 == 0,
+        f"--decoder-channels must be a positive multiple of 8 (got {m.decoder_channels})",
+    )
     need(d.img_size >= 32, f"--img-size must be at least 32 (got {d.img_size})")
     need(0.0 <= d.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {d.val_fraction})")
-    need(d.num_workers == "auto" or d.num_workers >= 0, f"--num-workers must be >= 0 or auto (got {d.num_workers})")
+    need(
+        d.num_workers == "auto" or d.num_workers >= 0,
+        f"--num-workers must be >= 0 or auto (got {d.num_workers})",
+    )
     need(r.keep_last >= 0, f"--keep-last must be >= 0 (got {r.keep_last})")
     sf = cfg.safety
     need(sf.max_rollbacks >= 0, f"--max-rollbacks must be >= 0 (got {sf.max_rollbacks})")
-    need(0.0 < sf.rollback_lr_factor < 1.0,
-         f"--rollback-lr-factor must be between 0 and 1 (got {sf.rollback_lr_factor})")
-    need(sf.max_nonfinite_steps >= 1, f"--max-nonfinite-steps must be at least 1 (got {sf.max_nonfinite_steps})")
-    need(sf.spike_factor == 0 or sf.spike_factor > 1,
-         f"--spike-factor must be 0 (off) or above 1 (got {sf.spike_factor})")
+    need(
+        0.0 < sf.rollback_lr_factor < 1.0,
+        f"--rollback-lr-factor must be between 0 and 1 (got {sf.rollback_lr_factor})",
+    )
+    need(
+        sf.max_nonfinite_steps >= 1,
+        f"--max-nonfinite-steps must be at least 1 (got {sf.max_nonfinite_steps})",
+    )
+    need(
+        sf.spike_factor == 0 or sf.spike_factor > 1,
+        f"--spike-factor must be 0 (off) or above 1 (got {sf.spike_factor})",
+    )
     need(sf.stall_timeout >= 0, f"--stall-timeout must be >= 0 seconds (got {sf.stall_timeout})")
     need(r.image_every >= 0, f"--image-every must be >= 0 (got {r.image_every})")
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
     if r.time_limit is not None:
         parse_duration(r.time_limit)
     import signal
-    need(f"SIG{r.preempt_signal.upper().removeprefix('SIG')}" in signal.Signals.__members__,
-         f"--preempt-signal {r.preempt_signal!r} is not a signal name; use e.g. USR1, USR2 or TERM")
+
+    need(
+        f"SIG{r.preempt_signal.upper().removeprefix('SIG')}" in signal.Signals.__members__,
+        f"--preempt-signal {r.preempt_signal!r} is not a signal name; use e.g. USR1, USR2 or TERM",
+    )
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
-    need(not (r.resume_from and r.init_from),
-         "--resume-from and --init-from exclude each other: resume continues a run, init starts a new one")
+    need(
+        not (r.resume_from and r.init_from),
+        "--resume-from and --init-from exclude each other: resume continues a run, init starts a new one",
+    )
     if m.pretrained and m.pretrained_path:
         raise ConfigError("--pretrained and --pretrained-path exclude each other; pick one source of weights")
     if check_paths:
-        need(bool(d.dataset_path) or d.images is not None,
-             "no training data: give --dataset-path DIR (or --images DIR --masks DIR)")
+        need(
+            bool(d.dataset_path) or d.images is not None,
+            "no training data: give --dataset-path DIR (or --images DIR --masks DIR)",
+        )
         for p in d.dataset_path + [x for x in (d.images, d.masks) if x]:
             need(os.path.isdir(p), f"dataset path {p} does not exist or is not a folder; check the path")
         # A resume takes every weight from its checkpoint: the backbone's weights file may be gone.
         weights_file = None if r.resume_from else m.pretrained_path
-        for flag, p in (("--resume-from", None if r.resume_from == "auto" else r.resume_from),
-                        ("--init-from", r.init_from),
-                        ("--pretrained-path", weights_file)):
+        for flag, p in (
+            ("--resume-from", None if r.resume_from == "auto" else r.resume_from),
+            ("--init-from", r.init_from),
+            ("--pretrained-path", weights_file),
+        ):
             need(p is None or os.path.isfile(p), f"{flag} {p}: no such file")

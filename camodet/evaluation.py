@@ -27,14 +27,24 @@ def split_by_dataset(dataset_paths: list[str]) -> dict[str, list[Sample]]:
     return out
 
 
-def evaluate(predictor, dataset_paths: list[str], batch_size: int = 8, num_workers: int = 2,
-             save_preds: str | None = None) -> dict:
+def evaluate(
+    predictor,
+    dataset_paths: list[str],
+    batch_size: int = 8,
+    num_workers: int = 2,
+    save_preds: str | None = None,
+) -> dict:
     """{dataset name: metrics}, predictions resized to each GT's original size."""
     results = {}
     for name, group in split_by_dataset(dataset_paths).items():
         ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                            pin_memory=predictor.device.type == "cuda")
+        loader = DataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=predictor.device.type == "cuda",
+        )
         ev = Evaluator(full=True)
         for batch in tqdm(_scoring_every_image(loader), desc=name, leave=False, disable=None):
             probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
@@ -54,8 +64,7 @@ def _scoring_every_image(loader):
     try:
         yield from loader
     except DataError as e:
-        raise DataError(f"{e.reason}; replace it: the protocol scores every test image") \
-            from None
+        raise DataError(f"{e.reason}; replace it: the protocol scores every test image") from None
 
 
 def save_map(pred: np.ndarray, path: str) -> None:
@@ -76,14 +85,18 @@ def evaluate_preds_dir(preds_dir: str, dataset_paths: list[str]) -> dict:
         folder = os.path.join(preds_dir, name)
         if not os.path.isdir(folder):
             if len(sets) > 1:
-                raise DataError(f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
-                                f"use the DIR/<dataset>/<stem>.png layout")
+                raise DataError(
+                    f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
+                    f"use the DIR/<dataset>/<stem>.png layout"
+                )
             folder = preds_dir
         maps = {os.path.splitext(f)[0]: os.path.join(folder, f) for f in os.listdir(folder)}
         missing = [s.name for s in group if s.name not in maps]
         if missing:
-            raise DataError(f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
-                            f"(first: {missing[0]}); predictions must be named like the GT files")
+            raise DataError(
+                f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
+                f"(first: {missing[0]}); predictions must be named like the GT files"
+            )
         ev = Evaluator(full=True)
         for s in tqdm(group, desc=name, leave=False, disable=None):
             gt, pred = read_mask(s.mask), read_grey(maps[s.name])  # a map is grey levels, never labels
@@ -98,7 +111,9 @@ def format_table(results: dict) -> str:
     head = "| Dataset | " + " | ".join(TABLE_COLUMNS) + " | Images |"
     lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in TABLE_COLUMNS) + f" | {r['images']} |"
+        )
     lines.append("")
     lines += [f"- {c}: {VARIANTS[c]}" for c in TABLE_COLUMNS]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ class ProbabilityHead(torch.nn.Module):
 def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False) -> dict:
     """Write the export folder; returns what was written and, with onnx, the check."""
     from safetensors.torch import save_file
+
     predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
     model = predictor.model
     os.makedirs(out_dir, exist_ok=True)
@@ -45,14 +46,22 @@ def export(checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = Fa
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
-    config = {"format": EXPORT_FORMAT, "camodet_version": __version__, "model": asdict(model.cfg),
-              "img_size": predictor.img_size, "source": os.path.abspath(checkpoint), "weights": weights,
-              # the backbone's own statistics, as the weights were trained with (0..255 scale)
-              "input": {"layout": "NCHW RGB, (pixel 0..255 - mean) / std",
-                        "mean": [v * 255.0 for v in predictor.norm.mean],
-                        "std": [v * 255.0 for v in predictor.norm.std],
-                        "size": [predictor.img_size, predictor.img_size]},
-              "output": "probability map (N, 1, H, W) at the input size; resize to the image's size"}
+    config = {
+        "format": EXPORT_FORMAT,
+        "camodet_version": __version__,
+        "model": asdict(model.cfg),
+        "img_size": predictor.img_size,
+        "source": os.path.abspath(checkpoint),
+        "weights": weights,
+        # the backbone's own statistics, as the weights were trained with (0..255 scale)
+        "input": {
+            "layout": "NCHW RGB, (pixel 0..255 - mean) / std",
+            "mean": [v * 255.0 for v in predictor.norm.mean],
+            "std": [v * 255.0 for v in predictor.norm.std],
+            "size": [predictor.img_size, predictor.img_size],
+        },
+        "output": "probability map (N, 1, H, W) at the input size; resize to the image's size",
+    }
     with open(os.path.join(out_dir, EXPORT_CONFIG), "w") as fh:
         json.dump(config, fh, indent=2)
     info = {"files": [EXPORT_WEIGHTS, EXPORT_CONFIG]}
@@ -68,7 +77,9 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str) -> float:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'") from None
+        raise ExportError(
+            "--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'"
+        ) from None
     head = ProbabilityHead(model).eval()
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -78,8 +89,16 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str) -> float:
     for q in quiet:
         q.setLevel(logging.ERROR)
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):  # it narrates every pass
-        torch.onnx.export(head, (example,), path, input_names=["image"], output_names=["probability"],
-                          dynamic_shapes={"image": {0: batch}}, dynamo=True, external_data=False)
+        torch.onnx.export(
+            head,
+            (example,),
+            path,
+            input_names=["image"],
+            output_names=["probability"],
+            dynamic_shapes={"image": {0: batch}},
+            dynamo=True,
+            external_data=False,
+        )
     for q, level in zip(quiet, levels):
         q.setLevel(level)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -91,6 +110,8 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str) -> float:
         got = session.run(None, {"image": x.numpy()})[0]
         worst = max(worst, float(np.abs(got - want).max()))
     if worst > ONNX_TOLERANCE:
-        raise ExportError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE}); "
-                          f"the ONNX file is not trustworthy for this model")
+        raise ExportError(
+            f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE}); "
+            f"the ONNX file is not trustworthy for this model"
+        )
     return worst

@@ -25,6 +25,7 @@ EXPORT_WEIGHTS, EXPORT_CONFIG = "model.safetensors", "config.json"
 class TTA:
     """Test-time augmentation: horizontal flip and/or extra input scales; the
     probabilities of all variants are averaged at the output size."""
+
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
 
@@ -36,19 +37,21 @@ class TTA:
                 flip = True
             elif spec.startswith("scales="):
                 try:
-                    scales = tuple(float(v) for v in spec[len("scales="):].split(","))
+                    scales = tuple(float(v) for v in spec[len("scales=") :].split(","))
                 except ValueError:
                     scales = ()
                 if not scales or any(not 0.25 <= s <= 4 for s in scales):
-                    raise ConfigError(f"--tta {spec}: scales must be numbers between 0.25 and 4, "
-                                      f"e.g. scales=0.75,1,1.25")
+                    raise ConfigError(
+                        f"--tta {spec}: scales must be numbers between 0.25 and 4, e.g. scales=0.75,1,1.25"
+                    )
             elif spec != "none":
                 raise ConfigError(f"--tta {spec!r}: use flip and/or scales=0.75,1,1.25")
         return cls(flip, scales)
 
     def __str__(self) -> str:
-        parts = (["flip"] if self.flip else []) + ([f"scales={','.join(map(str, self.scales))}"]
-                                                   if self.scales != (1.0,) else [])
+        parts = (["flip"] if self.flip else []) + (
+            [f"scales={','.join(map(str, self.scales))}"] if self.scales != (1.0,) else []
+        )
         return " ".join(parts) or "none"
 
 
@@ -70,21 +73,34 @@ def export_normalization(cfg: dict) -> Normalization:
 def read_export(folder: str) -> tuple[dict, dict]:
     """(config.json, state dict) of an export folder."""
     from safetensors.torch import load_file
+
     cfg_path, w_path = os.path.join(folder, EXPORT_CONFIG), os.path.join(folder, EXPORT_WEIGHTS)
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
-            raise CheckpointError(f"{folder}: not a camodet export folder ({os.path.basename(p)} missing); "
-                                  f"create one with 'camodet export CKPT {folder}'", "foreign")
+            raise CheckpointError(
+                f"{folder}: not a camodet export folder ({os.path.basename(p)} missing); "
+                f"create one with 'camodet export CKPT {folder}'",
+                "foreign",
+            )
     with open(cfg_path) as fh:
         cfg = json.load(fh)
     if cfg.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{cfg_path}: format {cfg.get('format')!r}, expected {EXPORT_FORMAT!r}", "foreign")
+        raise CheckpointError(
+            f"{cfg_path}: format {cfg.get('format')!r}, expected {EXPORT_FORMAT!r}", "foreign"
+        )
     return cfg, load_file(w_path)
 
 
 class Predictor:
-    def __init__(self, model, img_size: int, device: torch.device, tta: TTA = TTA(), amp: bool = True,
-                 norm: Normalization | None = None):
+    def __init__(
+        self,
+        model,
+        img_size: int,
+        device: torch.device,
+        tta: TTA = TTA(),
+        amp: bool = True,
+        norm: Normalization | None = None,
+    ):
         self.model = model.eval().to(device)
         # the statistics the weights were trained with (default: the model's own)
         self.norm = norm or getattr(model, "normalization", IMAGENET)
@@ -96,8 +112,9 @@ class Predictor:
         self.stride = 32
 
     @classmethod
-    def load(cls, path: str, weights: str = "auto", device: str = "auto", tta: TTA = TTA(),
-             amp: bool = True) -> "Predictor":
+    def load(
+        cls, path: str, weights: str = "auto", device: str = "auto", tta: TTA = TTA(), amp: bool = True
+    ) -> "Predictor":
         """A training checkpoint or an export folder. weights: 'auto' (what the checkpoint's
         model_state_dict holds: EMA for a best checkpoint of an EMA run), 'ema' or 'raw'."""
         if os.path.isdir(path):
@@ -112,8 +129,9 @@ class Predictor:
             state = ckpt["model_state_dict"]
             if weights == "ema":
                 if "ema_state_dict" not in ckpt:
-                    raise CheckpointError(f"{path} has no EMA weights (trained without --use-ema); "
-                                          f"use --weights raw", "foreign")
+                    raise CheckpointError(
+                        f"{path} has no EMA weights (trained without --use-ema); use --weights raw", "foreign"
+                    )
                 state = ckpt["ema_state_dict"]
             elif weights == "raw":
                 state = ckpt.get("raw_model_state_dict", state)
@@ -145,7 +163,7 @@ class Predictor:
             if flip:
                 logits = logits.flip(-1)
             for j, size in enumerate(sizes):
-                up = F.interpolate(logits[j:j + 1], size=size, mode="bilinear", align_corners=False)
+                up = F.interpolate(logits[j : j + 1], size=size, mode="bilinear", align_corners=False)
                 outs[j] += torch.sigmoid(up)[0, 0]
         return [o / len(variants) for o in outs]
 
@@ -165,6 +183,7 @@ def as_rgb(image) -> np.ndarray:
         return read_image(str(image))
     if hasattr(image, "convert"):
         from PIL import ImageOps
+
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     arr = np.asarray(image)
     if arr.ndim == 2:

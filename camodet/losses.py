@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BOUNDARY_WINDOW = 31   # side of the local mean that finds the boundary band
-BOUNDARY_GAIN = 5      # a pixel far from its local mean weighs up to 1 + 5 = 6x
+BOUNDARY_WINDOW = 31  # side of the local mean that finds the boundary band
+BOUNDARY_GAIN = 5  # a pixel far from its local mean weighs up to 1 + 5 = 6x
 
 
 def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,7 +26,7 @@ def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     r = k // 2
     acc = torch.float32 if x.device.type == "mps" else torch.float64  # mps has no float64
     s = x.to(acc)
-    c = F.pad(s, (0, 0, r + 1, r)).cumsum(-2)   # c[i + k] - c[i] = rows i - r .. i + r
+    c = F.pad(s, (0, 0, r + 1, r)).cumsum(-2)  # c[i + k] - c[i] = rows i - r .. i + r
     s = c[..., k:, :] - c[..., :-k, :]
     c = F.pad(s, (r + 1, r)).cumsum(-1)
     s = c[..., k:] - c[..., :-k]
@@ -42,10 +42,11 @@ def boundary_weight(mask: torch.Tensor, window: int = BOUNDARY_WINDOW) -> torch.
 @dataclass
 class MaskTarget:
     """A mask and what the structure loss needs from it alone, computed once per step."""
-    mask: torch.Tensor           # (B, 1, H, W) float
-    weight: torch.Tensor         # boundary weight, same shape
+
+    mask: torch.Tensor  # (B, 1, H, W) float
+    weight: torch.Tensor  # boundary weight, same shape
     weighted_mask: torch.Tensor  # weight * mask
-    weight_sum: torch.Tensor     # (B, 1): sum of weight per image
+    weight_sum: torch.Tensor  # (B, 1): sum of weight per image
     weighted_mask_sum: torch.Tensor  # (B, 1): sum of weight * mask per image
 
     @classmethod

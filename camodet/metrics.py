@@ -12,9 +12,11 @@ VARIANTS = {
     "Dice": "mean over images of Dice(prob >= 0.5, GT); empty/empty = 1",
     "Sm": "S-measure (alpha 0.5), pysodmetrics",
     "wFm": "weighted F-measure, pysodmetrics",
-    "meanEm": "E-measure, mean over thresholds", "maxEm": "E-measure, max over thresholds",
+    "meanEm": "E-measure, mean over thresholds",
+    "maxEm": "E-measure, max over thresholds",
     "adpEm": "E-measure, adaptive threshold",
-    "meanFm": "F-measure (beta^2 0.3), mean over thresholds", "maxFm": "F-measure, max over thresholds",
+    "meanFm": "F-measure (beta^2 0.3), mean over thresholds",
+    "maxFm": "F-measure, max over thresholds",
     "adpFm": "F-measure, adaptive threshold",
     "MAE": "mean absolute error of the probability map, averaged over images",
 }
@@ -49,22 +51,31 @@ class Evaluator:
         if full:
             # FmeasureV2 + FmeasureHandler: the classic Fmeasure's numbers (tested against a golden
             # table) on the API upstream keeps; the classic class is marked for removal.
-            self.fm = sod.FmeasureV2({"fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3)})
+            self.fm = sod.FmeasureV2(
+                {"fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3)}
+            )
             self.wfm, self.em = sod.WeightedFmeasure(), sod.Emeasure()
 
     def step(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> dict:
         """pred: uint8 0..255 (or float 0..1) map at the GT's size; gt: uint8 grey levels."""
         if pred.shape != gt.shape:
-            raise ValueError(f"{name}: prediction {pred.shape} and GT {gt.shape} differ in size; "
-                             f"resize predictions to the GT's original size")
+            raise ValueError(
+                f"{name}: prediction {pred.shape} and GT {gt.shape} differ in size; "
+                f"resize predictions to the GT's original size"
+            )
         if pred.dtype != np.uint8:
             pred = to_uint8(pred)
         gt = binarise_gt(gt)
         iou, dice = iou_dice(pred >= 128, gt > 0)  # 128/255 is the first 8-bit level >= 0.5
         self.sm.step(pred, gt)
         self.mae.step(pred, gt)
-        rec = {"name": name, "IoU": iou, "Dice": dice, "Sm": float(self.sm.sms[-1]),
-               "MAE": float(self.mae.maes[-1])}
+        rec = {
+            "name": name,
+            "IoU": iou,
+            "Dice": dice,
+            "Sm": float(self.sm.sms[-1]),
+            "MAE": float(self.mae.maes[-1]),
+        }
         if self.full:
             self.wfm.step(pred, gt)
             self.em.step(pred, gt)
@@ -78,10 +89,15 @@ class Evaluator:
         out = {k: float(np.mean([r[k] for r in self.records])) for k in ("IoU", "Dice", "Sm", "MAE")}
         if self.full:
             em, fm = self.em.get_results()["em"], self.fm.get_results()["fm"]
-            out.update(wFm=float(self.wfm.get_results()["wfm"]),
-                       meanEm=float(em["curve"].mean()), maxEm=float(em["curve"].max()),
-                       adpEm=float(em["adp"]), meanFm=float(fm["dynamic"].mean()),
-                       maxFm=float(fm["dynamic"].max()), adpFm=float(fm["adaptive"]))
+            out.update(
+                wFm=float(self.wfm.get_results()["wfm"]),
+                meanEm=float(em["curve"].mean()),
+                maxEm=float(em["curve"].max()),
+                adpEm=float(em["adp"]),
+                meanFm=float(fm["dynamic"].mean()),
+                maxFm=float(fm["dynamic"].max()),
+                adpFm=float(fm["adaptive"]),
+            )
         out["images"] = len(self.records)
         return out
 

@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Normalization:
-    mean: tuple[float, float, float]   # per RGB channel, on timm's 0..1 pixel scale
+    mean: tuple[float, float, float]  # per RGB channel, on timm's 0..1 pixel scale
     std: tuple[float, float, float]
 
     def __post_init__(self):

@@ -18,7 +18,7 @@ from .metrics import to_uint8
 from .normalization import Normalization
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
-TINT = np.array([255, 64, 0], dtype=np.float32)   # overlay colour (orange): visible on green and brown scenes
+TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -54,7 +54,11 @@ class ImageFiles(Dataset):
             image = read_image(self.paths[i])
         except DataError as e:  # listed as "skipped PATH: why"; predict skips without being asked
             return {"index": i, "error": e.reason.removeprefix(f"{self.paths[i]}: ")}
-        return {"index": i, "image": image, "input": torch.from_numpy(self.norm.apply(resize(image, self.img_size)))}
+        return {
+            "index": i,
+            "image": image,
+            "input": torch.from_numpy(self.norm.apply(resize(image, self.img_size))),
+        }
 
 
 def collate_files(items: list[dict]) -> list[dict]:
@@ -86,17 +90,29 @@ def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir
     Image.fromarray(rgba, "RGBA").save(os.path.join(out_dir, "cutouts", stem + ".png"))
 
 
-def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float = 0.5, batch_size: int = 4,
-                  num_workers: int = 2) -> dict:
+def predict_files(
+    predictor,
+    inputs: list[str],
+    out_dir: str,
+    threshold: float = 0.5,
+    batch_size: int = 4,
+    num_workers: int = 2,
+) -> dict:
     """Run over every input; returns counts, timing and the inputs that could not be read."""
     paths, problems = expand_inputs(inputs)
     for sub in OUTPUTS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     stems = unique_stems(paths)
-    loader = DataLoader(ImageFiles(paths, predictor.img_size, predictor.norm), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_files)
+    loader = DataLoader(
+        ImageFiles(paths, predictor.img_size, predictor.norm),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_files,
+    )
     done, start = 0, time.time()
-    for items in tqdm(loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True):
+    for items in tqdm(
+        loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True
+    ):
         good = [it for it in items if "error" not in it]
         problems += [(paths[it["index"]], it["error"]) for it in items if "error" in it]
         if not good:
@@ -107,5 +123,10 @@ def predict_files(predictor, inputs: list[str], out_dir: str, threshold: float =
             write_outputs(it["image"], prob.cpu().numpy(), threshold, out_dir, stems[it["index"]])
             done += 1
     seconds = time.time() - start
-    return {"written": done, "inputs": len(paths), "problems": problems, "seconds": seconds,
-            "images_per_s": done / max(seconds, 1e-9)}
+    return {
+        "written": done,
+        "inputs": len(paths),
+        "problems": problems,
+        "seconds": seconds,
+        "images_per_s": done / max(seconds, 1e-9),
+    }

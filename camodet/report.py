@@ -41,25 +41,31 @@ def all_advice(records: list[dict], config: dict) -> list:
 
 def _marks(ax, records: list[dict]) -> None:
     """Stage boundaries, unfreeze milestones, warm restarts, rollbacks and interruptions."""
-    styles = {"stage": ("tab:purple", "-", "stage {stage}"), "unfreeze": ("tab:gray", ":", "unfreeze"),
-              "warm_restart": ("tab:blue", "--", "warm restart"), "rollback": ("tab:red", "--", "rollback"),
-              "diverged": ("black", "-", "diverged"), "interrupted": ("tab:orange", "-.", "interrupted")}
+    styles = {
+        "stage": ("tab:purple", "-", "stage {stage}"),
+        "unfreeze": ("tab:gray", ":", "unfreeze"),
+        "warm_restart": ("tab:blue", "--", "warm restart"),
+        "rollback": ("tab:red", "--", "rollback"),
+        "diverged": ("black", "-", "diverged"),
+        "interrupted": ("tab:orange", "-.", "interrupted"),
+    }
     labelled = set()
     for r in records:
         if r.get("type") in styles and r.get("epoch") is not None:
             colour, line, label = styles[r["type"]]
             text = label.format(**r) if "{" in label else label
             x = r["epoch"] - 0.5 if r["type"] in ("stage", "unfreeze", "warm_restart") else r["epoch"]
-            ax.axvline(x, color=colour, linestyle=line, linewidth=1,
-                       label=None if text in labelled else text)
+            ax.axvline(x, color=colour, linestyle=line, linewidth=1, label=None if text in labelled else text)
             labelled.add(text)
 
 
 def make_plots(records: list[dict]) -> dict:
     """{name: PNG bytes}."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     epochs = [r for r in records if r.get("type") == "epoch"]
     x = [r["epoch"] for r in epochs]
     out = {}
@@ -88,8 +94,14 @@ def make_plots(records: list[dict]) -> dict:
         ax.plot(x, [(r.get("val") or {}).get(k) for r in epochs], marker="o", ms=3, label=f"val {k}")
     best = [r for r in epochs if r.get("best_epoch") == r["epoch"]]
     if best:
-        ax.scatter([best[-1]["epoch"]], [best[-1]["val"].get("IoU")], s=80, facecolors="none",
-                   edgecolors="green", label="best")
+        ax.scatter(
+            [best[-1]["epoch"]],
+            [best[-1]["val"].get("IoU")],
+            s=80,
+            facecolors="none",
+            edgecolors="green",
+            label="best",
+        )
     finish(fig, ax, "iou", "validation")
 
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -102,8 +114,13 @@ def make_plots(records: list[dict]) -> dict:
     for block in range(max((len(r.get("expert_usage") or []) for r in epochs), default=0)):
         n = len(epochs[-1]["expert_usage"][block])
         for e in range(n):
-            ys = [r["expert_usage"][block][e] if len(r.get("expert_usage") or []) > block else None for r in epochs]
-            ax.plot(x, ys, linestyle="-" if block == 0 else "--", linewidth=1, label=f"block {block} expert {e}")
+            ys = [
+                r["expert_usage"][block][e] if len(r.get("expert_usage") or []) > block else None
+                for r in epochs
+            ]
+            ax.plot(
+                x, ys, linestyle="-" if block == 0 else "--", linewidth=1, label=f"block {block} expert {e}"
+            )
     finish(fig, ax, "experts", "routing share")
     return out
 
@@ -111,8 +128,14 @@ def make_plots(records: list[dict]) -> dict:
 def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
     """Input | ground truth | prediction for the first validation images, from the best
     (else last) checkpoint; (PNG bytes or None, a note)."""
-    ckpt = next((os.path.join(run_dir, f) for f in ("best_model.pth", "last.pth")
-                 if os.path.isfile(os.path.join(run_dir, f))), None)
+    ckpt = next(
+        (
+            os.path.join(run_dir, f)
+            for f in ("best_model.pth", "last.pth")
+            if os.path.isfile(os.path.join(run_dir, f))
+        ),
+        None,
+    )
     if ckpt is None:
         return None, "no checkpoint yet, so no predictions"
     try:
@@ -123,9 +146,11 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
         from .engine.loaders import split_train_val, training_samples
         from .engine.monitor import triptych
         from .inference import Predictor
+
         cfg = TrainConfig.from_dict(config)
-        _, val = split_train_val(training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction,
-                                 cfg.run.seed)
+        _, val = split_train_val(
+            training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction, cfg.run.seed
+        )
         if not val:
             return None, "the run has no validation images"
         predictor = Predictor.load(ckpt, device="cpu")
@@ -142,7 +167,10 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
             return None, "no readable validation image"
         buf = io.BytesIO()
         Image.fromarray(np.concatenate(rows, 0)).save(buf, format="PNG")
-        return buf.getvalue(), f"{os.path.basename(ckpt)} on {len(rows)} validation images: input | GT | prediction"
+        return (
+            buf.getvalue(),
+            f"{os.path.basename(ckpt)} on {len(rows)} validation images: input | GT | prediction",
+        )
     except (ConfigError, DataError, CheckpointError, OSError) as e:
         return None, f"no predictions: {e}"
 
@@ -157,16 +185,33 @@ def time_table(epochs: list[dict]) -> str:
     rows = [r for r in epochs if "train_time_s" in r]
     if not rows:
         return ""
-    head = ("epoch", "stage", "workers", "steps", "training pass s", "steps x median step s",
-            "pass / (steps x step)", "waiting for data s", "validation s")
+    head = (
+        "epoch",
+        "stage",
+        "workers",
+        "steps",
+        "training pass s",
+        "steps x median step s",
+        "pass / (steps x step)",
+        "waiting for data s",
+        "validation s",
+    )
     body = []
     for r in rows:
         ideal = r["steps"] * r["step_time_s"] if r.get("steps") else None
-        cells = (r["epoch"], r.get("stage"), r.get("num_workers"), r.get("steps"), f"{r['train_time_s']:.1f}",
-                 f"{ideal:.1f}" if ideal else "-", f"{r['loop_ratio']:.2f}" if r.get("loop_ratio") else "-",
-                 f"{r.get('data_wait_s', 0):.1f}", f"{r['val_time_s']:.1f}" if "val_time_s" in r else "-")
+        cells = (
+            r["epoch"],
+            r.get("stage"),
+            r.get("num_workers"),
+            r.get("steps"),
+            f"{r['train_time_s']:.1f}",
+            f"{ideal:.1f}" if ideal else "-",
+            f"{r['loop_ratio']:.2f}" if r.get("loop_ratio") else "-",
+            f"{r.get('data_wait_s', 0):.1f}",
+            f"{r['val_time_s']:.1f}" if "val_time_s" in r else "-",
+        )
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>"
 
 
 def write_report(run_dir: str, predictions: bool = True) -> str:
@@ -191,42 +236,74 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
     total = config.get("stages", {}).get("epochs", "?")
     last = epochs[-1] if epochs else {}
     ended = [r for r in records if r.get("type") in ("diverged", "interrupted")]
-    status = (f"{ended[-1]['type']} at epoch {ended[-1].get('epoch')}" if ended and ended[-1] is records[-1]
-              else f"epoch {last.get('epoch', 0)} of {total}")
+    status = (
+        f"{ended[-1]['type']} at epoch {ended[-1].get('epoch')}"
+        if ended and ended[-1] is records[-1]
+        else f"epoch {last.get('epoch', 0)} of {total}"
+    )
     best = max(epochs, key=lambda r: (r.get("val") or {}).get("IoU", -1), default=None)
     esc = html.escape
-    parts = [f"<h1>camodet run: {esc(os.path.abspath(run_dir))}</h1>",
-             f"<p class=status>{esc(status)}; {len(epochs)} epoch record(s)</p>"]
+    parts = [
+        f"<h1>camodet run: {esc(os.path.abspath(run_dir))}</h1>",
+        f"<p class=status>{esc(status)}; {len(epochs)} epoch record(s)</p>",
+    ]
     if best and best.get("val"):
-        cells = "".join(f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>" if isinstance(v, float)
-                        else f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in best["val"].items())
-        parts.append(f"<h2>Best epoch: {best['epoch']} (stage {best.get('stage')})</h2><table>{cells}</table>")
+        cells = "".join(
+            f"<tr><th>{esc(k)}</th><td>{v:.4f}</td></tr>"
+            if isinstance(v, float)
+            else f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
+            for k, v in best["val"].items()
+        )
+        parts.append(
+            f"<h2>Best epoch: {best['epoch']} (stage {best.get('stage')})</h2><table>{cells}</table>"
+        )
     advice = all_advice(records, config)
-    parts.append("<h2>Health advice</h2>" + ("<ul>" + "".join(
-        f"<li><b>epoch {a.epoch}</b> [{esc(a.rule)}]: {esc(a.message)}</li>" for a in advice) + "</ul>"
-        if advice else "<p>No warnings: the run looks healthy.</p>"))
-    titles = {"loss": "Training loss", "iou": "Validation metrics", "lr": "Learning rate",
-              "experts": "Expert usage per MoE block"}
+    parts.append(
+        "<h2>Health advice</h2>"
+        + (
+            "<ul>"
+            + "".join(f"<li><b>epoch {a.epoch}</b> [{esc(a.rule)}]: {esc(a.message)}</li>" for a in advice)
+            + "</ul>"
+            if advice
+            else "<p>No warnings: the run looks healthy.</p>"
+        )
+    )
+    titles = {
+        "loss": "Training loss",
+        "iou": "Validation metrics",
+        "lr": "Learning rate",
+        "experts": "Expert usage per MoE block",
+    }
     for name in PLOTS:
         if name in plots:
             parts.append(f"<h2>{titles[name]}</h2>{_img(plots[name], name)}")
     timing = time_table(epochs)
     if timing:
         parts.append("<h2>Time per epoch</h2>" + timing)
-    parts.append("<h2>Validation predictions</h2>" + (_img(grid, "predictions") if grid else "")
-                 + f"<p>{esc(grid_note)}</p>")
+    parts.append(
+        "<h2>Validation predictions</h2>"
+        + (_img(grid, "predictions") if grid else "")
+        + f"<p>{esc(grid_note)}</p>"
+    )
     events = [r for r in records if r.get("type") != "epoch"]
     if events:
-        parts.append("<h2>Events</h2><ul>" + "".join(
-            f"<li>{esc(r['type'])} at epoch {r.get('epoch')}: "
-            f"{esc(', '.join(f'{k}={v}' for k, v in r.items() if k not in ('type', 'epoch')))}</li>"
-            for r in events) + "</ul>")
+        parts.append(
+            "<h2>Events</h2><ul>"
+            + "".join(
+                f"<li>{esc(r['type'])} at epoch {r.get('epoch')}: "
+                f"{esc(', '.join(f'{k}={v}' for k, v in r.items() if k not in ('type', 'epoch')))}</li>"
+                for r in events
+            )
+            + "</ul>"
+        )
     parts.append(f"<h2>Configuration</h2><pre>{esc(yaml.safe_dump(config, sort_keys=False))}</pre>")
-    page = ("<!doctype html><html><head><meta charset=utf-8><title>camodet report</title><style>"
-            "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
-            "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
-            "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}pre{background:#f6f6f6;padding:1em}"
-            ".status{font-size:1.1em}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    page = (
+        "<!doctype html><html><head><meta charset=utf-8><title>camodet report</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}pre{background:#f6f6f6;padding:1em}"
+        ".status{font-size:1.1em}</style></head><body>" + "\n".join(parts) + "</body></html>"
+    )
     path = os.path.join(run_dir, "report.html")
     with open(path, "w") as fh:
         fh.write(page)

@@ -21,16 +21,36 @@ def synth_root(tmp_path_factory):
 @pytest.fixture
 def tiny_args(synth_root, tmp_path):
     """CLI flags of a tiny, fast training run."""
-    return ["--dataset-path", synth_root, "--checkpoint-dir", str(tmp_path / "run"),
-            "--backbone", "edgenext_xx_small", "--num-experts", "3", "--img-size", "64",
-            "--batch-size", "4", "--num-workers", "0", "--decoder-channels", "16",
-            "--epochs", "2", "--stage1-epochs", "1", "--seed", "1"]
+    return [
+        "--dataset-path",
+        synth_root,
+        "--checkpoint-dir",
+        str(tmp_path / "run"),
+        "--backbone",
+        "edgenext_xx_small",
+        "--num-experts",
+        "3",
+        "--img-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--decoder-channels",
+        "16",
+        "--epochs",
+        "2",
+        "--stage1-epochs",
+        "1",
+        "--seed",
+        "1",
+    ]
 
 
 def truncate(path) -> None:
     """Cut an image file to a third: its header survives (the listing passes it), its pixels do not."""
     data = open(path, "rb").read()
-    open(path, "wb").write(data[:len(data) // 3])
+    open(path, "wb").write(data[: len(data) // 3])
 
 
 def real_samples_dir():
@@ -44,11 +64,39 @@ PYTHON = sys.executable
 def tiny_checkpoint(synth_root, tmp_path_factory):
     """best_model.pth of a one-epoch tiny run with EMA (weights barely trained; fine for plumbing)."""
     from camodet.cli import main
+
     out = tmp_path_factory.mktemp("tiny_run")
-    assert main(["train", "--dataset-path", synth_root, "--checkpoint-dir", str(out), "--backbone",
-                 "edgenext_xx_small", "--num-experts", "2", "--img-size", "64", "--batch-size", "8",
-                 "--num-workers", "0", "--decoder-channels", "16", "--epochs", "1", "--stage1-epochs", "1",
-                 "--use-ema", "--ema-decay", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset-path",
+                synth_root,
+                "--checkpoint-dir",
+                str(out),
+                "--backbone",
+                "edgenext_xx_small",
+                "--num-experts",
+                "2",
+                "--img-size",
+                "64",
+                "--batch-size",
+                "8",
+                "--num-workers",
+                "0",
+                "--decoder-channels",
+                "16",
+                "--epochs",
+                "1",
+                "--stage1-epochs",
+                "1",
+                "--use-ema",
+                "--ema-decay",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     return out / "best_model.pth"
 
 
@@ -58,6 +106,7 @@ def _write(img_dir, gt_dir, stem, rng, noncam=False, gt_ext=".png"):
     from PIL import Image
 
     from camodet.data.synth import make_sample
+
     h, w = int(rng.integers(64, 97)), int(rng.integers(64, 97))
     image, mask = make_sample(rng, h, w, camouflaged=not noncam)
     os.makedirs(img_dir, exist_ok=True)
@@ -68,7 +117,12 @@ def _write(img_dir, gt_dir, stem, rng, noncam=False, gt_ext=".png"):
 
 
 # Per benchmark: (train CAM, train NonCAM, test CAM, test NonCAM) in the fixture trees below.
-BENCHMARK_COUNTS = {"COD10K": (6, 2, 3, 2), "CAMO": (4, 0, 2, 0), "NC4K": (0, 0, 3, 0), "CHAMELEON": (0, 0, 2, 0)}
+BENCHMARK_COUNTS = {
+    "COD10K": (6, 2, 3, 2),
+    "CAMO": (4, 0, 2, 0),
+    "NC4K": (0, 0, 3, 0),
+    "CHAMELEON": (0, 0, 2, 0),
+}
 
 
 def build_benchmarks(base) -> dict:
@@ -77,21 +131,28 @@ def build_benchmarks(base) -> dict:
     masks and its extra GT_Edge/GT_Instance folders), small synthetic pictures inside.
     Returns {name: root}."""
     import numpy as np
+
     rng = np.random.default_rng(0)
     base = str(base)
     cod = os.path.join(base, "COD10K-v3")
-    for split, (cam, noncam) in (("Train", BENCHMARK_COUNTS["COD10K"][:2]), ("Test", BENCHMARK_COUNTS["COD10K"][2:])):
+    for split, (cam, noncam) in (
+        ("Train", BENCHMARK_COUNTS["COD10K"][:2]),
+        ("Test", BENCHMARK_COUNTS["COD10K"][2:]),
+    ):
         for i in range(cam + noncam):
             kind = "NonCAM-5-Background-1-Sky" if i >= cam else "CAM-1-Aquatic-1-BatFish"
             stem = f"COD10K-{kind}-{i + 1}"
-            mask = _write(os.path.join(cod, split, "Image"), os.path.join(cod, split, "GT_Object"), stem, rng, i >= cam)
-            for extra in ("GT_Edge", "GT_Instance"):   # present in the download, not used
+            mask = _write(
+                os.path.join(cod, split, "Image"), os.path.join(cod, split, "GT_Object"), stem, rng, i >= cam
+            )
+            for extra in ("GT_Edge", "GT_Instance"):  # present in the download, not used
                 os.makedirs(os.path.join(cod, split, extra), exist_ok=True)
                 from PIL import Image
+
                 Image.fromarray(mask).save(os.path.join(cod, split, extra, stem + ".png"))
     camo = os.path.join(base, "CAMO-V.1.0-CVIU2019")
     n_train, n_test = BENCHMARK_COUNTS["CAMO"][0], BENCHMARK_COUNTS["CAMO"][2]
-    for i in range(n_train + n_test):   # numbered across both splits, every mask in one GT/
+    for i in range(n_train + n_test):  # numbered across both splits, every mask in one GT/
         split = "Train" if i < n_train else "Test"
         _write(os.path.join(camo, "Images", split), os.path.join(camo, "GT"), f"camourflage_{i + 1:05d}", rng)
     nc4k = os.path.join(base, "NC4K")
@@ -116,6 +177,7 @@ def poison_weights_at(monkeypatch, call: int) -> None:
     import math
 
     import camodet.engine.trainer as trainer
+
     models, real_build = [], trainer.build_model
     monkeypatch.setattr(trainer, "build_model", lambda cfg: models.append(real_build(cfg)) or models[-1])
     real_set_lrs, calls = trainer.set_lrs, [0]
@@ -126,4 +188,5 @@ def poison_weights_at(monkeypatch, call: int) -> None:
             with torch.no_grad():
                 next(p for p in models[0].decoder.parameters() if p.requires_grad).fill_(math.nan)
         return real_set_lrs(*args)
+
     monkeypatch.setattr(trainer, "set_lrs", poison_then_set_lrs)

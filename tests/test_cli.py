@@ -11,15 +11,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_entry_points_agree():
-    for cmd in ([sys.executable, "-m", "camodet", "--help"], [sys.executable, os.path.join(ROOT, "train_ultimate.py"), "--help"]):
+    for cmd in (
+        [sys.executable, "-m", "camodet", "--help"],
+        [sys.executable, os.path.join(ROOT, "train_ultimate.py"), "--help"],
+    ):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0 and "synth" in proc.stdout and "train" in proc.stdout
 
 
 def test_synth_and_data_check(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert main(["synth", str(out), "--train", "5", "--test", "2", "--seed", "1", "--noncam-every", "5",
-                 "--min-size", "48", "--max-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--train",
+                "5",
+                "--test",
+                "2",
+                "--seed",
+                "1",
+                "--noncam-every",
+                "5",
+                "--min-size",
+                "48",
+                "--max-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert main(["data", "check", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     train = [s for s in report["splits"] if s["split"] == "train"][0]
@@ -31,7 +53,12 @@ def test_synth_and_data_check(tmp_path, capsys):
 
 
 def test_model_summary(capsys):
-    assert main(["model", "summary", "--backbone", "edgenext_xx_small", "--num-experts", "3", "--img-size", "64"]) == 0
+    assert (
+        main(
+            ["model", "summary", "--backbone", "edgenext_xx_small", "--num-experts", "3", "--img-size", "64"]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "experts" in text and "GFLOPs" in text
 
@@ -54,6 +81,7 @@ def _truncate_first(folder):
 
 def test_unreadable_image_in_a_worker_is_one_line(synth_root, tiny_args, tmp_path, capsys):
     import shutil
+
     root = tmp_path / "COD10K-v3"
     shutil.copytree(synth_root, root)
     bad_train, bad_test = _truncate_first(root / "Train" / "Image"), _truncate_first(root / "Test" / "Image")
@@ -65,8 +93,19 @@ def test_unreadable_image_in_a_worker_is_one_line(synth_root, tiny_args, tmp_pat
     assert err.endswith("replace it or use --skip-bad-files")
     assert main(args + ["--skip-bad-files", "--overwrite"]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(tmp_path / "run" / "best_model.pth"), "--dataset-path", str(root),
-                 "--num-workers", "2"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run" / "best_model.pth"),
+                "--dataset-path",
+                str(root),
+                "--num-workers",
+                "2",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"camodet: error: {bad_test}: unreadable image") and "\n" not in err
     assert err.endswith("the protocol scores every test image")
@@ -76,13 +115,21 @@ def test_val_fraction_zero_trains_without_validation(tiny_args, tmp_path, capsys
     """Defined behaviour: every image trains, last.pth each epoch, no best_model.pth, and the
     messages say so (not 'nothing to train' after training)."""
     import torch
+
     assert main(["train", *tiny_args, "--val-fraction", "0", "--keep-last", "2"]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
     assert "no validation (--val-fraction 0)" in out and "nothing to train" not in out
-    assert f"done: trained to epoch 2 of 2 without validation (--val-fraction 0); the weights are in {run / 'last.pth'}" in out
-    assert "data: 21 training / 0 validation images" in out           # every CAM training image trains
-    assert sorted(f for f in os.listdir(run) if f.endswith(".pth")) == ["epoch_1.pth", "epoch_2.pth", "last.pth"]
+    assert (
+        f"done: trained to epoch 2 of 2 without validation (--val-fraction 0); the weights are in {run / 'last.pth'}"
+        in out
+    )
+    assert "data: 21 training / 0 validation images" in out  # every CAM training image trains
+    assert sorted(f for f in os.listdir(run) if f.endswith(".pth")) == [
+        "epoch_1.pth",
+        "epoch_2.pth",
+        "last.pth",
+    ]
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
     # a finished run resumed without more epochs still has nothing to train
     assert main(["train", *tiny_args, "--val-fraction", "0", "--resume-from", str(run / "last.pth")]) == 0
@@ -93,24 +140,70 @@ def test_four_benchmarks_check_train_and_evaluate(benchmarks, tmp_path, capsys):
     """COD10K-v3 + CAMO + NC4K + CHAMELEON in their download shapes: data check, training (on
     COD10K CAM + CAMO train, the field's set) and evaluate (one row per dataset, right counts)."""
     from .conftest import BENCHMARK_COUNTS
+
     for name, root in benchmarks.items():
         assert main(["data", "check", root, "--json"]) == 0, name
         report = json.loads(capsys.readouterr().out)
         assert report["problems"] == [] and {s["dataset"] for s in report["splits"]} == {name}
     roots = list(benchmarks.values())
-    assert main(["train", "--dataset-path", *roots, "--checkpoint-dir", str(tmp_path / "run"), "--backbone",
-                 "edgenext_xx_small", "--num-experts", "2", "--img-size", "64", "--batch-size", "4",
-                 "--num-workers", "0", "--decoder-channels", "16", "--epochs", "1", "--stage1-epochs", "1",
-                 "--val-fraction", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset-path",
+                *roots,
+                "--checkpoint-dir",
+                str(tmp_path / "run"),
+                "--backbone",
+                "edgenext_xx_small",
+                "--num-experts",
+                "2",
+                "--img-size",
+                "64",
+                "--batch-size",
+                "4",
+                "--num-workers",
+                "0",
+                "--decoder-channels",
+                "16",
+                "--epochs",
+                "1",
+                "--stage1-epochs",
+                "1",
+                "--val-fraction",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     n_train = BENCHMARK_COUNTS["COD10K"][0] + BENCHMARK_COUNTS["CAMO"][0]
     assert f"data: {n_train - 2} training / 2 validation images" in out
     assert "NC4K is a test-only benchmark; not used for training" in out
-    assert main(["evaluate", str(tmp_path / "run" / "best_model.pth"), "--dataset-path", *roots,
-                 "--num-workers", "0", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run" / "best_model.pth"),
+                "--dataset-path",
+                *roots,
+                "--num-workers",
+                "0",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     results = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert {name: r["images"] for name, r in results.items()} == {n: c[2] for n, c in BENCHMARK_COUNTS.items()}
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "Dataset" not in line]
+    assert {name: r["images"] for name, r in results.items()} == {
+        n: c[2] for n, c in BENCHMARK_COUNTS.items()
+    }
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| ") and "Dataset" not in line
+    ]
     assert [r.split(" | ")[0][2:] for r in rows] == list(benchmarks)
 
 
@@ -124,6 +217,7 @@ def test_01_masks_train_like_their_0_255_copy(tmp_path, capsys):
     from PIL import Image
 
     from camodet.data.synth import write_dataset
+
     a, b = tmp_path / "COD10K-255", tmp_path / "COD10K-01"
     write_dataset(str(a), train=10, test=2, seed=4, noncam_every=0, size_range=(64, 80))
     shutil.copytree(a, b)
@@ -131,12 +225,35 @@ def test_01_masks_train_like_their_0_255_copy(tmp_path, capsys):
         Image.fromarray((np.asarray(Image.open(f)) > 127).astype(np.uint8)).save(f)
     assert main(["data", "check", str(b)]) == 0
     assert "stored as 0/1 labels (object = 1)" in capsys.readouterr().out
-    common = ["--backbone", "edgenext_xx_small", "--num-experts", "2", "--img-size", "64", "--batch-size", "4",
-              "--num-workers", "0", "--decoder-channels", "16", "--epochs", "1", "--stage1-epochs", "1"]
+    common = [
+        "--backbone",
+        "edgenext_xx_small",
+        "--num-experts",
+        "2",
+        "--img-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--decoder-channels",
+        "16",
+        "--epochs",
+        "1",
+        "--stage1-epochs",
+        "1",
+    ]
     for root in (a, b):
-        assert main(["train", "--dataset-path", str(root), "--checkpoint-dir", str(tmp_path / root.name), *common]) == 0
-    assert "masks stored as 0/1 labels (object = 1)" in capsys.readouterr().out     # said once, when reading
+        assert (
+            main(
+                ["train", "--dataset-path", str(root), "--checkpoint-dir", str(tmp_path / root.name), *common]
+            )
+            == 0
+        )
+    assert "masks stored as 0/1 labels (object = 1)" in capsys.readouterr().out  # said once, when reading
     wa = torch.load(tmp_path / a.name / "last.pth", weights_only=True)
     wb = torch.load(tmp_path / b.name / "last.pth", weights_only=True)
     assert wa["metrics"] == wb["metrics"] and wa["metrics"]["val_IoU"] > 0
-    assert all(torch.equal(wa["model_state_dict"][k], wb["model_state_dict"][k]) for k in wa["model_state_dict"])
+    assert all(
+        torch.equal(wa["model_state_dict"][k], wb["model_state_dict"][k]) for k in wa["model_state_dict"]
+    )

@@ -37,8 +37,8 @@ def test_cli_beats_yaml_beats_defaults(tmp_path):
     y = tmp_path / "run.yaml"
     y.write_text("optim:\n  lr: 0.002\n  batch_size: 3\nstages:\n  epochs: 9\n")
     cfg = parse(["--config", str(y), "--lr", "0.005"])
-    assert cfg.optim.lr == 0.005          # CLI over YAML
-    assert cfg.optim.batch_size == 3      # YAML over default
+    assert cfg.optim.lr == 0.005  # CLI over YAML
+    assert cfg.optim.batch_size == 3  # YAML over default
     assert cfg.optim.min_lr == TrainConfig().optim.min_lr  # default
 
 
@@ -56,20 +56,23 @@ def test_no_amp_flag():
     assert parse(["--no-amp"]).optim.amp == "off"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--epochs", "-3"], "--epochs must be positive"),
-    (["--epochs", "10", "--stage1-epochs", "20"], "--stage1-epochs (20) exceeds --epochs (10)"),
-    (["--accumulation-steps", "0"], "--accumulation-steps must be at least 1"),
-    (["--min-lr", "0.01", "--lr", "0.001"], "--min-lr (0.01) is above --lr"),
-    (["--min-lr", "0.0005", "--lr", "0.001", "--stage2-lr", "0.0001"], "is above --stage2-lr"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--top-k", "5", "--num-experts", "3"], "--top-k (5) must be between 1 and --num-experts (3)"),
-    (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1"),
-    (["--dataset-path", "/no/such/dir"], "dataset path /no/such/dir does not exist"),
-    (["--resume-from", "/no/such.pth"], "--resume-from /no/such.pth: no such file"),
-    (["--images", "/tmp"], "--images and --masks must be given together"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--epochs", "-3"], "--epochs must be positive"),
+        (["--epochs", "10", "--stage1-epochs", "20"], "--stage1-epochs (20) exceeds --epochs (10)"),
+        (["--accumulation-steps", "0"], "--accumulation-steps must be at least 1"),
+        (["--min-lr", "0.01", "--lr", "0.001"], "--min-lr (0.01) is above --lr"),
+        (["--min-lr", "0.0005", "--lr", "0.001", "--stage2-lr", "0.0001"], "is above --stage2-lr"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--top-k", "5", "--num-experts", "3"], "--top-k (5) must be between 1 and --num-experts (3)"),
+        (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1"),
+        (["--dataset-path", "/no/such/dir"], "dataset path /no/such/dir does not exist"),
+        (["--resume-from", "/no/such.pth"], "--resume-from /no/such.pth: no such file"),
+        (["--images", "/tmp"], "--images and --masks must be given together"),
+    ],
+)
 def test_rejected_values(argv, message, tmp_path):
     base = ["--dataset-path", str(tmp_path)] if "--dataset-path" not in argv else []
     with pytest.raises(ConfigError) as e:
@@ -88,17 +91,26 @@ def test_bad_yaml_value_is_named(tmp_path):
         parse(["--config", str(y)])
 
 
-@pytest.mark.parametrize("yaml_text, message", [
-    ("optim:\n  scheduler: Cosine\n", "--scheduler: 'Cosine' in {file} is not one of cosine, constant, step"),
-    ("model:\n  gating: Dense\n", "--gating: 'Dense' in {file} is not one of topk, dense"),
-    ("optim:\n  amp: bf15\n", "--amp: 'bf15' in {file} is not one of auto, bf16, fp16, off"),
-    ("optim:\n  amp: on\n", "--amp: True in {file} is not one of auto, bf16, fp16, off"),
-    ("speed:\n  channels_last: maybe\n", "--channels-last: 'maybe' in {file} is not one of auto, on, off"),
-    ("optim:\n  batch_size: 3.7\n", "--batch-size: cannot read 3.7 from {file} as int"),
-    ("stages:\n  epochs: true\n", "--epochs: cannot read True from {file} as int"),
-    ("optim:\n  lr: null\n", "--lr: needs a value in {file}"),
-    ("optim:\n  use_ema: maybe\n", "--use-ema: 'maybe' in {file} is not true or false"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        (
+            "optim:\n  scheduler: Cosine\n",
+            "--scheduler: 'Cosine' in {file} is not one of cosine, constant, step",
+        ),
+        ("model:\n  gating: Dense\n", "--gating: 'Dense' in {file} is not one of topk, dense"),
+        ("optim:\n  amp: bf15\n", "--amp: 'bf15' in {file} is not one of auto, bf16, fp16, off"),
+        ("optim:\n  amp: on\n", "--amp: True in {file} is not one of auto, bf16, fp16, off"),
+        (
+            "speed:\n  channels_last: maybe\n",
+            "--channels-last: 'maybe' in {file} is not one of auto, on, off",
+        ),
+        ("optim:\n  batch_size: 3.7\n", "--batch-size: cannot read 3.7 from {file} as int"),
+        ("stages:\n  epochs: true\n", "--epochs: cannot read True from {file} as int"),
+        ("optim:\n  lr: null\n", "--lr: needs a value in {file}"),
+        ("optim:\n  use_ema: maybe\n", "--use-ema: 'maybe' in {file} is not true or false"),
+    ],
+)
 def test_bad_yaml_values_get_the_checks_flags_get(tmp_path, yaml_text, message):
     y = tmp_path / "run.yaml"
     y.write_text(yaml_text)
@@ -107,13 +119,16 @@ def test_bad_yaml_values_get_the_checks_flags_get(tmp_path, yaml_text, message):
     assert message.format(file=y) in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("yaml_text, section, key, value", [
-    ("speed:\n  channels_last: yes\n", "speed", "channels_last", "on"),   # YAML 1.1: yes/on are booleans
-    ("speed:\n  channels_last: off\n", "speed", "channels_last", "off"),
-    ("optim:\n  amp: off\n", "optim", "amp", "off"),
-    ("optim:\n  batch_size: 4.0\n", "optim", "batch_size", 4),
-    ("optim:\n  lr: 1e-4\n", "optim", "lr", 1e-4),                      # YAML 1.1 reads this as text
-])
+@pytest.mark.parametrize(
+    "yaml_text, section, key, value",
+    [
+        ("speed:\n  channels_last: yes\n", "speed", "channels_last", "on"),  # YAML 1.1: yes/on are booleans
+        ("speed:\n  channels_last: off\n", "speed", "channels_last", "off"),
+        ("optim:\n  amp: off\n", "optim", "amp", "off"),
+        ("optim:\n  batch_size: 4.0\n", "optim", "batch_size", 4),
+        ("optim:\n  lr: 1e-4\n", "optim", "lr", 1e-4),  # YAML 1.1 reads this as text
+    ],
+)
 def test_yaml_values_meant_plainly_are_read_so(tmp_path, yaml_text, section, key, value):
     y = tmp_path / "run.yaml"
     y.write_text(yaml_text)
@@ -128,6 +143,6 @@ def test_flags_and_yaml_share_one_check(tmp_path):
     with pytest.raises(ConfigError, match="^--batch-size: cannot read '3.5' from the command line as int"):
         parse(["--batch-size", "3.5"])
     cfg = TrainConfig()
-    cfg.model.gating = "Dense"                          # a config built in Python is checked too
+    cfg.model.gating = "Dense"  # a config built in Python is checked too
     with pytest.raises(ConfigError, match="--gating: 'Dense' is not one of topk, dense"):
         cfg.validate(check_paths=False)

@@ -21,13 +21,26 @@ def _pair(img_dir, gt_dir, stem, size=(40, 30)):
     Image.new("L", size, 255).save(os.path.join(gt_dir, stem + ".png"))
 
 
-@pytest.mark.parametrize("layout, dirs, splits", [
-    ("COD10K-v3", [("Train/Image", "Train/GT_Object"), ("Test/Image", "Test/GT_Object")], {"train", "test"}),
-    ("CAMO", [("Images/Train", "GT"), ("Images/Test", "GT")], {"train", "test"}),
-    ("Imgs/GT", [("Imgs", "GT")], {"all"}),
-    ("SINet", [("TrainDataset/Imgs", "TrainDataset/GT"), ("TestDataset/CHAMELEON/Imgs", "TestDataset/CHAMELEON/GT")],
-     {"train", "test"}),
-])
+@pytest.mark.parametrize(
+    "layout, dirs, splits",
+    [
+        (
+            "COD10K-v3",
+            [("Train/Image", "Train/GT_Object"), ("Test/Image", "Test/GT_Object")],
+            {"train", "test"},
+        ),
+        ("CAMO", [("Images/Train", "GT"), ("Images/Test", "GT")], {"train", "test"}),
+        ("Imgs/GT", [("Imgs", "GT")], {"all"}),
+        (
+            "SINet",
+            [
+                ("TrainDataset/Imgs", "TrainDataset/GT"),
+                ("TestDataset/CHAMELEON/Imgs", "TestDataset/CHAMELEON/GT"),
+            ],
+            {"train", "test"},
+        ),
+    ],
+)
 def test_layouts_detected(tmp_path, layout, dirs, splits):
     root = tmp_path / "NC4K"
     for k, (img, gt) in enumerate(dirs):
@@ -124,8 +137,12 @@ def test_exif_rotation_applied(tmp_path):
 def test_real_camo_samples_load_with_original_sizes(tmp_path):
     samples = gather([real_samples_dir()], "test")
     sizes = {s.name: s.size for s in samples}
-    assert sizes == {"camourflage_00012": (632, 420), "camourflage_00018": (940, 628),
-                     "camourflage_00061": (960, 640), "camourflage_00064": (589, 617)}
+    assert sizes == {
+        "camourflage_00012": (632, 420),
+        "camourflage_00018": (940, 628),
+        "camourflage_00061": (960, 640),
+        "camourflage_00064": (589, 617),
+    }
     ds = CODDataset(samples, 96, train=False)
     for i, s in enumerate(samples):
         item = ds[i]
@@ -169,6 +186,7 @@ def test_cache_written_once_and_read_back(synth_root, tmp_path):
     from camodet.data.cache import cached_samples
     from camodet.data.dataset import CODDataset
     from camodet.data.layouts import gather
+
     samples = gather([synth_root], "train")[:6]
     first = cached_samples(samples, 32, str(tmp_path / "cache"), workers=2)
     (folder,) = os.listdir(tmp_path / "cache")
@@ -191,10 +209,12 @@ def test_cache_written_once_and_read_back(synth_root, tmp_path):
 
 # --- trees shaped like the real downloads --------------------------------------------------
 
+
 def test_benchmark_trees_read_with_the_right_counts(benchmarks):
     """Each download's own shape: CAMO's masks of both splits in one GT/ folder, COD10K's
     NonCAM images left out, NC4K and CHAMELEON as test sets; no problem reported anywhere."""
     from .conftest import BENCHMARK_COUNTS
+
     for name, root in benchmarks.items():
         train_cam, _, test_cam, _ = BENCHMARK_COUNTS[name]
         test = gather([root], "test")
@@ -205,17 +225,20 @@ def test_benchmark_trees_read_with_the_right_counts(benchmarks):
         assert report["problems"] == [], name
         assert sum(s["used_by_default"] for s in report["splits"]) == train_cam + test_cam, name
     camo = {s.split: s for s in detect_layout(benchmarks["CAMO"])}
-    assert camo["train"].masks == camo["test"].masks   # one GT/ folder for both splits
+    assert camo["train"].masks == camo["test"].masks  # one GT/ folder for both splits
 
 
 def test_all_four_roots_combined(benchmarks):
     from .conftest import BENCHMARK_COUNTS
+
     roots = list(benchmarks.values())
-    train = gather(roots, "train")   # COD10K + CAMO: the field's standard training set, in miniature
+    train = gather(roots, "train")  # COD10K + CAMO: the field's standard training set, in miniature
     assert len(train) == BENCHMARK_COUNTS["COD10K"][0] + BENCHMARK_COUNTS["CAMO"][0]
     assert {s.dataset for s in train} == {"COD10K", "CAMO"}
     test = gather(roots, "test")
-    assert {n: sum(s.dataset == n for s in test) for n in benchmarks} == {n: c[2] for n, c in BENCHMARK_COUNTS.items()}
+    assert {n: sum(s.dataset == n for s in test) for n in benchmarks} == {
+        n: c[2] for n, c in BENCHMARK_COUNTS.items()
+    }
 
 
 def test_camo_mask_orphaned_in_both_splits_reported_once(tmp_path, benchmarks):
@@ -244,30 +267,45 @@ def test_test_only_benchmarks_are_not_trained_on(benchmarks, caplog):
 def _sinet_tree(root, benchmarks):
     """SINet's TrainDataset (COD10K train + CAMO train, NonCAM included by some copies) and
     TestDataset/<NAME>, built from the other fixture trees."""
-    for src_img, src_gt in ((f"{benchmarks['COD10K']}/Train/Image", f"{benchmarks['COD10K']}/Train/GT_Object"),
-                            (f"{benchmarks['CAMO']}/Images/Train", None)):
+    for src_img, src_gt in (
+        (f"{benchmarks['COD10K']}/Train/Image", f"{benchmarks['COD10K']}/Train/GT_Object"),
+        (f"{benchmarks['CAMO']}/Images/Train", None),
+    ):
         for f in os.listdir(src_img):
             stem = os.path.splitext(f)[0]
             shutil.copy(os.path.join(src_img, f), root / "TrainDataset" / "Imgs" / f)
-            shutil.copy(os.path.join(src_gt or f"{benchmarks['CAMO']}/GT", stem + ".png"), root / "TrainDataset" / "GT")
-    for name, (img, gt) in {"COD10K": ("Test/Image", "Test/GT_Object"), "CAMO": ("Images/Test", "GT"),
-                            "NC4K": ("Imgs", "GT"), "CHAMELEON": ("Imgs", "GT")}.items():
+            shutil.copy(
+                os.path.join(src_gt or f"{benchmarks['CAMO']}/GT", stem + ".png"),
+                root / "TrainDataset" / "GT",
+            )
+    for name, (img, gt) in {
+        "COD10K": ("Test/Image", "Test/GT_Object"),
+        "CAMO": ("Images/Test", "GT"),
+        "NC4K": ("Imgs", "GT"),
+        "CHAMELEON": ("Imgs", "GT"),
+    }.items():
         shutil.copytree(os.path.join(benchmarks[name], img), root / "TestDataset" / name / "Imgs")
         os.makedirs(root / "TestDataset" / name / "GT")
         for f in os.listdir(root / "TestDataset" / name / "Imgs"):
-            shutil.copy(os.path.join(benchmarks[name], gt, os.path.splitext(f)[0] + ".png"), root / "TestDataset" / name / "GT")
+            shutil.copy(
+                os.path.join(benchmarks[name], gt, os.path.splitext(f)[0] + ".png"),
+                root / "TestDataset" / name / "GT",
+            )
 
 
 def test_noncam_left_out_in_every_layout(tmp_path, benchmarks):
     """COD10K's NonCAM images (empty masks: empty/empty scores IoU 1) leak in through flat
     folders, SINet-style trees and --images/--masks unless filtered by name everywhere."""
     from .conftest import BENCHMARK_COUNTS
+
     cam_train, noncam_train, cam_test, noncam_test = BENCHMARK_COUNTS["COD10K"]
-    flat_test = os.path.join(benchmarks["COD10K"], "Test")        # --dataset-path COD10K-v3/Test
+    flat_test = os.path.join(benchmarks["COD10K"], "Test")  # --dataset-path COD10K-v3/Test
     test = gather([flat_test], "test")
     assert len(test) == cam_test and not any(s.is_noncam for s in test) and test[0].dataset == "COD10K"
     assert len(gather([flat_test], "test", include_noncam=True)) == cam_test + noncam_test
-    pairs = gather([], "train", images=os.path.join(flat_test, "Image"), masks=os.path.join(flat_test, "GT_Object"))
+    pairs = gather(
+        [], "train", images=os.path.join(flat_test, "Image"), masks=os.path.join(flat_test, "GT_Object")
+    )
     assert len(pairs) == cam_test
     sinet = tmp_path / "SINet"
     (sinet / "TrainDataset" / "Imgs").mkdir(parents=True)
@@ -276,13 +314,16 @@ def test_noncam_left_out_in_every_layout(tmp_path, benchmarks):
     assert len(gather([str(sinet)], "train")) == cam_train + BENCHMARK_COUNTS["CAMO"][0]
     assert len(gather([str(sinet)], "train", include_noncam=True)) == cam_train + noncam_train + 4
     test = gather([str(sinet)], "test")
-    assert {n: sum(s.dataset == n for s in test) for n in benchmarks} == {n: c[2] for n, c in BENCHMARK_COUNTS.items()}
+    assert {n: sum(s.dataset == n for s in test) for n in benchmarks} == {
+        n: c[2] for n, c in BENCHMARK_COUNTS.items()
+    }
     check = check_dataset(str(sinet))
     train_split = next(s for s in check["splits"] if s["split"] == "train")
     assert (train_split["noncam"], train_split["used_by_default"]) == (noncam_train, cam_train + 4)
 
 
 # --- masks that are not 0/255 grey ---------------------------------------------------------
+
 
 def _mask_files(folder):
     """The same 20x30 object stored the ways real label files store it."""
@@ -291,21 +332,31 @@ def _mask_files(folder):
     Image.fromarray(m).save(folder / "labels01.png")
     Image.fromarray(m.astype(np.uint16)).save(folder / "labels01_16bit.png")
     pal = Image.fromarray(m, "P")
-    pal.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)          # VOC-style: index 1 is dark red
+    pal.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # VOC-style: index 1 is dark red
     pal.save(folder / "palette.png")
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[m > 0] = (0, 200, 0)
     Image.fromarray(rgb).save(folder / "rgb_labels.png")
-    Image.fromarray(np.dstack([np.zeros((20, 30, 3), np.uint8), m * 255]), "RGBA").save(folder / "alpha_only.png")
+    Image.fromarray(np.dstack([np.zeros((20, 30, 3), np.uint8), m * 255]), "RGBA").save(
+        folder / "alpha_only.png"
+    )
     Image.fromarray(m * 255).save(folder / "plain.png")
     return m > 0
 
 
 def test_label_masks_read_as_their_object(tmp_path):
     from camodet.data.io import decode_mask
+
     want = _mask_files(tmp_path)
     kinds = {}
-    for f in ("labels01.png", "labels01_16bit.png", "palette.png", "rgb_labels.png", "alpha_only.png", "plain.png"):
+    for f in (
+        "labels01.png",
+        "labels01_16bit.png",
+        "palette.png",
+        "rgb_labels.png",
+        "alpha_only.png",
+        "plain.png",
+    ):
         mask, kinds[f] = decode_mask(str(tmp_path / f))
         assert np.array_equal(mask > 127, want), f
         assert np.array_equal(read_mask(str(tmp_path / f)), mask), f
@@ -316,7 +367,7 @@ def test_label_masks_read_as_their_object(tmp_path):
 
 def test_masks_without_one_meaning_are_refused_naming_the_file(tmp_path):
     rgb = np.zeros((20, 30, 3), np.uint8)
-    rgb[2:8, 2:8], rgb[10:15, 10:15] = (255, 0, 0), (0, 0, 255)   # two classes
+    rgb[2:8, 2:8], rgb[10:15, 10:15] = (255, 0, 0), (0, 0, 255)  # two classes
     Image.fromarray(rgb).save(tmp_path / "classes.png")
     with pytest.raises(DataError, match=r"classes.png: mask has 3 colours .*save it as 8-bit grey") as e:
         read_mask(str(tmp_path / "classes.png"))
@@ -338,7 +389,10 @@ def test_data_check_names_label_masks(tmp_path):
     for stem in ("a", "b"):
         shutil.copy(tmp_path / "labels01.png", root / "GT" / f"{stem}.png")
     from camodet.data.check import format_report
+
     report = check_dataset(str(root))
     assert report["problems"] == []
     assert report["splits"][0]["mask_formats"]["0/1 labels (object = 1)"]["count"] == 2
-    assert "note: 2 mask(s) in" in format_report(report) and "stored as 0/1 labels (object = 1)" in format_report(report)
+    assert "note: 2 mask(s) in" in format_report(
+        report
+    ) and "stored as 0/1 labels (object = 1)" in format_report(report)

@@ -20,15 +20,17 @@ def test_original_resolution_differs_from_training_resolution(tiny_checkpoint, s
     results = evaluate(p, [synth_root], num_workers=0, save_preds=str(tmp_path / "preds"))["COD10K"]
     samples = split_by_dataset([synth_root])["COD10K"]
     shapes = [read_mask(s.mask).shape for s in samples]
-    assert any(h != w for h, w in shapes)                            # synth images are not square
-    for s, shape in zip(samples, shapes):                            # maps saved at each GT's size
+    assert any(h != w for h, w in shapes)  # synth images are not square
+    for s, shape in zip(samples, shapes):  # maps saved at each GT's size
         assert np.asarray(Image.open(tmp_path / "preds" / "COD10K" / (s.name + ".png"))).shape == shape
     # the shortcut of the tool we replace: score at the network's square resolution
     ev = Evaluator(full=True)
     ds = CODDataset(samples, p.img_size, train=False)
     for item in (ds[i] for i in range(len(ds))):
         prob = torch.sigmoid(p.logits(item["image"][None]))[0, 0].numpy()
-        gt = F.interpolate(torch.from_numpy(np.array(item["gt"])).float()[None, None], size=prob.shape, mode="nearest")
+        gt = F.interpolate(
+            torch.from_numpy(np.array(item["gt"])).float()[None, None], size=prob.shape, mode="nearest"
+        )
         ev.step(to_uint8(prob), gt[0, 0].numpy().astype(np.uint8))
     shortcut = ev.results()
     assert results["images"] == shortcut["images"] == len(samples)
@@ -37,10 +39,37 @@ def test_original_resolution_differs_from_training_resolution(tiny_checkpoint, s
 
 def test_preds_dir_reproduces_evaluate(tiny_checkpoint, synth_root, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--save-preds",
-                 str(tmp_path / "preds"), "--out", str(out), "--num-workers", "0"]) == 0
-    assert main(["evaluate", "--preds-dir", str(tmp_path / "preds"), "--dataset-path", synth_root,
-                 "--out", str(tmp_path / "again")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_checkpoint),
+                "--dataset-path",
+                synth_root,
+                "--save-preds",
+                str(tmp_path / "preds"),
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--preds-dir",
+                str(tmp_path / "preds"),
+                "--dataset-path",
+                synth_root,
+                "--out",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
     a = json.load(open(out / "metrics.json"))
     b = json.load(open(tmp_path / "again" / "metrics.json"))
     assert a == b and set(a) == {"COD10K"}
@@ -51,6 +80,7 @@ def test_preds_dir_reproduces_evaluate(tiny_checkpoint, synth_root, tmp_path, ca
 
 def test_preds_dir_problems_are_named(synth_root, tmp_path):
     from camodet.data.io import DataError
+
     (tmp_path / "preds" / "COD10K").mkdir(parents=True)
     with pytest.raises(DataError, match=r"no prediction for \d+ of \d+ COD10K test images \(first: "):
         evaluate_preds_dir(str(tmp_path / "preds"), [synth_root])
@@ -69,8 +99,22 @@ def test_preds_of_another_size_are_resized_to_gt(synth_root, tmp_path):
 
 def test_evaluate_with_tta_from_the_command_line(tiny_checkpoint, synth_root, tmp_path):
     for name, tta in (("plain", []), ("tta", ["--tta", "flip", "scales=0.75,1"])):
-        assert main(["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--num-workers", "0",
-                     "--out", str(tmp_path / name), *tta]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tiny_checkpoint),
+                    "--dataset-path",
+                    synth_root,
+                    "--num-workers",
+                    "0",
+                    "--out",
+                    str(tmp_path / name),
+                    *tta,
+                ]
+            )
+            == 0
+        )
     plain = json.load(open(tmp_path / "plain" / "metrics.json"))["COD10K"]
     tta = json.load(open(tmp_path / "tta" / "metrics.json"))["COD10K"]
     assert tta["images"] == plain["images"] and tta["MAE"] != plain["MAE"]
@@ -80,14 +124,34 @@ def test_evaluate_with_tta_from_the_command_line(tiny_checkpoint, synth_root, tm
 # The table computed on the fixed set below with the classic pysodmetrics.Fmeasure (before the
 # move to FmeasureV2); any change of API or protocol must leave it as it is.
 GOLDEN = {
-    "COD10K": {"IoU": 0.5309897949887058, "Dice": 0.6647120034220907, "Sm": 0.6699472193757962,
-               "MAE": 0.2542684370007286, "wFm": 0.39376818326531066, "meanEm": 0.5264599227799447,
-               "maxEm": 0.9007767643172365, "adpEm": 0.8182914711076857, "meanFm": 0.43855529142557326,
-               "maxFm": 0.7207166825078514, "adpFm": 0.6953310031523069, "images": 6},
-    "NC4K": {"IoU": 0.87117903930131, "Dice": 0.9260651629072681, "Sm": 0.7273506917731787,
-             "MAE": 0.26285532102604825, "wFm": 0.22543624956774744, "meanEm": 0.6434016476546002,
-             "maxEm": 0.9276815099326617, "adpEm": 0.9517113622676902, "meanFm": 0.27547061851898236,
-             "maxFm": 0.43843965867533524, "adpFm": 0.4378102777405072, "images": 2},
+    "COD10K": {
+        "IoU": 0.5309897949887058,
+        "Dice": 0.6647120034220907,
+        "Sm": 0.6699472193757962,
+        "MAE": 0.2542684370007286,
+        "wFm": 0.39376818326531066,
+        "meanEm": 0.5264599227799447,
+        "maxEm": 0.9007767643172365,
+        "adpEm": 0.8182914711076857,
+        "meanFm": 0.43855529142557326,
+        "maxFm": 0.7207166825078514,
+        "adpFm": 0.6953310031523069,
+        "images": 6,
+    },
+    "NC4K": {
+        "IoU": 0.87117903930131,
+        "Dice": 0.9260651629072681,
+        "Sm": 0.7273506917731787,
+        "MAE": 0.26285532102604825,
+        "wFm": 0.22543624956774744,
+        "meanEm": 0.6434016476546002,
+        "maxEm": 0.9276815099326617,
+        "adpEm": 0.9517113622676902,
+        "meanFm": 0.27547061851898236,
+        "maxFm": 0.43843965867533524,
+        "adpFm": 0.4378102777405072,
+        "images": 2,
+    },
 }
 GOLDEN_ROWS = [
     "| COD10K | 0.6699 | 0.3938 | 0.5265 | 0.9008 | 0.8183 | 0.4386 | 0.7207 | 0.6953 | 0.2543 | 0.5310 | 0.6647 | 6 |",
@@ -108,6 +172,7 @@ def test_evaluation_table_is_golden(tmp_path, monkeypatch):
 
     from camodet.data.synth import write_dataset
     from camodet.evaluation import format_table
+
     root = tmp_path / "COD10K-v3"
     write_dataset(str(root), train=1, test=6, seed=11, noncam_every=0, size_range=(48, 80), workers=1)
     nc = tmp_path / "NC4K"
@@ -124,7 +189,9 @@ def test_evaluation_table_is_golden(tmp_path, monkeypatch):
         (preds / name).mkdir(parents=True)
         for i, s in enumerate(group):
             gt = read_mask(s.mask).astype(np.float32)
-            p = 0.6 * cv2.GaussianBlur(np.roll(gt, 3 + i, axis=1), (0, 0), 2 + i) + rng.normal(40, 25, gt.shape)
+            p = 0.6 * cv2.GaussianBlur(np.roll(gt, 3 + i, axis=1), (0, 0), 2 + i) + rng.normal(
+                40, 25, gt.shape
+            )
             Image.fromarray(np.clip(p, 0, 255).astype(np.uint8)).save(preds / name / (s.name + ".png"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation nudge from pysodmetrics either

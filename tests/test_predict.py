@@ -38,8 +38,21 @@ def test_predict_lists_unreadable_inputs_and_goes_on(tiny_checkpoint, tmp_path, 
     Image.fromarray(rng.integers(0, 255, (33, 44, 4), dtype=np.uint8)).save(src / "rgba.png")
     (src / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    rc = main(["predict", str(tiny_checkpoint), str(src), str(tmp_path / "missing.jpg"), str(src / "*.png"),
-               "--out", str(out), "--num-workers", "1", "--threshold", "0.3"])
+    rc = main(
+        [
+            "predict",
+            str(tiny_checkpoint),
+            str(src),
+            str(tmp_path / "missing.jpg"),
+            str(src / "*.png"),
+            "--out",
+            str(out),
+            "--num-workers",
+            "1",
+            "--threshold",
+            "0.3",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1 and "cutouts of 3 of 4 images" in captured.out
     assert f"skipped {src / 'broken.jpg'}: unreadable image (" in captured.err

@@ -9,21 +9,64 @@ from camodet.engine import history
 @pytest.fixture(scope="module")
 def watched_run(synth_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("watched") / "run"
-    assert main(["train", "--dataset-path", synth_root, "--checkpoint-dir", str(out), "--backbone",
-                 "edgenext_xx_small", "--num-experts", "3", "--img-size", "64", "--batch-size", "4",
-                 "--num-workers", "0", "--decoder-channels", "16", "--epochs", "4", "--stage1-epochs", "2",
-                 "--progressive-unfreeze", "--image-every", "2", "--log-every", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset-path",
+                synth_root,
+                "--checkpoint-dir",
+                str(out),
+                "--backbone",
+                "edgenext_xx_small",
+                "--num-experts",
+                "3",
+                "--img-size",
+                "64",
+                "--batch-size",
+                "4",
+                "--num-workers",
+                "0",
+                "--decoder-channels",
+                "16",
+                "--epochs",
+                "4",
+                "--stage1-epochs",
+                "2",
+                "--progressive-unfreeze",
+                "--image-every",
+                "2",
+                "--log-every",
+                "2",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_tensorboard_holds_scalars_and_an_image(watched_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(watched_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "train/loss_main", "train/loss_moe_balance", "train/loss_step", "train/grad_norm",
-                "lr/decoder", "lr/backbone_group0", "train/skipped_steps", "train/images_per_s",
-                "train/peak_memory_mb", "val/IoU", "val/Dice", "val/MAE", "experts/block0_expert2"):
+    for tag in (
+        "train/loss",
+        "train/loss_main",
+        "train/loss_moe_balance",
+        "train/loss_step",
+        "train/grad_norm",
+        "lr/decoder",
+        "lr/backbone_group0",
+        "train/skipped_steps",
+        "train/images_per_s",
+        "train/peak_memory_mb",
+        "val/IoU",
+        "val/Dice",
+        "val/MAE",
+        "experts/block0_expert2",
+    ):
         assert tag in tags, tag
     assert [e.step for e in acc.Scalars("val/IoU")] == [1, 2, 3, 4]
     images = acc.Images("val/input_gt_prediction")
@@ -33,8 +76,11 @@ def test_tensorboard_holds_scalars_and_an_image(watched_run):
 def test_history_has_every_epoch_and_event(watched_run):
     records = history.read(watched_run / "metrics.jsonl")
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3, 4]
-    assert [(r["type"], r["epoch"]) for r in records if r["type"] != "epoch"] == \
-        [("stage", 1), ("stage", 3), ("unfreeze", 4)]
+    assert [(r["type"], r["epoch"]) for r in records if r["type"] != "epoch"] == [
+        ("stage", 1),
+        ("stage", 3),
+        ("unfreeze", 4),
+    ]
     assert all(r["grad_norm"] > 0 and r["peak_memory_mb"] > 0 for r in records if r["type"] == "epoch")
     previous = 0
     for r in (r for r in records if r["type"] == "epoch"):
@@ -48,11 +94,18 @@ def test_history_has_every_epoch_and_event(watched_run):
 def test_report_writes_html_and_pngs(watched_run, capsys):
     assert main(["report", str(watched_run)]) == 0
     page = (watched_run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5 and "Best epoch" in page and "unfreeze at epoch 4" in page
+    assert (
+        page.count("data:image/png;base64,") == 5 and "Best epoch" in page and "unfreeze at epoch 4" in page
+    )
     assert "Time per epoch" in page and "training pass s" in page
-    assert "http" not in page.replace("http-equiv", "")   # self-contained: nothing fetched
-    assert sorted(os.listdir(watched_run / "report")) == \
-        ["experts.png", "iou.png", "loss.png", "lr.png", "predictions.png"]
+    assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
+    assert sorted(os.listdir(watched_run / "report")) == [
+        "experts.png",
+        "iou.png",
+        "loss.png",
+        "lr.png",
+        "predictions.png",
+    ]
 
 
 def test_report_on_a_crashed_run(watched_run, tmp_path):

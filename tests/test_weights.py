@@ -11,12 +11,23 @@ from camodet.models.backbone import BackboneError
 LITE0 = "tf_efficientnet_lite0"
 # EfficientNet-Lite0 blocks per stage (timm's blocks.S.B; the PyPI file numbers them flat).
 DEPTHS = [1, 2, 2, 3, 3, 4, 1]
-TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-       "_fc": "classifier"}
+TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # The file's layer names inside a block -> timm's: depthwise-separable first block, inverted residual after.
 DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-      "_project_conv": "conv_pwl", "_bn2": "bn3"}
+IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def package_file() -> str:
@@ -30,7 +41,7 @@ def reference_key(key: str) -> str:
     if parts[0] != "_blocks":
         return ".".join([TOP[parts[0]]] + parts[1:])
     flat = int(parts[1])
-    stage = next(s for s in range(len(DEPTHS)) if flat < sum(DEPTHS[:s + 1]))
+    stage = next(s for s in range(len(DEPTHS)) if flat < sum(DEPTHS[: s + 1]))
     block = flat - sum(DEPTHS[:stage])
     names = DS if flat == 0 else IR
     return ".".join(["blocks", str(stage), str(block), names[parts[2]]] + parts[3:])

@@ -19,7 +19,7 @@ from .layouts import Sample
 
 log = logging.getLogger("camodet")
 CACHE_VERSION = 1
-HEADROOM = 1.5   # zoom-in augmentation still finds detail above the training size
+HEADROOM = 1.5  # zoom-in augmentation still finds detail above the training size
 
 
 def default_cache_dir() -> str:
@@ -52,8 +52,9 @@ def _write_one(job) -> str | None:
     return None
 
 
-def cached_samples(samples: list[Sample], img_size: int, cache_dir: str, workers: int,
-                   skip_bad_files: bool = False) -> list[Sample]:
+def cached_samples(
+    samples: list[Sample], img_size: int, cache_dir: str, workers: int, skip_bad_files: bool = False
+) -> list[Sample]:
     """Samples that read from the cache (built here if missing); `gt` keeps the original mask."""
     folder = os.path.join(cache_dir, f"{img_size}px-{cache_key(samples, img_size)}")
     index = os.path.join(folder, "index.json")
@@ -76,13 +77,20 @@ def cached_samples(samples: list[Sample], img_size: int, cache_dir: str, workers
         for reason in bad:
             log.warning("cache: skipping %s", reason)
         with open(os.path.join(tmp, "index.json"), "w") as fh:
-            json.dump({"version": CACHE_VERSION, "img_size": img_size,
-                       "ok": [e is None for e in errors]}, fh)
+            json.dump({"version": CACHE_VERSION, "img_size": img_size, "ok": [e is None for e in errors]}, fh)
         if os.path.isdir(folder):  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, folder)
     with open(index) as fh:
         ok = json.load(fh)["ok"]
-    return [replace(s, image=os.path.join(folder, f"{i}.image.npy"), mask=os.path.join(folder, f"{i}.mask.npy"),
-                    gt=s.mask) for i, s in enumerate(samples) if ok[i]]
+    return [
+        replace(
+            s,
+            image=os.path.join(folder, f"{i}.image.npy"),
+            mask=os.path.join(folder, f"{i}.mask.npy"),
+            gt=s.mask,
+        )
+        for i, s in enumerate(samples)
+        if ok[i]
+    ]

@@ -31,15 +31,23 @@ def check_dataset(root: str, decode: bool = True) -> dict:
         widths = np.array([s.size[0] for s in samples] or [0])
         heights = np.array([s.size[1] for s in samples] or [0])
         noncam = sum(s.is_noncam for s in samples)
-        report["splits"].append({
-            "dataset": split.dataset, "split": split.split, "layout": split.layout,
-            "images": split.images, "masks": split.masks, "pairs": len(samples),
-            "cam": len(samples) - noncam, "noncam": noncam,
-            "used_by_default": len(samples) - noncam,   # NonCAM is left out in every layout
-            "mask_formats": formats,
-            "width": [int(widths.min()), int(np.median(widths)), int(widths.max())],
-            "height": [int(heights.min()), int(np.median(heights)), int(heights.max())],
-            "problems": len(problems)})
+        report["splits"].append(
+            {
+                "dataset": split.dataset,
+                "split": split.split,
+                "layout": split.layout,
+                "images": split.images,
+                "masks": split.masks,
+                "pairs": len(samples),
+                "cam": len(samples) - noncam,
+                "noncam": noncam,
+                "used_by_default": len(samples) - noncam,  # NonCAM is left out in every layout
+                "mask_formats": formats,
+                "width": [int(widths.min()), int(np.median(widths)), int(widths.max())],
+                "height": [int(heights.min()), int(np.median(heights)), int(heights.max())],
+                "problems": len(problems),
+            }
+        )
         # CAMO's splits share one GT/ folder: a mask orphaned in both is one problem, said once
         report["problems"] += [p for p in problems if p not in report["problems"]]
     return report
@@ -48,13 +56,19 @@ def check_dataset(root: str, decode: bool = True) -> dict:
 def format_report(report: dict) -> str:
     lines = [f"dataset root: {report['root']}"]
     for s in report["splits"]:
-        lines.append(f"  {s['dataset']} {s['split']:<5} layout {s['layout']}: {s['pairs']} pairs "
-                     f"(CAM {s['cam']}, NonCAM {s['noncam']}; used by default {s['used_by_default']})")
-        lines.append(f"      width min/median/max {s['width'][0]}/{s['width'][1]}/{s['width'][2]}, "
-                     f"height {s['height'][0]}/{s['height'][1]}/{s['height'][2]}")
+        lines.append(
+            f"  {s['dataset']} {s['split']:<5} layout {s['layout']}: {s['pairs']} pairs "
+            f"(CAM {s['cam']}, NonCAM {s['noncam']}; used by default {s['used_by_default']})"
+        )
+        lines.append(
+            f"      width min/median/max {s['width'][0]}/{s['width'][1]}/{s['width'][2]}, "
+            f"height {s['height'][0]}/{s['height'][1]}/{s['height'][2]}"
+        )
         for kind, entry in s.get("mask_formats", {}).items():
-            lines.append(f"      note: {entry['count']} mask(s) in {s['masks']} stored as {kind}, read as such "
-                         f"(first: {entry['first']})")
+            lines.append(
+                f"      note: {entry['count']} mask(s) in {s['masks']} stored as {kind}, read as such "
+                f"(first: {entry['first']})"
+            )
     if report["problems"]:
         lines.append(f"{len(report['problems'])} problem(s):")
         lines += [f"  - {p}" for p in report["problems"]]

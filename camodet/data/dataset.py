@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     image, mask = read_image(sample.image), read_mask(sample.mask)
     if image.shape[:2] != mask.shape:
-        raise DataError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{image.shape[1]}x{image.shape[0]}", skippable=True)
+        raise DataError(
+            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image.shape[1]}x{image.shape[0]}",
+            skippable=True,
+        )
     return image, mask
 
 
@@ -29,8 +32,14 @@ class CODDataset(Dataset):
     train=False: resized image plus the original-size GT for evaluation.
     Images are normalised with `norm`, the backbone's own statistics."""
 
-    def __init__(self, samples: list[Sample], img_size: int, train: bool, skip_bad_files: bool = False,
-                 norm: Normalization = IMAGENET):
+    def __init__(
+        self,
+        samples: list[Sample],
+        img_size: int,
+        train: bool,
+        skip_bad_files: bool = False,
+        norm: Normalization = IMAGENET,
+    ):
         self.samples = list(samples)
         self.norm = norm
         self.img_size = img_size
@@ -59,12 +68,17 @@ class CODDataset(Dataset):
         image, mask = load_pair(sample)
         if self.train:
             image, mask = train_transform(np.random.default_rng(seed), image, mask, self.img_size)
-            return {"image": torch.from_numpy(self.norm.apply(image)),
-                    "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
-                    "index": i}
-        return {"image": torch.from_numpy(self.norm.apply(eval_transform(image, self.img_size))),
-                "mask": torch.from_numpy((resize(mask, self.img_size) > 127).astype(np.float32))[None],
-                "gt": read_mask(sample.gt) if sample.gt else mask, "index": i}
+            return {
+                "image": torch.from_numpy(self.norm.apply(image)),
+                "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
+                "index": i,
+            }
+        return {
+            "image": torch.from_numpy(self.norm.apply(eval_transform(image, self.img_size))),
+            "mask": torch.from_numpy((resize(mask, self.img_size) > 127).astype(np.float32))[None],
+            "gt": read_mask(sample.gt) if sample.gt else mask,
+            "index": i,
+        }
 
 
 def index_seed(seed: int, epoch: int, index: int) -> list[int]:
@@ -73,9 +87,11 @@ def index_seed(seed: int, epoch: int, index: int) -> list[int]:
 
 def collate(batch: list[dict]) -> dict:
     """Stack tensors; keep original-size GTs (different sizes) as a list."""
-    out = {"image": torch.stack([b["image"] for b in batch]),
-           "mask": torch.stack([b["mask"] for b in batch]),
-           "index": torch.tensor([b["index"] for b in batch])}
+    out = {
+        "image": torch.stack([b["image"] for b in batch]),
+        "mask": torch.stack([b["mask"] for b in batch]),
+        "index": torch.tensor([b["index"] for b in batch]),
+    }
     if "gt" in batch[0]:
         out["gt"] = [b["gt"] for b in batch]
     return out

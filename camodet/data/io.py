@@ -22,7 +22,7 @@ class DataError(ValueError):
         if reason.startswith("Caught DataError") and "DataError: " in reason.rstrip().splitlines()[-1]:
             reason = reason.rstrip().splitlines()[-1].split("DataError: ", 1)[1]
         if reason.endswith(f"; {self.SKIP}"):  # rebuilt from its message (worker re-raise, unpickling)
-            reason, skippable = reason[:-len(self.SKIP) - 2], True
+            reason, skippable = reason[: -len(self.SKIP) - 2], True
         self.reason, self.skippable = reason, skippable
         super().__init__(f"{reason}; {self.SKIP}" if skippable else reason)
 
@@ -57,7 +57,9 @@ def _read_cached(path: str, ndim: int) -> np.ndarray:
     try:
         arr = np.load(path)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable cache file ({e}); delete the cache folder to rebuild it") from None
+        raise DataError(
+            f"{path}: unreadable cache file ({e}); delete the cache folder to rebuild it"
+        ) from None
     if arr.dtype != np.uint8 or arr.ndim != ndim:
         raise DataError(f"{path}: not a camodet cache file; delete the cache folder to rebuild it")
     return arr
@@ -128,8 +130,11 @@ def decode_mask(path: str) -> tuple[np.ndarray, str | None]:
         if colour.min() == colour.max():
             return alpha.copy(), "alpha channel (object = opaque)"
         if not np.array_equal(colour > 127, alpha > 127):
-            raise DataError(f"{path}: mask has an alpha channel and colours that disagree on the object; "
-                            f"save it as 8-bit grey, object = 255", skippable=True)
+            raise DataError(
+                f"{path}: mask has an alpha channel and colours that disagree on the object; "
+                f"save it as 8-bit grey, object = 255",
+                skippable=True,
+            )
     return _grey_labels(colour, kind)
 
 
@@ -147,8 +152,11 @@ def _two_colour_labels(path: str, rgb: np.ndarray) -> np.ndarray:
     flat = rgb.reshape(-1, 3)
     colours = np.unique(flat[np.any(flat != 0, axis=1)], axis=0)
     if len(colours) > 1:
-        raise DataError(f"{path}: mask has {len(colours) + 1} colours (a multi-class label image?); "
-                        f"save it as 8-bit grey, object = 255, background = 0", skippable=True)
+        raise DataError(
+            f"{path}: mask has {len(colours) + 1} colours (a multi-class label image?); "
+            f"save it as 8-bit grey, object = 255, background = 0",
+            skippable=True,
+        )
     return np.where(np.any(rgb != 0, axis=2), 255, 0).astype(np.uint8)
 
 

@@ -16,7 +16,7 @@ KNOWN_NAMES = ("COD10K", "CAMO", "NC4K", "CHAMELEON")
 # Benchmarks that exist only as test sets: the field never trains on them, so a flat folder
 # of theirs given to training is left out (said once) instead of leaking the test set.
 TEST_ONLY = ("NC4K", "CHAMELEON")
-NONCAM_TAG = "-NonCAM-"   # COD10K's non-camouflaged images (empty masks), wherever their files end up
+NONCAM_TAG = "-NonCAM-"  # COD10K's non-camouflaged images (empty masks), wherever their files end up
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class SplitDir:
 class Sample:
     image: str
     mask: str
-    name: str          # file stem, used for prediction file names
+    name: str  # file stem, used for prediction file names
     dataset: str
     size: tuple = (0, 0)  # (width, height) at original resolution
-    gt: str | None = None   # the original mask when `mask` is a cached, resized copy
+    gt: str | None = None  # the original mask when `mask` is a cached, resized copy
 
     @property
     def is_noncam(self) -> bool:
@@ -105,7 +105,8 @@ def detect_layout(root: str) -> list[SplitDir]:
             return [SplitDir(name, "all", img, gt, layout)]
     raise DataError(
         f"{root}: no known dataset layout (expected Train/Image + Train/GT_Object, Images/Train + GT, "
-        f"Imgs + GT, or TrainDataset/TestDataset); use --images DIR --masks DIR for other folders")
+        f"Imgs + GT, or TrainDataset/TestDataset); use --images DIR --masks DIR for other folders"
+    )
 
 
 def _stems(folders, exts) -> set:
@@ -124,7 +125,7 @@ def _index(folder: str, exts) -> dict[str, str]:
 @dataclass
 class Listing:
     samples: list
-    problems: list          # one message per bad file
+    problems: list  # one message per bad file
     noncam_skipped: int = 0
 
 
@@ -156,15 +157,22 @@ def list_samples(split: SplitDir, include_noncam: bool = False, check_sizes: boo
                 problems.append(str(e))
                 continue
             if size != msize:
-                problems.append(f"{mask_path}: mask is {msize[0]}x{msize[1]} but its image is "
-                                f"{size[0]}x{size[1]}")
+                problems.append(
+                    f"{mask_path}: mask is {msize[0]}x{msize[1]} but its image is {size[0]}x{size[1]}"
+                )
                 continue
         samples.append(Sample(img_path, mask_path, stem, split.dataset, size))
     return Listing(samples, problems, skipped)
 
 
-def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_files: bool = False,
-           images: Optional[str] = None, masks: Optional[str] = None) -> list[Sample]:
+def gather(
+    paths: list[str],
+    split: str,
+    include_noncam: bool = False,
+    skip_bad_files: bool = False,
+    images: Optional[str] = None,
+    masks: Optional[str] = None,
+) -> list[Sample]:
     """All samples of the wanted split ('train' or 'test') over several roots.
     A flat folder pair ('all') counts as either split."""
     splits: list[SplitDir] = []
@@ -182,8 +190,10 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
         splits.append(SplitDir(_dataset_name(images), "all", images, masks, "images/masks"))
     for root, s in test_only:
         if not splits:
-            raise DataError(f"{root}: {s.dataset} is a test-only benchmark, the field never trains on it; "
-                            f"to train on it anyway use --images {s.images} --masks {s.masks}")
+            raise DataError(
+                f"{root}: {s.dataset} is a test-only benchmark, the field never trains on it; "
+                f"to train on it anyway use --images {s.images} --masks {s.masks}"
+            )
         log.info(f"{root}: {s.dataset} is a test-only benchmark; not used for training (evaluate on it)")
     samples, problems = [], []
     for s in splits:
@@ -191,16 +201,23 @@ def gather(paths: list[str], split: str, include_noncam: bool = False, skip_bad_
         samples += listing.samples
         problems += listing.problems
         if listing.noncam_skipped:
-            log.info(f"{s.dataset} {split}: {listing.noncam_skipped} NonCAM images left out "
-                     f"(the field uses camouflaged images only; --include-noncam to keep them)")
+            log.info(
+                f"{s.dataset} {split}: {listing.noncam_skipped} NonCAM images left out "
+                f"(the field uses camouflaged images only; --include-noncam to keep them)"
+            )
         note_mask_format(s, listing.samples)
     if problems and not skip_bad_files:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         # Each problem without its own way out: the way out is said once, with the count, below.
-        way_out = (": the protocol scores every test image" if split == "test"
-                   else ", or use --skip-bad-files to train without them")
-        raise DataError(f"{DataError(problems[0]).reason}{more}; fix or replace it (run 'camodet data "
-                        f"check' to list them){way_out}")
+        way_out = (
+            ": the protocol scores every test image"
+            if split == "test"
+            else ", or use --skip-bad-files to train without them"
+        )
+        raise DataError(
+            f"{DataError(problems[0]).reason}{more}; fix or replace it (run 'camodet data "
+            f"check' to list them){way_out}"
+        )
     if not samples:
         raise DataError(f"no {split} images with masks found in {', '.join(paths) or images}")
     return samples
@@ -217,5 +234,7 @@ def note_mask_format(split: SplitDir, samples: list) -> None:
     except DataError:
         return
     if kind:
-        log.info(f"{split.masks}: masks stored as {kind} (first: {os.path.basename(samples[0].mask)}); "
-                 f"read accordingly ('camodet data check' counts every file)")
+        log.info(
+            f"{split.masks}: masks stored as {kind} (first: {os.path.basename(samples[0].mask)}); "
+            f"read accordingly ('camodet data check' counts every file)"
+        )

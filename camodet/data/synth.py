@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 
-def oriented_texture(rng: np.random.Generator, h: int, w: int, angle: float, freq: float,
-                     bandwidth: float = 0.35) -> np.ndarray:
+def oriented_texture(
+    rng: np.random.Generator, h: int, w: int, angle: float, freq: float, bandwidth: float = 0.35
+) -> np.ndarray:
     """Band-pass noise with energy around spatial frequency `freq` (cycles/pixel)
     in direction `angle`; values rank-normalised to a uniform [0, 1]."""
     fy = np.fft.fftfreq(h)[:, None]
@@ -20,7 +21,7 @@ def oriented_texture(rng: np.random.Generator, h: int, w: int, angle: float, fre
     u = fx * np.cos(angle) + fy * np.sin(angle)
     v = -fx * np.sin(angle) + fy * np.cos(angle)
     spread = freq * bandwidth
-    gain = (np.exp(-((np.abs(u) - freq) ** 2 + (v / 0.5) ** 2) / (2 * spread ** 2)))
+    gain = np.exp(-((np.abs(u) - freq) ** 2 + (v / 0.5) ** 2) / (2 * spread**2))
     noise = rng.standard_normal((h, w))
     field = np.fft.irfft2(np.fft.rfft2(noise) * gain, s=(h, w))
     ranks = field.ravel().argsort().argsort().reshape(h, w)
@@ -59,8 +60,9 @@ def make_sample(rng: np.random.Generator, h: int, w: int, camouflaged: bool = Tr
     mask = np.zeros((h, w), bool)
     if camouflaged:
         mask = blob_mask(rng, h, w)
-        obj = oriented_texture(rng, h, w, angle + rng.uniform(np.pi / 3, 2 * np.pi / 3),
-                               freq * rng.uniform(1.3, 1.8))
+        obj = oriented_texture(
+            rng, h, w, angle + rng.uniform(np.pi / 3, 2 * np.pi / 3), freq * rng.uniform(1.3, 1.8)
+        )
         values = np.where(mask, obj, values)
     colours = palette(rng)[np.clip((values * 255).astype(int), 0, 255)]
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
@@ -69,7 +71,9 @@ def make_sample(rng: np.random.Generator, h: int, w: int, camouflaged: bool = Tr
     return image, mask.astype(np.uint8) * 255
 
 
-def _write_sample(root: str, split: str, i: int, seed: int, noncam_every: int, size_range: tuple[int, int]) -> None:
+def _write_sample(
+    root: str, split: str, i: int, seed: int, noncam_every: int, size_range: tuple[int, int]
+) -> None:
     # each sample has its own generator, so the files do not depend on the order or process they are made in
     rng = np.random.default_rng([seed, 0 if split == "Train" else 1, i])
     h, w = (int(rng.integers(size_range[0], size_range[1] + 1)) for _ in range(2))
@@ -81,13 +85,23 @@ def _write_sample(root: str, split: str, i: int, seed: int, noncam_every: int, s
     Image.fromarray(mask).save(os.path.join(root, split, "GT_Object", stem + ".png"))
 
 
-def write_dataset(root: str, train: int, test: int, seed: int = 0, noncam_every: int = 10,
-                  size_range: tuple[int, int] = (160, 320), workers: int = 1) -> dict:
+def write_dataset(
+    root: str,
+    train: int,
+    test: int,
+    seed: int = 0,
+    noncam_every: int = 10,
+    size_range: tuple[int, int] = (160, 320),
+    workers: int = 1,
+) -> dict:
     """COD10K-v3 layout: Train|Test/Image/*.jpg and Train|Test/GT_Object/*.png.
     Every `noncam_every`-th image is a NonCAM background with an empty mask.
     `workers` > 1 generates in that many processes; the files are the same."""
-    jobs = [(root, split, i, seed, noncam_every, size_range)
-            for split, n in (("Train", train), ("Test", test)) for i in range(n)]
+    jobs = [
+        (root, split, i, seed, noncam_every, size_range)
+        for split, n in (("Train", train), ("Test", test))
+        for i in range(n)
+    ]
     for split in ("Train", "Test"):
         for sub in ("Image", "GT_Object"):
             os.makedirs(os.path.join(root, split, sub), exist_ok=True)

@@ -19,8 +19,9 @@ def resize(image: np.ndarray, size: int, interpolation=cv2.INTER_LINEAR) -> np.n
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def random_affine(rng: np.random.Generator, w: int, h: int, size: int,
-                  scale=(0.6, 1.0), max_rotate: float = 15.0) -> np.ndarray:
+def random_affine(
+    rng: np.random.Generator, w: int, h: int, size: int, scale=(0.6, 1.0), max_rotate: float = 15.0
+) -> np.ndarray:
     """2x3 matrix mapping a random crop (area fraction in `scale`, aspect jitter,
     rotation, horizontal flip) of a w x h image onto a size x size output."""
     area = rng.uniform(*scale)

@@ -35,8 +35,11 @@ def atomic_save(obj: dict, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path} ({e.strerror or e}); the previous file "
-                                  f"is untouched; free disk space or fix permissions", "write") from None
+            raise CheckpointError(
+                f"could not write {path} ({e.strerror or e}); the previous file "
+                f"is untouched; free disk space or fix permissions",
+                "write",
+            ) from None
         raise
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -59,14 +62,22 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
         raise CheckpointError(
             f"{path}: refused, it needs arbitrary Python objects to load ({str(e).splitlines()[0][:120]}); "
             f"loading it could run untrusted code. If you trust it, convert it once with "
-            f"torch.load(..., weights_only=False) and re-save a plain dict of tensors", "unsafe") from None
+            f"torch.load(..., weights_only=False) and re-save a plain dict of tensors",
+            "unsafe",
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
-                              f"use another checkpoint (last.pth, best_model.pth or an epoch_N.pth)", "corrupt") from None
+        raise CheckpointError(
+            f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
+            f"use another checkpoint (last.pth, best_model.pth or an epoch_N.pth)",
+            "corrupt",
+        ) from None
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a camodet checkpoint (no model_state_dict); give a last.pth or "
-                              f"best_model.pth written by camodet train (ImageNet backbone weights go to "
-                              f"--pretrained-path)", "foreign")
+        raise CheckpointError(
+            f"{path}: not a camodet checkpoint (no model_state_dict); give a last.pth or "
+            f"best_model.pth written by camodet train (ImageNet backbone weights go to "
+            f"--pretrained-path)",
+            "foreign",
+        )
     return ckpt
 
 
@@ -79,8 +90,11 @@ def check_arch(ckpt: dict, model_cfg: dict, path: str) -> None:
     want = arch_of(model_cfg)
     diff = [f"{k}={saved.get(k)!r} (this run: {want[k]!r})" for k in ARCH_KEYS if saved.get(k) != want[k]]
     if diff:
-        raise CheckpointError(f"{path} is another architecture: {', '.join(diff)}; match those settings, "
-                              f"or use --init-from {path} to take only the tensors that fit", "arch")
+        raise CheckpointError(
+            f"{path} is another architecture: {', '.join(diff)}; match those settings, "
+            f"or use --init-from {path} to take only the tensors that fit",
+            "arch",
+        )
 
 
 def load_matching(model: torch.nn.Module, state: dict) -> tuple[int, int]:

@@ -15,8 +15,8 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    local_world: int = 1          # processes on this node
-    launcher: str = "single"      # single | torchrun | srun
+    local_world: int = 1  # processes on this node
+    launcher: str = "single"  # single | torchrun | srun
 
     @property
     def is_main(self) -> bool:
@@ -31,8 +31,10 @@ class Dist:
         return max(1, self.world // max(1, self.local_world))
 
     def describe(self) -> str:
-        return (f"launcher {self.launcher}: {self.world} process(es) on {self.nodes} node(s), "
-                f"{self.local_world} per node")
+        return (
+            f"launcher {self.launcher}: {self.world} process(es) on {self.nodes} node(s), "
+            f"{self.local_world} per node"
+        )
 
 
 def first_host(nodelist: str) -> str:
@@ -55,13 +57,19 @@ def from_srun(env=os.environ) -> dict | None:
     node do not collide."""
     if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
         return None
-    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
-    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
-            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-            "LOCAL_WORLD_SIZE": str(tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE")
-                                                   or env.get("SLURM_TASKS_PER_NODE", "1"))),
-            "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodelist or "localhost"),
-            "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)}
+    nodelist = (
+        env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    )
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(
+            tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1"))
+        ),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodelist or "localhost"),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+    }
 
 
 def init(device_kind: str) -> Dist:
@@ -79,8 +87,13 @@ def init(device_kind: str) -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
-                int(os.environ.get("LOCAL_WORLD_SIZE", world)), launcher)
+    return Dist(
+        dist.get_rank(),
+        dist.get_world_size(),
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        launcher,
+    )
 
 
 def folder_is_shared(folder: str, d: Dist) -> bool:

@@ -9,15 +9,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-
 class DivergenceError(RuntimeError):
     """Training diverged more often than --max-rollbacks allows; the message says what to change."""
 
 
 STEP, OVERFLOW, SKIP, ROLLBACK = "step", "overflow", "skip", "rollback"
 
-WINDOW = 100         # optimizer steps over which non-finite steps are counted
-MIN_HISTORY = 20     # finite losses needed before a spike can be judged
+WINDOW = 100  # optimizer steps over which non-finite steps are counted
+MIN_HISTORY = 20  # finite losses needed before a spike can be judged
 
 
 @dataclass
@@ -31,9 +30,9 @@ class DivergenceGuard:
     max_nonfinite_steps: int = 3
     spike_factor: float = 10.0
     losses: deque = field(default_factory=lambda: deque(maxlen=200))
-    recent_nonfinite: deque = field(default_factory=deque)   # step counters of non-finite steps
+    recent_nonfinite: deque = field(default_factory=deque)  # step counters of non-finite steps
     counts: dict = field(default_factory=lambda: {"overflow": 0, "nonfinite": 0})
-    spike_streak: int = 0     # consecutive windows judged a loss spike
+    spike_streak: int = 0  # consecutive windows judged a loss spike
 
     def observe(self, step: int, loss: float, grad_norm: float, weight_norm: float, fp16: bool) -> Verdict:
         """`step` is a running optimizer-step counter; the norms are over the trainable parameters."""
@@ -50,8 +49,10 @@ class DivergenceGuard:
                 self.recent_nonfinite.popleft()
             what = f"loss {loss:.4g}, gradient norm {grad_norm:.4g}"
             if len(self.recent_nonfinite) >= self.max_nonfinite_steps:
-                return Verdict(ROLLBACK, f"{len(self.recent_nonfinite)} non-finite steps within {WINDOW} "
-                                         f"optimizer steps ({what})")
+                return Verdict(
+                    ROLLBACK,
+                    f"{len(self.recent_nonfinite)} non-finite steps within {WINDOW} optimizer steps ({what})",
+                )
             return Verdict(SKIP, f"non-finite step skipped ({what})")
         if self.spike_factor > 0 and len(self.losses) >= MIN_HISTORY:
             median = statistics.median(self.losses)
@@ -73,8 +74,11 @@ class DivergenceGuard:
         self.spike_streak = 0
 
     def state_dict(self) -> dict:
-        return {"losses": list(self.losses), "recent_nonfinite": list(self.recent_nonfinite),
-                "spike_streak": self.spike_streak}
+        return {
+            "losses": list(self.losses),
+            "recent_nonfinite": list(self.recent_nonfinite),
+            "spike_streak": self.spike_streak,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.losses.extend(state.get("losses", []))

@@ -22,25 +22,42 @@ def inspect_checkpoint(path: str) -> dict:
     tensors = [v for v in weights.values() if isinstance(v, torch.Tensor)]
     bad = nonfinite_tensors(ckpt)
     position = ckpt.get("position")
-    report.update({
-        "integrity": "ok",
-        "format": ckpt.get("format", "unknown"),
-        "epoch": ckpt.get("epoch"), "stage": ckpt.get("stage"), "global_step": ckpt.get("global_step"),
-        "mid_epoch": {"epoch": position["epoch"], "micro_step": position["micro_step"]} if position else None,
-        "best_iou": _finite_or_none(ckpt.get("best_iou")), "best_epoch": ckpt.get("best_epoch"),
-        "weights": ckpt.get("weights", "raw"), "has_ema": "ema_state_dict" in ckpt,
-        "lr_scale": ckpt.get("lr_scale", 1.0), "rollbacks": ckpt.get("rollbacks", 0),
-        "metrics": ckpt.get("metrics", {}),
-        "config": {"backbone": model.get("backbone"), "num_experts": model.get("num_experts"),
-                   "deep_supervision": model.get("deep_supervision"), "img_size": data.get("img_size"),
-                   "batch_size": optim.get("batch_size"), "stage2_batch_size": optim.get("stage2_batch_size"),
-                   "lr": optim.get("lr"), "stage2_lr": optim.get("stage2_lr"), "epochs": stages.get("epochs"),
-                   "stage1_epochs": stages.get("stage1_epochs")},
-        "tensors": len(tensors), "parameters": int(sum(t.numel() for t in tensors)),
-        "nonfinite_tensors": bad,
-        "status": "clean" if not bad else "non-finite",
-        "exit_code": CLEAN if not bad else NONFINITE,
-    })
+    report.update(
+        {
+            "integrity": "ok",
+            "format": ckpt.get("format", "unknown"),
+            "epoch": ckpt.get("epoch"),
+            "stage": ckpt.get("stage"),
+            "global_step": ckpt.get("global_step"),
+            "mid_epoch": {"epoch": position["epoch"], "micro_step": position["micro_step"]}
+            if position
+            else None,
+            "best_iou": _finite_or_none(ckpt.get("best_iou")),
+            "best_epoch": ckpt.get("best_epoch"),
+            "weights": ckpt.get("weights", "raw"),
+            "has_ema": "ema_state_dict" in ckpt,
+            "lr_scale": ckpt.get("lr_scale", 1.0),
+            "rollbacks": ckpt.get("rollbacks", 0),
+            "metrics": ckpt.get("metrics", {}),
+            "config": {
+                "backbone": model.get("backbone"),
+                "num_experts": model.get("num_experts"),
+                "deep_supervision": model.get("deep_supervision"),
+                "img_size": data.get("img_size"),
+                "batch_size": optim.get("batch_size"),
+                "stage2_batch_size": optim.get("stage2_batch_size"),
+                "lr": optim.get("lr"),
+                "stage2_lr": optim.get("stage2_lr"),
+                "epochs": stages.get("epochs"),
+                "stage1_epochs": stages.get("stage1_epochs"),
+            },
+            "tensors": len(tensors),
+            "parameters": int(sum(t.numel() for t in tensors)),
+            "nonfinite_tensors": bad,
+            "status": "clean" if not bad else "non-finite",
+            "exit_code": CLEAN if not bad else NONFINITE,
+        }
+    )
     return report
 
 
@@ -53,10 +70,16 @@ def format_inspection(r: dict) -> str:
         return f"{r['path']}: BROKEN ({r['integrity']})\n  {r['error']}"
     size = f"{r['size_bytes'] / 1e6:.1f} MB" if r["size_bytes"] else "?"
     c = r["config"]
-    where = (f"inside epoch {r['mid_epoch']['epoch']} after {r['mid_epoch']['micro_step']} micro-batches "
-             f"(interrupted; resumes mid-epoch)" if r["mid_epoch"] else f"after epoch {r['epoch']}")
+    where = (
+        f"inside epoch {r['mid_epoch']['epoch']} after {r['mid_epoch']['micro_step']} micro-batches "
+        f"(interrupted; resumes mid-epoch)"
+        if r["mid_epoch"]
+        else f"after epoch {r['epoch']}"
+    )
     best = f"{r['best_iou']:.4f} at epoch {r['best_epoch']}" if r["best_iou"] is not None else "none yet"
-    metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["metrics"].items())
+    metrics = ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["metrics"].items()
+    )
     lines = [
         f"{r['path']}: {r['status'].upper()} ({size}, {r['format']}, file reads completely)",
         f"  position     {where}, stage {r['stage']}, optimizer step {r['global_step']}",
@@ -74,6 +97,9 @@ def format_inspection(r: dict) -> str:
     if r["nonfinite_tensors"]:
         shown = ", ".join(r["nonfinite_tensors"][:10])
         more = len(r["nonfinite_tensors"]) - 10
-        lines.append(f"  NON-FINITE   {len(r['nonfinite_tensors'])} tensor(s) hold NaN/Inf: {shown}"
-                     + (f" and {more} more" if more > 0 else "") + "; do not resume from this file")
+        lines.append(
+            f"  NON-FINITE   {len(r['nonfinite_tensors'])} tensor(s) hold NaN/Inf: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + "; do not resume from this file"
+        )
     return "\n".join(lines)

@@ -49,7 +49,7 @@ class StopRequest:
         self.signum: int | None = None
         self.deadline = clock() + time_limit if time_limit else None
         self.timed_out = False
-        self.save_seconds = 1.0   # the trainer replaces this guess by the time its saves take
+        self.save_seconds = 1.0  # the trainer replaces this guess by the time its saves take
         self._previous: dict = {}
 
     @property
@@ -69,7 +69,7 @@ class StopRequest:
         return self.timed_out
 
     def _handle(self, signum, frame):
-        if self.signum is not None:       # second signal: the user means it
+        if self.signum is not None:  # second signal: the user means it
             self.__exit__()
             raise KeyboardInterrupt
         self.signum = signum

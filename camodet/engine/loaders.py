@@ -109,7 +109,7 @@ class EpochSampler(Sampler):
     def indices(self) -> list[int]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
         order += order[: self.total * self.world - self.n]
-        return order[self.rank::self.world][self.start:]
+        return order[self.rank :: self.world][self.start :]
 
     def __iter__(self):
         return iter([(i, index_seed(self.seed, self.epoch, i)) for i in self.indices()])
@@ -118,17 +118,39 @@ class EpochSampler(Sampler):
         return max(0, self.total - self.start)
 
 
-def train_loader(dataset: CODDataset, batch_size: int, sampler: EpochSampler, num_workers: int,
-                 pin_memory: bool, worker_init_fn=None, persistent_workers: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, drop_last=False, worker_init_fn=worker_init_fn,
-                      persistent_workers=persistent_workers and num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None)
+def train_loader(
+    dataset: CODDataset,
+    batch_size: int,
+    sampler: EpochSampler,
+    num_workers: int,
+    pin_memory: bool,
+    worker_init_fn=None,
+    persistent_workers: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=False,
+        worker_init_fn=worker_init_fn,
+        persistent_workers=persistent_workers and num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
 
 
-def val_loader(dataset: CODDataset, batch_size: int, rank: int, world: int, num_workers: int,
-               worker_init_fn=None) -> DataLoader:
+def val_loader(
+    dataset: CODDataset, batch_size: int, rank: int, world: int, num_workers: int, worker_init_fn=None
+) -> DataLoader:
     """Each validation image exactly once over all ranks (no padding duplicates)."""
     shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      worker_init_fn=worker_init_fn)
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init_fn,
+    )

@@ -16,8 +16,11 @@ from .device import amp_dtype, memory_format, resolve_device, tune_kernels
 from .monitor import peak_memory_mb
 from .optim import fused_adamw
 
-MEMORY_KINDS = {"cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
-                "cuda_allocated": "CUDA allocator peak", "cpu_rss": "process peak RSS on the CPU"}
+MEMORY_KINDS = {
+    "cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
+    "cuda_allocated": "CUDA allocator peak",
+    "cpu_rss": "process peak RSS on the CPU",
+}
 
 
 def cuda_card_peak_mb(device: torch.device) -> float:
@@ -29,9 +32,18 @@ def cuda_card_peak_mb(device: torch.device) -> float:
     return (torch.cuda.max_memory_reserved(device) + outside_allocator) / 2**20
 
 
-def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_checkpointing: bool = False,
-                 steps: int = 2, device: str = "auto", amp: str = "auto", channels_last: str = "auto",
-                 compile: bool = False) -> dict:
+def measure_step(
+    model_cfg: dict,
+    img_size: int,
+    batch: int,
+    stage: int,
+    grad_checkpointing: bool = False,
+    steps: int = 2,
+    device: str = "auto",
+    amp: str = "auto",
+    channels_last: str = "auto",
+    compile: bool = False,
+) -> dict:
     dev = resolve_device(device)
     tune_kernels(dev)  # as the trainer does
     torch.manual_seed(0)
@@ -61,6 +73,7 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
     for _ in range(2 if compile else 1):  # warm-up: allocator, optimizer state, compilation
         step()
     t = time.perf_counter()
@@ -68,8 +81,14 @@ def measure_step(model_cfg: dict, img_size: int, batch: int, stage: int, grad_ch
         step()
     sec = (time.perf_counter() - t) / steps
     mem, kind = peak_memory_mb(dev)
-    result = {"stage": stage, "batch": batch, "s_per_step": sec, "peak_mb": mem, "memory": kind,
-              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    result = {
+        "stage": stage,
+        "batch": batch,
+        "s_per_step": sec,
+        "peak_mb": mem,
+        "memory": kind,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+    }
     if dev.type == "cuda":
         result.update(allocated_mb=mem, peak_mb=cuda_card_peak_mb(dev), memory="cuda_card")
     return result
@@ -79,8 +98,12 @@ def measure_in_subprocess(timeout: float | None = None, **spec) -> dict:
     """measure_step in a fresh interpreter; {'error': ...} when it fails (e.g. out of memory)
     or takes longer than `timeout` seconds."""
     try:
-        out = subprocess.run([sys.executable, "-m", "camodet.engine.measure", json.dumps(spec)],
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-m", "camodet.engine.measure", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"stage": spec["stage"], "batch": spec["batch"], "error": f"timed out after {timeout:g} s"}
     if out.returncode != 0:
@@ -89,8 +112,9 @@ def measure_in_subprocess(timeout: float | None = None, **spec) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_candidates(step_spec: dict, candidates: list[int], budget_mb: float,
-                       on_result=lambda m: None) -> list[dict]:
+def measure_candidates(
+    step_spec: dict, candidates: list[int], budget_mb: float, on_result=lambda m: None
+) -> list[dict]:
     """Per stage, micro-batches in increasing order until one fails or exceeds the budget.
     `step_spec`: measure_step's arguments other than batch and stage."""
     measured = []

@@ -25,8 +25,9 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 def triptych(image: np.ndarray, gt: np.ndarray, prob: np.ndarray, side: int) -> np.ndarray:
     """One row of a prediction grid: image | ground truth | probability, each side x side, uint8 RGB."""
     tiles = (image, np.repeat(gt[..., None], 3, 2), np.repeat(to_uint8(prob)[..., None], 3, 2))
-    return np.concatenate([cv2.resize(np.ascontiguousarray(t), (side, side), interpolation=cv2.INTER_AREA)
-                           for t in tiles], 1)
+    return np.concatenate(
+        [cv2.resize(np.ascontiguousarray(t), (side, side), interpolation=cv2.INTER_AREA) for t in tiles], 1
+    )
 
 
 class TensorBoard:
@@ -37,8 +38,10 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            log.warning("TensorBoard logging is off: the tensorboard package is not installed "
-                        "(pip install tensorboard, or pass --no-tensorboard to silence this)")
+            log.warning(
+                "TensorBoard logging is off: the tensorboard package is not installed "
+                "(pip install tensorboard, or pass --no-tensorboard to silence this)"
+            )
             return
         # purge_step drops events a previous attempt wrote past the point this run resumes from
         self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
@@ -53,7 +56,9 @@ class TensorBoard:
             g = pg["backbone_group"]
             if g not in seen:
                 seen.add(g)
-                self.writer.add_scalar(f"lr/{'decoder' if g < 0 else f'backbone_group{g}'}", pg["lr"], global_step)
+                self.writer.add_scalar(
+                    f"lr/{'decoder' if g < 0 else f'backbone_group{g}'}", pg["lr"], global_step
+                )
 
     def epoch(self, epoch: int, record: dict) -> None:
         if self.writer is None:
@@ -62,7 +67,14 @@ class TensorBoard:
         for k, v in record.items():
             if k.startswith("loss") and isinstance(v, (int, float)):
                 w.add_scalar(f"train/{k}", v, epoch)
-        for k in ("images_per_s", "skipped_steps", "overflow_steps", "grad_norm", "peak_memory_mb", "lr_scale"):
+        for k in (
+            "images_per_s",
+            "skipped_steps",
+            "overflow_steps",
+            "grad_norm",
+            "peak_memory_mb",
+            "lr_scale",
+        ):
             if isinstance(record.get(k), (int, float)):
                 w.add_scalar(f"train/{k}", record[k], epoch)
         for k, v in (record.get("val") or {}).items():

@@ -33,8 +33,9 @@ def build_optimizer(model: CamoDetector, weight_decay: float, device: torch.devi
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=0.0, fused=fused_adamw(device))
 
 
-def set_lrs(optimizer: torch.optim.Optimizer, plan, epoch: int, step: int, steps_per_epoch: int,
-            scale: float = 1.0) -> float:
+def set_lrs(
+    optimizer: torch.optim.Optimizer, plan, epoch: int, step: int, steps_per_epoch: int, scale: float = 1.0
+) -> float:
     """Set every group's LR for this optimizer step (times `scale`, the rollback back-off);
     returns the decoder's (the headline LR)."""
     for pg in optimizer.param_groups:

@@ -11,10 +11,10 @@ from ..config import TrainConfig
 @dataclass(frozen=True)
 class Plan:
     epochs: int
-    stage1_end: int                 # last epoch of stage 1 (0: no stage 1)
-    num_groups: int                 # backbone groups, 0 = shallowest
+    stage1_end: int  # last epoch of stage 1 (0: no stage 1)
+    num_groups: int  # backbone groups, 0 = shallowest
     progressive: bool
-    lr: tuple                       # peak LR of stage 1 and stage 2
+    lr: tuple  # peak LR of stage 1 and stage 2
     min_lr: float
     scheduler: str
     warmup_epochs: float
@@ -36,7 +36,7 @@ class Plan:
         start, end = self.span(2)
         if not self.progressive:
             return start
-        rank = self.num_groups - 1 - group          # 0 = deepest
+        rank = self.num_groups - 1 - group  # 0 = deepest
         length = end - start + 1
         return start + -(-rank * length // self.num_groups)
 
@@ -50,10 +50,14 @@ class Plan:
         stage = self.stage(epoch)
         base = self.lr[stage - 1]
         start, end = self.schedule_start[stage - 1], self.span(stage)[1]
-        return schedule_lr(t=(epoch - start) * steps_per_epoch + step,
-                           total=(end - start + 1) * steps_per_epoch,
-                           warmup=round(self.warmup_epochs * steps_per_epoch),
-                           base=base, min_lr=self.min_lr, kind=self.scheduler)
+        return schedule_lr(
+            t=(epoch - start) * steps_per_epoch + step,
+            total=(end - start + 1) * steps_per_epoch,
+            warmup=round(self.warmup_epochs * steps_per_epoch),
+            base=base,
+            min_lr=self.min_lr,
+            kind=self.scheduler,
+        )
 
     def group_lr(self, group: int | None, epoch: int, step: int, steps_per_epoch: int) -> float:
         """LR of a parameter group: group None is the decoder/heads, an int a backbone group."""
@@ -81,19 +85,27 @@ def schedule_lr(t: int, total: int, warmup: int, base: float, min_lr: float, kin
     return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_plan(cfg: TrainConfig, num_groups: int, restart_epoch: int | None = None,
-              schedule_start: tuple | None = None) -> Plan:
+def make_plan(
+    cfg: TrainConfig, num_groups: int, restart_epoch: int | None = None, schedule_start: tuple | None = None
+) -> Plan:
     """restart_epoch: the first epoch of a warm restart; its stage's schedule starts there.
     schedule_start: the starts saved in the checkpoint of an exact resume (a run that was
     itself a warm restart keeps its re-planned schedule)."""
     s = cfg.stages
     stage1_end = 0 if s.skip_stage1 else s.stage1_epochs
     starts = list(schedule_start) if schedule_start else [1, stage1_end + 1]
-    plan = Plan(epochs=s.epochs, stage1_end=stage1_end, num_groups=num_groups,
-                progressive=s.progressive_unfreeze, lr=(cfg.optim.lr, cfg.stage2_lr),
-                min_lr=cfg.optim.min_lr, scheduler=cfg.optim.scheduler,
-                warmup_epochs=cfg.optim.warmup_epochs, unfreeze_warmup_epochs=s.unfreeze_warmup_epochs,
-                backbone_lr_mult=cfg.optim.backbone_lr_mult)
+    plan = Plan(
+        epochs=s.epochs,
+        stage1_end=stage1_end,
+        num_groups=num_groups,
+        progressive=s.progressive_unfreeze,
+        lr=(cfg.optim.lr, cfg.stage2_lr),
+        min_lr=cfg.optim.min_lr,
+        scheduler=cfg.optim.scheduler,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        unfreeze_warmup_epochs=s.unfreeze_warmup_epochs,
+        backbone_lr_mult=cfg.optim.backbone_lr_mult,
+    )
     if restart_epoch is not None and restart_epoch <= s.epochs:
         starts[plan.stage(restart_epoch) - 1] = restart_epoch
     return Plan(**{**plan.__dict__, "schedule_start": tuple(starts)})

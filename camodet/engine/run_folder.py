@@ -23,8 +23,11 @@ def checkpoints_in(run_dir: str) -> list[str]:
 
 
 def resumes_in_place(run_dir: str, resume_from: str | None) -> bool:
-    return bool(resume_from) and os.path.isdir(run_dir) and os.path.samefile(
-        os.path.dirname(os.path.abspath(resume_from)), run_dir)
+    return (
+        bool(resume_from)
+        and os.path.isdir(run_dir)
+        and os.path.samefile(os.path.dirname(os.path.abspath(resume_from)), run_dir)
+    )
 
 
 def claim(run_dir: str, resume_from: str | None, overwrite: bool, remove: bool = True) -> None:
@@ -39,7 +42,9 @@ def claim(run_dir: str, resume_from: str | None, overwrite: bool, remove: bool =
         resume = os.path.join(run_dir, "last.pth" if "last.pth" in found else found[-1])
         raise CheckpointError(
             f"{run_dir} already holds a run ({', '.join(found)}); continue it with --resume-from {resume}, "
-            f"choose another --checkpoint-dir, or add --overwrite to replace it", "exists")
+            f"choose another --checkpoint-dir, or add --overwrite to replace it",
+            "exists",
+        )
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
         if _RUN_FILES.match(name) and os.path.isfile(path):

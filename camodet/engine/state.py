@@ -12,14 +12,14 @@ from ..config import TrainConfig
 
 @dataclass
 class State:
-    epoch: int = 0            # last completed epoch
+    epoch: int = 0  # last completed epoch
     global_step: int = 0
     best_iou: float = -math.inf
     best_epoch: int = 0
     metrics: dict | None = None
-    lr_scale: float = 1.0     # product of the rollback back-offs so far
+    lr_scale: float = 1.0  # product of the rollback back-offs so far
     rollbacks: int = 0
-    interrupted: str = ""     # the signal's name (or "time limit") when the run stopped early
+    interrupted: str = ""  # the signal's name (or "time limit") when the run stopped early
     # What decides the computation beyond the config, saved so that an exact resume of a
     # warm restart (or of a multi-process run) computes what the uninterrupted run did.
     schedule_start: tuple = (1, 1)  # first epoch of each stage's LR schedule (a warm restart moves it)
@@ -31,8 +31,9 @@ class State:
 class EpochProgress:
     """Where an epoch stands and what it has summed so far; saved on interruption so
     that the resumed epoch reports the same means as an uninterrupted one."""
+
     epoch: int
-    micro_step: int = 0       # micro-batches done
+    micro_step: int = 0  # micro-batches done
     images: int = 0
     loss_sum: torch.Tensor | None = None
     part_sums: dict = field(default_factory=dict)
@@ -42,8 +43,8 @@ class EpochProgress:
     lr: float = 0.0
     grad_norm_sum: float = 0.0  # over the steps taken (host numbers from the guard's read)
     grad_steps: int = 0
-    skipped: int = 0          # non-finite steps skipped (bf16/fp32)
-    overflow: int = 0         # fp16 overflow steps skipped by the grad scaler
+    skipped: int = 0  # non-finite steps skipped (bf16/fp32)
+    overflow: int = 0  # fp16 overflow steps skipped by the grad scaler
 
     def to_dict(self) -> dict:
         return to_cpu({f.name: getattr(self, f.name) for f in fields(self)})
@@ -72,9 +73,11 @@ class EpochProgress:
             "lr": self.lr,
             "images_per_s": self.images / max(self.seconds, 1e-9),
             "expert_usage": (self.usage_sum / max(self.usage_batches, 1)).tolist()
-                             if self.usage_sum is not None else [],
+            if self.usage_sum is not None
+            else [],
             "grad_norm": self.grad_norm_sum / self.grad_steps if self.grad_steps else None,
-            "skipped_steps": self.skipped, "overflow_steps": self.overflow,
+            "skipped_steps": self.skipped,
+            "overflow_steps": self.overflow,
         }
 
 
@@ -96,21 +99,40 @@ def to_device(obj, device):
     return obj
 
 
-def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg: TrainConfig, best: bool,
-                    guard=None, progress: EpochProgress | None = None) -> dict:
+def checkpoint_dict(
+    model,
+    ema,
+    optimizer,
+    scaler,
+    state: State,
+    stage: int,
+    cfg: TrainConfig,
+    best: bool,
+    guard=None,
+    progress: EpochProgress | None = None,
+) -> dict:
     raw = to_cpu(model.state_dict())
     ckpt = {
         "format": "camodet-checkpoint-v1",
         "model_state_dict": raw,
         "optimizer_state_dict": optimizer.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
-        "rng_state": {"torch": torch.get_rng_state(),
-                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "epoch": state.epoch, "global_step": state.global_step, "stage": stage,
-        "best_iou": state.best_iou, "best_epoch": state.best_epoch,
-        "lr_scale": state.lr_scale, "rollbacks": state.rollbacks,
-        "schedule_start": list(state.schedule_start), "world_size": state.world_size,
-        "metrics": state.metrics or {}, "config": cfg.to_dict(), "weights": "raw",
+        "rng_state": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "stage": stage,
+        "best_iou": state.best_iou,
+        "best_epoch": state.best_epoch,
+        "lr_scale": state.lr_scale,
+        "rollbacks": state.rollbacks,
+        "schedule_start": list(state.schedule_start),
+        "world_size": state.world_size,
+        "metrics": state.metrics or {},
+        "config": cfg.to_dict(),
+        "weights": "raw",
         "normalization": model.normalization.to_dict(),  # the input statistics the weights expect
     }
     if guard is not None:
@@ -127,9 +149,14 @@ def checkpoint_dict(model, ema, optimizer, scaler, state: State, stage: int, cfg
 
 def snapshot(model, ema, optimizer, scaler, state: State, progress: EpochProgress) -> dict:
     """A host copy of everything a rollback restores."""
-    return {"model": to_cpu(model.state_dict()), "ema": to_cpu(ema.module.state_dict()) if ema else None,
-            "optimizer": to_cpu(optimizer.state_dict()), "scaler": scaler.state_dict(),
-            "global_step": state.global_step, "progress": progress.to_dict()}
+    return {
+        "model": to_cpu(model.state_dict()),
+        "ema": to_cpu(ema.module.state_dict()) if ema else None,
+        "optimizer": to_cpu(optimizer.state_dict()),
+        "scaler": scaler.state_dict(),
+        "global_step": state.global_step,
+        "progress": progress.to_dict(),
+    }
 
 
 def restore(snap: dict, model, ema, optimizer, scaler, state: State, device) -> EpochProgress:

@@ -46,7 +46,11 @@ class LoopClock:
         total = time.perf_counter() - self.start
         n = len(self.step_seconds)
         step = statistics.median(self.step_seconds) if n else float("nan")
-        return {"train_time_s": round(total, 3), "steps": n, "step_time_s": round(step, 4),
-                "data_wait_s": round(self.data_wait, 3),
-                "train_cpu_s": round(time.process_time() - self.cpu_start, 3),
-                "loop_ratio": round(total / (n * step), 3) if n and step > 0 else None}
+        return {
+            "train_time_s": round(total, 3),
+            "steps": n,
+            "step_time_s": round(step, 4),
+            "data_wait_s": round(self.data_wait, 3),
+            "train_cpu_s": round(time.process_time() - self.cpu_start, 3),
+            "loop_ratio": round(total / (n * step), 3) if n and step > 0 else None,
+        }

@@ -32,7 +32,14 @@ from .checkpoint import atomic_save, check_arch, load_checkpoint, load_matching,
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .monitor import TensorBoard, peak_memory_mb
-from .loaders import EpochSampler, readable_samples, split_train_val, train_loader, training_samples, val_loader
+from .loaders import (
+    EpochSampler,
+    readable_samples,
+    split_train_val,
+    train_loader,
+    training_samples,
+    val_loader,
+)
 from .loaders import input_normalization, resolve_workers
 from .timing import LoopClock
 from .optim import build_optimizer, set_lrs
@@ -45,11 +52,27 @@ log = logging.getLogger("camodet")
 # Settings that do not change what a run computes; a resume that differs only in
 # these is still an exact continuation. Where the backbone's ImageNet weights came from
 # is one of them: a resume takes every weight from its checkpoint.
-NOT_HYPERPARAMETERS = {"run.checkpoint_dir", "run.resume_from", "run.init_from", "run.overwrite", "run.device",
-                       "run.log_every", "run.use_ddp", "run.keep_last", "run.tensorboard", "run.image_every",
-                       "run.time_limit", "run.preempt_signal", "run.requeue_on_preempt",
-                       "model.pretrained", "model.pretrained_path",
-                       "data.num_workers", "data.skip_bad_files", "data.cache", "data.cache_dir"}
+NOT_HYPERPARAMETERS = {
+    "run.checkpoint_dir",
+    "run.resume_from",
+    "run.init_from",
+    "run.overwrite",
+    "run.device",
+    "run.log_every",
+    "run.use_ddp",
+    "run.keep_last",
+    "run.tensorboard",
+    "run.image_every",
+    "run.time_limit",
+    "run.preempt_signal",
+    "run.requeue_on_preempt",
+    "model.pretrained",
+    "model.pretrained_path",
+    "data.num_workers",
+    "data.skip_bad_files",
+    "data.cache",
+    "data.cache_dir",
+}
 NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}
 
 
@@ -65,9 +88,11 @@ class CompiledOrEager:
             try:
                 return self.compiled(x)
             except Exception as e:  # any backend failure: the run must not die for a speed-up
-                log.warning(f"--compile: torch.compile failed ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
-                            f"continuing without it")
+                log.warning(
+                    f"--compile: torch.compile failed ({type(e).__name__}: "
+                    f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+                    f"continuing without it"
+                )
                 self.compiled = None
         return self.module(x)
 
@@ -75,16 +100,18 @@ class CompiledOrEager:
 @dataclass
 class RunContext:
     """The run-wide helpers an epoch needs besides the model and the data."""
+
     stop: StopRequest
     watchdog: StallWatchdog
-    record: object          # record(event dict): appends to metrics.jsonl on rank 0
+    record: object  # record(event dict): appends to metrics.jsonl on rank 0
     tb: TensorBoard
 
 
 @dataclass
 class Outcome:
     """How a pass over (the rest of) an epoch ended."""
-    action: str = "done"      # done | rollback | stopped
+
+    action: str = "done"  # done | rollback | stopped
     reason: str = ""
     step: int = 0
     files: list = dataclasses.field(default_factory=list)  # images of the windows that went wrong
@@ -115,9 +142,14 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     # A setting added after the checkpoint was written, now at its default (which is what the older
     # version did), changes nothing: resuming such a checkpoint stays exact.
     defaults = flat(TrainConfig().to_dict())
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in NOT_HYPERPARAMETERS and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
-            and a.get(k) != b.get(k) and not (k not in a and b.get(k) == defaults.get(k))]
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in NOT_HYPERPARAMETERS
+        and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
+        and a.get(k) != b.get(k)
+        and not (k not in a and b.get(k) == defaults.get(k))
+    ]
 
 
 def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
@@ -127,8 +159,10 @@ def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
     changes = changed_settings(ckpt.get("config", {}), cfg.to_dict())
     saved_world = ckpt.get("world_size")  # absent in checkpoints of camodet before 0.1.1
     if saved_world is not None and int(saved_world) != world:
-        changes.append(f"processes: {int(saved_world)} -> {world} (the effective batch and the data each "
-                       f"process sees change)")
+        changes.append(
+            f"processes: {int(saved_world)} -> {world} (the effective batch and the data each "
+            f"process sees change)"
+        )
     return changes
 
 
@@ -141,8 +175,10 @@ def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda wher
             beat(f"validation batch {i + 1}")
             logits = model(batch["image"].to(device, non_blocking=True)).logits.float()
             for j, gt in enumerate(batch["gt"]):
-                up = F.interpolate(logits[j:j + 1], size=gt.shape, mode="bilinear", align_corners=False)
-                evaluator.step(to_uint8(torch.sigmoid(up)[0, 0].cpu().numpy()), gt, str(int(batch["index"][j])))
+                up = F.interpolate(logits[j : j + 1], size=gt.shape, mode="bilinear", align_corners=False)
+                evaluator.step(
+                    to_uint8(torch.sigmoid(up)[0, 0].cpu().numpy()), gt, str(int(batch["index"][j]))
+                )
     records = [r for part in distributed.gather_objects(evaluator.records, d) for r in part]
     return mean_records(records)
 
@@ -164,8 +200,14 @@ def train(cfg: TrainConfig) -> State:
     samples = training_samples(cfg.data)
     if cfg.data.cache:
         cache_dir = os.path.expandvars(cfg.data.cache_dir or default_cache_dir())  # '$TMPDIR/x': per node
-        cache = functools.partial(cached_samples, samples, cfg.data.img_size, cache_dir,
-                                  workers, skip_bad_files=cfg.data.skip_bad_files)
+        cache = functools.partial(
+            cached_samples,
+            samples,
+            cfg.data.img_size,
+            cache_dir,
+            workers,
+            skip_bad_files=cfg.data.skip_bad_files,
+        )
         # Written once where it is stored: by rank 0 on a shared folder, by each node's first
         # process on node-local scratch; the others read it after the barrier (it appears whole).
         if d.local_rank == 0 if not distributed.folder_is_shared(cache_dir, d) else d.is_main:
@@ -177,19 +219,29 @@ def train(cfg: TrainConfig) -> State:
         val_samples = readable_samples(val_samples)
     # Read once: its normalisation decides the datasets', its state the model's.
     resume_ckpt = load_checkpoint(cfg.run.resume_from) if cfg.run.resume_from else None
-    norm = input_normalization(cfg, resume_ckpt)  # the backbone's own statistics (a resumed run: its checkpoint's)
-    train_set = CODDataset(train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files,
-                           norm=norm)
-    val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files,
-                         norm=norm)
-    say(f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
-        f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}")
-    say(f"data loader: {workers} worker process(es){' (--num-workers auto)' if cfg.data.num_workers == 'auto' else ''}")
+    norm = input_normalization(
+        cfg, resume_ckpt
+    )  # the backbone's own statistics (a resumed run: its checkpoint's)
+    train_set = CODDataset(
+        train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files, norm=norm
+    )
+    val_set = CODDataset(
+        val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files, norm=norm
+    )
+    say(
+        f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
+        f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}"
+    )
+    say(
+        f"data loader: {workers} worker process(es){' (--num-workers auto)' if cfg.data.num_workers == 'auto' else ''}"
+    )
 
     # Model, then resume or initialise before anything copies its weights (EMA, DDP). A resume
     # takes every weight from its checkpoint, so it never needs the network or the weights file.
     resuming = bool(cfg.run.resume_from)
-    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resuming else cfg.model
+    model_cfg = (
+        dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resuming else cfg.model
+    )
     model = build_model(model_cfg).to(device)
     model.normalization = norm  # saved in every checkpoint
     state, restart_epoch, position = State(world_size=d.world), None, None
@@ -206,10 +258,17 @@ def train(cfg: TrainConfig) -> State:
             state.best_epoch = int(resume_ckpt.get("best_epoch", 0))
         if changes:
             restart_epoch = state.epoch + 1
-            say(f"warm restart from {cfg.run.resume_from} (epoch {state.epoch}): weights and EMA loaded, "
+            say(
+                f"warm restart from {cfg.run.resume_from} (epoch {state.epoch}): weights and EMA loaded, "
                 f"schedule re-planned from epoch {restart_epoch}"
-                + (f" (the interrupted epoch {restart_epoch} starts again from its beginning)"
-                   if "position" in resume_ckpt else "") + "; changed: " + "; ".join(changes))
+                + (
+                    f" (the interrupted epoch {restart_epoch} starts again from its beginning)"
+                    if "position" in resume_ckpt
+                    else ""
+                )
+                + "; changed: "
+                + "; ".join(changes)
+            )
         else:
             state.lr_scale = float(resume_ckpt.get("lr_scale", 1.0))
             state.rollbacks = int(resume_ckpt.get("rollbacks", 0))
@@ -217,8 +276,10 @@ def train(cfg: TrainConfig) -> State:
             guard.load_state_dict(resume_ckpt.get("guard", {}))
             if "position" in resume_ckpt:
                 position = EpochProgress.from_dict(resume_ckpt["position"], device)
-                say(f"resuming {cfg.run.resume_from} exactly inside epoch {position.epoch}, after "
-                    f"{position.micro_step} micro-batches")
+                say(
+                    f"resuming {cfg.run.resume_from} exactly inside epoch {position.epoch}, after "
+                    f"{position.micro_step} micro-batches"
+                )
             else:
                 say(f"resuming {cfg.run.resume_from} exactly after epoch {state.epoch}")
     elif cfg.run.init_from:
@@ -227,10 +288,16 @@ def train(cfg: TrainConfig) -> State:
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
     m, st = cfg.model, cfg.stages
-    if (d.is_main and not (m.pretrained or m.pretrained_path or cfg.run.resume_from or cfg.run.init_from)
-            and st.stage1_epochs > 0 and not st.skip_stage1):
-        log.warning("stage 1 trains the decoder on a frozen backbone that is randomly initialised; for real "
-                    "data pass --pretrained or --pretrained-path FILE (or --stage1-epochs 0)")
+    if (
+        d.is_main
+        and not (m.pretrained or m.pretrained_path or cfg.run.resume_from or cfg.run.init_from)
+        and st.stage1_epochs > 0
+        and not st.skip_stage1
+    ):
+        log.warning(
+            "stage 1 trains the decoder on a frozen backbone that is randomly initialised; for real "
+            "data pass --pretrained or --pretrained-path FILE (or --stage1-epochs 0)"
+        )
 
     if cfg.speed.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -266,7 +333,9 @@ def train(cfg: TrainConfig) -> State:
         os.makedirs(run_dir, exist_ok=True)
         save_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     if restart_epoch is not None:
-        record({"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from, "changed": changes})
+        record(
+            {"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from, "changed": changes}
+        )
 
     def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
         started = time.monotonic()
@@ -278,15 +347,25 @@ def train(cfg: TrainConfig) -> State:
     ddp_model, frozen, stage, loader_batch, loader, forward = model, None, None, None, None, model
     first_epoch = position.epoch if position is not None else state.epoch + 1
     if first_epoch > plan.epochs:
-        say(f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
-            f"raise --epochs to train on (a warm restart)")
-    tb = TensorBoard(cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None)
+        say(
+            f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
+            f"raise --epochs to train on (a warm restart)"
+        )
+    tb = TensorBoard(
+        cfg.run.tensorboard and d.is_main, run_dir, state.global_step if cfg.run.resume_from else None
+    )
     time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
     validation_seconds = None
     preempt = signal_number(cfg.run.preempt_signal)
-    with StopRequest(time_limit, (preempt,)) as stop, StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog, tb:
+    with (
+        StopRequest(time_limit, (preempt,)) as stop,
+        StallWatchdog(cfg.safety.stall_timeout, run_dir) as watchdog,
+        tb,
+    ):
         # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
-        stop.save_seconds = 1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
+        stop.save_seconds = (
+            1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
+        )
         init_fn = functools.partial(worker_init, watchdog.dump_dir)
         ctx = RunContext(stop, watchdog, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
@@ -305,32 +384,69 @@ def train(cfg: TrainConfig) -> State:
                 stage = plan.stage(epoch)
                 loader_batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
                 # One loader per stage: its workers persist across the stage's epochs.
-                loader = train_loader(train_set, loader_batch, EpochSampler(len(train_set), cfg.run.seed, epoch,
-                                                                            d.rank, d.world),
-                                      workers, pin_memory=device.type == "cuda",
-                                      worker_init_fn=init_fn, persistent_workers=cfg.speed.persistent_workers)
+                loader = train_loader(
+                    train_set,
+                    loader_batch,
+                    EpochSampler(len(train_set), cfg.run.seed, epoch, d.rank, d.world),
+                    workers,
+                    pin_memory=device.type == "cuda",
+                    worker_init_fn=init_fn,
+                    persistent_workers=cfg.speed.persistent_workers,
+                )
                 effective = loader_batch * cfg.optim.accumulation_steps * d.world
                 trainable = sorted(set(range(plan.num_groups)) - frozen)
-                say(f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
+                say(
+                    f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
                     f"{cfg.optim.accumulation_steps} x {d.world} process(es) = effective batch {effective}; "
                     f"peak lr {plan.lr[stage - 1] * state.lr_scale:g}; backbone groups training: "
-                    f"{trainable or 'none'}")
-                record({"type": "stage", "epoch": epoch, "stage": stage, "batch_size": loader_batch,
-                        "effective_batch": effective, "trainable": trainable})
+                    f"{trainable or 'none'}"
+                )
+                record(
+                    {
+                        "type": "stage",
+                        "epoch": epoch,
+                        "stage": stage,
+                        "batch_size": loader_batch,
+                        "effective_batch": effective,
+                        "trainable": trainable,
+                    }
+                )
 
             # Train the epoch (or its rest, after a mid-epoch resume). On divergence, go back to
             # the state at the start of this pass with a lower LR and train it again.
             progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
             good = snapshot(model, ema, optimizer, scaler, state, progress)
             while True:
-                outcome = train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader,
-                                          progress, plan, state, guard, cfg, device, dtype, d, ctx, memory_format)
+                outcome = train_one_epoch(
+                    ddp_model,
+                    forward,
+                    model,
+                    ema,
+                    optimizer,
+                    scaler,
+                    loader,
+                    progress,
+                    plan,
+                    state,
+                    guard,
+                    cfg,
+                    device,
+                    dtype,
+                    d,
+                    ctx,
+                    memory_format,
+                )
                 if outcome.action == "done":
-                    bad = nonfinite_tensors(model.state_dict()) + \
-                        (nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else [])
+                    bad = nonfinite_tensors(model.state_dict()) + (
+                        nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else []
+                    )
                     if any_rank(bool(bad), d, device):
-                        outcome = Outcome(ROLLBACK, f"non-finite tensors at the end of the epoch "
-                                                    f"({', '.join(bad[:3]) or 'on another rank'})", progress.micro_step)
+                        outcome = Outcome(
+                            ROLLBACK,
+                            f"non-finite tensors at the end of the epoch "
+                            f"({', '.join(bad[:3]) or 'on another rank'})",
+                            progress.micro_step,
+                        )
                 if outcome.action != ROLLBACK:
                     break
                 roll_back(outcome, epoch, state, cfg, plan, run_dir, record)
@@ -343,8 +459,11 @@ def train(cfg: TrainConfig) -> State:
 
             # --time-limit: validation and the saves must still fit, or stop here (the pass is kept).
             if outcome.action == "done" and time_limit and len(val_set):
-                needed = validation_seconds if validation_seconds is not None else \
-                    progress.seconds * len(val_set) / max(1, len(train_set))
+                needed = (
+                    validation_seconds
+                    if validation_seconds is not None
+                    else progress.seconds * len(val_set) / max(1, len(train_set))
+                )
                 if any_rank(stop.out_of_time(needed + stop.save_seconds), d, device):
                     stop.timed_out = True
                     outcome = Outcome("stopped", stop.name, progress.micro_step)
@@ -354,12 +473,24 @@ def train(cfg: TrainConfig) -> State:
                 progress.merge_ranks(lambda t: distributed.all_reduce_mean(t, d))
                 if d.is_main:
                     save(os.path.join(run_dir, "last.pth"), progress=progress)
-                record({"type": "interrupted", "epoch": epoch, "micro_step": progress.micro_step,
-                        "global_step": state.global_step, "signal": state.interrupted})
-                say(f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} micro-batches; "
-                    f"resumable checkpoint {os.path.join(run_dir, 'last.pth')}")
-                if d.is_main and cfg.run.requeue_on_preempt and state.interrupted in (
-                        signal.Signals(preempt).name, "SIGTERM"):
+                record(
+                    {
+                        "type": "interrupted",
+                        "epoch": epoch,
+                        "micro_step": progress.micro_step,
+                        "global_step": state.global_step,
+                        "signal": state.interrupted,
+                    }
+                )
+                say(
+                    f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} micro-batches; "
+                    f"resumable checkpoint {os.path.join(run_dir, 'last.pth')}"
+                )
+                if (
+                    d.is_main
+                    and cfg.run.requeue_on_preempt
+                    and state.interrupted in (signal.Signals(preempt).name, "SIGTERM")
+                ):
                     requeue_slurm_job()
                 break
 
@@ -367,11 +498,25 @@ def train(cfg: TrainConfig) -> State:
             stats = progress.stats(lambda t: distributed.all_reduce_mean(t, d))
             stats["images_per_s"] *= d.world
             eval_model = ema.module if ema is not None else model
-            val = validate(eval_model, val_loader(val_set, loader_batch, d.rank, d.world, workers,
-                                                  init_fn), device, dtype, d, watchdog.beat) if len(val_set) else {}
+            val = (
+                validate(
+                    eval_model,
+                    val_loader(val_set, loader_batch, d.rank, d.world, workers, init_fn),
+                    device,
+                    dtype,
+                    d,
+                    watchdog.beat,
+                )
+                if len(val_set)
+                else {}
+            )
             validation_seconds = time.monotonic() - validation_started
             state.epoch = epoch
-            state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
+            state.metrics = {
+                "loss": stats["loss"],
+                "lr": stats["lr"],
+                **{f"val_{k}": v for k, v in val.items()},
+            }
             iou = val.get("IoU", float("nan"))
             improved = math.isfinite(iou) and iou > state.best_iou
             if improved:
@@ -386,27 +531,52 @@ def train(cfg: TrainConfig) -> State:
                     save(os.path.join(run_dir, "best_model.pth"), best=True)
                 memory_mb, memory_kind = peak_memory_mb(device)
                 epoch_record = {
-                    "type": "epoch", "epoch": epoch, "stage": stage, "global_step": state.global_step,
-                    "time_s": round(progress.seconds, 3), "images_per_s": stats["images_per_s"], **stats["parts"],
-                    "loss": stats["loss"], "lr": stats["lr"], "lr_scale": state.lr_scale,
-                    "grad_norm": stats["grad_norm"], "skipped_steps": stats["skipped_steps"],
-                    "overflow_steps": stats["overflow_steps"], "expert_usage": stats["expert_usage"], "val": val,
-                    "best_iou": state.best_iou, "best_epoch": state.best_epoch,
-                    "peak_memory_mb": round(memory_mb, 1), "memory_kind": memory_kind}
-                epoch_record.update(outcome.timing or {}, val_time_s=round(validation_seconds, 3), num_workers=workers)
+                    "type": "epoch",
+                    "epoch": epoch,
+                    "stage": stage,
+                    "global_step": state.global_step,
+                    "time_s": round(progress.seconds, 3),
+                    "images_per_s": stats["images_per_s"],
+                    **stats["parts"],
+                    "loss": stats["loss"],
+                    "lr": stats["lr"],
+                    "lr_scale": state.lr_scale,
+                    "grad_norm": stats["grad_norm"],
+                    "skipped_steps": stats["skipped_steps"],
+                    "overflow_steps": stats["overflow_steps"],
+                    "expert_usage": stats["expert_usage"],
+                    "val": val,
+                    "best_iou": state.best_iou,
+                    "best_epoch": state.best_epoch,
+                    "peak_memory_mb": round(memory_mb, 1),
+                    "memory_kind": memory_kind,
+                }
+                epoch_record.update(
+                    outcome.timing or {}, val_time_s=round(validation_seconds, 3), num_workers=workers
+                )
                 record(epoch_record)
                 tb.epoch(epoch, epoch_record)
                 if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
                     tb.panel(epoch, eval_model, val_set, device)
-                print(f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
-                      f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
-                      + (" | best" if improved else ""), flush=True)
+                print(
+                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
+                    f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
+                    + (" | best" if improved else ""),
+                    flush=True,
+                )
                 for advice in new_advice(records, cfg_dict):
                     log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
             if any_rank(stop.requested, d, device):  # a signal during validation or saving
                 state.interrupted = stop_reason(stop, d)
-                record({"type": "interrupted", "epoch": epoch, "micro_step": None,
-                        "global_step": state.global_step, "signal": state.interrupted})
+                record(
+                    {
+                        "type": "interrupted",
+                        "epoch": epoch,
+                        "micro_step": None,
+                        "global_step": state.global_step,
+                        "signal": state.interrupted,
+                    }
+                )
                 break
     if d.enabled and not state.interrupted:
         distributed.check_in_sync(model, d)
@@ -429,56 +599,82 @@ def any_rank(flag: bool, d: distributed.Dist, device) -> bool:
     return distributed.all_reduce_mean(torch.tensor(float(flag), device=device), d).item() > 0
 
 
-def roll_back(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan, run_dir: str,
-              record) -> None:
+def roll_back(
+    outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan, run_dir: str, record
+) -> None:
     """Count the rollback and lower the LR, or stop the run when the budget is spent."""
     state.rollbacks += 1
     state.rollback_files.append(sorted(set(outcome.files)))
-    event = {"epoch": epoch, "step": outcome.step, "global_step": state.global_step, "reason": outcome.reason,
-             "rollbacks": state.rollbacks, "files": state.rollback_files[-1]}
+    event = {
+        "epoch": epoch,
+        "step": outcome.step,
+        "global_step": state.global_step,
+        "reason": outcome.reason,
+        "rollbacks": state.rollbacks,
+        "files": state.rollback_files[-1],
+    }
     if state.rollbacks > cfg.safety.max_rollbacks:
         record({"type": "diverged", **event})
         raise DivergenceError(divergence_message(outcome, epoch, state, cfg, plan, run_dir))
     state.lr_scale *= cfg.safety.rollback_lr_factor
     record({"type": "rollback", **event, "lr_scale": state.lr_scale})
-    log.warning(f"divergence at epoch {epoch}, step {outcome.step}: {outcome.reason}; rolled back to the "
-                f"start of this pass (rollback {state.rollbacks} of {cfg.safety.max_rollbacks}), "
-                f"LR now x{state.lr_scale:g} of the plan")
+    log.warning(
+        f"divergence at epoch {epoch}, step {outcome.step}: {outcome.reason}; rolled back to the "
+        f"start of this pass (rollback {state.rollbacks} of {cfg.safety.max_rollbacks}), "
+        f"LR now x{state.lr_scale:g} of the plan"
+    )
 
 
-def divergence_message(outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan,
-                       run_dir: str) -> str:
+def divergence_message(
+    outcome: Outcome, epoch: int, state: State, cfg: TrainConfig, plan: Plan, run_dir: str
+) -> str:
     stage = plan.stage(epoch)
     flag, peak = ("--lr", cfg.optim.lr) if stage == 1 else ("--stage2-lr", cfg.stage2_lr)
     suggested = peak * state.lr_scale * cfg.safety.rollback_lr_factor
     last = os.path.join(run_dir, "last.pth")
-    good = (f"last good checkpoint: {last} (epoch {state.epoch})" if state.epoch > 0 and os.path.isfile(last)
-            else "no epoch finished, so there is no good checkpoint")
-    best = (f", best: {os.path.join(run_dir, 'best_model.pth')} (epoch {state.best_epoch}, IoU {state.best_iou:.4f})"
-            if state.best_epoch else "")
+    good = (
+        f"last good checkpoint: {last} (epoch {state.epoch})"
+        if state.epoch > 0 and os.path.isfile(last)
+        else "no epoch finished, so there is no good checkpoint"
+    )
+    best = (
+        f", best: {os.path.join(run_dir, 'best_model.pth')} (epoch {state.best_epoch}, IoU {state.best_iou:.4f})"
+        if state.best_epoch
+        else ""
+    )
     # Each rollback replays the same data at a lower LR: bad windows that hold the same files
     # every time point at those files; windows that move point at the learning rate.
     common = set.intersection(*map(set, state.rollback_files)) if state.rollback_files else set()
     if len(state.rollback_files) > 1 and common:
         shown = sorted(common)
-        cause = (f"The same file(s) were in the failing window every time ({', '.join(shown[:4])}"
-                 f"{f' and {len(shown) - 4} more' if len(shown) > 4 else ''}): a data problem is likely; check "
-                 f"their masks ('camodet data check'), fix or remove them. If they are fine, try")
+        cause = (
+            f"The same file(s) were in the failing window every time ({', '.join(shown[:4])}"
+            f"{f' and {len(shown) - 4} more' if len(shown) > 4 else ''}): a data problem is likely; check "
+            f"their masks ('camodet data check'), fix or remove them. If they are fine, try"
+        )
     else:
-        cause = ("The failing windows held different files each time, which points at the learning rate. Try"
-                 if len(state.rollback_files) > 1 else "Try")
-    return (f"training diverged at epoch {epoch} (stage {stage}), step {outcome.step}: {outcome.reason}; "
-            f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
-            f"{good}{best}. {cause} --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
-            f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
-            f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see metrics.jsonl for every event")
+        cause = (
+            "The failing windows held different files each time, which points at the learning rate. Try"
+            if len(state.rollback_files) > 1
+            else "Try"
+        )
+    return (
+        f"training diverged at epoch {epoch} (stage {stage}), step {outcome.step}: {outcome.reason}; "
+        f"{cfg.safety.max_rollbacks} rollback(s) with the LR lowered to x{state.lr_scale:g} did not help. "
+        f"{good}{best}. {cause} --resume-from {last if state.epoch > 0 else '...'} with {flag} {suggested:.3g}"
+        f"{', --grad-clip 0.5' if cfg.optim.grad_clip == 0 or cfg.optim.grad_clip > 0.5 else ''}"
+        f"{' or --amp bf16' if cfg.optim.amp == 'fp16' else ''}; see metrics.jsonl for every event"
+    )
 
 
 def keep_numbered(run_dir: str, epoch: int, keep: int, save) -> None:
     """epoch_N.pth for the last `keep` epochs, ordered by N as a number (epoch_10 after epoch_9)."""
     save(os.path.join(run_dir, f"epoch_{epoch}.pth"))
-    numbered = sorted((int(f[6:-4]), f) for f in os.listdir(run_dir)
-                      if f.startswith("epoch_") and f.endswith(".pth") and f[6:-4].isdigit())
+    numbered = sorted(
+        (int(f[6:-4]), f)
+        for f in os.listdir(run_dir)
+        if f.startswith("epoch_") and f.endswith(".pth") and f[6:-4].isdigit()
+    )
     for _, f in numbered[:-keep]:
         os.unlink(os.path.join(run_dir, f))
 
@@ -491,9 +687,25 @@ def window_files(loader, window_index: list, d: distributed.Dist) -> list[str]:
     return sorted({f for part in distributed.gather_objects(mine, d) for f in part})
 
 
-def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, progress: EpochProgress, plan: Plan,
-                    state: State, guard: DivergenceGuard, cfg: TrainConfig, device, dtype, d: distributed.Dist,
-                    ctx: RunContext, memory_format=torch.contiguous_format) -> Outcome:
+def train_one_epoch(
+    ddp_model,
+    forward,
+    model,
+    ema,
+    optimizer,
+    scaler,
+    loader,
+    progress: EpochProgress,
+    plan: Plan,
+    state: State,
+    guard: DivergenceGuard,
+    cfg: TrainConfig,
+    device,
+    dtype,
+    d: distributed.Dist,
+    ctx: RunContext,
+    memory_format=torch.contiguous_format,
+) -> Outcome:
     """The rest of one epoch, from `progress.micro_step`. Each micro-batch loss is weighted
     by its share of the images in its accumulation window, so a short last window still
     gives the mean over exactly the images it saw. One host read per optimizer step: the
@@ -512,16 +724,22 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
     watched = params + [b for b in model.buffers() if b.is_floating_point()]
     fp16 = scaler.is_enabled()
     window_loss = torch.zeros((), device=device)
-    window_index: list[torch.Tensor] = []   # dataset indices of this window (CPU), to name its files
-    bad_files: list[str] = []               # files of the windows skipped in this pass
+    window_index: list[torch.Tensor] = []  # dataset indices of this window (CPU), to name its files
+    bad_files: list[str] = []  # files of the windows skipped in this pass
     step_seconds, step_started = 0.0, time.monotonic()
     if progress.loss_sum is None:
         progress.loss_sum = torch.zeros((), device=device)
     clock = LoopClock()  # from here: starting the loader's workers is part of the pass
     it = iter(loader)
     watchdog.loader_iter = it
-    bar = tqdm(clock.wrap(it), total=micro_total, initial=progress.micro_step, desc=f"epoch {epoch}", leave=False,
-               disable=None if d.is_main else True)
+    bar = tqdm(
+        clock.wrap(it),
+        total=micro_total,
+        initial=progress.micro_step,
+        desc=f"epoch {epoch}",
+        leave=False,
+        disable=None if d.is_main else True,
+    )
     t0 = time.time()
     outcome = Outcome()
     for i, batch in enumerate(bar, start=progress.micro_step):
@@ -563,8 +781,9 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         check = [window_loss, grad_norm.float(), torch.nn.utils.get_total_norm(watched).float()]
         if d.enabled:
-            check = distributed.all_reduce_mean(torch.stack(check + [torch.tensor(
-                float(stop.requested), device=device)]), d).tolist()
+            check = distributed.all_reduce_mean(
+                torch.stack(check + [torch.tensor(float(stop.requested), device=device)]), d
+            ).tolist()
         else:
             check = torch.stack(check).tolist() + [float(stop.requested)]
         loss_v, grad_v, weight_v, stop_v = check  # the one host synchronisation of this step
@@ -594,10 +813,20 @@ def train_one_epoch(ddp_model, forward, model, ema, optimizer, scaler, loader, p
             progress.overflow += 1
         elif verdict.action == SKIP:
             progress.skipped += 1
-            ctx.record({"type": "skipped_step", "epoch": epoch, "step": step, "global_step": state.global_step,
-                        "reason": verdict.reason, "files": files})
-            log.warning(f"epoch {epoch}, step {step}: {verdict.reason} (files: {', '.join(files[:4])}"
-                        f"{' ...' if len(files) > 4 else ''})")
+            ctx.record(
+                {
+                    "type": "skipped_step",
+                    "epoch": epoch,
+                    "step": step,
+                    "global_step": state.global_step,
+                    "reason": verdict.reason,
+                    "files": files,
+                }
+            )
+            log.warning(
+                f"epoch {epoch}, step {step}: {verdict.reason} (files: {', '.join(files[:4])}"
+                f"{' ...' if len(files) > 4 else ''})"
+            )
         watchdog.beat(f"epoch {epoch}, optimizer step {step + 1} of {steps_per_epoch}")
         step_seconds, step_started = time.monotonic() - step_started, time.monotonic()
         if state.global_step % cfg.run.log_every == 0:

@@ -15,14 +15,17 @@ log = logging.getLogger("camodet")
 
 EXIT_STALLED = 4
 WORKER_DUMP = "stall-worker-{}.txt"
-LIKELY_CAUSES = ("a data-loader worker stuck reading a file (network filesystem, corrupt file: rerun with "
-                 "--num-workers 0 to see which), a process of a multi-GPU run that died or hangs in a "
-                 "collective, or a GPU that stopped responding")
+LIKELY_CAUSES = (
+    "a data-loader worker stuck reading a file (network filesystem, corrupt file: rerun with "
+    "--num-workers 0 to see which), a process of a multi-GPU run that died or hangs in a "
+    "collective, or a GPU that stopped responding"
+)
 
 
 def worker_init(dump_dir: str | None, worker_id: int) -> None:
     """In each data-loader worker: Ctrl-C goes to the trainer only; SIGUSR1 dumps this worker's stack."""
     from .interrupt import ignore_in_worker
+
     ignore_in_worker()
     if dump_dir and hasattr(signal, "SIGUSR1"):
         fh = open(os.path.join(dump_dir, WORKER_DUMP.format(worker_id)), "w")  # kept open for the handler
@@ -34,8 +37,10 @@ def loader_state(it) -> str:
     workers = getattr(it, "_workers", None)
     if not workers:
         return "data loader: in-process (num_workers 0) or not started"
-    lines = [f"data loader: {len(workers)} workers, batches sent {getattr(it, '_send_idx', '?')}, "
-             f"received {getattr(it, '_rcvd_idx', '?')}, outstanding {getattr(it, '_tasks_outstanding', '?')}"]
+    lines = [
+        f"data loader: {len(workers)} workers, batches sent {getattr(it, '_send_idx', '?')}, "
+        f"received {getattr(it, '_rcvd_idx', '?')}, outstanding {getattr(it, '_tasks_outstanding', '?')}"
+    ]
     for i, w in enumerate(workers):
         lines.append(f"  worker {i}: pid {w.pid}, alive {w.is_alive()}")
     return "\n".join(lines)
@@ -76,9 +81,11 @@ class StallWatchdog:
                 path = self.dump(idle)
                 for w in getattr(self.loader_iter, "_workers", None) or []:
                     w.kill()  # a hung worker would outlive us, holding the terminal and the GPU
-                log.error(f"camodet: error: no optimizer step finished for {idle:.0f} s (last progress: "
-                          f"{self.where}); stacks written to {path}. Likely causes: {LIKELY_CAUSES}. "
-                          f"Raise --stall-timeout if a step really takes this long")
+                log.error(
+                    f"camodet: error: no optimizer step finished for {idle:.0f} s (last progress: "
+                    f"{self.where}); stacks written to {path}. Likely causes: {LIKELY_CAUSES}. "
+                    f"Raise --stall-timeout if a step really takes this long"
+                )
                 logging.shutdown()
                 os._exit(EXIT_STALLED)  # the main thread is stuck: nothing else can end the run
 

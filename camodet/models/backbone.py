@@ -33,13 +33,17 @@ def check_backbone(name: str, img_size: int) -> None:
         with torch.device("meta"):
             body = timm.create_model(name, features_only=True, pretrained=False)
     except Exception as e:  # timm raises RuntimeError/ValueError/NotImplementedError variously
-        raise ConfigError(f"--backbone {name} does not support features_only ({e}); choose a CNN or "
-                          f"hierarchical transformer such as edgenext_base or resnet50") from None
+        raise ConfigError(
+            f"--backbone {name} does not support features_only ({e}); choose a CNN or "
+            f"hierarchical transformer such as edgenext_base or resnet50"
+        ) from None
     stride = max(body.feature_info.reduction())
     if img_size % stride:
         lower, upper = img_size // stride * stride, (img_size // stride + 1) * stride
-        raise ConfigError(f"--img-size {img_size} is not a multiple of {name}'s output stride {stride}; "
-                          f"use {lower or upper} or {upper}")
+        raise ConfigError(
+            f"--img-size {img_size} is not a multiple of {name}'s output stride {stride}; "
+            f"use {lower or upper} or {upper}"
+        )
 
 
 def backbone_normalization(name: str) -> Normalization:
@@ -93,7 +97,7 @@ class Backbone(nn.Module):
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())
         self.num_groups = len(self.channels)
-        self.normalization = normalization_of(self.body)   # what its pretrained weights expect
+        self.normalization = normalization_of(self.body)  # what its pretrained weights expect
         module_names = [n for n, _ in self.body.named_modules() if n]
         self._module_group = assign_groups(module_names, list(info.module_name()))
 
@@ -134,12 +138,15 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
         file_sd, load_path, tmp = timm_named_file(file_sd, name, pretrained_path)
         # timm maps a full-model state dict onto the features_only model and drops the classifier.
         try:
-            body = timm.create_model(name, features_only=True, pretrained=True,
-                                     pretrained_cfg_overlay={"file": load_path})
+            body = timm.create_model(
+                name, features_only=True, pretrained=True, pretrained_cfg_overlay={"file": load_path}
+            )
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise BackboneError(f"--pretrained-path {pretrained_path} does not fit {name}: {first}; "
-                                f"the file must be a state dict of timm's {name}") from None
+            raise BackboneError(
+                f"--pretrained-path {pretrained_path} does not fit {name}: {first}; "
+                f"the file must be a state dict of timm's {name}"
+            ) from None
         finally:
             if tmp:
                 os.unlink(tmp)
@@ -152,7 +159,8 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
             raise BackboneError(
                 f"could not fetch ImageNet weights for {name} ({type(e).__name__}: no network?); "
                 f"use --pretrained-path FILE with a local .pth/.safetensors, or pre-fill the Hugging Face "
-                f"cache and set HF_HUB_OFFLINE=1, or drop --pretrained") from None
+                f"cache and set HF_HUB_OFFLINE=1, or drop --pretrained"
+            ) from None
     return timm.create_model(name, features_only=True, pretrained=False)
 
 
@@ -180,15 +188,20 @@ def read_state_dict(path: str) -> dict:
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
+
             sd = load_file(path)
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise BackboneError(f"--pretrained-path {path}: not a readable weights file ({type(e).__name__}); "
-                            f"give a .pth state dict or a .safetensors file") from None
+        raise BackboneError(
+            f"--pretrained-path {path}: not a readable weights file ({type(e).__name__}); "
+            f"give a .pth state dict or a .safetensors file"
+        ) from None
     if not isinstance(sd, dict):
-        raise BackboneError(f"--pretrained-path {path}: holds a {type(sd).__name__}, not a state dict; "
-                            f"save model.state_dict() instead")
+        raise BackboneError(
+            f"--pretrained-path {path}: holds a {type(sd).__name__}, not a state dict; "
+            f"save model.state_dict() instead"
+        )
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -199,9 +212,14 @@ def _verify_complete(body: nn.Module, file_sd: dict, name: str, path: str) -> No
     """timm loads feature models non-strictly (the classifier is dropped on purpose);
     we still insist that every feature tensor came from the file."""
     have = {_norm(k): v.shape for k, v in file_sd.items()}
-    missing = [k for k, v in body.state_dict().items()
-               if have.get(_norm(k)) != v.shape and not k.endswith("num_batches_tracked")]
+    missing = [
+        k
+        for k, v in body.state_dict().items()
+        if have.get(_norm(k)) != v.shape and not k.endswith("num_batches_tracked")
+    ]
     if missing:
-        raise BackboneError(f"--pretrained-path {path} does not fit {name}: {len(missing)} backbone tensors "
-                            f"missing or of another shape (first: {missing[0]}); the file must be a state dict "
-                            f"of timm's {name}")
+        raise BackboneError(
+            f"--pretrained-path {path} does not fit {name}: {len(missing)} backbone tensors "
+            f"missing or of another shape (first: {missing[0]}); the file must be a state dict "
+            f"of timm's {name}"
+        )

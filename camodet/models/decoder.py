@@ -13,16 +13,28 @@ class Decoder(nn.Module):
     """Consumes backbone features of reduction >= 4 (deepest last) and returns the
     decoded maps finest first. MoE blocks sit at reductions >= moe_min_reduction."""
 
-    def __init__(self, in_channels: list[int], reductions: list[int], channels: int, num_experts: int,
-                 top_k: int, gating: str, moe_min_reduction: int = 16):
+    def __init__(
+        self,
+        in_channels: list[int],
+        reductions: list[int],
+        channels: int,
+        num_experts: int,
+        top_k: int,
+        gating: str,
+        moe_min_reduction: int = 16,
+    ):
         super().__init__()
         self.levels = [i for i, r in enumerate(reductions) if r >= 4]
         self.reductions = [reductions[i] for i in self.levels]
         self.lateral = nn.ModuleList(conv_norm_act(in_channels[i], channels, k=1) for i in self.levels)
         self.fuse = nn.ModuleList(conv_norm_act(2 * channels, channels) for _ in self.levels[:-1])
-        self.moe = nn.ModuleDict({
-            str(j): MoEBlock(channels, num_experts, top_k, gating)
-            for j, r in enumerate(self.reductions) if r >= moe_min_reduction})
+        self.moe = nn.ModuleDict(
+            {
+                str(j): MoEBlock(channels, num_experts, top_k, gating)
+                for j, r in enumerate(self.reductions)
+                if r >= moe_min_reduction
+            }
+        )
         self.out_channels = channels
         self.grad_checkpointing = False
 

@@ -17,10 +17,10 @@ SIDE_WEIGHT_DECAY = 0.5
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor                                    # (B, 1, H, W) at input size
-    side_logits: list = field(default_factory=list)         # deep supervision, at input size
-    aux_loss: torch.Tensor | None = None                    # MoE balance (mean over blocks)
-    expert_usage: list = field(default_factory=list)        # one (E,) tensor per MoE block
+    logits: torch.Tensor  # (B, 1, H, W) at input size
+    side_logits: list = field(default_factory=list)  # deep supervision, at input size
+    aux_loss: torch.Tensor | None = None  # MoE balance (mean over blocks)
+    expert_usage: list = field(default_factory=list)  # one (E,) tensor per MoE block
 
 
 class CamoDetector(nn.Module):
@@ -28,8 +28,14 @@ class CamoDetector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path)
-        self.decoder = Decoder(self.backbone.channels, self.backbone.reductions, cfg.decoder_channels,
-                               cfg.num_experts, cfg.top_k, cfg.gating)
+        self.decoder = Decoder(
+            self.backbone.channels,
+            self.backbone.reductions,
+            cfg.decoder_channels,
+            cfg.num_experts,
+            cfg.top_k,
+            cfg.gating,
+        )
         c = cfg.decoder_channels
         self.head = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 1, 1))
         n_side = len(self.decoder.levels) - 1 if cfg.deep_supervision else 0
@@ -53,8 +59,10 @@ class CamoDetector(nn.Module):
         size = x.shape[-2:]
         decoded, routings = self.decoder(self.backbone(x))
         logits = F.interpolate(self.head(decoded[0]), size=size, mode="bilinear", align_corners=False)
-        sides = [F.interpolate(h(d), size=size, mode="bilinear", align_corners=False)
-                 for h, d in zip(self.side_heads, decoded[1:])]
+        sides = [
+            F.interpolate(h(d), size=size, mode="bilinear", align_corners=False)
+            for h, d in zip(self.side_heads, decoded[1:])
+        ]
         aux = torch.stack([r.balance_loss for r in routings]).mean() if routings else logits.new_zeros(())
         return ModelOutput(logits, sides, aux, [r.usage for r in routings])
 

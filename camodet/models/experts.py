@@ -9,7 +9,9 @@ from torch import nn
 def conv_norm_act(cin: int, cout: int, k: int = 3, dilation: int = 1, groups: int = 1) -> nn.Sequential:
     # GroupNorm, not BatchNorm: stage 2 often runs at micro-batch 2, where batch statistics are noise.
     return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, groups=groups, bias=False),
+        nn.Conv2d(
+            cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, groups=groups, bias=False
+        ),
         nn.GroupNorm(min(8, cout), cout),
         nn.GELU(),
     )
@@ -40,7 +42,7 @@ def same_conv_on_reach(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     th, tw = min(rh, (x.shape[-2] - 1) // dh), min(rw, (x.shape[-1] - 1) // dw)
     if (th, tw) == (rh, rw):
         return conv(x)
-    weight = conv.weight[:, :, rh - th: rh + th + 1, rw - tw: rw + tw + 1]
+    weight = conv.weight[:, :, rh - th : rh + th + 1, rw - tw : rw + tw + 1]
     return F.conv2d(x, weight, conv.bias, 1, (th * dh, tw * dw), conv.dilation, conv.groups)
 
 
@@ -79,8 +81,9 @@ class Frequency(nn.Module):
         self.fuse = conv_norm_act(c, c, k=1)
 
     def forward(self, x):
-        low = F.interpolate(F.avg_pool2d(x, 2, ceil_mode=True), size=x.shape[-2:], mode="bilinear",
-                            align_corners=False)
+        low = F.interpolate(
+            F.avg_pool2d(x, 2, ceil_mode=True), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.fuse(torch.cat([self.low(low), self.high(x - low)], 1))
 
 
@@ -125,8 +128,15 @@ class PyramidContext(nn.Module):
         return self.fuse(torch.cat(feats, 1))
 
 
-EXPERT_TYPES = (DilatedContext, LargeKernel, Edge, Frequency, ChannelAttention, SpatialAttention,
-                PyramidContext)
+EXPERT_TYPES = (
+    DilatedContext,
+    LargeKernel,
+    Edge,
+    Frequency,
+    ChannelAttention,
+    SpatialAttention,
+    PyramidContext,
+)
 
 
 def make_expert(index: int, channels: int) -> nn.Module:

@@ -15,9 +15,9 @@ from .experts import make_expert
 
 @dataclass
 class Routing:
-    gates: torch.Tensor          # (B, E), rows sum to 1, zeros outside the top-k
-    balance_loss: torch.Tensor   # scalar, 1.0 at perfect balance
-    usage: torch.Tensor          # (E,) mean gate per expert over the batch (detached)
+    gates: torch.Tensor  # (B, E), rows sum to 1, zeros outside the top-k
+    balance_loss: torch.Tensor  # scalar, 1.0 at perfect balance
+    usage: torch.Tensor  # (E,) mean gate per expert over the batch (detached)
 
 
 def route(logits: torch.Tensor, top_k: int, gating: str) -> Routing:

@@ -30,16 +30,25 @@ def summarise(model: CamoDetector, img_size: int) -> dict:
         with FlopCounterMode(display=False) as bare:
             model.backbone(x)
     model.train(was_training)
-    return {"params": parts, "gflops": full.get_total_flops() / 1e9,
-            "backbone_gflops": bare.get_total_flops() / 1e9, "img_size": img_size,
-            "moe_blocks": len(model.decoder.moe), "num_experts": model.cfg.num_experts}
+    return {
+        "params": parts,
+        "gflops": full.get_total_flops() / 1e9,
+        "backbone_gflops": bare.get_total_flops() / 1e9,
+        "img_size": img_size,
+        "moe_blocks": len(model.decoder.moe),
+        "num_experts": model.cfg.num_experts,
+    }
 
 
 def format_summary(s: dict, backbone: str) -> str:
-    lines = [f"camodet model: {backbone}, {s['num_experts']} experts x {s['moe_blocks']} MoE blocks, "
-             f"input {s['img_size']}x{s['img_size']}"]
+    lines = [
+        f"camodet model: {backbone}, {s['num_experts']} experts x {s['moe_blocks']} MoE blocks, "
+        f"input {s['img_size']}x{s['img_size']}"
+    ]
     for k, v in s["params"].items():
         lines.append(f"  {k:<28}{v / 1e6:>9.2f} M params")
-    lines.append(f"  {'GFLOPs (1 image, 2 x MACs)':<28}{s['gflops']:>9.2f}  "
-                 f"(backbone alone {s['backbone_gflops']:.2f})")
+    lines.append(
+        f"  {'GFLOPs (1 image, 2 x MACs)':<28}{s['gflops']:>9.2f}  "
+        f"(backbone alone {s['backbone_gflops']:.2f})"
+    )
     return "\n".join(lines)

@@ -56,8 +56,9 @@ def _strip_candidates(sd: dict) -> list[dict]:
     out = []
     current = sd
     for _ in range(3):  # nested wrappers: 'module.model.x'
-        stripped = {next((k[len(p):] for p in WRAPPER_PREFIXES if k.startswith(p)), k): v
-                    for k, v in current.items()}
+        stripped = {
+            next((k[len(p) :] for p in WRAPPER_PREFIXES if k.startswith(p)), k): v for k, v in current.items()
+        }
         if stripped.keys() == current.keys() or len(stripped) != len(current):
             break
         out.append(stripped)
@@ -91,12 +92,14 @@ def _by_order(sd: dict, full: dict[str, torch.Size], needed: set[str], path: str
             raise WeightsMismatch(
                 f"--pretrained-path {path} does not fit {name}: its keys match none of timm's by name, and "
                 f"by order its tensor {i} ({key}, shape {tuple(value.shape)}) meets {target} "
-                f"(shape {tuple(shape)}); the file must hold timm's {name} tensors in the same order")
+                f"(shape {tuple(shape)}); the file must hold timm's {name} tensors in the same order"
+            )
         matched[target] = value
     if not needed <= matched.keys():
         raise WeightsMismatch(
             f"--pretrained-path {path} does not fit {name}: {len(mine)} tensors in the file, "
-            f"{len(needed)} needed by the backbone; the file must hold timm's {name} tensors")
+            f"{len(needed)} needed by the backbone; the file must hold timm's {name} tensors"
+        )
     return matched
 
 
@@ -116,8 +119,11 @@ def to_timm_keys(sd: dict, name: str, feature_keys: list[str], path: str) -> tup
 
 def describe(how: str) -> str:
     """A log fragment for how the file's keys were matched."""
-    return {"name": "keys matched by name", "prefix": "keys matched by name after stripping a prefix",
-            "order": "keys matched by order and shape (the file names them differently)"}[how]
+    return {
+        "name": "keys matched by name",
+        "prefix": "keys matched by name after stripping a prefix",
+        "order": "keys matched by order and shape (the file names them differently)",
+    }[how]
 
 
 __all__ = ["WeightsMismatch", "to_timm_keys", "describe", "timm_shapes", "needed_keys"]

@@ -4,8 +4,10 @@ import torch
 from camodet.engine.device import amp_dtype, memory_format, tune_kernels
 
 
-@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
-                                                  ((7, 5), torch.float16), ((6, 0), torch.float16)])
+@pytest.mark.parametrize(
+    "capability, expected",
+    [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16), ((6, 0), torch.float16)],
+)
 def test_auto_amp_takes_bf16_only_where_tensor_cores_run_it(monkeypatch, capability, expected):
     # a T4 (7.5) or P100 (6.0) reports bf16 as supported through emulation; auto must pick fp16 there
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -13,7 +13,12 @@ def test_card_peak_adds_what_the_process_holds_outside_the_allocator(monkeypatch
 
 
 def test_a_measurement_that_outruns_its_timeout_is_a_failed_one():
-    spec = {"model_cfg": {"backbone": "edgenext_xx_small", "num_experts": 2}, "img_size": 64, "batch": 2,
-            "stage": 2, "device": "cpu"}
+    spec = {
+        "model_cfg": {"backbone": "edgenext_xx_small", "num_experts": 2},
+        "img_size": 64,
+        "batch": 2,
+        "stage": 2,
+        "device": "cpu",
+    }
     r = measure.measure_in_subprocess(timeout=0.5, **spec)
     assert r == {"stage": 2, "batch": 2, "error": "timed out after 0.5 s"}

@@ -23,10 +23,31 @@ def free_port() -> int:
 
 
 def tiny(synth_root, run_dir, *extra):
-    return ["train", "--dataset-path", synth_root, "--checkpoint-dir", str(run_dir), "--backbone",
-            "edgenext_xx_small", "--num-experts", "2", "--img-size", "64", "--batch-size", "4", "--num-workers",
-            "0", "--decoder-channels", "16", "--epochs", "3", "--stage1-epochs", "1", "--progressive-unfreeze",
-            *extra]
+    return [
+        "train",
+        "--dataset-path",
+        synth_root,
+        "--checkpoint-dir",
+        str(run_dir),
+        "--backbone",
+        "edgenext_xx_small",
+        "--num-experts",
+        "2",
+        "--img-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--decoder-channels",
+        "16",
+        "--epochs",
+        "3",
+        "--stage1-epochs",
+        "1",
+        "--progressive-unfreeze",
+        *extra,
+    ]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -40,11 +61,23 @@ def same_weights(a, b) -> bool:
 def test_slurm_variables_become_torchrun_variables():
     assert first_host("gpu[07-09,12],cpu3") == "gpu07" and first_host("node5,node6") == "node5"
     assert tasks_per_node("4(x2)") == 4 and tasks_per_node("2,1") == 2
-    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-           "SLURM_STEP_NODELIST": "a100-[003-004]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
-    assert from_srun(env) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                              "MASTER_ADDR": "a100-003", "MASTER_PORT": str(20000 + 4242)}
-    assert from_srun({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None        # one task: no group
+    env = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "a100-[003-004]",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    }
+    assert from_srun(env) == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "a100-003",
+        "MASTER_PORT": str(20000 + 4242),
+    }
+    assert from_srun({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # one task: no group
     assert from_srun({}) is None
 
 
@@ -57,28 +90,61 @@ def test_two_torchrun_nodes_equal_one_launcher_and_build_a_cache_each(synth_root
     for node in range(2):
         scratch = tmp_path / f"node{node}-tmp"
         scratch.mkdir()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "camodet-test",
-               "--max-restarts", "0", "-m", "camodet",
-               *tiny(synth_root, tmp_path / "two-nodes", "--cache", "--cache-dir", "$TMPDIR/cache")]
-        nodes.append(subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "TMPDIR": str(scratch)},
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "camodet-test",
+            "--max-restarts",
+            "0",
+            "-m",
+            "camodet",
+            *tiny(synth_root, tmp_path / "two-nodes", "--cache", "--cache-dir", "$TMPDIR/cache"),
+        ]
+        nodes.append(
+            subprocess.Popen(
+                cmd,
+                cwd=tmp_path,
+                env={**ENV, "TMPDIR": str(scratch)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=600)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     both = "".join(outs)
     assert "launcher torchrun: 2 process(es) on 2 node(s), 1 per node" in both
     assert "epoch 3: backbone groups [1, 2, 3] now train" in both and "hold identical parameters" in both
-    for node, out in enumerate(outs):                          # node-local scratch: each node builds once
+    for node, out in enumerate(outs):  # node-local scratch: each node builds once
         assert os.listdir(tmp_path / f"node{node}-tmp" / "cache"), node
     assert both.count("cache: writing") == 2
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(free_port()), "-m", "camodet",
-           *tiny(synth_root, tmp_path / "one-node", "--cache", "--cache-dir", str(tmp_path / "shared-cache"))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "camodet",
+        *tiny(synth_root, tmp_path / "one-node", "--cache", "--cache-dir", str(tmp_path / "shared-cache")),
+    ]
     one = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     assert "launcher torchrun: 2 process(es) on 1 node(s), 2 per node" in one.stdout
-    assert one.stdout.count("cache: writing") == 1             # shared folder: built once overall
+    assert one.stdout.count("cache: writing") == 1  # shared folder: built once overall
     assert same_weights(tmp_path / "two-nodes" / "last.pth", tmp_path / "one-node" / "last.pth")
 
 
@@ -102,14 +168,30 @@ def srun(tmp_path, args, port, preempt=False, job="77"):
     script.write_text(textwrap.dedent(PREEMPT))
     procs = []
     for rank in range(2):
-        env = {**ENV, "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank),
-               "SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_TASKS_PER_NODE": "2",
-               "MASTER_PORT": str(port), "PATH": f"{tmp_path}:{os.environ['PATH']}",
-               **({"PREEMPT": "1"} if preempt else {})}
+        env = {
+            **ENV,
+            "SLURM_PROCID": str(rank),
+            "SLURM_NTASKS": "2",
+            "SLURM_LOCALID": str(rank),
+            "SLURM_JOB_ID": job,
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_STEP_TASKS_PER_NODE": "2",
+            "MASTER_PORT": str(port),
+            "PATH": f"{tmp_path}:{os.environ['PATH']}",
+            **({"PREEMPT": "1"} if preempt else {}),
+        }
         for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
             env.pop(k, None)
-        procs.append(subprocess.Popen([sys.executable, str(script), *args], cwd=tmp_path, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     for p in procs:
         out, err = p.communicate(timeout=600)
@@ -119,8 +201,8 @@ def srun(tmp_path, args, port, preempt=False, job="77"):
 
 @pytest.mark.slow
 def test_srun_launch_preemption_requeue_and_auto_resume(synth_root, tmp_path):
-    fake_scontrol = tmp_path / "scontrol"                         # records what it was asked
-    fake_scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    fake_scontrol = tmp_path / "scontrol"  # records what it was asked
+    fake_scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     fake_scontrol.chmod(fake_scontrol.stat().st_mode | stat.S_IEXEC)
 
     full = srun(tmp_path, tiny(synth_root, tmp_path / "full"), free_port())
@@ -132,12 +214,12 @@ def test_srun_launch_preemption_requeue_and_auto_resume(synth_root, tmp_path):
     assert [r[0] for r in cut] == [75, 75], cut[0][2][-2000:] + cut[1][2][-2000:]
     assert "--resume-from auto: " in cut[0][1] and "starting a new run" in cut[0][1]
     stops = [r for r in history.read(tmp_path / "job" / "metrics.jsonl") if r["type"] == "interrupted"]
-    assert len(stops) == 1 and stops[0]["signal"] == "SIGUSR1" and stops[0]["epoch"] == 3   # saved once
+    assert len(stops) == 1 and stops[0]["signal"] == "SIGUSR1" and stops[0]["epoch"] == 3  # saved once
     mid = load_checkpoint(tmp_path / "job" / "last.pth")
     assert mid["position"]["epoch"] == 3 and mid["world_size"] == 2
-    assert open(tmp_path / "scontrol.log").read().split() == ["requeue", "77"]    # by rank 0 only
+    assert open(tmp_path / "scontrol.log").read().split() == ["requeue", "77"]  # by rank 0 only
 
-    again = srun(tmp_path, args, free_port())                      # the requeued job: the same command
+    again = srun(tmp_path, args, free_port())  # the requeued job: the same command
     assert [r[0] for r in again] == [0, 0], again[0][2][-2000:]
     assert "exactly inside epoch 3" in again[0][1]
     assert same_weights(tmp_path / "full" / "last.pth", tmp_path / "job" / "last.pth")

@@ -43,49 +43,56 @@ def test_progressive_unfreeze_milestones():
 def test_schedule_boundaries():
     spe = 10
     p = make_plan(cfg(), 4)
-    assert p.stage_lr(1, 0, spe) == pytest.approx(1e-3 / 10)        # first warmup step
-    assert p.stage_lr(1, 9, spe) == pytest.approx(1e-3)             # warmup reaches the peak
-    assert p.stage_lr(3, 9, spe) == pytest.approx(1e-5)             # last step of stage 1: min_lr
-    assert p.stage_lr(4, 0, spe) == pytest.approx(5e-4 / 10)        # stage 2 warms up again
+    assert p.stage_lr(1, 0, spe) == pytest.approx(1e-3 / 10)  # first warmup step
+    assert p.stage_lr(1, 9, spe) == pytest.approx(1e-3)  # warmup reaches the peak
+    assert p.stage_lr(3, 9, spe) == pytest.approx(1e-5)  # last step of stage 1: min_lr
+    assert p.stage_lr(4, 0, spe) == pytest.approx(5e-4 / 10)  # stage 2 warms up again
     assert p.stage_lr(4, 9, spe) == pytest.approx(5e-4)
-    assert p.stage_lr(11, 9, spe) == pytest.approx(1e-5)            # last step of the run
+    assert p.stage_lr(11, 9, spe) == pytest.approx(1e-5)  # last step of the run
     lrs = [p.stage_lr(e, s, spe) for e in range(5, 12) for s in range(spe)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))                # cosine decays monotonically
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # cosine decays monotonically
     assert schedule_lr(5, 11, 0, 1.0, 0.0, "cosine") == pytest.approx(0.5)  # midpoint
     assert schedule_lr(7, 11, 0, 1.0, 0.0, "constant") == 1.0
-    assert [schedule_lr(t, 9, 0, 1.0, 0.0, "step") for t in (3, 4, 6, 8)] == pytest.approx([1, .1, .01, .01])
-    assert schedule_lr(0, 1, 5, 1.0, 0.0, "cosine") == 1.0          # warmup longer than the stage
+    assert [schedule_lr(t, 9, 0, 1.0, 0.0, "step") for t in (3, 4, 6, 8)] == pytest.approx(
+        [1, 0.1, 0.01, 0.01]
+    )
+    assert schedule_lr(0, 1, 5, 1.0, 0.0, "cosine") == 1.0  # warmup longer than the stage
 
 
 def test_backbone_group_lr_ramps_after_unfreeze():
     spe = 4
     p = make_plan(cfg(warmup=0.0), 4)
     assert p.group_lr(None, 6, 0, spe) == pytest.approx(p.stage_lr(6, 0, spe))
-    assert p.group_lr(2, 6, 0, spe) == pytest.approx(p.stage_lr(6, 0, spe) * 0.1 / 4)   # just unfrozen
-    assert p.group_lr(2, 6, 3, spe) == pytest.approx(p.stage_lr(6, 3, spe) * 0.1)       # ramp done
-    assert p.group_lr(3, 6, 0, spe) == pytest.approx(p.stage_lr(6, 0, spe) * 0.1)       # old group
+    assert p.group_lr(2, 6, 0, spe) == pytest.approx(p.stage_lr(6, 0, spe) * 0.1 / 4)  # just unfrozen
+    assert p.group_lr(2, 6, 3, spe) == pytest.approx(p.stage_lr(6, 3, spe) * 0.1)  # ramp done
+    assert p.group_lr(3, 6, 0, spe) == pytest.approx(p.stage_lr(6, 0, spe) * 0.1)  # old group
 
 
 def test_warm_restart_replans_current_stage():
     spe = 5
     p = make_plan(cfg(warmup=0.0, stage2_lr=2e-4), 4, restart_epoch=8)
     assert p.schedule_start == (1, 8)
-    assert p.stage_lr(8, 0, spe) == pytest.approx(2e-4)             # new LR from the first step
-    assert p.stage_lr(11, 4, spe) == pytest.approx(1e-5)            # still ends at min_lr
+    assert p.stage_lr(8, 0, spe) == pytest.approx(2e-4)  # new LR from the first step
+    assert p.stage_lr(11, 4, spe) == pytest.approx(1e-5)  # still ends at min_lr
     assert p.frozen_groups(8) == make_plan(cfg(), 4).frozen_groups(8)  # unfreeze follows the real stage
 
 
 def test_pure_function_of_position():
     a, b = make_plan(cfg(), 4), make_plan(cfg(), 4)
     assert a == b
-    assert all(math.isclose(a.group_lr(g, e, s, 7), b.group_lr(g, e, s, 7))
-               for g in (None, 0, 3) for e in range(1, 12) for s in range(7))
+    assert all(
+        math.isclose(a.group_lr(g, e, s, 7), b.group_lr(g, e, s, 7))
+        for g in (None, 0, 3)
+        for e in range(1, 12)
+        for s in range(7)
+    )
 
 
 def test_setting_added_after_a_checkpoint_is_no_change_at_its_default():
     """A checkpoint written before model.backbone_norm existed resumes exactly at the default
     (what it was trained with); a run that asks for another value is a warm restart."""
     from camodet.engine.trainer import changed_settings
+
     saved = TrainConfig().to_dict()
     del saved["model"]["backbone_norm"]
     assert changed_settings(saved, TrainConfig().to_dict()) == []

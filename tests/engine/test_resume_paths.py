@@ -37,6 +37,7 @@ def record_lrs(monkeypatch) -> dict:
         out = real(optimizer, plan, epoch, step, steps_per_epoch, scale)
         lrs[(epoch, step)] = [pg["lr"] for pg in optimizer.param_groups]
         return out
+
     monkeypatch.setattr(trainer, "set_lrs", recording)
     return lrs
 
@@ -45,18 +46,38 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_exact_resume_of_a_warm_restart_keeps_the_replanned_schedule(tiny_args, tmp_path, monkeypatch, capsys):
+def test_exact_resume_of_a_warm_restart_keeps_the_replanned_schedule(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
     first = tmp_path / "run"
-    assert main(["train", *tiny_args]) == 0                          # epochs 1-2
+    assert main(["train", *tiny_args]) == 0  # epochs 1-2
     lrs = record_lrs(monkeypatch)
     warm = flag(tiny_args, "--epochs", "5") + ["--skip-stage1", "--stage2-lr", "0.002", "--keep-last", "5"]
-    assert main(["train", *flag(warm, "--checkpoint-dir", str(tmp_path / "warm")),
-                 "--resume-from", str(first / "last.pth")]) == 0     # re-planned over epochs 3-5
+    assert (
+        main(
+            [
+                "train",
+                *flag(warm, "--checkpoint-dir", str(tmp_path / "warm")),
+                "--resume-from",
+                str(first / "last.pth"),
+            ]
+        )
+        == 0
+    )  # re-planned over epochs 3-5
     uninterrupted = dict(lrs)
     lrs.clear()
     capsys.readouterr()
-    assert main(["train", *flag(warm, "--checkpoint-dir", str(tmp_path / "resumed")),
-                 "--resume-from", str(tmp_path / "warm" / "epoch_3.pth")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *flag(warm, "--checkpoint-dir", str(tmp_path / "resumed")),
+                "--resume-from",
+                str(tmp_path / "warm" / "epoch_3.pth"),
+            ]
+        )
+        == 0
+    )
     assert "resuming" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "warm" / "epoch_3.pth")["schedule_start"] == [1, 3]
     assert lrs == {k: v for k, v in uninterrupted.items() if k[0] >= 4} and len(lrs) == 10
@@ -67,7 +88,9 @@ def test_exact_resume_of_a_warm_restart_keeps_the_replanned_schedule(tiny_args, 
 def test_fp16_rollback_restores_the_scaler_and_finishes(tiny_args, tmp_path, monkeypatch):
     # The fp16 path that --amp auto takes on a P100/T4, on the CPU's fp16 autocast with a real GradScaler.
     monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.float16)
-    poison_weights_at(monkeypatch, 8)  # before the forward of epoch 2, step 2: the guard sees NaN weights after unscale_
+    poison_weights_at(
+        monkeypatch, 8
+    )  # before the forward of epoch 2, step 2: the guard sees NaN weights after unscale_
     assert main(["train", *tiny_args, "--use-ema"]) == 0
     (rb,) = events(tmp_path / "run", "rollback")
     assert (rb["epoch"], rb["step"]) == (2, 2)
@@ -77,16 +100,20 @@ def test_fp16_rollback_restores_the_scaler_and_finishes(tiny_args, tmp_path, mon
 
 def test_resume_needs_neither_the_weights_file_nor_the_network(tiny_args, tmp_path, monkeypatch, capsys):
     import timm
+
     weights = tmp_path / "edgenext_xx_small.pth"
     torch.save(timm.create_model("edgenext_xx_small", pretrained=False).state_dict(), weights)
     args = flag(tiny_args, "--epochs", "3") + ["--pretrained-path", str(weights), "--keep-last", "3"]
     assert main(["train", *args]) == 0
-    weights.unlink()                                                  # a fresh offline notebook
+    weights.unlink()  # a fresh offline notebook
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     full = load_checkpoint(tmp_path / "run" / "last.pth")["model_state_dict"]
     start = str(tmp_path / "run" / "epoch_1.pth")
-    for name, extra in (("same-flags", ["--pretrained-path", str(weights)]), ("hub-flag", ["--pretrained"]),
-                        ("no-flag", [])):
+    for name, extra in (
+        ("same-flags", ["--pretrained-path", str(weights)]),
+        ("hub-flag", ["--pretrained"]),
+        ("no-flag", []),
+    ):
         capsys.readouterr()
         cmd = [a for a in flag(args, "--checkpoint-dir", str(tmp_path / name)) if a != str(weights)]
         cmd.remove("--pretrained-path")
@@ -100,11 +127,20 @@ def test_another_process_count_is_a_declared_warm_restart(tiny_args, tmp_path, c
     assert main(["train", *tiny_args, "--keep-last", "2"]) == 0
     ckpt = load_checkpoint(tmp_path / "run" / "epoch_1.pth")
     assert ckpt["world_size"] == 1
-    ckpt["world_size"] = 2                                            # as written by a 2-process run
+    ckpt["world_size"] = 2  # as written by a 2-process run
     torch.save(ckpt, tmp_path / "two.pth")
     capsys.readouterr()
-    assert main(["train", *flag(tiny_args, "--checkpoint-dir", str(tmp_path / "one")),
-                 "--resume-from", str(tmp_path / "two.pth")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *flag(tiny_args, "--checkpoint-dir", str(tmp_path / "one")),
+                "--resume-from",
+                str(tmp_path / "two.pth"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "warm restart" in out and "processes: 2 -> 1" in out
     assert events(tmp_path / "one", "warm_restart")[0]["epoch"] == 2
@@ -117,6 +153,7 @@ class Spikes:
 
     def __init__(self, monkeypatch, spike):
         import camodet.engine.loaders as loaders
+
         self.datasets, self.trained, self.spike, collated = [], [], spike, []
         real_collate, real_loss, real_ds = loaders.collate, trainer.total_loss, trainer.CODDataset
 
@@ -134,6 +171,7 @@ class Spikes:
             def __init__(ds, *a, **k):
                 super().__init__(*a, **k)
                 self.datasets.append(ds)
+
         monkeypatch.setattr(loaders, "collate", collate)
         monkeypatch.setattr(trainer, "total_loss", loss)
         monkeypatch.setattr(trainer, "CODDataset", Recorded)
@@ -144,7 +182,7 @@ class Spikes:
 
 
 def test_a_one_batch_loss_spike_is_skipped_with_its_files(tiny_args, tmp_path, monkeypatch):
-    spikes = Spikes(monkeypatch, lambda call, index, s: call == 12)   # epoch 3, step 1
+    spikes = Spikes(monkeypatch, lambda call, index, s: call == 12)  # epoch 3, step 1
     assert main(["train", *flag(tiny_args, "--epochs", "3")]) == 0
     (skip,) = events(tmp_path / "run", "skipped_step")
     assert (skip["epoch"], skip["step"]) == (3, 1) and "loss spike" in skip["reason"]
@@ -153,12 +191,15 @@ def test_a_one_batch_loss_spike_is_skipped_with_its_files(tiny_args, tmp_path, m
     assert [e["skipped_steps"] for e in events(tmp_path / "run", "epoch")] == [0, 0, 1]
 
 
-def test_persistent_spikes_on_the_same_files_are_called_a_data_problem(tiny_args, tmp_path, monkeypatch, capsys):
+def test_persistent_spikes_on_the_same_files_are_called_a_data_problem(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
     args = flag(flag(tiny_args, "--batch-size", "2"), "--stage1-epochs", "2") + ["--max-rollbacks", "2"]
 
-    def bad_pair(call, index, s):   # the first images of windows 5 and 6 of epoch 1 are mislabelled
+    def bad_pair(call, index, s):  # the first images of windows 5 and 6 of epoch 1 are mislabelled
         order = EpochSampler(len(s.datasets[0]), 1, 1).indices()
         return bool({order[10], order[12]} & set(index))
+
     spikes = Spikes(monkeypatch, bad_pair)
     assert main(["train", *args]) == 3
     err = capsys.readouterr().err
@@ -170,9 +211,11 @@ def test_persistent_spikes_on_the_same_files_are_called_a_data_problem(tiny_args
     assert len(rollbacks) == 2 and rollbacks[0]["files"] == rollbacks[1]["files"]
 
 
-def test_persistent_spikes_on_moving_files_point_at_the_learning_rate(tiny_args, tmp_path, monkeypatch, capsys):
+def test_persistent_spikes_on_moving_files_point_at_the_learning_rate(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
     args = flag(flag(tiny_args, "--batch-size", "2"), "--stage1-epochs", "2") + ["--max-rollbacks", "2"]
-    Spikes(monkeypatch, lambda call, index, s: call >= 8)             # from epoch 1, step 7 on
+    Spikes(monkeypatch, lambda call, index, s: call >= 8)  # from epoch 1, step 7 on
     assert main(["train", *args]) == 3
     err = capsys.readouterr().err
     assert "points at the learning rate" in err and "a data problem" not in err and "--lr" in err
@@ -180,14 +223,16 @@ def test_persistent_spikes_on_moving_files_point_at_the_learning_rate(tiny_args,
 
 def test_time_limit_stops_resumably_and_prints_the_command(tiny_args, tmp_path, monkeypatch, capsys):
     import camodet.engine.interrupt as interrupt
+
     clock = [0.0]
     monkeypatch.setattr(interrupt, "clock", lambda: clock[0])
     real_set_lrs, calls = trainer.set_lrs, [0]
 
-    def ticking(*a):          # every optimizer step takes a minute on this clock
+    def ticking(*a):  # every optimizer step takes a minute on this clock
         calls[0] += 1
         clock[0] += 60.0
         return real_set_lrs(*a)
+
     monkeypatch.setattr(trainer, "set_lrs", ticking)
     args = flag(tiny_args, "--epochs", "3") + ["--time-limit", "7m30s", "--overwrite"]
     assert main(["train", *args]) == EXIT_RESUMABLE
@@ -201,8 +246,9 @@ def test_time_limit_stops_resumably_and_prints_the_command(tiny_args, tmp_path, 
     monkeypatch.setattr(trainer, "set_lrs", real_set_lrs)
     clock[0] = 0.0
     import shlex
+
     words = shlex.split(command)
-    assert main(words[words.index("train"):]) == 0
+    assert main(words[words.index("train") :]) == 0
     assert [e["epoch"] for e in events(tmp_path / "run", "epoch")] == [1, 2, 3]
 
 
@@ -224,13 +270,44 @@ sys.exit(main(sys.argv[1:]))
 def test_batchnorm_statistics_agree_across_ranks(synth_root, tmp_path):
     script = tmp_path / "dump.py"
     script.write_text(textwrap.dedent(BUFFER_DUMP))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", str(script),
-           "train", "--dataset-path", synth_root, "--checkpoint-dir", str(tmp_path / "run"),
-           "--backbone", "mobilenetv3_small_050", "--num-experts", "2", "--img-size", "64", "--batch-size", "4",
-           "--num-workers", "0", "--decoder-channels", "16", "--epochs", "2", "--stage1-epochs", "0",
-           "--use-ema"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "DUMP_DIR": str(tmp_path)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29541",
+        str(script),
+        "train",
+        "--dataset-path",
+        synth_root,
+        "--checkpoint-dir",
+        str(tmp_path / "run"),
+        "--backbone",
+        "mobilenetv3_small_050",
+        "--num-experts",
+        "2",
+        "--img-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--decoder-channels",
+        "16",
+        "--epochs",
+        "2",
+        "--stage1-epochs",
+        "0",
+        "--use-ema",
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "DUMP_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     stats = [k for k in r0 if "running_mean" in k or "running_var" in k]
@@ -240,21 +317,25 @@ def test_batchnorm_statistics_agree_across_ranks(synth_root, tmp_path):
     assert "hold identical parameters" in proc.stdout
 
 
-def test_time_limit_before_validation_keeps_the_pass_and_resumes_exactly(tiny_args, tmp_path, monkeypatch, capsys):
+def test_time_limit_before_validation_keeps_the_pass_and_resumes_exactly(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
     """The limit arrives after an epoch's last step, when validation and the save no longer
     fit: the finished pass is saved as a position, and the resumed run validates it."""
     import camodet.engine.interrupt as interrupt
+
     args = flag(tiny_args, "--epochs", "3")
     assert main(["train", *flag(args, "--checkpoint-dir", str(tmp_path / "full"))]) == 0
     clock, passes = [0.0], [0]
     monkeypatch.setattr(interrupt, "clock", lambda: clock[0])
     real_sync = trainer.distributed.sync_buffers
 
-    def end_of_pass(module, d):       # called once per finished pass (no EMA): epoch 2 ends near the limit
+    def end_of_pass(module, d):  # called once per finished pass (no EMA): epoch 2 ends near the limit
         passes[0] += 1
         if passes[0] == 2:
-            clock[0] = 3600.0 - 1.5   # less than validation + two saves away
+            clock[0] = 3600.0 - 1.5  # less than validation + two saves away
         return real_sync(module, d)
+
     monkeypatch.setattr(trainer.distributed, "sync_buffers", end_of_pass)
     cut = flag(args, "--checkpoint-dir", str(tmp_path / "cut")) + ["--time-limit", "1h"]
     assert main(["train", *cut]) == EXIT_RESUMABLE
@@ -267,5 +348,7 @@ def test_time_limit_before_validation_keeps_the_pass_and_resumes_exactly(tiny_ar
     keep = ("epoch", "loss", "val", "global_step")
     ea, eb = events(tmp_path / "full", "epoch"), events(tmp_path / "cut", "epoch")
     assert [{k: r[k] for k in keep} for r in ea] == [{k: r[k] for k in keep} for r in eb]
-    assert same_tensors(load_checkpoint(tmp_path / "full" / "last.pth")["model_state_dict"],
-                        load_checkpoint(tmp_path / "cut" / "last.pth")["model_state_dict"])
+    assert same_tensors(
+        load_checkpoint(tmp_path / "full" / "last.pth")["model_state_dict"],
+        load_checkpoint(tmp_path / "cut" / "last.pth")["model_state_dict"],
+    )

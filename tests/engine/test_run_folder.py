@@ -21,7 +21,7 @@ def test_new_or_continued_runs_may_use_the_folder(tmp_path):
     claim(str(tmp_path / "absent"), None, False)
     run = tmp_path / "run"
     _fake_run(run)
-    claim(str(run), str(run / "last.pth"), False)                      # exact resume in place
+    claim(str(run), str(run / "last.pth"), False)  # exact resume in place
     claim(str(run / "."), os.path.relpath(run / "best_model.pth"), False)  # same folder, other spelling
     assert (run / "last.pth").read_text() == "last.pth"
 
@@ -31,11 +31,22 @@ def test_another_run_is_refused_and_nothing_is_touched(tmp_path):
     _fake_run(run)
     other.mkdir()
     (other / "best_model.pth").write_text("x")
-    for resume in (None, str(other / "best_model.pth")):   # fresh run, or warm restart from elsewhere
-        with pytest.raises(CheckpointError, match=f"already holds a run .*--resume-from {run}/last.pth.*--overwrite"):
+    for resume in (None, str(other / "best_model.pth")):  # fresh run, or warm restart from elsewhere
+        with pytest.raises(
+            CheckpointError, match=f"already holds a run .*--resume-from {run}/last.pth.*--overwrite"
+        ):
             claim(str(run), resume, False)
-    assert sorted(os.listdir(run)) == ["best_model.pth", "config.yaml", "data", "epoch_3.pth", "last.pth",
-                                       "metrics.jsonl", "notes.txt", "report.html", "tensorboard"]
+    assert sorted(os.listdir(run)) == [
+        "best_model.pth",
+        "config.yaml",
+        "data",
+        "epoch_3.pth",
+        "last.pth",
+        "metrics.jsonl",
+        "notes.txt",
+        "report.html",
+        "tensorboard",
+    ]
 
 
 def test_overwrite_removes_only_the_runs_files(tmp_path):
@@ -51,7 +62,9 @@ def test_train_twice_into_one_folder(tiny_args, tmp_path, capsys):
     args = [a for a in tiny_args] + ["--epochs", "1"]
     assert main(["train"] + args) == 0
     run = tmp_path / "run"
-    before = {f: (run / f).read_bytes() for f in ("last.pth", "best_model.pth", "metrics.jsonl", "config.yaml")}
+    before = {
+        f: (run / f).read_bytes() for f in ("last.pth", "best_model.pth", "metrics.jsonl", "config.yaml")
+    }
     capsys.readouterr()
     assert main(["train"] + args + ["--lr", "0.01"]) == 2
     err = capsys.readouterr().err.strip()

@@ -31,6 +31,7 @@ def inject_loss(monkeypatch, fault):
         calls[0] += 1
         loss, parts = real(*args, **kwargs)
         return fault(calls[0], loss), parts
+
     monkeypatch.setattr(trainer, "total_loss", loss_fn)
 
 
@@ -91,18 +92,22 @@ def test_exception_mid_write_keeps_previous_file(tmp_path, monkeypatch):
     def torn_save(obj, fh):
         fh.write(b"PK\x03\x04 half a checkpoint")
         raise RuntimeError("power cut")
+
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(RuntimeError, match="power cut"):
         atomic_save({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 2}, str(path))
 
     def disk_full(obj, fh):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match=r"could not write .*last\.pth \(No space left on device\); the previous"):
+    with pytest.raises(
+        CheckpointError, match=r"could not write .*last\.pth \(No space left on device\); the previous"
+    ):
         atomic_save({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 2}, str(path))
     monkeypatch.undo()
     assert path.read_bytes() == before and load_checkpoint(str(path))["epoch"] == 1
-    assert os.listdir(tmp_path) == ["last.pth"]      # no temp files left behind
+    assert os.listdir(tmp_path) == ["last.pth"]  # no temp files left behind
 
 
 DRIVER = """
@@ -128,14 +133,28 @@ def driver(tmp_path, fault, extra=""):
 
 
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tiny_args, tmp_path):
-    args = [a for a in tiny_args] + ["--epochs", "3", "--accumulation-steps", "2", "--use-ema",
-                                     "--ema-decay", "0.9", "--num-workers", "1"]
+    args = [a for a in tiny_args] + [
+        "--epochs",
+        "3",
+        "--accumulation-steps",
+        "2",
+        "--use-ema",
+        "--ema-decay",
+        "0.9",
+        "--num-workers",
+        "1",
+    ]
     full = tmp_path / "full"
     assert main(["train", *args, "--checkpoint-dir", str(full)]) == 0
     cut = tmp_path / "cut"
     script = driver(tmp_path, "os.kill(os.getpid(), signal.SIGTERM)")
-    proc = subprocess.run([sys.executable, script, "train", *args, "--checkpoint-dir", str(cut)],
-                          env={**os.environ, "FAULT_AT": "8"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, script, "train", *args, "--checkpoint-dir", str(cut)],
+        env={**os.environ, "FAULT_AT": "8"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "resumable checkpoint" in proc.stderr
     mid = load_checkpoint(str(cut / "last.pth"))
@@ -176,17 +195,21 @@ def test_watchdog_dumps_stacks_when_a_worker_hangs(tiny_args, tmp_path):
     """
     script = driver(tmp_path, "pass", hang)
     start = time.time()
-    proc = subprocess.run([sys.executable, script, "train", *tiny_args, "--num-workers", "1",
-                           "--stall-timeout", "5"], env={**os.environ, "FAULT_AT": "0"},
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, script, "train", *tiny_args, "--num-workers", "1", "--stall-timeout", "5"],
+        env={**os.environ, "FAULT_AT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.time() - start
     assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert "no optimizer step finished for" in out and "--num-workers 0" in out
     (dump,) = glob.glob(str(tmp_path / "run" / "stall-*.txt"))
     text = open(dump).read()
-    assert "data loader: 1 workers" in text and "train_one_epoch" in text   # the trainer's stack
-    assert "hanging_getitem" in text                                       # the worker's stack
+    assert "data loader: 1 workers" in text and "train_one_epoch" in text  # the trainer's stack
+    assert "hanging_getitem" in text  # the worker's stack
     assert elapsed < 60, elapsed
 
 
@@ -207,6 +230,7 @@ def test_inspect_reports_and_exit_codes(tiny_checkpoint, tmp_path, capsys):
     torch.save(ckpt, tmp_path / "nan.pth")
     assert main(["inspect", str(tmp_path / "nan.pth"), "--json"]) == 1
     import json
+
     report = json.loads(capsys.readouterr().out)
     # in best_model.pth of an EMA run the model weights are the EMA tensors: both are named
     assert report["status"] == "non-finite" and f"model_state_dict.{name}" in report["nonfinite_tensors"]
@@ -229,12 +253,15 @@ def test_training_refuses_pickle_checkpoint(tiny_args, tmp_path, capsys):
     assert "could run untrusted code" in capsys.readouterr().err
 
 
-def test_fp16_overflow_steps_are_skipped_by_the_scaler_not_treated_as_divergence(tiny_args, tmp_path, monkeypatch):
+def test_fp16_overflow_steps_are_skipped_by_the_scaler_not_treated_as_divergence(
+    tiny_args, tmp_path, monkeypatch
+):
     # The GPU's fp16 path, run on the CPU: fp16 autocast and a real GradScaler whose first
     # scale (2**30) makes the scaled gradients overflow fp16 until it has backed off.
     import functools
+
     monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.float16)
-    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 30))
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0**30))
     assert main(["train", *tiny_args, "--epochs", "3", "--max-nonfinite-steps", "2"]) == 0
     epochs = events(tmp_path / "run", "epoch")
     overflows = [e["overflow_steps"] for e in epochs]
@@ -244,7 +271,7 @@ def test_fp16_overflow_steps_are_skipped_by_the_scaler_not_treated_as_divergence
     assert not events(tmp_path / "run", "rollback") and not events(tmp_path / "run", "skipped_step")
     assert epochs[-1]["global_step"] == 15  # overflow steps count as steps, as in an uninterrupted fp32 run
     scale = load_checkpoint(tmp_path / "run" / "last.pth")["scaler_state_dict"]["scale"]
-    assert 0 < scale < 2.0 ** 30
+    assert 0 < scale < 2.0**30
     run_files_finite(tmp_path / "run")
 
 
@@ -262,11 +289,14 @@ def test_bf16_autocast_run_trains_validates_and_saves_fp32(tiny_args, tmp_path, 
 
 def test_another_tools_weights_are_named_with_the_way_out(synth_root, tmp_path, capsys):
     import timm
+
     foreign = tmp_path / "edgenext.pth"
     torch.save(timm.create_model("edgenext_xx_small", pretrained=False).state_dict(), foreign)
-    for args in (["evaluate", str(foreign), "--dataset-path", synth_root],
-                 ["predict", str(foreign), synth_root, "--out", str(tmp_path / "p")],
-                 ["export", str(foreign), str(tmp_path / "e")]):
+    for args in (
+        ["evaluate", str(foreign), "--dataset-path", synth_root],
+        ["predict", str(foreign), synth_root, "--out", str(tmp_path / "p")],
+        ["export", str(foreign), str(tmp_path / "e")],
+    ):
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"camodet: error: {foreign}: not a camodet checkpoint") and "\n" not in err

@@ -12,20 +12,21 @@ from camodet.engine.timing import LoopClock
 def test_loop_clock_separates_data_waits_from_steps():
     def slow_batches():
         for i in range(4):
-            time.sleep(0.02)      # the loader
+            time.sleep(0.02)  # the loader
             yield i
+
     clock = LoopClock()
     for i in clock.wrap(slow_batches()):
-        time.sleep(0.01)          # the step's compute
-        if i % 2 == 1:            # accumulation 2: an optimizer step every second batch
+        time.sleep(0.01)  # the step's compute
+        if i % 2 == 1:  # accumulation 2: an optimizer step every second batch
             clock.step()
     s = clock.summary()
     assert s["steps"] == 2
-    assert 0.018 <= s["step_time_s"] < 0.04           # two micro-batches of compute, no waits
+    assert 0.018 <= s["step_time_s"] < 0.04  # two micro-batches of compute, no waits
     assert 0.075 <= s["data_wait_s"] < 0.15
     assert s["train_time_s"] >= s["data_wait_s"] + 2 * s["step_time_s"]
     assert s["loop_ratio"] == pytest.approx(s["train_time_s"] / (2 * s["step_time_s"]), rel=0.01)
-    assert s["loop_ratio"] > 2                          # the waits show up in the ratio
+    assert s["loop_ratio"] > 2  # the waits show up in the ratio
 
 
 def test_loop_clock_without_steps():
@@ -33,9 +34,21 @@ def test_loop_clock_without_steps():
     assert s["steps"] == 0 and s["loop_ratio"] is None
 
 
-@pytest.mark.parametrize("device,cores,expected", [
-    ("cpu", 1, 0), ("cpu", 2, 0), ("cpu", 4, 0), ("cpu", 8, 1), ("cpu", 32, 4),
-    ("cuda", 1, 1), ("cuda", 2, 1), ("cuda", 4, 3), ("cuda", 16, 15), ("cuda", 64, 16)])
+@pytest.mark.parametrize(
+    "device,cores,expected",
+    [
+        ("cpu", 1, 0),
+        ("cpu", 2, 0),
+        ("cpu", 4, 0),
+        ("cpu", 8, 1),
+        ("cpu", 32, 4),
+        ("cuda", 1, 1),
+        ("cuda", 2, 1),
+        ("cuda", 4, 3),
+        ("cuda", 16, 15),
+        ("cuda", 64, 16),
+    ],
+)
 def test_auto_workers(device, cores, expected):
     assert resolve_workers("auto", device, cores) == expected
 
@@ -56,5 +69,6 @@ def test_explicit_workers_are_kept_and_auto_is_the_default(monkeypatch):
 def test_auto_workers_share_the_cores_among_local_processes(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     from camodet.engine import loaders
+
     monkeypatch.setattr(loaders.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert resolve_workers("auto", "cuda") == 3   # 16 cores / 4 processes, less the main one
+    assert resolve_workers("auto", "cuda") == 3  # 16 cores / 4 processes, less the main one
