@@ -51,7 +51,7 @@ from camodet.data.dataset import CODDataset, collate, load_pair  # noqa: E402
 from camodet.data.splits import training_samples  # noqa: E402
 from camodet.evaluation import evaluate  # noqa: E402
 from camodet.inference import Predictor  # noqa: E402
-from camodet.losses import total_loss  # noqa: E402
+from camodet.losses import LossSettings, total_loss  # noqa: E402
 from camodet.models import build_model  # noqa: E402
 from camodet.runs import history  # noqa: E402
 
@@ -150,7 +150,7 @@ def calibrate(cfg: TrainConfig, data: str, steps: int = 3) -> tuple[float, float
                 it = iter(loader)
                 batch = next(it)
             out = model(batch["image"])
-            loss, _ = total_loss(out, batch["mask"], model.side_weights, cfg.optim.moe_loss_weight)
+            loss, _ = total_loss(out, batch["mask"], LossSettings.for_model(model, cfg.optim.moe_loss_weight))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
