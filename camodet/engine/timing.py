@@ -13,8 +13,9 @@ import time
 class LoopClock:
     """Splits a training pass's time into waiting for data and computing, per step."""
 
-    def __init__(self):
-        self.start = self._mark = time.perf_counter()
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock  # seconds, monotonic; a test passes its own
+        self.start = self._mark = clock()
         # Process CPU time (all threads): on a shared machine it does not grow when other work
         # takes the cores, so it measures what a pass cost where wall time cannot.
         self.cpu_start = time.process_time()
@@ -26,26 +27,26 @@ class LoopClock:
         """Yield from `batches`, timing how long each one took to arrive."""
         it = iter(batches)
         while True:
-            t = time.perf_counter()
+            t = self.clock()
             try:
                 batch = next(it)
             except StopIteration:
                 return
-            waited = time.perf_counter() - t
+            waited = self.clock() - t
             self.data_wait += waited
             self._wait_since_mark += waited
             yield batch
 
     def step(self) -> None:
         """An optimizer step ended: its compute is the time since the last one, less data waits."""
-        now = time.perf_counter()
+        now = self.clock()
         self.step_seconds.append(now - self._mark - self._wait_since_mark)
         self._mark, self._wait_since_mark = now, 0.0
 
     def summary(self) -> dict:
         """Epoch-record fields: the pass, its steps, the median step, and the pass's ratio to
         steps x median step (1.0 = the loop costs nothing beyond its steps)."""
-        total = time.perf_counter() - self.start
+        total = self.clock() - self.start
         n = len(self.step_seconds)
         step = statistics.median(self.step_seconds) if n else float("nan")
         return {

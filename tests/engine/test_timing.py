@@ -1,7 +1,5 @@
 """The loop's clock (data waits vs step compute) and what --num-workers auto resolves to."""
 
-import time
-
 import pytest
 
 from camodet.config import ConfigError, TrainConfig, merge, validate
@@ -9,13 +7,28 @@ from camodet.engine.loaders import resolve_workers
 from camodet.engine.timing import LoopClock
 
 
+class FakeTime:
+    """A clock that moves only when the test sleeps: timings exact whatever the machine's load."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_loop_clock_separates_data_waits_from_steps():
+    time = FakeTime()
+
     def slow_batches():
         for i in range(4):
             time.sleep(0.02)  # the loader
             yield i
 
-    clock = LoopClock()
+    clock = LoopClock(clock=time)
     for i in clock.wrap(slow_batches()):
         time.sleep(0.01)  # the step's compute
         if i % 2 == 1:  # accumulation 2: an optimizer step every second batch
