@@ -396,3 +396,48 @@ def test_data_check_names_label_masks(tmp_path):
     assert "note: 2 mask(s) in" in format_report(
         report
     ) and "stored as 0/1 labels (object = 1)" in format_report(report)
+
+
+def _jitter_then_normalise_step_by_step(rng, image, norm, strength=0.2):
+    """The training colour jitter as it was written before it was fused with the normalisation."""
+    img = image.astype(np.float32)
+    brightness, contrast, saturation = (rng.uniform(1 - strength, 1 + strength) for _ in range(3))
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + (img - grey) * saturation
+    img = (img - img.mean()) * contrast + img.mean()
+    img = np.clip(img * brightness, 0, 255)
+    mean, std = np.array(norm.mean, np.float32) * 255, np.array(norm.std, np.float32) * 255
+    return ((img - mean) / std).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("norm", ["imagenet", "half"])
+def test_jitter_applied_with_the_normalisation_equals_the_step_by_step_formula(norm):
+    from camodet.data.transforms import colour_jitter
+    from camodet.normalization import IMAGENET, Normalization
+
+    norm = IMAGENET if norm == "imagenet" else Normalization((0.5,) * 3, (0.5,) * 3)
+    gen = np.random.default_rng(0)
+    images = [
+        gen.integers(0, 256, (33, 47, 3), dtype=np.uint8),  # odd sizes
+        np.full((16, 16, 3), 255, np.uint8),  # saturated: brightness > 1 must clip at 255
+        np.zeros((16, 16, 3), np.uint8),
+        np.dstack([np.full((8, 8), v, np.uint8) for v in (250, 5, 128)]),  # strong colour: clips per channel
+    ]
+    clipped = 0
+    for image in images:
+        for seed in range(20):
+            want = _jitter_then_normalise_step_by_step(np.random.default_rng(seed), image, norm)
+            rng = np.random.default_rng(seed)
+            got = norm.apply(image, colour_jitter(rng, image))
+            assert got.shape == want.shape and got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+            # the same three draws: the samples after it see the same random stream
+            assert rng.random() == np.random.default_rng(seed).uniform(size=4)[3]
+            clipped += int(
+                np.isclose(
+                    got,
+                    (255 - np.array(norm.mean)[:, None, None] * 255)
+                    / (np.array(norm.std)[:, None, None] * 255),
+                ).any()
+            )
+    assert clipped > 0  # the clip was exercised

@@ -67,9 +67,9 @@ class CODDataset(Dataset):
         sample = self.samples[i]
         image, mask = load_pair(sample)
         if self.train:
-            image, mask = train_transform(np.random.default_rng(seed), image, mask, self.img_size)
+            image, mask, colour = train_transform(np.random.default_rng(seed), image, mask, self.img_size)
             return {
-                "image": torch.from_numpy(self.norm.apply(image)),
+                "image": torch.from_numpy(self.norm.apply(image, colour)),
                 "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],
                 "index": i,
             }

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from ..normalization import IMAGENET, Normalization
+from ..normalization import IMAGENET, ColourMap, Normalization
 
 # ImageNet statistics on the 0..255 scale, for code written before normalisation became the
 # backbone's own; new code takes a Normalization.
@@ -42,23 +42,29 @@ def random_affine(
     return cv2.invertAffineTransform(src_from_dst)
 
 
-def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float = 0.2) -> np.ndarray:
-    img = image.astype(np.float32)
+def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float = 0.2) -> ColourMap:
+    """Random brightness, contrast and saturation as one linear map of the pixels (see
+    ColourMap), applied together with the normalisation by Normalization.apply. Per channel it
+    is the textbook sequence, clipped to 0..255 once at the end:
+        grey = mean over channels; x = grey + (x - grey) * saturation
+        x = (x - mean(x)) * contrast + mean(x); x = x * brightness
+    (saturation leaves the image's overall mean unchanged, so mean(x) is the input's)."""
     brightness = rng.uniform(1 - strength, 1 + strength)
     contrast = rng.uniform(1 - strength, 1 + strength)
     saturation = rng.uniform(1 - strength, 1 + strength)
-    grey = img.mean(axis=2, keepdims=True)
-    img = grey + (img - grey) * saturation
-    img = (img - img.mean()) * contrast + img.mean()
-    return np.clip(img * brightness, 0, 255)
+    mean = float(image.mean())
+    matrix = brightness * contrast * (saturation * np.eye(3) + (1 - saturation) / 3 * np.ones((3, 3)))
+    return ColourMap(matrix, np.full(3, brightness * (1 - contrast) * mean))
 
 
 def train_transform(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int):
+    """(warped uint8 image, warped mask, its colour jitter): the jitter is applied with the
+    normalisation, `norm.apply(image, colour)`, in one pass over the pixels."""
     h, w = mask.shape
     m = random_affine(rng, w, h, size)
     image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     mask = cv2.warpAffine(mask, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    return colour_jitter(rng, image), mask
+    return image, mask, colour_jitter(rng, image)
 
 
 def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
