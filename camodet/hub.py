@@ -229,8 +229,8 @@ def model_card(
         f"# {repo_id.split('/')[-1]}",
         "",
         f"A camouflaged object detector (binary segmentation: the hidden animal or object against "
-        f"its background) trained with camodet: timm backbone `{model.get('backbone')}`, a "
-        f"mixture-of-experts decoder with {model.get('num_experts')} experts, input {size}x{size}.",
+        f"its background) trained with camodet: timm backbone `{model.get('backbone')}`, "
+        f"{decoder_words(model.get('num_experts'))}, input {size}x{size}.",
         "",
     ]
     if results:
@@ -273,6 +273,13 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def decoder_words(num_experts) -> str:
+    """The decoder as the card names it: one expert per block is a plain top-down decoder."""
+    if num_experts == 1:
+        return "a top-down multi-scale decoder (one expert per block: no mixture of experts)"
+    return f"a mixture-of-experts decoder with {num_experts} experts"
 
 
 def _round(values) -> str:

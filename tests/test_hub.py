@@ -259,3 +259,13 @@ def test_local_paths_are_not_hub_ids(tmp_path, capsys):
     assert main(["predict", "runs/missing.pth", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "runs/missing.pth: no such checkpoint or export folder, and not a Hub id" in err
+
+
+def test_card_names_the_decoder_it_has():
+    from camodet.hub import model_card
+
+    config = {"model": {"backbone": "tf_efficientnet_lite0", "num_experts": 1}, "img_size": 160}
+    plain = model_card("someone/plain", config, None, [])
+    assert "one expert per block: no mixture of experts" in plain and "1 experts" not in plain
+    config["model"]["num_experts"] = 4
+    assert "a mixture-of-experts decoder with 4 experts" in model_card("someone/moe", config, None, [])
