@@ -84,3 +84,14 @@ def test_file_of_another_architecture_is_refused_in_one_line(tmp_path):
         Backbone(LITE0, pretrained_path=str(other))
     message = str(err.value)
     assert "\n" not in message and str(other) in message and "by order its tensor 0" in message
+
+
+def test_the_log_names_the_users_file_not_timms_temp_copy(caplog):
+    path = package_file()
+    with caplog.at_level("INFO"):
+        body = Backbone(LITE0, pretrained_path=path).body
+    text = caplog.text
+    tensors = sum(1 for k in body.state_dict() if not k.endswith("num_batches_tracked"))
+    assert f"--pretrained-path {path}: all {tensors} tensors of {LITE0}'s feature layers loaded" in text
+    # timm's own lines named a temp file the user never gave and warned of the dropped classifier
+    assert "/tmp" not in text.replace(path, "") and "Unexpected keys" not in text

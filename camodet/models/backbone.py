@@ -1,6 +1,7 @@
 """timm backbone wrapper: multi-scale features, channel/reduction contract, and
 stage groups for freezing (one group per feature level, deepest last)."""
 
+import contextlib
 import difflib
 import logging
 import os
@@ -141,9 +142,10 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
         file_sd, load_path, tmp = timm_named_file(file_sd, name, pretrained_path)
         # timm maps a full-model state dict onto the features_only model and drops the classifier.
         try:
-            body = timm.create_model(
-                name, features_only=True, pretrained=True, pretrained_cfg_overlay={"file": load_path}
-            )
+            with _timm_loading_quiet():
+                body = timm.create_model(
+                    name, features_only=True, pretrained=True, pretrained_cfg_overlay={"file": load_path}
+                )
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise BackboneError(
@@ -153,7 +155,10 @@ def _create(name: str, pretrained: bool, pretrained_path: str | None) -> nn.Modu
         finally:
             if tmp:
                 os.unlink(tmp)
-        _verify_complete(body, file_sd, name, pretrained_path)
+        loaded = _verify_complete(body, file_sd, name, pretrained_path)
+        log.info(
+            f"--pretrained-path {pretrained_path}: all {loaded} tensors of {name}'s feature layers loaded"
+        )
         return body
     if pretrained:
         try:
@@ -211,9 +216,25 @@ def read_state_dict(path: str) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def _verify_complete(body: nn.Module, file_sd: dict, name: str, path: str) -> None:
+@contextlib.contextmanager
+def _timm_loading_quiet():
+    """timm logs the file it is handed (for renamed keys, a temp file the user never named) and
+    warns of the classifier tensors that a features_only model drops on purpose; camodet checks
+    and reports the load itself (_verify_complete), so those lines would only mislead."""
+    loggers = [logging.getLogger(n) for n in ("timm.models._builder", "timm.models._helpers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _verify_complete(body: nn.Module, file_sd: dict, name: str, path: str) -> int:
     """timm loads feature models non-strictly (the classifier is dropped on purpose);
-    we still insist that every feature tensor came from the file."""
+    we still insist that every feature tensor came from the file. Returns how many did."""
     have = {_norm(k): v.shape for k, v in file_sd.items()}
     missing = [
         k
@@ -226,3 +247,4 @@ def _verify_complete(body: nn.Module, file_sd: dict, name: str, path: str) -> No
             f"missing or of another shape (first: {missing[0]}); the file must be a state dict "
             f"of timm's {name}"
         )
+    return sum(1 for k in body.state_dict() if not k.endswith("num_batches_tracked"))
