@@ -18,6 +18,12 @@ FORMAT = "camodet-checkpoint-v1"
 ARCH_KEYS = ("backbone", "num_experts", "top_k", "gating", "decoder_channels", "deep_supervision")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: dict, path: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`: a crash
     at any point leaves either the old file or the new one, never a torn one."""
@@ -25,6 +31,9 @@ def atomic_save(obj: dict, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
     try:
+        # mkstemp makes the file private (0600) and os.replace keeps that: give it the mode any
+        # other file written here gets, so a team's shared run folder stays readable.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
             fh.flush()
@@ -232,7 +241,8 @@ class RngState:
     def load_state_dict(state: dict) -> None:
         torch.set_rng_state(state["torch"])
         if torch.cuda.is_available() and state["cuda"]:
-            torch.cuda.set_rng_state_all(state["cuda"])
+            # One state per GPU the saving process saw; a machine with fewer GPUs takes its own.
+            torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 @dataclass

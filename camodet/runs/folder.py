@@ -144,9 +144,12 @@ class RunFolder:
 
     def keep_last(self, epoch: int, keep: int, write) -> None:
         """epoch_N.pth for the last `keep` epochs, ordered by N as a number (epoch_10 after
-        epoch_9); `write(path)` writes this epoch's."""
+        epoch_9); `write(path)` writes this epoch's. Files numbered after this epoch belong to
+        a branch this run left (it resumed in place from an earlier checkpoint): they go first,
+        so the file just written is never the one pruned."""
         write(self.numbered(epoch))
-        numbered = sorted((int(m.group(1)), f) for f in os.listdir(self.path) if (m := _NUMBERED.match(f)))
+        numbered = [(int(m.group(1)), f) for f in os.listdir(self.path) if (m := _NUMBERED.match(f))]
+        numbered.sort(key=lambda item: (item[0] <= epoch, item[0]))
         for _, f in numbered[:-keep]:
             os.unlink(self.file(f))
 

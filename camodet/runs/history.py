@@ -5,8 +5,14 @@ import os
 
 
 def append(path: str, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """One record on its own line. After a crash mid-write the file ends in a torn line; the
+    record starts on a new line so that it is not joined to (and lost with) the torn one."""
+    with open(path, "a+b") as fh:
+        torn = False
+        if fh.seek(0, os.SEEK_END) > 0:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+        fh.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
         fh.flush()
 
 

@@ -29,7 +29,8 @@ NOT_HYPERPARAMETERS = {
     "model.pretrained_path",
     "data.num_workers",
     "data.skip_bad_files",
-    "data.cache",
+    # data.cache is a hyperparameter: the cache holds images pre-resized with INTER_AREA, so the
+    # training inputs differ from those decoded from the files.
     "data.cache_dir",
 }
 NOT_HYPERPARAMETER_SECTIONS = {"safety", "speed"}

@@ -83,3 +83,19 @@ def test_train_twice_into_one_folder(tiny_args, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "nothing to train" in captured.out + captured.err
     assert not [line for line in open(run / "metrics.jsonl") if '"warm_restart"' in line]
+
+
+def test_keep_last_after_resuming_in_place_from_an_earlier_epoch_keeps_what_it_writes(tmp_path):
+    folder = RunFolder(str(tmp_path))
+
+    def write(path):
+        open(path, "w").close()
+
+    for epoch in range(1, 11):  # the first branch: epochs 1..10, keeping 3 (epoch_10 after epoch_9)
+        folder.keep_last(epoch, 3, write)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_10.pth", "epoch_8.pth", "epoch_9.pth"]
+    folder.keep_last(6, 3, write)  # resumed in place from epoch 5: the branch after it is left
+    assert "epoch_6.pth" in os.listdir(tmp_path)
+    folder.keep_last(7, 3, write)
+    folder.keep_last(8, 3, write)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_6.pth", "epoch_7.pth", "epoch_8.pth"]

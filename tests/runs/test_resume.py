@@ -11,3 +11,14 @@ def test_setting_added_after_a_checkpoint_is_no_change_at_its_default():
     other = TrainConfig()
     other.model.backbone_norm = "frozen"
     assert changed_settings(saved, other.to_dict()) == ["model.backbone_norm: None -> 'frozen'"]
+
+
+def test_cache_changes_the_inputs_so_it_is_a_hyperparameter_and_workers_are_not():
+    saved = TrainConfig().to_dict()
+    cached = TrainConfig().to_dict()
+    cached["data"]["cache"] = True  # images pre-resized with INTER_AREA: other training inputs
+    assert changed_settings(saved, cached) == ["data.cache: False -> True"]
+    elsewhere = TrainConfig().to_dict()
+    elsewhere["data"]["cache_dir"], elsewhere["data"]["num_workers"] = "/scratch/cache", 4
+    elsewhere["run"]["log_every"] = 7
+    assert changed_settings(saved, elsewhere) == []
