@@ -22,6 +22,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
 
 
+def autocast_name(dtype: torch.dtype | None) -> str:
+    """'bf16', 'fp16' or 'fp32': what a run computes in, as checkpoints record it."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def memory_format(setting: str, device: torch.device) -> torch.memory_format:
     """--channels-last auto|on|off; auto: channels_last on CUDA, where convolutions run faster in it."""
     on = setting == "on" or (setting == "auto" and device.type == "cuda")

@@ -21,7 +21,7 @@ from ..config import TrainConfig, parse_duration, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..data.splits import readable_samples, split_train_val, training_samples
-from ..device import amp_dtype, resolve_device, tune_kernels
+from ..device import amp_dtype, autocast_name, resolve_device, tune_kernels
 from ..device import memory_format as device_memory_format  # the local name is the chosen format
 from ..losses import LossSettings
 from ..metrics import Evaluator, mean_records, to_uint8
@@ -168,7 +168,7 @@ def train(cfg: TrainConfig) -> RunState:
         val_samples = readable_samples(val_samples)
     # Read once (and refused here if it is another architecture): its normalisation decides
     # the datasets', its state the model's.
-    resume = open_resume(cfg, d.world) if cfg.run.resume_from else None
+    resume = open_resume(cfg, d.world, autocast_name(dtype)) if cfg.run.resume_from else None
     norm = input_normalization(
         cfg, resume.ckpt if resume else None
     )  # the backbone's own statistics (a resumed run: its checkpoint's)
@@ -194,7 +194,7 @@ def train(cfg: TrainConfig) -> RunState:
     )
     model = build_model(model_cfg).to(device)
     model.normalization = norm  # saved in every checkpoint
-    state = RunState(world_size=d.world)
+    state = RunState(world_size=d.world, autocast=autocast_name(dtype))
     guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
     if resume is not None:
         model.load_state_dict(model_weights(resume.ckpt, "raw"))

@@ -194,6 +194,7 @@ class RunState:
     # warm restart (or of a multi-process run) computes what the uninterrupted run did.
     schedule_start: tuple | None = None  # first epoch of each stage's LR schedule (a warm restart moves it)
     world_size: int = 1
+    autocast: str = "fp32"  # what --amp resolved to on the device: bf16, fp16 (grad scaler) or fp32
     rollback_files: list = field(
         default_factory=list
     )  # per rollback, the files of its bad windows (not saved)
@@ -208,6 +209,7 @@ class RunState:
             "rollbacks": self.rollbacks,
             "schedule_start": list(self.schedule_start or ()),
             "world_size": self.world_size,
+            "autocast": self.autocast,
             "metrics": self.metrics or {},
         }
 

@@ -61,11 +61,18 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def resume_changes(ckpt: dict, cfg: TrainConfig, world: int) -> list[str]:
+def resume_changes(ckpt: dict, cfg: TrainConfig, world: int, autocast: str) -> list[str]:
     """Why resuming `ckpt` cannot continue exactly (empty: it can). Another process count
     changes the effective batch, the steps per epoch and which samples each rank holds,
-    so no uninterrupted run computes what the continuation would: a warm restart."""
+    so no uninterrupted run computes what the continuation would: a warm restart. So does
+    another autocast dtype (`autocast`: what --amp resolves to on this device, 'bf16', 'fp16'
+    or 'fp32'): --amp auto is bf16 on an A100 and fp16 with a grad scaler on a T4."""
     changes = changed_settings(ckpt.get("config", {}), cfg.to_dict())
+    saved_autocast = ckpt.get("autocast")  # absent before camodet 0.1.2: the --amp string decides
+    if saved_autocast is not None:
+        changes = [c for c in changes if not c.startswith("optim.amp:")]  # auto -> bf16 on an A100: same
+        if saved_autocast != autocast:
+            changes.append(f"autocast: {saved_autocast} -> {autocast} (--amp {cfg.optim.amp} on this device)")
     saved_world = ckpt.get("world_size")  # absent in checkpoints of camodet before 0.1.1
     if saved_world is not None and int(saved_world) != world:
         changes.append(
@@ -121,9 +128,10 @@ class Resume:
         return f"resuming {self.path} exactly after epoch {self.epoch}"
 
 
-def open_resume(cfg: TrainConfig, world: int) -> Resume:
+def open_resume(cfg: TrainConfig, world: int, autocast: str) -> Resume:
     """Read --resume-from and decide; a checkpoint of another architecture is refused here."""
     path = cfg.run.resume_from
     ckpt = load_checkpoint(path)
     check_arch(ckpt, cfg.to_dict()["model"], path)
-    return Resume(path, ckpt, resume_changes(ckpt, cfg, world), RunFolder(cfg.run.checkpoint_dir).holds(path))
+    changes = resume_changes(ckpt, cfg, world, autocast)
+    return Resume(path, ckpt, changes, RunFolder(cfg.run.checkpoint_dir).holds(path))
