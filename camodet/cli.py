@@ -193,7 +193,11 @@ def _evaluate(args) -> int:
 
 def method_name(source: str) -> str:
     """The name a table or plot gives the model: its run or export folder (a checkpoint in 'runs/x/'
-    -> 'x'), or the predictions folder."""
+    -> 'x'), the predictions folder, or a Hub id's model name ('user/camo-model' -> 'camo-model')."""
+    from .hub import is_hub_id
+
+    if is_hub_id(source):
+        return source.split("/", 1)[1]
     path = os.path.abspath(source)
     return os.path.basename(path if os.path.isdir(path) else os.path.dirname(path)) or "camodet"
 
@@ -201,7 +205,7 @@ def method_name(source: str) -> str:
 def _predict(args) -> int:
     from .hub import load_predictor
     from .inference import TTA
-    from .predict import predict_files
+    from .predict import expand_patterns, predict_files
     from .video import is_video, predict_clips
 
     if not 0.0 < args.threshold < 1.0:
@@ -210,9 +214,11 @@ def _predict(args) -> int:
         raise ConfigError(
             f"--smooth must be at least 1 frame and --fps positive (got {args.smooth}, {args.fps})"
         )
-    videos = [i for i in args.inputs if os.path.isfile(i) and is_video(i)]
-    folders = [i for i in args.inputs if args.frames and os.path.isdir(i)]
-    images = [i for i in args.inputs if i not in videos and i not in folders]
+    # a pattern's matches are sorted like the inputs named one by one ('clips/*.mp4' are videos)
+    inputs = expand_patterns(args.inputs, folders=args.frames)
+    videos = [i for i in inputs if os.path.isfile(i) and is_video(i)]
+    folders = [i for i in inputs if args.frames and os.path.isdir(i)]
+    images = [i for i in inputs if i not in videos and i not in folders]
     predictor = load_predictor(
         args.checkpoint, weights=args.weights, device=args.device, tta=TTA.parse(args.tta)
     )

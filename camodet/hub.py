@@ -106,24 +106,54 @@ def push(
     if not _REPO_ID.match(repo_id):
         raise HubError(f"{repo_id!r} is not a Hub model id; use user/name (or org/name)")
     hub = _hub()
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .paper import is_super_row
+
     with tempfile.TemporaryDirectory(prefix="camodet-push-") as stage:
         config = stage_export(source, stage)
         table = find_results(source, results)
-        card = model_card(repo_id, config, table, datasets or (list(table[0]) if table else []), license)
+        # a COD10K super-class row ('COD10K-Aquatic') is a slice of COD10K, not a dataset the Hub knows
+        found = [name for name in table[0] if not is_super_row(name)] if table else []
+        card = model_card(repo_id, config, table, datasets or found, license)
         with open(os.path.join(stage, README), "w") as fh:
             fh.write(card)
         api = hub.HfApi(endpoint=endpoint, token=token)
         if token is None and api.token is None and hub.get_token() is None:
             raise HubError("not logged in to the Hugging Face Hub: run 'hf auth login' or set HF_TOKEN")
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            folder_path=stage,
-            repo_id=repo_id,
-            repo_type="model",
-            allow_patterns=HUB_FILES,
-            commit_message=message or "camodet push: weights, config and model card",
-        )
+        try:
+            repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                folder_path=stage,
+                repo_id=repo_id,
+                repo_type="model",
+                allow_patterns=HUB_FILES,
+                commit_message=message or "camodet push: weights, config and model card",
+            )
+        except HfHubHTTPError as e:
+            raise HubError(push_refusal(repo_id, e)) from None
     return {"repo_url": str(repo), "commit_url": commit.commit_url, "files": HUB_FILES}
+
+
+def push_refusal(repo_id: str, error) -> str:
+    """One line for an HTTP error from the Hub while pushing: the repo, the status, the fix."""
+    status = getattr(error.response, "status_code", None)
+    namespace = repo_id.split("/")[0]
+    if status == 401:
+        fix = (
+            "the token was not accepted (invalid, expired or read-only); check HF_TOKEN or run "
+            "'hf auth login' with a write token"
+        )
+    elif status == 403:
+        fix = (
+            f"the token needs write access to {namespace}; check HF_TOKEN or run 'hf auth login' "
+            f"with a write token, or push to a namespace you own"
+        )
+    else:
+        fix = "try again later; if it persists, check HF_TOKEN or run 'hf auth login'"
+    first = (str(error) or type(error).__name__).splitlines()[0]
+    said = f"the Hub answered HTTP {status}" if status else f"the push failed ({first})"
+    return f"{repo_id}: {said}: {fix}"
 
 
 def stage_export(source: str, out: str) -> dict:

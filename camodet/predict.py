@@ -21,10 +21,22 @@ OUTPUTS = ("masks", "probs", "overlays", "cutouts")
 TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes
 
 
+def expand_patterns(inputs: list[str], folders: bool = False) -> list[str]:
+    """The inputs, each glob pattern (an input that is not an existing path) replaced by its
+    matching files, sorted (and matching folders, with folders=True); a pattern that matches
+    nothing stays as it is, so the caller reports it. Repeated paths are kept once."""
+    out = []
+    for item in inputs:
+        matches = [] if os.path.exists(item) else sorted(glob.glob(item, recursive=True))
+        matches = [p for p in matches if os.path.isfile(p) or (folders and os.path.isdir(p))]
+        out += matches or [item]
+    return list(dict.fromkeys(out))
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Files, folders (their images, sorted) and glob patterns -> (image paths, [(input, problem)])."""
     paths, problems = [], []
-    for item in inputs:
+    for item in expand_patterns(inputs):
         if os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS))
             if not found:
@@ -33,10 +45,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         elif os.path.isfile(item):
             paths.append(item)
         else:
-            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
-            if not matches:
-                problems.append((item, "no such file, folder or matching pattern"))
-            paths += matches
+            problems.append((item, "no such file, folder or matching pattern"))
     return list(dict.fromkeys(paths)), problems
 
 
@@ -65,15 +74,27 @@ def collate_files(items: list[dict]) -> list[dict]:
     return items
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """The names, each repeat given the first free numeric suffix ('x', 'x_2', 'x_3'), so no two
+    outputs share a name (also the clips' folders in video.py)."""
+    # an input's own name is never handed to another's repeat: 'x', 'x', 'x_2' -> 'x', 'x_3', 'x_2'
+    taken, last, out = set(names), {}, []
+    used: set[str] = set()
+    for name in names:
+        if name in used:
+            n = last.get(name, 1) + 1
+            while f"{name}_{n}" in taken:
+                n += 1
+            last[name], name = n, f"{name}_{n}"
+            taken.add(name)
+        used.add(name)
+        out.append(name)
+    return out
+
+
 def unique_stems(paths: list[str]) -> list[str]:
     """File stems, with a numeric suffix where two inputs share one."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in paths:
-        stem = os.path.splitext(os.path.basename(p))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
+    return unique_names([os.path.splitext(os.path.basename(p))[0] for p in paths])
 
 
 def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir: str, stem: str) -> None:

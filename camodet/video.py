@@ -7,7 +7,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .data.io import IMAGE_EXTS, DataError, read_image
 from .metrics import to_uint8
-from .predict import overlay_image
+from .predict import overlay_image, unique_names
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 DEFAULT_FPS = 25.0  # for frame folders, and videos whose header holds no rate
@@ -240,14 +240,27 @@ def _then_none(it: Iterator) -> Iterator:
 def predict_clips(
     predictor, videos: list[str], frame_folders: list[str], out_dir: str, fps: float, **options
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Every video file and frame folder (one clip per sequence); returns the clips' summaries
-    and the inputs that could not be read, as [(input, why)], without stopping the others."""
-    done, problems = [], []
+    """Every video file and frame folder (one clip per sequence), each clip into its own folder
+    (a numeric suffix where two share a name: day1/GOPR0001.MP4, day2/GOPR0001.MP4 -> GOPR0001,
+    GOPR0001_2); returns the clips' summaries and the inputs that could not be read, as
+    [(input, why)], without stopping the others."""
+    problems, opened = [], []
     for source in [*videos, *frame_folders]:
         try:
             clips = [open_video(source)] if source in videos else frame_clips(source, fps)
-            for clip in clips:
-                done.append(predict_clip(predictor, clip, out_dir, **options))
         except DataError as e:
+            problems.append((source, e.reason.removeprefix(f"{source}: ")))
+            continue
+        opened += [(source, clip) for clip in clips]
+    # every name is known before the first folder is written, so a suffix never lands on a clip's own name
+    names = unique_names([clip.name for _, clip in opened])
+    done, failed = [], set()
+    for (source, clip), name in zip(opened, names):
+        if source in failed:  # one line per input: its later sequences are not tried
+            continue
+        try:
+            done.append(predict_clip(predictor, replace(clip, name=name), out_dir, **options))
+        except DataError as e:
+            failed.add(source)
             problems.append((source, e.reason.removeprefix(f"{source}: ")))
     return done, problems

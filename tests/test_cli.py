@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from camodet.cli import main
+from camodet.cli import main, method_name
 
 from .conftest import truncate
 
@@ -17,6 +17,13 @@ def test_entry_points_agree():
     ):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0 and "synth" in proc.stdout and "train" in proc.stdout
+
+
+def test_method_name_of_runs_exports_and_hub_ids(tmp_path):
+    assert method_name("user/camo-model") == "camo-model"  # a Hub id names the model, not its owner
+    (tmp_path / "run").mkdir()
+    assert method_name(str(tmp_path / "run" / "best_model.pth")) == "run"
+    assert method_name(str(tmp_path / "run")) == "run"
 
 
 def test_synth_and_data_check(tmp_path, capsys):

@@ -23,25 +23,40 @@ from .conftest import PYTHON
 hub = pytest.importorskip("huggingface_hub", reason="Hub support needs pip install 'camodet[hub]'")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = "someone/tiny-cod"
+READ_ONLY = "someone/read-only"
+BAD_TOKEN = "hf_revoked"
 
 
 class StandInHub(BaseHTTPRequestHandler):
     """The four calls `push` makes, answered as huggingface.co answers them; every request and
-    every committed file is recorded on the server for the test to check."""
+    every committed file is recorded on the server for the test to check. BAD_TOKEN gets 401,
+    a repo outside REPO's namespace 403 on creation, READ_ONLY 403 on upload."""
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         rec = self.server.record
         rec["calls"].append(self.path)
         rec["auth"].add(self.headers.get("authorization"))
+        if self.headers.get("authorization") == f"Bearer {BAD_TOKEN}":
+            return self.reply(401, {"error": "Invalid credentials in Authorization header"})
         if self.path == "/api/repos/create":
             req = json.loads(body)
             rec["created"] = req
+            if req["organization"] != REPO.split("/")[0]:
+                return self.reply(
+                    403,
+                    {
+                        "error": f"You don't have the rights to create a model under the "
+                        f'namespace "{req["organization"]}"'
+                    },
+                )
             return self.reply(200, {"url": f"{self.server.url}/{req['organization']}/{req['name']}"})
         if self.path == "/api/validate-yaml":
             text = json.loads(body)["content"]
             rec["metadata"] = yaml.safe_load(text.split("---")[1])  # the Hub refuses invalid YAML
             return self.reply(200, {"errors": [], "warnings": []})
+        if self.path == f"/api/models/{READ_ONLY}/preupload/main":  # it exists; the token may only read it
+            return self.reply(403, {"error": "You don't have the rights to write to this repository"})
         if self.path == f"/api/models/{REPO}/preupload/main":
             files = json.loads(body)["files"]
             modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
@@ -191,6 +206,37 @@ def test_push_problems_are_one_line(tiny_checkpoint, stand_in, tmp_path, monkeyp
     assert main(["push", str(tiny_checkpoint), REPO, "--endpoint", stand_in.url]) == 2
     assert "not logged in to the Hugging Face Hub: run 'hf auth login'" in capsys.readouterr().err
     assert stand_in.record["calls"] == []  # nothing reached the Hub
+
+
+def test_push_refused_by_the_hub_is_one_line(tiny_checkpoint, stand_in, capsys):
+    cases = [
+        ("other/tiny-cod", "hf_test", "403", "the token needs write access to other"),
+        (READ_ONLY, "hf_test", "403", "the token needs write access to someone"),
+        (REPO, BAD_TOKEN, "401", "the token was not accepted"),
+    ]
+    for repo, token, status, fix in cases:
+        args = ["push", str(tiny_checkpoint), repo, "--endpoint", stand_in.url, "--token", token]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"camodet: error: {repo}: "), err
+        assert f"HTTP {status}" in err[0] and fix in err[0] and "HF_TOKEN" in err[0]
+    assert stand_in.record["files"] == {}  # nothing was committed
+
+
+def test_card_datasets_leave_out_cod10k_super_classes(run_with_results, stand_in, tmp_path, capsys):
+    from camodet.hub import model_card
+
+    results = json.load(open(run_with_results / "eval" / "metrics.json"))
+    results |= {"COD10K-Aquatic": results["COD10K"], "CAMO": results["COD10K"]}
+    (tmp_path / "metrics.json").write_text(json.dumps(results))
+    args = ["push", str(run_with_results), REPO, "--endpoint", stand_in.url, "--token", "hf_test"]
+    assert main([*args, "--results", str(tmp_path)]) == 0, capsys.readouterr().err
+    assert stand_in.record["metadata"]["datasets"] == ["COD10K", "CAMO"]
+    card = stand_in.record["files"]["README.md"].decode()
+    assert "| COD10K-Aquatic |" in card  # the table keeps the super-class rows
+    # given explicitly, the names are the user's
+    config = {"model": {"backbone": "edgenext_xx_small", "num_experts": 1}}
+    assert "- COD10K-Aquatic" in model_card(REPO, config, None, ["COD10K-Aquatic"])
 
 
 def test_from_pretrained_local_folder(tiny_checkpoint, tmp_path):

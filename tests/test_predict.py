@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from camodet.cli import main
-from camodet.predict import expand_inputs, unique_stems
+from camodet.predict import expand_inputs, expand_patterns, unique_stems
 
 from .conftest import real_samples_dir
 
@@ -70,3 +70,26 @@ def test_inputs_expand_and_stems_stay_unique(tmp_path):
     paths, problems = expand_inputs([str(tmp_path / "x"), str(tmp_path / "*" / "same.png")])
     assert len(paths) == 2 and not problems
     assert unique_stems(paths) == ["same", "same_2"]
+
+
+def test_stems_never_take_a_name_another_input_has():
+    # a duplicate's suffix must not land on an input's own stem ('c/x_2.jpg' keeps 'x_2')
+    assert unique_stems(["a/x.jpg", "b/x.jpg", "c/x_2.jpg"]) == ["x", "x_3", "x_2"]
+    assert unique_stems(["c/x_2.jpg", "a/x.jpg", "b/x.jpg", "d/x.png"]) == ["x_2", "x", "x_3", "x_4"]
+    assert unique_stems(["a/x.jpg", "b/x_2.jpg", "c/x_2.png"]) == ["x", "x_2", "x_2_2"]
+    # inputs that did not collide keep the names they always had
+    assert unique_stems(["a/x.jpg", "b/x.jpg", "b/y.png", "c/x.png"]) == ["x", "x_2", "y", "x_3"]
+    assert unique_stems(["a/x.jpg", "b/x.jpg", "c/x_3.jpg"]) == ["x", "x_2", "x_3"]
+
+
+def test_patterns_expand_to_sorted_matches_and_unmatched_ones_stay(tmp_path):
+    for name in ("b.mp4", "a.mp4", "c.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "frames").mkdir()
+    literal = tmp_path / "x[1].jpg"  # an existing path is never read as a pattern
+    literal.write_bytes(b"")
+    missing = str(tmp_path / "nothing" / "*.mp4")
+    got = expand_patterns([str(tmp_path / "*.mp4"), str(literal), missing, str(tmp_path / "a.mp4")])
+    assert got == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), str(literal), missing]
+    assert expand_patterns([str(tmp_path / "f*")]) == [str(tmp_path / "f*")]  # folders only on request
+    assert expand_patterns([str(tmp_path / "f*")], folders=True) == [str(tmp_path / "frames")]

@@ -202,3 +202,40 @@ def test_davis_frames(tiny_checkpoint, tmp_path, capsys):
         assert video_facts(out / seq / "mask.mp4") == (len(stems), 25.0, (w, h))
         assert sorted(os.path.splitext(f)[0] for f in os.listdir(out / seq / "masks")) == sorted(stems)
     assert capsys.readouterr().out.count("frames/s)") == len(sequences)
+
+
+def test_clips_of_the_same_name_get_their_own_folders(tiny_checkpoint, tmp_path, capsys):
+    for day, frames in (("day1", 3), ("day2", 5)):
+        (tmp_path / day).mkdir()
+        write_clip(tmp_path / day / "GOPR0001.MP4", frames=frames)
+    rng = np.random.default_rng(2)
+    for cam, n in (("cam1", 2), ("cam2", 4)):
+        seq = tmp_path / cam / "frames"
+        seq.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(seq / f"f_{i:03d}.jpg")
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / d / "GOPR0001.MP4") for d in ("day1", "day2")]
+    inputs += [str(tmp_path / c / "frames") for c in ("cam1", "cam2")]
+    assert main(["predict", str(tiny_checkpoint), *inputs, "--frames", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["GOPR0001", "GOPR0001_2", "frames", "frames_2"]
+    assert [video_facts(out / d / "mask.mp4")[0] for d in sorted(os.listdir(out))] == [3, 5, 2, 4]
+    text = capsys.readouterr().out
+    assert f"{inputs[1]}: 5 frames, 96x72 at 12 fps -> {out / 'GOPR0001_2'}/mask.mp4" in text
+    assert f"{inputs[3]}: 4 frames, 56x40 at 25 fps -> {out / 'frames_2'}/mask.mp4" in text
+
+
+def test_video_patterns_are_videos(tiny_checkpoint, tmp_path, capsys):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "b.mp4", frames=3)
+    write_clip(clips / "a.mp4", frames=4)
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_checkpoint), str(clips / "*.mp4"), "--out", str(out)]) == 0
+    assert video_facts(out / "a" / "mask.mp4")[0] == 4 and video_facts(out / "b" / "overlay.mp4")[0] == 3
+    captured = capsys.readouterr()
+    assert "wrote masks, probs" not in captured.out and captured.err == ""
+    assert captured.out.index(str(clips / "a.mp4")) < captured.out.index(str(clips / "b.mp4"))
+    missing = str(tmp_path / "nothing" / "*.mp4")
+    assert main(["predict", str(tiny_checkpoint), missing, "--out", str(out)]) == 1
+    assert f"skipped {missing}: no such file, folder or matching pattern" in capsys.readouterr().err
