@@ -62,6 +62,15 @@ def _marks(ax, records: list[dict]) -> None:
             labelled.add(text)
 
 
+def best_record(epochs: list[dict]) -> dict | None:
+    """The epoch record the run itself chose as best: the latest record's best_epoch (the
+    trainer's rule, runs.folder.is_better), so epochs of a branch that a resume in place left
+    behind do not count; None when nothing was validated."""
+    chosen = epochs[-1].get("best_epoch") if epochs else None
+    found = [r for r in epochs if r.get("epoch") == chosen and r.get("val")]
+    return found[-1] if found else None
+
+
 def make_plots(records: list[dict]) -> dict:
     """{name: PNG bytes}."""
     import matplotlib
@@ -95,11 +104,11 @@ def make_plots(records: list[dict]) -> dict:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for k in ("IoU", "Dice", "Sm"):
         ax.plot(x, [(r.get("val") or {}).get(k) for r in epochs], marker="o", ms=3, label=f"val {k}")
-    best = [r for r in epochs if r.get("best_epoch") == r["epoch"]]
+    best = best_record(epochs)
     if best:
         ax.scatter(
-            [best[-1]["epoch"]],
-            [best[-1]["val"].get(BEST_METRIC)],
+            [best["epoch"]],
+            [best["val"].get(BEST_METRIC)],
             s=80,
             facecolors="none",
             edgecolors="green",
@@ -237,7 +246,7 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
         if ended and ended[-1] is records[-1]
         else f"epoch {last.get('epoch', 0)} of {total}"
     )
-    best = max(epochs, key=lambda r: (r.get("val") or {}).get("IoU", -1), default=None)
+    best = best_record(epochs)
     esc = html.escape
     parts = [
         f"<h1>camodet run: {esc(os.path.abspath(run_dir))}</h1>",

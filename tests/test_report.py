@@ -122,3 +122,17 @@ def test_report_on_a_crashed_run(watched_run, tmp_path):
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is this a camodet run folder" in capsys.readouterr().err
+
+
+def test_best_epoch_is_the_runs_own_choice_not_an_abandoned_branchs():
+    from camodet.report import best_record
+
+    def epoch(n, iou, best):
+        return {"type": "epoch", "epoch": n, "stage": 2, "val": {"IoU": iou}, "best_epoch": best}
+
+    first = [epoch(1, 0.5, 1), epoch(2, 0.6, 2), epoch(3, 0.8, 3)]
+    # resumed in place from epoch 2's checkpoint (the branch with epoch 3 left behind): 3 and 4 again
+    again = [epoch(3, 0.65, 3), epoch(4, 0.62, 3)]
+    assert best_record(first + again) == again[0]
+    assert best_record(first) == first[2]
+    assert best_record([{"type": "epoch", "epoch": 1, "best_epoch": 0}]) is None  # --val-fraction 0
