@@ -249,6 +249,12 @@ def _predict(args) -> int:
                 f"{os.path.join(args.out, c['clip'])}/mask.mp4, overlay.mp4"
                 + (", masks/, probs/" if args.save_frames else "")
                 + f" ({c['frames_per_s']:.1f} frames/s)"
+                + (
+                    f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
+                    f"the last row or column repeated)"
+                    if c["video_size"] != c["size"]
+                    else ""
+                )
             )
         problems += bad
     for item, why in problems:

@@ -184,7 +184,14 @@ def predict_clip(
         for sub in ("masks", "probs"):
             os.makedirs(os.path.join(folder, sub), exist_ok=True)
     files = [os.path.join(folder, "mask.mp4"), os.path.join(folder, "overlay.mp4")]
-    mask_video, overlay_video = (_writer(f, clip.fps, clip.size) for f in files)
+    # MPEG-4 video holds even sizes only: OpenCV's writer would crop an odd row or column
+    # silently; a copy of the last one is added instead, so every pixel of the input is kept.
+    w, h = clip.size
+    video_size = (w + w % 2, h + h % 2)
+    pad = dict(
+        top=0, left=0, bottom=video_size[1] - h, right=video_size[0] - w, borderType=cv2.BORDER_REPLICATE
+    )
+    mask_video, overlay_video = (_writer(f, clip.fps, video_size) for f in files)
     smoother, written, start = Smoother(smooth), 0, time.time()
 
     def write(pairs) -> None:
@@ -192,8 +199,10 @@ def predict_clip(
         for (stem, rgb), prob in pairs:
             mask = prob >= threshold
             grey = (mask * 255).astype(np.uint8)
-            mask_video.write(cv2.merge([grey, grey, grey]))
-            overlay_video.write(cv2.cvtColor(overlay_image(rgb, mask), cv2.COLOR_RGB2BGR))
+            mask_video.write(cv2.copyMakeBorder(cv2.merge([grey, grey, grey]), **pad))
+            overlay_video.write(
+                cv2.copyMakeBorder(cv2.cvtColor(overlay_image(rgb, mask), cv2.COLOR_RGB2BGR), **pad)
+            )
             if save_frames:
                 Image.fromarray(grey).save(os.path.join(folder, "masks", stem + ".png"))
                 Image.fromarray(to_uint8(prob)).save(os.path.join(folder, "probs", stem + ".png"))
@@ -225,6 +234,7 @@ def predict_clip(
         "frames": written,
         "fps": clip.fps,
         "size": clip.size,
+        "video_size": video_size,
         "files": files,
         "seconds": seconds,
         "frames_per_s": written / max(seconds, 1e-9),

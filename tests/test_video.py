@@ -239,3 +239,23 @@ def test_video_patterns_are_videos(tiny_checkpoint, tmp_path, capsys):
     missing = str(tmp_path / "nothing" / "*.mp4")
     assert main(["predict", str(tiny_checkpoint), missing, "--out", str(out)]) == 1
     assert f"skipped {missing}: no such file, folder or matching pattern" in capsys.readouterr().err
+
+
+def test_odd_sized_frames_keep_every_pixel(tiny_checkpoint, tmp_path, capsys):
+    """MPEG-4 holds even sizes: OpenCV's writer cropped a 97x71 clip to 96x70 without a word."""
+    frames = tmp_path / "odd"
+    frames.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (71, 97, 3), dtype=np.uint8)).save(frames / f"f_{i}.png")
+    out = tmp_path / "out"
+    assert (
+        main(["predict", str(tiny_checkpoint), str(frames), "--frames", "--out", str(out), "--save-frames"])
+        == 0
+    )
+    assert video_facts(out / "odd" / "mask.mp4") == (3, 25.0, (98, 72))
+    assert np.asarray(Image.open(out / "odd" / "masks" / "f_0.png")).shape == (
+        71,
+        97,
+    )  # PNGs at the input's size
+    assert "3 frames, 97x71 at 25 fps" in capsys.readouterr().out
