@@ -76,18 +76,17 @@ def collate_files(items: list[dict]) -> list[dict]:
 
 def unique_names(names: list[str]) -> list[str]:
     """The names, each repeat given the first free numeric suffix ('x', 'x_2', 'x_3'), so no two
-    outputs share a name (also the clips' folders in video.py)."""
-    # an input's own name is never handed to another's repeat: 'x', 'x', 'x_2' -> 'x', 'x_3', 'x_2'
-    taken, last, out = set(names), {}, []
-    used: set[str] = set()
+    outputs share a name (also the clips' folders in video.py). An input's own name is never
+    handed to another's repeat: 'x', 'x', 'x_2' -> 'x', 'x_3', 'x_2'."""
+    taken, seen, out = set(names), set(), []
     for name in names:
-        if name in used:
-            n = last.get(name, 1) + 1
+        if name in seen:
+            n = 2
             while f"{name}_{n}" in taken:
                 n += 1
-            last[name], name = n, f"{name}_{n}"
+            name = f"{name}_{n}"
             taken.add(name)
-        used.add(name)
+        seen.add(name)
         out.append(name)
     return out
 

@@ -188,9 +188,12 @@ def predict_clip(
     # silently; a copy of the last one is added instead, so every pixel of the input is kept.
     w, h = clip.size
     video_size = (w + w % 2, h + h % 2)
-    pad = dict(
-        top=0, left=0, bottom=video_size[1] - h, right=video_size[0] - w, borderType=cv2.BORDER_REPLICATE
-    )
+
+    def even(frame: np.ndarray) -> np.ndarray:
+        if video_size == clip.size:
+            return frame
+        return cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+
     mask_video, overlay_video = (_writer(f, clip.fps, video_size) for f in files)
     smoother, written, start = Smoother(smooth), 0, time.time()
 
@@ -199,10 +202,8 @@ def predict_clip(
         for (stem, rgb), prob in pairs:
             mask = prob >= threshold
             grey = (mask * 255).astype(np.uint8)
-            mask_video.write(cv2.copyMakeBorder(cv2.merge([grey, grey, grey]), **pad))
-            overlay_video.write(
-                cv2.copyMakeBorder(cv2.cvtColor(overlay_image(rgb, mask), cv2.COLOR_RGB2BGR), **pad)
-            )
+            mask_video.write(even(cv2.merge([grey, grey, grey])))
+            overlay_video.write(even(cv2.cvtColor(overlay_image(rgb, mask), cv2.COLOR_RGB2BGR)))
             if save_frames:
                 Image.fromarray(grey).save(os.path.join(folder, "masks", stem + ".png"))
                 Image.fromarray(to_uint8(prob)).save(os.path.join(folder, "probs", stem + ".png"))

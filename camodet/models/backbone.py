@@ -236,15 +236,12 @@ def _verify_complete(body: nn.Module, file_sd: dict, name: str, path: str) -> in
     """timm loads feature models non-strictly (the classifier is dropped on purpose);
     we still insist that every feature tensor came from the file. Returns how many did."""
     have = {_norm(k): v.shape for k, v in file_sd.items()}
-    missing = [
-        k
-        for k, v in body.state_dict().items()
-        if have.get(_norm(k)) != v.shape and not k.endswith("num_batches_tracked")
-    ]
+    wanted = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k, v in wanted.items() if have.get(_norm(k)) != v.shape]
     if missing:
         raise BackboneError(
             f"--pretrained-path {path} does not fit {name}: {len(missing)} backbone tensors "
             f"missing or of another shape (first: {missing[0]}); the file must be a state dict "
             f"of timm's {name}"
         )
-    return sum(1 for k in body.state_dict() if not k.endswith("num_batches_tracked"))
+    return len(wanted)
