@@ -147,6 +147,30 @@ def test_another_process_count_is_a_declared_warm_restart(tiny_args, tmp_path, c
     assert events(tmp_path / "one", "warm_restart")[0]["epoch"] == 2
 
 
+def test_resuming_where_amp_resolves_otherwise_is_a_declared_warm_restart(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    # Started where --amp auto ran fp32 (this CPU), resumed where it runs bf16 (an A100: the
+    # CPU's bf16 autocast stands in): the same flags, another computation.
+    args = flag(tiny_args, "--epochs", "3") + ["--keep-last", "3"]
+    assert main(["train", *args]) == 0
+    assert load_checkpoint(tmp_path / "run" / "epoch_1.pth")["autocast"] == "fp32"
+    monkeypatch.setattr(trainer, "amp_dtype", lambda setting, device: torch.bfloat16)
+    capsys.readouterr()
+    bf16 = flag(args, "--checkpoint-dir", str(tmp_path / "bf16"))
+    assert main(["train", *bf16, "--resume-from", str(tmp_path / "run" / "epoch_1.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "warm restart" in out and "autocast: fp32 -> bf16 (--amp auto on this device)" in out
+    assert load_checkpoint(tmp_path / "bf16" / "epoch_2.pth")["autocast"] == "bf16"
+    # that run resumed on the same kind of device: exact, and it ends where it ended
+    again = flag(args, "--checkpoint-dir", str(tmp_path / "again"))
+    assert main(["train", *again, "--resume-from", str(tmp_path / "bf16" / "epoch_2.pth")]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {tmp_path / 'bf16' / 'epoch_2.pth'} exactly" in out and "warm restart" not in out
+    a, b = (load_checkpoint(tmp_path / d / "last.pth") for d in ("bf16", "again"))
+    assert same_tensors(a["model_state_dict"], b["model_state_dict"])
+
+
 class Spikes:
     """Multiplies the loss of chosen training micro-batches by 100; records what the trainer's
     dataset holds and the dataset indices of each training micro-batch (num_workers 0: a batch
