@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 STAMP := $(VENV)/.camodet-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,19 @@ demo: $(STAMP)
 	$(PY) -m camodet report $(DEMO)/run
 	$(PY) -m camodet predict $(DEMO)/run/best_model.pth $(DEMO)/SYNTH-COD10K/Test/Image --out $(DEMO)/predict
 
-test: $(STAMP)
+# The web demo's browser test drives the system's Chromium (Debian's package; Playwright never
+# downloads a browser): installed here as root with apt, otherwise one line says how.
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium for the browser test (apt-get install chromium)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	      || echo "could not install Chromium: tests/test_app.py's browser test will be skipped"; \
+	  else \
+	    echo "no Chromium: tests/test_app.py's browser test will be skipped (sudo apt-get install chromium, then make test)"; \
+	  fi; }
+
+test: $(STAMP) test-deps
 	$(PY) -m ruff check camodet tests benchmarks tools
 	$(PY) -m ruff format --check camodet tests benchmarks tools
 	$(PY) -m pytest -q

@@ -145,14 +145,18 @@ def _model_summary(args) -> int:
 def _evaluate(args) -> int:
     from .evaluation import evaluate, evaluate_preds_dir, format_table, write_results
     from .paper import format_latex, scaling_note
+    from .worst import WorstImages
 
     if (args.checkpoint is None) == (args.preds_dir is None):
         raise ConfigError("evaluate needs a checkpoint (or export folder) or --preds-dir DIR, not both")
     if args.curves and not args.out:
         raise ConfigError("--curves writes files: add --out DIR (the curves go to DIR/curves/)")
+    if args.worst is not None and not args.out:
+        raise ConfigError("--worst writes a panel: add --out DIR (it goes to DIR/worst.png)")
     curves: dict | None = {} if args.curves else None
+    worst = WorstImages(args.worst) if args.worst is not None else None
     if args.preds_dir:
-        results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves)
+        results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves, worst)
     else:
         from .hub import load_predictor
         from .inference import TTA
@@ -167,6 +171,7 @@ def _evaluate(args) -> int:
             args.save_preds,
             args.minmax,
             curves,
+            worst,
         )
         if args.save_preds:
             print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
@@ -188,6 +193,9 @@ def _evaluate(args) -> int:
         files = save_curves(curves, folder, method)
         files += plot_curves({k: v for k, v in curves.items() if not is_super_row(k)}, folder, method)
         print(f"wrote {len(files)} curve files to {folder}/ (<row>.npz, curves.npy, pr.png, fm.png, em.png)")
+    if worst is not None:
+        print(f"\nthe {len(worst.items())} images with the lowest IoU:\n{worst.table()}")
+        print(f"wrote {worst.save(args.out)} (image | ground truth | prediction) and worst.json")
     return 0
 
 
@@ -413,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stated in the table's legend",
     )
     e.add_argument("--method", help="name of the model in tables and plots (default: its folder's name)")
+    e.add_argument(
+        "--worst",
+        type=int,
+        metavar="K",
+        help="show the K images with the lowest IoU (image | ground truth | prediction) in OUT/worst.png",
+    )
     _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
 

@@ -15,6 +15,7 @@ from .data.io import DataError, read_grey, read_mask
 from .data.layouts import Sample, gather
 from .metrics import VARIANTS, to_uint8
 from .paper import DatasetScorer
+from .worst import WorstImages
 
 TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm", "MAE", "IoU", "Dice")
 
@@ -36,10 +37,11 @@ def evaluate(
     save_preds: str | None = None,
     normalise: bool = False,
     curves: dict | None = None,
+    worst: WorstImages | None = None,
 ) -> dict:
     """{row: metrics}, predictions resized to each GT's original size; a row per dataset, and
     per COD10K super-class after COD10K. normalise: per-map min-max first (saved maps stay raw);
-    curves: a dict to fill with each row's curves (Evaluator.curves)."""
+    curves: a dict to fill with each row's curves (Evaluator.curves); worst: offered every image."""
     results: dict = {}
     for name, group in split_by_dataset(dataset_paths).items():
         ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
@@ -56,7 +58,9 @@ def evaluate(
             for j, gt in enumerate(batch["gt"]):
                 sample = group[int(batch["index"][j])]
                 pred = to_uint8(probs[j].cpu().numpy())
-                scorer.step(pred, gt, sample.name)
+                rec = scorer.step(pred, gt, sample.name)
+                if worst is not None:
+                    worst.offer(rec["IoU"], name, sample, pred)
                 if save_preds:
                     save_map(pred, os.path.join(save_preds, name, sample.name + ".png"))
         _collect(scorer, results, curves)
@@ -86,7 +90,11 @@ def save_map(pred: np.ndarray, path: str) -> None:
 
 
 def evaluate_preds_dir(
-    preds_dir: str, dataset_paths: list[str], normalise: bool = False, curves: dict | None = None
+    preds_dir: str,
+    dataset_paths: list[str],
+    normalise: bool = False,
+    curves: dict | None = None,
+    worst: WorstImages | None = None,
 ) -> dict:
     """Score prediction maps already on disk (DIR/<dataset>/<stem>.png, or DIR/<stem>.png
     for a single dataset) against the test GTs; maps of another size are resized to the
@@ -116,7 +124,9 @@ def evaluate_preds_dir(
             gt, pred = read_mask(s.mask), read_grey(maps[s.name])  # a map is grey levels, never labels
             if pred.shape != gt.shape:
                 pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-            scorer.step(pred, gt, s.name)
+            rec = scorer.step(pred, gt, s.name)
+            if worst is not None:
+                worst.offer(rec["IoU"], name, s, pred)
         _collect(scorer, results, curves)
     return results
 

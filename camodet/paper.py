@@ -59,14 +59,16 @@ class DatasetScorer:
         self.all = Evaluator(full=True)
         self.by_class: dict[str, Evaluator] = {}
 
-    def step(self, pred: np.ndarray, gt: np.ndarray, sample: str) -> None:
-        """pred: uint8 map at the GT's size; gt: uint8 grey levels; sample: the file stem."""
+    def step(self, pred: np.ndarray, gt: np.ndarray, sample: str) -> dict:
+        """pred: uint8 map at the GT's size; gt: uint8 grey levels; sample: the file stem.
+        Returns the image's own scores (IoU, Dice, Sm, MAE)."""
         if self.normalise:
             pred = minmax(pred)
-        self.all.step(pred, gt, sample)
+        rec = self.all.step(pred, gt, sample)
         cls = super_class(sample)
         if cls:
             self.by_class.setdefault(cls, Evaluator(full=True)).step(pred, gt, sample)
+        return rec
 
     def rows(self) -> dict[str, Evaluator]:
         """{row name: evaluator}: the dataset, then 'COD10K-Aquatic', ... in the paper's order."""

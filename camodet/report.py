@@ -18,6 +18,7 @@ from .runs.health import new_advice
 PLOTS = ("loss", "iou", "lr", "experts")
 GRID_IMAGES = 8
 GRID_SIDE = 192
+WORST_IMAGES = 6  # the validation images with the lowest IoU, shown as a panel
 
 
 def load_run(run_dir: str) -> tuple[list[dict], dict]:
@@ -137,19 +138,17 @@ def make_plots(records: list[dict]) -> dict:
     return out
 
 
-def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
-    """Input | ground truth | prediction for the first validation images, from the best
-    (else last) checkpoint; (PNG bytes or None, a note)."""
+def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, bytes | None, str]:
+    """Input | ground truth | prediction for the first validation images, and for the
+    WORST_IMAGES with the lowest IoU of all of them, from the best (else last) checkpoint;
+    (grid PNG or None, worst PNG or None, a note)."""
     ckpt = RunFolder(run_dir).newest_weights()
     if ckpt is None:
-        return None, "no checkpoint yet, so no predictions"
+        return None, None, "no checkpoint yet, so no predictions"
     try:
-        from PIL import Image
-
-        from .data.io import DataError, read_image, read_mask
+        from .data.io import DataError
         from .data.splits import split_train_val, training_samples
         from .inference import Predictor
-        from .panels import triptych
         from .runs.checkpoint import CheckpointError
 
         cfg = TrainConfig.from_dict(config)
@@ -157,27 +156,47 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, str]:
             training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction, cfg.run.seed
         )
         if not val:
-            return None, "the run has no validation images"
-        predictor = Predictor.load(ckpt, device="cpu")
-        rows = []
-        for s in val:
-            if len(rows) == GRID_IMAGES:
-                break
-            try:
-                img, gt = read_image(s.image), read_mask(s.mask)
-            except DataError:  # as validation did under --skip-bad-files: the grid shows the next one
-                continue
-            rows.append(triptych(img, gt, predictor.predict(img), GRID_SIDE))
+            return None, None, "the run has no validation images"
+        rows, worst = _score_validation(Predictor.load(ckpt, device="cpu"), val)
         if not rows:
-            return None, "no readable validation image"
-        buf = io.BytesIO()
-        Image.fromarray(np.concatenate(rows, 0)).save(buf, format="PNG")
+            return None, None, "no readable validation image"
         return (
-            buf.getvalue(),
+            _png(np.concatenate(rows, 0)),
+            _png(worst.panel(GRID_SIDE)),
             f"{os.path.basename(ckpt)} on {len(rows)} validation images: input | GT | prediction",
         )
     except (ConfigError, DataError, CheckpointError, OSError) as e:
-        return None, f"no predictions: {e}"
+        return None, None, f"no predictions: {e}"
+
+
+def _score_validation(predictor, val: list) -> tuple[list, object]:
+    """Every readable validation image predicted at its own size and scored (IoU at 0.5, as
+    validation does): the first GRID_IMAGES as grid rows, and the worst ones."""
+    from .data.io import DataError, read_image, read_mask
+    from .metrics import binarise_gt, iou_dice, to_uint8
+    from .panels import triptych
+    from .worst import WorstImages
+
+    rows, worst = [], WorstImages(WORST_IMAGES)
+    for s in val:
+        try:
+            img, gt = read_image(s.image), read_mask(s.mask)
+        except DataError:  # as validation did under --skip-bad-files: skipped
+            continue
+        prob = predictor.predict(img)
+        if len(rows) < GRID_IMAGES:
+            rows.append(triptych(img, gt, prob, GRID_SIDE))
+        pred = to_uint8(prob)
+        worst.offer(iou_dice(pred >= 128, binarise_gt(gt) > 0)[0], "validation", s, pred)
+    return rows, worst
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -233,10 +252,13 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
     for name, png in plots.items():
         with open(os.path.join(png_dir, f"{name}.png"), "wb") as fh:
             fh.write(png)
-    grid, grid_note = prediction_grid(run_dir, config) if predictions else (None, "predictions not requested")
-    if grid:
-        with open(os.path.join(png_dir, "predictions.png"), "wb") as fh:
-            fh.write(grid)
+    grid, worst, grid_note = (
+        prediction_grid(run_dir, config) if predictions else (None, None, "predictions not requested")
+    )
+    for name, png in (("predictions", grid), ("worst", worst)):
+        if png:
+            with open(os.path.join(png_dir, f"{name}.png"), "wb") as fh:
+                fh.write(png)
 
     total = config.get("stages", {}).get("epochs", "?")
     last = epochs[-1] if epochs else {}
@@ -290,6 +312,11 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
         + (_img(grid, "predictions") if grid else "")
         + f"<p>{esc(grid_note)}</p>"
     )
+    if worst:
+        parts.append(
+            f"<h2>Where it fails: the {WORST_IMAGES} validation images with the lowest IoU</h2>"
+            + _img(worst, "worst validation images")
+        )
     events = [r for r in records if r.get("type") != "epoch"]
     if events:
         parts.append(

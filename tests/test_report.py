@@ -95,8 +95,9 @@ def test_report_writes_html_and_pngs(watched_run, capsys):
     assert main(["report", str(watched_run)]) == 0
     page = (watched_run / "report.html").read_text()
     assert (
-        page.count("data:image/png;base64,") == 5 and "Best epoch" in page and "unfreeze at epoch 4" in page
+        page.count("data:image/png;base64,") == 6 and "Best epoch" in page and "unfreeze at epoch 4" in page
     )
+    assert "Where it fails: the 6 validation images with the lowest IoU" in page
     assert "Time per epoch" in page and "training pass s" in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched
     assert sorted(os.listdir(watched_run / "report")) == [
@@ -105,6 +106,7 @@ def test_report_writes_html_and_pngs(watched_run, capsys):
         "loss.png",
         "lr.png",
         "predictions.png",
+        "worst.png",
     ]
 
 
