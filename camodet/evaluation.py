@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .data.dataset import CODDataset, collate
 from .data.io import DataError, read_grey, read_mask
-from .data.layouts import Sample, gather
+from .data.layouts import Sample, distinct_roots, gather
 from .metrics import VARIANTS, to_uint8
 from .paper import DatasetScorer
 from .worst import WorstImages
@@ -21,10 +21,20 @@ TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "ad
 
 
 def split_by_dataset(dataset_paths: list[str]) -> dict[str, list[Sample]]:
-    """{dataset name: its test samples} over all roots (COD10K, CAMO, ... or the folder's name)."""
+    """{row name: its test samples}: a row per root (per TestDataset/<NAME> of a SINet-style
+    root), named COD10K, CAMO, ... or by its folder. Two rows of one name (case aside, since the
+    name is also a --save-preds folder) are refused: merged, their maps would overwrite each other."""
     out: dict[str, list[Sample]] = {}
-    for root in dataset_paths:
+    source: dict[str, str] = {}  # row name, case aside -> the folder of its images
+    for root in distinct_roots(dataset_paths):
         for s in gather([root], "test"):
+            folder = os.path.dirname(s.image)
+            first = source.setdefault(s.dataset.casefold(), folder)
+            if first != folder:
+                raise DataError(
+                    f"--dataset-path: the test images in {first} and in {folder} are both named "
+                    f"{s.dataset} (a row and a --save-preds folder each); rename one dataset folder"
+                )
             out.setdefault(s.dataset, []).append(s)
     return out
 
@@ -69,6 +79,8 @@ def evaluate(
 
 def _collect(scorer: DatasetScorer, results: dict, curves: dict | None) -> None:
     for row, ev in scorer.rows().items():
+        if row in results:  # a folder named like a super-class row ('COD10K-Aquatic')
+            raise DataError(f"two result rows named {row}; rename the dataset folder of that name")
         results[row] = ev.results()
         if curves is not None:
             curves[row] = ev.curves()

@@ -28,6 +28,22 @@ def is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTS)
 
 
+# A date and/or time of day ending a frame name ('2023-05-01_12-00-59', '20230501T120059.250',
+# 'cam_12-00-59'): all of it counts, not just the seconds, or a sequence splits at every minute.
+# One separator throughout each part, and not inside a word, so 'clip_12_0001' (clip 12, frame 1)
+# and 'video10_0001' stay numbered frames of their clips.
+_DATE = r"\d{4}(?P<d>[-_.]?)\d{2}(?P=d)\d{2}"
+_TIME = r"\d{2}(?P<t>[-_.:]?)\d{2}(?P=t)\d{2}(?:[.,]\d{1,6})?"
+_STAMPS = [re.compile(rf"(?<![^\W_]){p}$") for p in (rf"{_DATE}[ T_-]?{_TIME}", _DATE, _TIME)]
+
+
+def sequence_name(stem: str) -> str:
+    """The sequence a frame belongs to: its name without the trailing frame number or timestamp
+    ('davis_blackswan_00005' -> 'davis_blackswan', '2023-05-01_12-00-59' -> '')."""
+    m = next((m for p in _STAMPS if (m := p.search(stem))), None) or re.search(r"\d+$", stem)
+    return (stem[: m.start()] if m else stem).rstrip("_-. ")
+
+
 def natural_key(name: str) -> list:
     """'f10.jpg' after 'f9.jpg': digit runs compare as numbers."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
@@ -92,8 +108,7 @@ def frame_clips(folder: str, fps: float = DEFAULT_FPS) -> list[Clip]:
         raise DataError(f"{folder}: no frames (images) in this folder; pass a folder of .jpg/.png frames")
     groups: dict[str, list[str]] = {}
     for f in names:
-        prefix = re.sub(r"\d+$", "", os.path.splitext(f)[0]).rstrip("_-. ")
-        groups.setdefault(prefix, []).append(f)
+        groups.setdefault(sequence_name(os.path.splitext(f)[0]), []).append(f)
     base = os.path.basename(os.path.normpath(folder))
     clips = []
     for prefix, files in groups.items():

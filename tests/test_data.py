@@ -436,3 +436,58 @@ def test_jitter_applied_with_the_normalisation_equals_the_step_by_step_formula(n
             assert rng.random() == np.random.default_rng(seed).uniform(size=4)[3]
             clipped += int(np.isclose(got, white[:, None, None]).any())
     assert clipped > 0  # the clip was exercised
+
+
+# --- dataset names and rows -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "folder, name",
+    [
+        ("CAMO-V.1.0-CVIU2019", "CAMO"),
+        ("COD10K-v3", "COD10K"),
+        ("camo", "CAMO"),
+        ("NC4K_2", "NC4K"),
+        ("camouflage_hard", "camouflage_hard"),
+        ("camo_easy", "camo_easy"),
+        ("chameleon_extra", "chameleon_extra"),
+        ("CAMO_COD_train", "CAMO_COD_train"),
+    ],
+)
+def test_known_names_match_only_the_name_and_a_version(tmp_path, folder, name):
+    _pair(tmp_path / folder / "Imgs", tmp_path / folder / "GT", "a")
+    assert [s.dataset for s in detect_layout(str(tmp_path / folder))] == [name]
+
+
+def test_data_check_counts_what_training_takes(tmp_path, benchmarks):
+    """A user's folder named like a test-only benchmark is trained on, the benchmark itself is
+    not, and `data check` says per split exactly what training takes."""
+    extra = tmp_path / "chameleon_extra"
+    for i in range(3):
+        _pair(extra / "Imgs", extra / "GT", f"animal-{i + 1}")
+    cod = benchmarks["COD10K"]
+
+    def counted(root):
+        return sum(s["used_for_training"] for s in check_dataset(root)["splits"])
+
+    assert counted(cod) == len(gather([cod], "train")) == 6
+    for root, trained in ((str(extra), 3), (benchmarks["CHAMELEON"], 0), (benchmarks["CAMO"], 4)):
+        assert len(gather([cod, root], "train")) - 6 == counted(root) == trained, root
+
+
+def test_files_of_one_name_in_a_folder_are_refused(tmp_path):
+    """a.jpg and a.png pair with the one mask a.png and would save one prediction file: the
+    second is named, not dropped unsaid."""
+    root = tmp_path / "pairs"
+    _pair(root / "Imgs", root / "GT", "a")
+    _pair(root / "Imgs", root / "GT", "b")
+    Image.new("RGB", (40, 30)).save(root / "Imgs" / "a.png")
+    with pytest.raises(DataError, match=r"Imgs/a.png: same name as a.jpg .*; fix or replace it"):
+        gather([str(root)], "test")
+    assert [s.name for s in gather([str(root)], "train", skip_bad_files=True)] == ["a", "b"]
+    assert any("a.png: same name as a.jpg" in p for p in check_dataset(str(root))["problems"])
+
+
+def test_a_folder_given_twice_is_refused(synth_root):
+    with pytest.raises(DataError, match="the same folder as .*, given twice; give it once"):
+        gather([synth_root, synth_root + os.sep], "train")

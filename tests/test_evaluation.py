@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,9 +11,10 @@ from PIL import Image
 from camodet import Predictor
 from camodet.cli import main
 from camodet.data.dataset import CODDataset
-from camodet.data.io import read_mask
+from camodet.data.io import DataError, read_mask
 from camodet.evaluation import evaluate, evaluate_preds_dir, split_by_dataset
 from camodet.metrics import Evaluator, to_uint8
+from camodet.normalization import IMAGENET
 
 
 def test_original_resolution_differs_from_training_resolution(tiny_checkpoint, synth_root, tmp_path):
@@ -204,3 +206,64 @@ def test_evaluation_table_is_golden(tmp_path, monkeypatch):
             assert results[name][k] == pytest.approx(v, rel=0, abs=1e-12), (name, k)
     table = format_table(results).splitlines()
     assert table[2:4] == GOLDEN_ROWS
+
+
+# --- rows: one per dataset folder, never merged, no saved map overwriting another ----------
+
+
+def _flat_set(folder, seed, n=5):
+    """Imgs/GT pairs img0..img{n-1} (the same stems in every set), pictures differing per set."""
+    rng = np.random.default_rng(seed)
+    for sub in ("Imgs", "GT"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
+            folder / "Imgs" / f"img{i}.jpg"
+        )
+        Image.fromarray((rng.random((30, 40)) > 0.5).astype(np.uint8) * 255).save(
+            folder / "GT" / f"img{i}.png"
+        )
+    return str(folder)
+
+
+class _ImagePredictor:
+    """A stand-in model: the image's red channel is its map, so each image gets a map of its own."""
+
+    img_size, device, norm = 32, torch.device("cpu"), IMAGENET
+
+    def probabilities(self, batch, sizes):
+        return [
+            torch.sigmoid(F.interpolate(x[None, :1], size=s, mode="bilinear")[0, 0])
+            for x, s in zip(batch, sizes)
+        ]
+
+
+def test_each_folder_is_a_row_and_every_saved_map_is_read_back(tmp_path):
+    """'camouflage_hard' is not CAMO and 'camo_easy' is not merged with it: two rows of five, ten
+    saved maps, and --preds-dir scores the very maps `evaluate` scored."""
+    roots = [_flat_set(tmp_path / "camouflage_hard", 1), _flat_set(tmp_path / "camo_easy", 2)]
+    preds = tmp_path / "preds"
+    direct = evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(preds))
+    assert {row: r["images"] for row, r in direct.items()} == {"camouflage_hard": 5, "camo_easy": 5}
+    assert sum(len(files) for _, _, files in os.walk(preds)) == 10
+    again = evaluate_preds_dir(str(preds), roots)
+    for row in direct:
+        for k in ("Sm", "wFm", "MAE", "IoU"):
+            assert again[row][k] == pytest.approx(direct[row][k], abs=1e-9), (row, k)
+
+
+def test_two_folders_of_one_name_are_refused(tmp_path):
+    """Two CAMO downloads (or CAMO and camo) would share a row and a --save-preds folder."""
+    camo = _flat_set(tmp_path / "a" / "CAMO", 1, n=1)
+    for other in (tmp_path / "b" / "CAMO-V.1.0-CVIU2019", tmp_path / "c" / "camo"):
+        with pytest.raises(DataError, match=r"test images in .*a/CAMO/Imgs and in .* are both named CAMO"):
+            split_by_dataset([camo, _flat_set(other, 2, n=1)])
+
+
+def test_a_folder_named_like_a_super_class_row_is_refused(benchmarks, tmp_path):
+    """A folder 'COD10K-Aquatic' beside COD10K (whose Aquatic images make that row) would
+    overwrite the super-class row in the results."""
+    clash = str(tmp_path / "COD10K-Aquatic")  # a flat Image/GT_Object pair
+    shutil.copytree(os.path.join(benchmarks["COD10K"], "Test"), clash)
+    with pytest.raises(DataError, match="two result rows named COD10K-Aquatic"):
+        evaluate(_ImagePredictor(), [benchmarks["COD10K"], clash], num_workers=0)

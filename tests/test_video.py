@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from camodet.cli import main
-from camodet.video import Smoother, frame_clips, natural_key
+from camodet.video import Smoother, frame_clips, natural_key, sequence_name
 
 from .conftest import REAL_SAMPLES
 
@@ -150,6 +150,37 @@ def test_frame_folder_in_frame_number_order_one_clip_per_sequence(tiny_checkpoin
         == 0
     )
     assert len(os.listdir(tmp_path / "photos" / "masks")) == 9
+
+
+def test_timestamped_frames_are_one_clip(tmp_path):
+    """A camera's frames named by date and time change minute and hour mid-recording: one clip,
+    in time order, not one per minute."""
+    frames = tmp_path / "trap_cam"
+    frames.mkdir()
+    stamps = ["2023-05-01_12-00-58", "2023-05-01_12-00-59", "2023-05-01_12-01-00", "2023-05-01_13-00-00"]
+    for stamp in reversed(stamps):
+        Image.new("RGB", (16, 12)).save(frames / f"{stamp}.jpg")
+    clips = frame_clips(str(frames))
+    assert [c.name for c in clips] == ["trap_cam"] and clips[0].count == 4
+    assert [s for s, _ in clips[0].frames()] == stamps
+
+
+@pytest.mark.parametrize(
+    "stem, sequence",
+    [
+        ("2023-05-01_12-00-59", ""),
+        ("IMG_20230501_120059", "IMG"),
+        ("cam1_20230501T120059.250", "cam1"),
+        ("cam_12:00:59", "cam"),
+        ("davis_blackswan_00005", "davis_blackswan"),
+        ("clip_12_0001", "clip_12"),  # clip 12, frame 1: not a time of day
+        ("video10_0001", "video10"),
+        ("seq_2023_0001", "seq_2023"),
+        ("bear_11", "bear"),
+    ],
+)
+def test_sequence_name_takes_a_timestamp_as_one_number(stem, sequence):
+    assert sequence_name(stem) == sequence
 
 
 def test_bad_videos_and_folders_are_named(tiny_checkpoint, tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .io import DataError, decode_mask, read_image
-from .layouts import detect_layout, list_samples
+from .layouts import detect_layout, list_samples, trains_on
 
 
 def check_dataset(root: str, decode: bool = True) -> dict:
@@ -42,6 +42,8 @@ def check_dataset(root: str, decode: bool = True) -> dict:
                 "cam": len(samples) - noncam,
                 "noncam": noncam,
                 "used_by_default": len(samples) - noncam,  # NonCAM is left out in every layout
+                # what `train` takes of them: a test split or a test-only benchmark, nothing
+                "used_for_training": len(samples) - noncam if trains_on(split) else 0,
                 "mask_formats": formats,
                 "width": [int(widths.min()), int(np.median(widths)), int(widths.max())],
                 "height": [int(heights.min()), int(np.median(heights)), int(heights.max())],
@@ -59,7 +61,8 @@ def format_report(report: dict) -> str:
     for s in report["splits"]:
         lines.append(
             f"  {s['dataset']} {s['split']:<5} layout {s['layout']}: {s['pairs']} pairs "
-            f"(CAM {s['cam']}, NonCAM {s['noncam']}; used by default {s['used_by_default']})"
+            f"(CAM {s['cam']}, NonCAM {s['noncam']}; used by default {s['used_by_default']}, "
+            f"for training {s['used_for_training']})"
         )
         lines.append(
             f"      width min/median/max {s['width'][0]}/{s['width'][1]}/{s['width'][2]}, "

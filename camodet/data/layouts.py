@@ -5,6 +5,7 @@ Split is 'train', 'test' or 'all' (a flat folder pair usable for either)."""
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from .io import IMAGE_EXTS, MASK_EXTS, DataError, decode_mask, image_size
@@ -15,6 +16,11 @@ KNOWN_NAMES = ("COD10K", "CAMO", "NC4K", "CHAMELEON")
 # Benchmarks that exist only as test sets: the field never trains on them, so a flat folder
 # of theirs given to training is left out (said once) instead of leaking the test set.
 TEST_ONLY = ("NC4K", "CHAMELEON")
+# A folder is a known benchmark when its name is the benchmark's, or the benchmark's followed by a
+# version ('COD10K-v3', 'CAMO-V.1.0-CVIU2019', 'NC4K_2'): the downloads are named so. Any other
+# name ('camo_easy', 'chameleon_extra', 'camouflage_hard') is a dataset of its own, labelled and
+# trained on as the user's folder; a prefix match would merge rows and drop training images.
+_KNOWN = re.compile(rf"^({'|'.join(KNOWN_NAMES)})(?:[-_. ]*v?[-_. ]*\d.*)?$", re.IGNORECASE)
 NONCAM_TAG = "-NonCAM-"  # COD10K's non-camouflaged images (empty masks), wherever their files end up
 
 
@@ -61,10 +67,14 @@ def _dataset_name(root: str) -> str:
     base = os.path.basename(os.path.normpath(root))
     if base.lower() in ("train", "test"):  # COD10K-v3/Test given directly: the dataset is the parent
         base = os.path.basename(os.path.dirname(os.path.normpath(root))) or base
-    for known in KNOWN_NAMES:
-        if base.upper().startswith(known):
-            return known
-    return base
+    m = _KNOWN.match(base)
+    return m.group(1).upper() if m else base
+
+
+def trains_on(split: SplitDir) -> bool:
+    """Whether a training run uses this split: a train split, or a flat folder pair unless it is
+    a test-only benchmark (gather and `data check` both ask here, so they agree)."""
+    return split.split == "train" or (split.split == "all" and split.dataset not in TEST_ONLY)
 
 
 def detect_layout(root: str) -> list[SplitDir]:
@@ -116,12 +126,21 @@ def _stems(folders, exts) -> set:
     return {stem for f in folders for stem in _index(f, exts)}
 
 
-def _index(folder: str, exts) -> dict[str, str]:
+def _index(folder: str, exts, clashes: list | None = None) -> dict[str, str]:
+    """{stem: path}; a second file of a stem already taken ('a.png' after 'a.jpg') is kept out
+    and, with `clashes`, named there: files pair by stem, and a prediction is saved by stem."""
     out = {}
     for fn in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(fn)
-        if ext.lower() in exts and not fn.startswith("."):
-            out.setdefault(stem, os.path.join(folder, fn))
+        if ext.lower() not in exts or fn.startswith("."):
+            continue
+        path = os.path.join(folder, fn)
+        if stem in out and clashes is not None:
+            clashes.append(
+                f"{path}: same name as {os.path.basename(out[stem])} (files pair, and predictions "
+                f"are saved, by name without the extension)"
+            )
+        out.setdefault(stem, path)
     return out
 
 
@@ -137,9 +156,9 @@ class Listing:
 def list_samples(split: SplitDir, include_noncam: bool = False, check_sizes: bool = True) -> Listing:
     """Pair images with masks by file stem; report unmatched files and size mismatches.
     Reads headers only, so it is cheap even for thousands of files."""
-    images = _index(split.images, IMAGE_EXTS)
-    masks = _index(split.masks, MASK_EXTS)
     problems, samples, skipped = [], [], 0
+    images = _index(split.images, IMAGE_EXTS, problems)
+    masks = _index(split.masks, MASK_EXTS, problems)
     siblings = _stems(split.mask_siblings, IMAGE_EXTS)
     for stem in sorted(set(masks) - set(images) - siblings):
         where = " or ".join(sorted([split.images, *split.mask_siblings]))  # the same words from either split
@@ -182,11 +201,11 @@ def gather(
     A flat folder pair ('all') counts as either split."""
     splits: list[SplitDir] = []
     test_only = []
-    for root in paths:
+    for root in distinct_roots(paths):
         found = [s for s in detect_layout(root) if s.split in (split, "all")]
         if split == "train":
-            test_only += [(root, s) for s in found if s.split == "all" and s.dataset in TEST_ONLY]
-            found = [s for s in found if not (s.split == "all" and s.dataset in TEST_ONLY)]
+            test_only += [(root, s) for s in found if not trains_on(s)]
+            found = [s for s in found if trains_on(s)]
         if not found and not any(r == root for r, _ in test_only):
             have = ", ".join(sorted({s.split for s in detect_layout(root)}))
             raise DataError(f"{root}: has no {split} split (found: {have})")
@@ -226,6 +245,16 @@ def gather(
     if not samples:
         raise DataError(f"no {split} images with masks found in {', '.join(paths) or images}")
     return samples
+
+
+def distinct_roots(paths: list[str]) -> list[str]:
+    """The paths, refused when one folder is given twice: its images would count twice."""
+    seen: dict[str, str] = {}
+    for root in paths:
+        first = seen.setdefault(os.path.realpath(root), root)
+        if first is not root:
+            raise DataError(f"--dataset-path {root}: the same folder as {first}, given twice; give it once")
+    return list(paths)
 
 
 def note_mask_format(split: SplitDir, samples: list) -> None:
