@@ -201,7 +201,8 @@ def train(cfg: TrainConfig) -> RunState:
         say(resume.describe())
     elif cfg.run.init_from:
         init = load_checkpoint(cfg.run.init_from)
-        loaded, total = load_matching(model, model_weights(init, "raw"))
+        # What that run validated with (its EMA weights, if it had one), as evaluate would take.
+        loaded, total = load_matching(model, model_weights(init, "auto"))
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
     m, st = cfg.model, cfg.stages
@@ -255,9 +256,9 @@ def train(cfg: TrainConfig) -> RunState:
             }
         )
 
-    def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
+    def save(path: str, progress: EpochProgress | None = None) -> dict:
         started = time.monotonic()
-        ckpt = checkpoint.state_dict(stage, best, progress.to_dict() if progress is not None else None)
+        ckpt = checkpoint.state_dict(stage, progress.to_dict() if progress is not None else None)
         atomic_save(ckpt, path)
         stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)  # what --time-limit keeps back
         return ckpt
@@ -443,7 +444,7 @@ def train(cfg: TrainConfig) -> RunState:
                 if cfg.run.keep_last > 0:
                     folder.keep_last(epoch, cfg.run.keep_last, functools.partial(atomic_save, last))
                 if improved:
-                    save(folder.best, best=True)
+                    atomic_save(last, folder.best)
                 memory_mb, memory_kind = peak_memory_mb(device)
                 epoch_record = {
                     "type": "epoch",
