@@ -142,7 +142,8 @@ def train(cfg: TrainConfig) -> RunState:
     say = log.info if d.is_main else log.debug
     if d.enabled:
         say(d.describe())
-    folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main)
+    inputs = {"--init-from": cfg.run.init_from, "--pretrained-path": cfg.model.pretrained_path}
+    folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main, reads=inputs)
     distributed.barrier(d)
 
     # Data: validation carved from the training images, seeded.
