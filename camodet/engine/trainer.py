@@ -38,7 +38,7 @@ from ..runs.checkpoint import (
 )
 from ..runs.folder import BEST_METRIC, RunFolder, is_better
 from ..runs.health import new_advice
-from ..runs.resume import open_resume
+from ..runs.resume import open_resume, settle_best
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
@@ -229,6 +229,8 @@ def train(cfg: TrainConfig) -> RunState:
     position, restart_epoch = None, None
     if resume is not None:  # exact: everything that moves comes back; warm: weights, EMA and position
         saved = checkpoint.load_state_dict(resume.ckpt, resume.exact, resume.same_run)
+        if d.is_main and not settle_best(resume, folder):  # only rank 0 judges "best" and writes it
+            state.best_iou, state.best_epoch = -math.inf, 0
         position = EpochProgress.from_dict(saved, device) if saved is not None else None
         restart_epoch = None if resume.exact else state.epoch + 1
         resume = dataclasses.replace(resume, ckpt={})  # every tensor is loaded: free the file's copy
