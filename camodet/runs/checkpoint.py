@@ -169,6 +169,13 @@ def model_weights(ckpt: dict, which: str = "auto", path: str = "the checkpoint")
     raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)} (got {which!r})")
 
 
+def steps_taken(ckpt: dict) -> int:
+    """Optimizer steps a mid-epoch checkpoint took inside its interrupted epoch: one per window of
+    `accumulation_steps` micro-batches (the epoch's last window may be short), as it was saved."""
+    accum = int(ckpt.get("config", {}).get("optim", {}).get("accumulation_steps", 1))
+    return math.ceil(int(ckpt[POSITION]["micro_step"]) / accum)
+
+
 def to_cpu(obj):
     """A host copy of a nest of tensors (dicts, lists and tuples kept)."""
     if isinstance(obj, torch.Tensor):
@@ -221,6 +228,10 @@ class RunState:
         schedule's start only for an exact continuation (a warm restart re-plans)."""
         self.epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt.get("global_step", 0))
+        if not exact and POSITION in ckpt:
+            # A warm restart trains the interrupted epoch again from its beginning: its steps so far
+            # are not part of the new history (they would be counted twice).
+            self.global_step -= steps_taken(ckpt)
         if same_run:
             self.best_iou = float(ckpt.get("best_iou", -math.inf))
             self.best_epoch = int(ckpt.get("best_epoch", 0))
