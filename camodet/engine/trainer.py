@@ -477,8 +477,9 @@ def train(cfg: TrainConfig) -> RunState:
                 tb.epoch(epoch, epoch_record)
                 if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
                     tb.panel(epoch, eval_model, val_set, device)
+                scored = f"{BEST_METRIC}: {iou:.4f}" if val else "no validation"
                 print(
-                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
+                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | {scored} | LR: {stats['lr']:.6f} | "
                     f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
                     + (" | best" if improved else ""),
                     flush=True,
