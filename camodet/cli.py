@@ -353,7 +353,7 @@ def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
         "--weights",
         choices=["auto", "ema", "raw"],
         default="auto",
-        help="auto: what the checkpoint's model holds (EMA in best_model.pth of an EMA run)",
+        help="auto: what the run validated with (the EMA weights of an EMA run, in any of its checkpoints)",
     )
     p.add_argument(
         "--tta", nargs="+", metavar="SPEC", help="test-time augmentation: flip and/or scales=0.75,1,1.25"

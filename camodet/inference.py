@@ -119,8 +119,8 @@ class Predictor:
     def load(
         cls, path: str, weights: str = "auto", device: str = "auto", tta: TTA = TTA(), amp: bool = True
     ) -> "Predictor":
-        """A training checkpoint or an export folder. weights: 'auto' (what the checkpoint was
-        validated with: EMA for a best checkpoint of an EMA run), 'ema' or 'raw'."""
+        """A training checkpoint or an export folder. weights: 'auto' (what the run validated
+        with: the EMA weights of an EMA run, in last.pth as in best_model.pth), 'ema' or 'raw'."""
         if os.path.isdir(path):
             cfg, state = read_export(path)
             mcfg, img_size = model_config(cfg["model"]), int(cfg["img_size"])

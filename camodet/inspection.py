@@ -5,6 +5,7 @@ import os
 
 import torch
 
+from .normalization import Normalization
 from .runs.checkpoint import EMA, POSITION, CheckpointError, load_checkpoint, model_weights, nonfinite_tensors
 
 CLEAN, NONFINITE, BROKEN = 0, 1, 2  # exit codes
@@ -38,6 +39,8 @@ def inspect_checkpoint(path: str) -> dict:
             "best_epoch": ckpt.get("best_epoch"),
             "weights": ckpt.get("weights", "raw"),
             "has_ema": EMA in ckpt,
+            "normalization": Normalization.of_checkpoint(ckpt).to_dict(),
+            "normalization_saved": "normalization" in ckpt,
             "lr_scale": ckpt.get("lr_scale", 1.0),
             "rollbacks": ckpt.get("rollbacks", 0),
             "metrics": ckpt.get("metrics", {}),
@@ -90,6 +93,8 @@ def format_inspection(r: dict) -> str:
         f"  last metrics {metrics or 'none'}",
         f"  weights      {r['weights']}{' (+ EMA)' if r['has_ema'] else ''}: {r['tensors']} tensors, "
         f"{r['parameters'] / 1e6:.2f} M values",
+        f"  input        {Normalization.from_dict(r['normalization'])}"
+        + ("" if r["normalization_saved"] else " (not saved in this older checkpoint: ImageNet assumed)"),
         f"  config       {c['backbone']}, {c['num_experts']} experts, deep supervision "
         f"{c['deep_supervision']}, "
         f"img {c['img_size']}, batch {c['batch_size']}/{c['stage2_batch_size'] or c['batch_size']}, "

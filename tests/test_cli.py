@@ -127,6 +127,9 @@ def test_val_fraction_zero_trains_without_validation(tiny_args, tmp_path, capsys
     out = capsys.readouterr().out
     run = tmp_path / "run"
     assert "no validation (--val-fraction 0)" in out and "nothing to train" not in out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert len(epoch_lines) == 2 and all("| no validation |" in line for line in epoch_lines)
+    assert "IoU: nan" not in out
     assert (
         "done: trained to epoch 2 of 2 without validation (--val-fraction 0); the weights are in "
         f"{run / 'last.pth'}" in out

@@ -38,7 +38,7 @@ from ..runs.checkpoint import (
 )
 from ..runs.folder import BEST_METRIC, RunFolder, is_better
 from ..runs.health import new_advice
-from ..runs.resume import open_resume
+from ..runs.resume import open_resume, settle_best
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
@@ -142,7 +142,8 @@ def train(cfg: TrainConfig) -> RunState:
     say = log.info if d.is_main else log.debug
     if d.enabled:
         say(d.describe())
-    folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main)
+    inputs = {"--init-from": cfg.run.init_from, "--pretrained-path": cfg.model.pretrained_path}
+    folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main, reads=inputs)
     distributed.barrier(d)
 
     # Data: validation carved from the training images, seeded.
@@ -201,7 +202,8 @@ def train(cfg: TrainConfig) -> RunState:
         say(resume.describe())
     elif cfg.run.init_from:
         init = load_checkpoint(cfg.run.init_from)
-        loaded, total = load_matching(model, model_weights(init, "raw"))
+        # What that run validated with (its EMA weights, if it had one), as evaluate would take.
+        loaded, total = load_matching(model, model_weights(init, "auto"))
         say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
 
     m, st = cfg.model, cfg.stages
@@ -227,6 +229,8 @@ def train(cfg: TrainConfig) -> RunState:
     position, restart_epoch = None, None
     if resume is not None:  # exact: everything that moves comes back; warm: weights, EMA and position
         saved = checkpoint.load_state_dict(resume.ckpt, resume.exact, resume.same_run)
+        if d.is_main and not settle_best(resume, folder):  # only rank 0 judges "best" and writes it
+            state.best_iou, state.best_epoch = -math.inf, 0
         position = EpochProgress.from_dict(saved, device) if saved is not None else None
         restart_epoch = None if resume.exact else state.epoch + 1
         resume = dataclasses.replace(resume, ckpt={})  # every tensor is loaded: free the file's copy
@@ -255,9 +259,9 @@ def train(cfg: TrainConfig) -> RunState:
             }
         )
 
-    def save(path: str, best: bool = False, progress: EpochProgress | None = None) -> dict:
+    def save(path: str, progress: EpochProgress | None = None) -> dict:
         started = time.monotonic()
-        ckpt = checkpoint.state_dict(stage, best, progress.to_dict() if progress is not None else None)
+        ckpt = checkpoint.state_dict(stage, progress.to_dict() if progress is not None else None)
         atomic_save(ckpt, path)
         stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)  # what --time-limit keeps back
         return ckpt
@@ -443,7 +447,7 @@ def train(cfg: TrainConfig) -> RunState:
                 if cfg.run.keep_last > 0:
                     folder.keep_last(epoch, cfg.run.keep_last, functools.partial(atomic_save, last))
                 if improved:
-                    save(folder.best, best=True)
+                    atomic_save(last, folder.best)
                 memory_mb, memory_kind = peak_memory_mb(device)
                 epoch_record = {
                     "type": "epoch",
@@ -473,8 +477,9 @@ def train(cfg: TrainConfig) -> RunState:
                 tb.epoch(epoch, epoch_record)
                 if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
                     tb.panel(epoch, eval_model, val_set, device)
+                scored = f"{BEST_METRIC}: {iou:.4f}" if val else "no validation"
                 print(
-                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | IoU: {iou:.4f} | LR: {stats['lr']:.6f} | "
+                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | {scored} | LR: {stats['lr']:.6f} | "
                     f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
                     + (" | best" if improved else ""),
                     flush=True,

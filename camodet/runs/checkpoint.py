@@ -138,7 +138,8 @@ def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
 
 
 # The file's keys. A checkpoint is a flat dict: the weights that were validated under MODEL
-# (EMA weights in a best checkpoint of an EMA run, the raw ones then beside them under RAW).
+# (the EMA weights in every checkpoint of an EMA run, the raw ones then beside them under RAW;
+# earlier versions did so only in best_model.pth: their last.pth holds the raw ones under MODEL).
 MODEL, RAW, EMA = "model_state_dict", "raw_model_state_dict", "ema_state_dict"
 OPTIMIZER, SCALER, RNG, GUARD, POSITION = (
     "optimizer_state_dict",
@@ -151,11 +152,12 @@ WEIGHT_CHOICES = ("auto", "ema", "raw")
 
 
 def model_weights(ckpt: dict, which: str = "auto", path: str = "the checkpoint") -> dict:
-    """The one place that picks a checkpoint's weights. auto: what it was validated with (EMA in
-    a best checkpoint of an EMA run); raw: the trained weights without EMA (what a resume
-    continues from); ema: the EMA weights."""
+    """The one place that picks a checkpoint's weights. auto: what its run validated with (the
+    EMA weights of an EMA run, whichever file of the run it is); raw: the trained weights without
+    EMA (what a resume continues from); ema: the EMA weights."""
     if which == "auto":
-        return ckpt[MODEL]
+        # EMA first: an older last.pth of an EMA run holds the raw weights under MODEL.
+        return ckpt.get(EMA, ckpt[MODEL])
     if which == "raw":
         return ckpt.get(RAW, ckpt[MODEL])
     if which == "ema":
@@ -165,6 +167,13 @@ def model_weights(ckpt: dict, which: str = "auto", path: str = "the checkpoint")
             )
         return ckpt[EMA]
     raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)} (got {which!r})")
+
+
+def steps_taken(ckpt: dict) -> int:
+    """Optimizer steps a mid-epoch checkpoint took inside its interrupted epoch: one per window of
+    `accumulation_steps` micro-batches (the epoch's last window may be short), as it was saved."""
+    accum = int(ckpt.get("config", {}).get("optim", {}).get("accumulation_steps", 1))
+    return math.ceil(int(ckpt[POSITION]["micro_step"]) / accum)
 
 
 def to_cpu(obj):
@@ -219,6 +228,10 @@ class RunState:
         schedule's start only for an exact continuation (a warm restart re-plans)."""
         self.epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt.get("global_step", 0))
+        if not exact and POSITION in ckpt:
+            # A warm restart trains the interrupted epoch again from its beginning: its steps so far
+            # are not part of the new history (they would be counted twice).
+            self.global_step -= steps_taken(ckpt)
         if same_run:
             self.best_iou = float(ckpt.get("best_iou", -math.inf))
             self.best_epoch = int(ckpt.get("best_epoch", 0))
@@ -262,9 +275,10 @@ class TrainingCheckpoint:
     guard: object
     config: dict
 
-    def state_dict(self, stage: int, best: bool = False, position: dict | None = None) -> dict:
-        """`best`: the weights that were validated (the EMA's, when there is one) go under MODEL.
-        `position`: a mid-epoch checkpoint's place inside the epoch (its EpochProgress)."""
+    def state_dict(self, stage: int, position: dict | None = None) -> dict:
+        """The same layout for every file of the run (last, best, numbered), so each one's MODEL
+        is what validation used: the EMA's weights when there is an EMA. `position`: a mid-epoch
+        checkpoint's place inside the epoch (its EpochProgress)."""
         raw = to_cpu(self.model.state_dict())
         ckpt = {
             "format": FORMAT,
@@ -283,9 +297,9 @@ class TrainingCheckpoint:
             ckpt[POSITION] = position
         if self.ema is not None:
             ckpt[EMA] = to_cpu(self.ema.module.state_dict())
-            if best:
-                ckpt[MODEL], ckpt[RAW] = ckpt[EMA], raw
-                ckpt["weights"] = "ema"
+            # One dict under two keys: torch.save stores its tensors once.
+            ckpt[MODEL], ckpt[RAW] = ckpt[EMA], raw
+            ckpt["weights"] = "ema"
         return ckpt
 
     def load_state_dict(self, ckpt: dict, exact: bool, same_run: bool) -> dict | None:

@@ -119,13 +119,16 @@ class RunFolder:
             and os.path.samefile(os.path.dirname(os.path.abspath(checkpoint)), self.path)
         )
 
-    def claim(self, resume_from: str | None, overwrite: bool, remove: bool = True) -> None:
+    def claim(
+        self, resume_from: str | None, overwrite: bool, remove: bool = True, reads: dict | None = None
+    ) -> None:
         """Refuse a run that would write over another run's checkpoints, unless it continues
         that run (--resume-from a file in the folder) or the user asked with --overwrite,
         in which case the earlier run's files (and only those) are removed first (by the
-        process that `remove`s: rank 0 under DDP)."""
+        process that `remove`s: rank 0 under DDP). `reads` ({flag: path}) are files this run
+        still has to read (--init-from, --pretrained-path): --overwrite never removes one."""
         found = self.checkpoints()
-        if not found or self.holds(resume_from) or (overwrite and not remove):
+        if not found or self.holds(resume_from):
             return
         if not overwrite:
             resume = self.file(LAST if LAST in found else found[-1])
@@ -135,12 +138,40 @@ class RunFolder:
                 f"choose another --checkpoint-dir, or add --overwrite to replace it",
                 "exists",
             )
-        for name in os.listdir(self.path):
-            path = self.file(name)
-            if _RUN_FILES.match(name) and os.path.isfile(path):
-                os.unlink(path)
-            elif name in _RUN_DIRS and os.path.isdir(path):
+        doomed = self._run_paths()
+        self._refuse_removing_inputs(doomed, reads or {})
+        if not remove:
+            return
+        for path in doomed:
+            if os.path.isdir(path):
                 shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+    def _run_paths(self) -> list[str]:
+        """What --overwrite removes: the earlier run's files and folders, nothing else."""
+        return [
+            self.file(name)
+            for name in os.listdir(self.path)
+            if (_RUN_FILES.match(name) and os.path.isfile(self.file(name)))
+            or (name in _RUN_DIRS and os.path.isdir(self.file(name)))
+        ]
+
+    def _refuse_removing_inputs(self, doomed: list[str], reads: dict) -> None:
+        # Checked on every rank, before anything is removed: the run would otherwise delete its
+        # own input and then fail to read it, with both runs' weights gone.
+        for flag, path in reads.items():
+            if not path or not os.path.exists(path):
+                continue
+            real = os.path.realpath(path)
+            for gone in map(os.path.realpath, doomed):
+                if real == gone or real.startswith(gone + os.sep):
+                    raise CheckpointError(
+                        f"{flag} {path} is a file of the run in {self.path}, which --overwrite "
+                        f"would remove before reading it; copy it out of the folder first, or "
+                        f"choose another --checkpoint-dir",
+                        "exists",
+                    )
 
     def keep_last(self, epoch: int, keep: int, write) -> None:
         """epoch_N.pth for the last `keep` epochs, ordered by N as a number (epoch_10 after

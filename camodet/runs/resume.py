@@ -2,11 +2,17 @@
 computation differs from the run that wrote it, a warm restart when something does, and
 refused when the checkpoint holds another architecture."""
 
+import logging
+import math
+import os
 from dataclasses import dataclass
 
 from ..config import TrainConfig
-from .checkpoint import POSITION, check_arch, load_checkpoint
-from .folder import RunFolder
+from .checkpoint import POSITION, atomic_save, check_arch, load_checkpoint
+from .errors import CheckpointError
+from .folder import BEST, BEST_METRIC, RunFolder
+
+log = logging.getLogger("camodet")
 
 # Settings that do not change what a run computes; a resume that differs only in
 # these is still an exact continuation. Where the backbone's ImageNet weights came from
@@ -135,3 +141,65 @@ def open_resume(cfg: TrainConfig, world: int, autocast: str) -> Resume:
     check_arch(ckpt, cfg.to_dict()["model"], path)
     changes = resume_changes(ckpt, cfg, world, autocast)
     return Resume(path, ckpt, changes, RunFolder(cfg.run.checkpoint_dir).holds(path))
+
+
+def _best_mark(ckpt: dict) -> tuple[int, float]:
+    """(best epoch, best score) a checkpoint records: the file written at a best epoch records
+    itself, so two files with one mark belong to the same history."""
+    return int(ckpt.get("best_epoch", 0)), float(ckpt.get("best_iou", -math.inf))
+
+
+def _best_source(resume: Resume, folder: RunFolder) -> tuple[str, dict] | None:
+    """A file holding the weights of the resumed history's best epoch, read: the resumed file
+    when it was written at that epoch's end, else that epoch's numbered file (--keep-last)."""
+    want = _best_mark(resume.ckpt)
+    for path in (resume.path, folder.numbered(want[0])):
+        try:
+            ckpt = resume.ckpt if path == resume.path else load_checkpoint(path)
+        except CheckpointError:
+            continue  # absent or unreadable: not a source
+        at_its_end = POSITION not in ckpt and int(ckpt["epoch"]) == want[0]
+        if at_its_end and _best_mark(ckpt) == want:
+            return path, ckpt
+    return None
+
+
+def settle_best(resume: Resume, folder: RunFolder) -> bool:
+    """Make best_model.pth belong to the history a resume in place continues: a best written by a
+    branch the run left (it resumed from an earlier epoch) is replaced by the resumed history's
+    best epoch, or removed when no file holds that epoch any more. Returns False in that last
+    case: the run then forgets its best so far, so that the next validated epoch writes one and
+    the run's final message names the file's epoch. Call it on the process that writes files."""
+    if not resume.same_run:
+        return True
+    want, found = _best_mark(resume.ckpt), _file_mark(folder.best)
+    if found == want or (found is None and want[0] == 0):
+        return True
+    held = (
+        f"{BEST} held epoch {found[0]} ({BEST_METRIC} {found[1]:.4f}) of a branch this run left"
+        if found
+        else f"{BEST} was missing or unreadable"
+    )
+    source = _best_source(resume, folder) if want[0] else None
+    if source is not None:
+        atomic_save(source[1], folder.best)
+        log.warning(f"{held}: rewritten from {source[0]} (epoch {want[0]}, the resumed history's best)")
+        return True
+    if os.path.isfile(folder.best):
+        os.unlink(folder.best)
+    if not want[0]:
+        log.warning(f"{held}: removed (the resumed history has no best yet)")
+        return True
+    log.warning(
+        f"{held}: removed; no file holds epoch {want[0]} ({BEST_METRIC} {want[1]:.4f}), the resumed "
+        f"history's best (--keep-last K keeps such files), so the next validated epoch becomes the best"
+    )
+    return False
+
+
+def _file_mark(path: str) -> tuple[int, float] | None:
+    """The best mark of a checkpoint file; None when it is absent or unreadable."""
+    try:
+        return _best_mark(load_checkpoint(path, mmap=True))
+    except CheckpointError:
+        return None

@@ -377,3 +377,22 @@ def test_time_limit_before_validation_keeps_the_pass_and_resumes_exactly(
         load_checkpoint(tmp_path / "full" / "last.pth")["model_state_dict"],
         load_checkpoint(tmp_path / "cut" / "last.pth")["model_state_dict"],
     )
+
+
+def test_resuming_in_place_from_an_earlier_epoch_leaves_the_abandoned_branchs_best(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    """The first branch validates 0.15, 0.27 (best at 2); resumed from epoch_1.pth, the new epoch 2
+    scores 0.10: the run's best is epoch 1, and so must best_model.pth be."""
+    scores = iter([0.15, 0.27, 0.10])
+    monkeypatch.setattr(trainer, "validate", lambda *a, **k: {"IoU": next(scores)})
+    args = flag(tiny_args, "--stage1-epochs", "2") + ["--keep-last", "2"]
+    run = tmp_path / "run"
+    assert main(["train", *args]) == 0
+    assert load_checkpoint(run / "best_model.pth")["epoch"] == 2
+    capsys.readouterr()
+    assert main(["train", *args, "--resume-from", str(run / "epoch_1.pth")]) == 0
+    assert "best validation IoU 0.1500 at epoch 1" in capsys.readouterr().out
+    best = load_checkpoint(run / "best_model.pth")
+    assert (best["epoch"], best["best_iou"]) == (1, 0.15)
+    assert same_tensors(best["model_state_dict"], load_checkpoint(run / "epoch_1.pth")["model_state_dict"])

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from camodet import Predictor
 from camodet.cli import main
 from camodet.config import ModelConfig
 from camodet.models import build_model
@@ -449,3 +450,25 @@ def test_warns_when_stage1_freezes_a_random_backbone(tiny_args, tmp_path, capsys
         str(tmp_path / "run" / "last.pth"),
     )
     assert "randomly initialised" not in capsys.readouterr().out
+
+
+def test_every_checkpoint_of_an_ema_run_holds_what_validation_used(tiny_args, tmp_path, monkeypatch):
+    """--use-ema --val-fraction 0 writes only last.pth: auto (evaluate, predict, export) and
+    --init-from must take its EMA weights, as validation would have."""
+    run(flag(tiny_args, "--epochs", "1"), "--use-ema", "--ema-decay", "0.5", "--val-fraction", "0")
+    last = tmp_path / "run" / "last.pth"
+    assert not (tmp_path / "run" / "best_model.pth").exists()
+    ckpt = torch.load(last, weights_only=True)
+    ema, raw = ckpt["ema_state_dict"], ckpt["raw_model_state_dict"]
+    name = next(k for k in raw if k.startswith("decoder") and k.endswith("weight"))
+    assert not torch.equal(ema[name], raw[name])
+    assert ckpt["weights"] == "ema" and torch.equal(ckpt["model_state_dict"][name], ema[name])
+    assert torch.equal(Predictor.load(str(last), device="cpu").model.state_dict()[name], ema[name])
+
+    import camodet.engine.trainer as trainer
+
+    taken, real = [], trainer.load_matching
+    monkeypatch.setattr(trainer, "load_matching", lambda model, sd: taken.append(sd) or real(model, sd))
+    one_epoch = flag(tiny_args, "--epochs", "1")
+    run(flag(one_epoch, "--checkpoint-dir", str(tmp_path / "next")), "--init-from", str(last))
+    assert torch.equal(taken[0][name], ema[name])

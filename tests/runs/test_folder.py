@@ -99,3 +99,23 @@ def test_keep_last_after_resuming_in_place_from_an_earlier_epoch_keeps_what_it_w
     folder.keep_last(7, 3, write)
     folder.keep_last(8, 3, write)
     assert sorted(os.listdir(tmp_path)) == ["epoch_6.pth", "epoch_7.pth", "epoch_8.pth"]
+
+
+@pytest.mark.parametrize("flag", ["--init-from", "--pretrained-path"])
+def test_overwrite_refuses_to_remove_a_file_the_run_reads(tiny_args, tmp_path, capsys, flag):
+    run = tmp_path / "run"  # tiny_args' --checkpoint-dir
+    _fake_run(run)
+    before = sorted(os.listdir(run))
+    source = os.path.relpath(run / "best_model.pth")  # another spelling of the same file
+    assert main(["train", *tiny_args, "--overwrite", flag, source]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{flag} {source} is a file of the run in {run}" in err and "\n" not in err
+    assert sorted(os.listdir(run)) == before and (run / "tensorboard" / "events").exists()
+
+
+def test_overwrite_with_a_resume_in_the_folder_continues_that_run_and_removes_nothing(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run)
+    before = sorted(os.listdir(run))
+    RunFolder(str(run)).claim(str(run / "epoch_3.pth"), True, reads={"--init-from": None})
+    assert sorted(os.listdir(run)) == before
