@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.dataset import CODDataset, collate
-from .data.io import DataError, read_grey, read_mask
+from .data.io import IMAGE_EXTS, MASK_EXTS, DataError, read_grey, read_mask
 from .data.layouts import Sample, distinct_roots, gather
 from .metrics import VARIANTS, to_uint8
 from .paper import DatasetScorer
@@ -36,7 +36,22 @@ def split_by_dataset(dataset_paths: list[str]) -> dict[str, list[Sample]]:
                     f"{s.dataset} (a row and a --save-preds folder each); rename one dataset folder"
                 )
             out.setdefault(s.dataset, []).append(s)
+    for group in out.values():
+        _refuse_case_twins(group)
     return out
+
+
+def _refuse_case_twins(group: list[Sample]) -> None:
+    """Stems that differ only in case ('A.jpg', 'a.jpg') would save one map file on a disk that
+    ignores case (macOS, Windows), as two rows of one name would share one folder."""
+    seen: dict[str, Sample] = {}
+    for s in group:
+        first = seen.setdefault(s.name.casefold(), s)
+        if first is not s:
+            raise DataError(
+                f"{s.image}: same name as {os.path.basename(first.image)} but for case; their "
+                f"--save-preds maps would be one file where case is ignored; rename one"
+            )
 
 
 def evaluate(
@@ -124,7 +139,7 @@ def evaluate_preds_dir(
                     f"use the DIR/<dataset>/<stem>.png layout"
                 )
             folder = preds_dir
-        maps = {os.path.splitext(f)[0]: os.path.join(folder, f) for f in os.listdir(folder)}
+        maps = _prediction_maps(folder)
         missing = [s.name for s in group if s.name not in maps]
         if missing:
             raise DataError(
@@ -141,6 +156,23 @@ def evaluate_preds_dir(
                 worst.offer(rec["IoU"], name, s, pred)
         _collect(scorer, results, curves)
     return results
+
+
+def _prediction_maps(folder: str) -> dict[str, str]:
+    """{stem: path} of the image files in folder; two of one stem ('a.png', 'a.jpg') are refused,
+    since which one would be scored would depend on the order the disk lists them in."""
+    maps: dict[str, str] = {}
+    for f in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(f)
+        if ext.lower() not in IMAGE_EXTS + MASK_EXTS or f.startswith("."):
+            continue
+        first = maps.setdefault(stem, os.path.join(folder, f))
+        if first != os.path.join(folder, f):
+            raise DataError(
+                f"{os.path.join(folder, f)}: a second map of {stem} (beside {os.path.basename(first)}); "
+                f"keep one map per test image"
+            )
+    return maps
 
 
 def format_table(results: dict, note: str = "") -> str:

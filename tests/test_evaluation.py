@@ -267,3 +267,26 @@ def test_a_folder_named_like_a_super_class_row_is_refused(benchmarks, tmp_path):
     shutil.copytree(os.path.join(benchmarks["COD10K"], "Test"), clash)
     with pytest.raises(DataError, match="two result rows named COD10K-Aquatic"):
         evaluate(_ImagePredictor(), [benchmarks["COD10K"], clash], num_workers=0)
+
+
+def test_two_maps_of_one_image_in_preds_dir_are_refused(tmp_path):
+    """img0.png and img0.jpg: which one was scored would depend on the order the disk lists them."""
+    root = _flat_set(tmp_path / "set", 1, n=2)
+    preds = tmp_path / "preds" / "set"
+    preds.mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(os.path.join(root, "GT", f"img{i}.png"), preds / f"img{i}.png")
+    (preds / "notes.txt").write_text("not a map")  # other files are not maps and are left alone
+    assert evaluate_preds_dir(str(tmp_path / "preds"), [root])["set"]["IoU"] == 1.0
+    Image.new("L", (40, 30)).save(preds / "img0.jpg")
+    with pytest.raises(DataError, match=r"set/img0.png: a second map of img0 \(beside img0.jpg\); keep one"):
+        evaluate_preds_dir(str(tmp_path / "preds"), [root])
+
+
+def test_names_that_differ_only_in_case_are_refused(tmp_path):
+    """A.jpg and a.jpg save one map file where the disk ignores case (macOS, Windows)."""
+    root = _flat_set(tmp_path / "set", 1, n=1)
+    for sub, ext in (("Imgs", ".jpg"), ("GT", ".png")):
+        shutil.copy(os.path.join(root, sub, "img0" + ext), os.path.join(root, sub, "IMG0" + ext))
+    with pytest.raises(DataError, match=r"Imgs/img0.jpg: same name as IMG0.jpg but for case; .* rename one"):
+        split_by_dataset([root])
