@@ -3,6 +3,7 @@ no training state) and, optionally, an ONNX graph checked against PyTorch."""
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -148,6 +149,29 @@ def source_epoch(path: str) -> int | None:
         with open(os.path.join(path, EXPORT_CONFIG)) as fh:
             return json.load(fh).get("epoch")
     return load_checkpoint(path, mmap=True).get("epoch")
+
+
+def weights_fingerprint(state: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes: the same weights give the same
+    value from a checkpoint, an export folder or a model on any device."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def provenance(name: str, local: str, predictor, weights: str) -> dict:
+    """What an evaluation scored, for its metrics.json: the model as given (`local`: where it
+    lies on disk), its epoch, the weights asked for and their fingerprint, which `camodet push`
+    matches against the weights it uploads."""
+    return {
+        "model": os.path.abspath(name) if os.path.exists(name) else name,
+        "epoch": source_epoch(local),
+        "weights": weights,
+        "weights_sha256": weights_fingerprint(predictor.model.state_dict()),
+    }
 
 
 def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: bool, fp16: bool) -> dict:
