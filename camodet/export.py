@@ -123,9 +123,7 @@ def check_replaceable(out_dir: str) -> None:
 def swap_in(staging: str, out_dir: str) -> None:
     """Put the finished `staging` folder at `out_dir`; an old export there is renamed away first
     and deleted only once the new one is in place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700; an export is meant to be shared
+    share(staging, 0o777)  # mkdtemp's 0700
     out_dir, old = os.path.abspath(out_dir), None
     if os.path.lexists(out_dir):
         # a unique name beside it, so the rename stays on one file system
@@ -140,6 +138,13 @@ def swap_in(staging: str, out_dir: str) -> None:
         raise
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def share(path: str, mode: int) -> None:
+    """`mode` less the umask, as a plain file or folder gets: an export is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def source_epoch(path: str) -> int | None:
@@ -171,6 +176,7 @@ def provenance(name: str, local: str, predictor, weights: str) -> dict:
         "epoch": source_epoch(local),
         "weights": weights,
         "weights_sha256": weights_fingerprint(predictor.model.state_dict()),
+        "tta": str(predictor.tta),
     }
 
 
@@ -182,9 +188,7 @@ def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: b
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     weights_path = os.path.join(out_dir, EXPORT_WEIGHTS)
     save_file(state, weights_path)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
+    share(weights_path, 0o666)  # safetensors writes 0600
     config = {
         "format": EXPORT_FORMAT,
         "camodet_version": __version__,

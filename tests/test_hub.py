@@ -406,6 +406,7 @@ def test_evaluate_records_which_weights_it_scored(run_with_results, tmp_path):
         "model": str(checkpoint),
         "epoch": 1,
         "weights": "auto",
+        "tta": "none",
         "weights_sha256": weights_fingerprint(load_file(tmp_path / "export" / "model.safetensors")),
     }
 
