@@ -4,7 +4,9 @@ transparency). Gradio is an optional extra: pip install 'camodet[app]'."""
 
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -37,26 +39,40 @@ def render(image: np.ndarray, prob: np.ndarray, threshold: float, folder: str) -
     return (mask * 255).astype(np.uint8), overlay_image(image, mask), cut, path
 
 
+def show_photo(predictor, root: str, photo, threshold: float, state: tuple | None) -> tuple:
+    """(session state, mask, overlay, cut-out, download) for a newly dropped photo (a file path,
+    read as `camodet predict` reads files). A session keeps one folder for its cut-out under the
+    app's `root`, reused for every photo; clearing the photo removes it."""
+    from .inference import as_rgb
+
+    if photo is None:
+        end_session(state)
+        return None, None, None, None, None
+    image = as_rgb(photo)
+    prob = predictor.predict(image)
+    folder = state[2] if state else tempfile.mkdtemp(prefix="session-", dir=root)
+    return (image, prob, folder), *render(image, prob, threshold, folder)
+
+
+def rethreshold(state: tuple | None, threshold: float) -> tuple:
+    """The same probabilities at a new threshold (the model does not run again)."""
+    if state is None:
+        return None, None, None, None
+    return render(*state[:2], threshold, state[2])
+
+
+def end_session(state: tuple | None) -> None:
+    """Remove a session's cut-out folder (the photo was cleared, or the visitor left)."""
+    if state:
+        shutil.rmtree(state[2], ignore_errors=True)
+
+
 def build_app(predictor, title: str = "camodet"):
     """The Gradio Blocks: photo and threshold in, mask / overlay / cut-out and a download out.
     The probability map is kept per session, so the slider re-thresholds without re-running
-    the model."""
+    the model. Cut-outs live in one temporary folder, removed with the app."""
     gr = _gradio()
-    from .inference import as_rgb
-
-    def run(photo, threshold):
-        if photo is None:
-            return None, None, None, None, None
-        image = as_rgb(photo)
-        prob = predictor.predict(image)
-        folder = tempfile.mkdtemp(prefix="camodet-app-")
-        return (image, prob, folder), *render(image, prob, threshold, folder)
-
-    def rethreshold(state, threshold):
-        if state is None:
-            return None, None, None, None
-        image, prob, folder = state
-        return render(image, prob, threshold, folder)
+    root = tempfile.mkdtemp(prefix="camodet-app-")
 
     with gr.Blocks(title=f"{title}: camouflaged object detection", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -67,8 +83,9 @@ def build_app(predictor, title: str = "camodet"):
         with gr.Row():
             photo = gr.Image(
                 label="Photo",
-                type="numpy",
-                image_mode="RGB",
+                # the uploaded file itself, read as `camodet predict` reads it (alpha, 16-bit, EXIF)
+                type="filepath",
+                image_mode=None,
                 sources=["upload", "clipboard"],
                 elem_id="photo",
             )
@@ -83,9 +100,14 @@ def build_app(predictor, title: str = "camodet"):
             cut = gr.Image(
                 label="Cut-out", format="png", image_mode="RGBA", interactive=False, elem_id="cutout"
             )
-        state = gr.State()
-        photo.change(run, [photo, threshold], [state, mask, overlay, cut, download])
+        state = gr.State(delete_callback=end_session)
+
+        def run(photo, threshold, state):
+            return show_photo(predictor, root, photo, threshold, state)
+
+        photo.change(run, [photo, threshold, state], [state, mask, overlay, cut, download])
         threshold.change(rethreshold, [state, threshold], [mask, overlay, cut, download])
+    weakref.finalize(demo, shutil.rmtree, root, True)  # with the app, at the latest at exit
     return demo
 
 

@@ -157,12 +157,16 @@ def _evaluate(args) -> int:
     worst = WorstImages(args.worst) if args.worst is not None else None
     if args.preds_dir:
         results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves, worst)
+        scored = {"preds_dir": os.path.abspath(args.preds_dir)}
     else:
-        from .hub import load_predictor
+        from .export import provenance
+        from .hub import load_predictor, resolve
         from .inference import TTA
 
         tta = TTA.parse(args.tta)
-        predictor = load_predictor(args.checkpoint, weights=args.weights, device=args.device, tta=tta)
+        local = resolve(args.checkpoint)
+        predictor = load_predictor(local, weights=args.weights, device=args.device, tta=tta)
+        scored = provenance(args.checkpoint, local, predictor, args.weights)
         results = evaluate(
             predictor,
             args.dataset_path,
@@ -179,7 +183,7 @@ def _evaluate(args) -> int:
     method = args.method or method_name(args.checkpoint or args.preds_dir)
     print(format_latex(results, method, note) if args.format == "latex" else format_table(results, note))
     if args.out:
-        write_results(results, args.out, note)
+        write_results(results, args.out, note, scored)
         print(f"wrote metrics.json, metrics.csv and metrics.md to {args.out}")
         if args.format == "latex":
             with open(os.path.join(args.out, "metrics.tex"), "w") as fh:
@@ -295,6 +299,8 @@ def _push(args) -> int:
         license=args.license,
         endpoint=args.endpoint,
     )
+    for line in info["left_off"]:
+        print(line, file=sys.stderr)
     print(
         f"pushed {', '.join(info['files'])} to {info['repo_url']} ({info['commit_url']}); "
         f"load it with Predictor.from_pretrained({args.repo_id!r}) or 'camodet predict {args.repo_id} ...'"

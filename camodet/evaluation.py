@@ -191,10 +191,15 @@ def format_table(results: dict, note: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, out_dir: str, note: str = "") -> None:
+# metrics.json's one key that is not a row: what was scored (export.provenance), so that results
+# go on a model card only beside the weights they were computed for
+SCORED = "_scored"
+
+
+def write_results(results: dict, out_dir: str, note: str = "", scored: dict | None = None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
-        json.dump(results, fh, indent=2)
+        json.dump({**results, SCORED: scored} if scored else results, fh, indent=2)
     with open(os.path.join(out_dir, "metrics.csv"), "w") as fh:
         fh.write("dataset," + ",".join(TABLE_COLUMNS) + ",images\n")
         for name, r in results.items():

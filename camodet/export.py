@@ -3,10 +3,14 @@ no training state) and, optionally, an ONNX graph checked against PyTorch."""
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import logging
 import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import asdict
 
 import numpy as np
@@ -14,6 +18,7 @@ import torch
 
 from . import __version__
 from .inference import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, Predictor
+from .runs.checkpoint import load_checkpoint
 
 ONNX_FILE, ONNX_FP16_FILE = "model.onnx", "model_fp16.onnx"
 ONNX_TOLERANCE = 1e-3
@@ -75,28 +80,122 @@ class ProbabilityHead(torch.nn.Module):
         return torch.sigmoid(self.model(image).logits)
 
 
+EXPORT_FILES = (EXPORT_WEIGHTS, EXPORT_CONFIG, ONNX_FILE, ONNX_FP16_FILE)
+
+
 def export(
     checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False, fp16: bool = False
 ) -> dict:
     """Write the export folder; returns what was written and, with onnx (and fp16: the half
-    precision graph too), the largest difference from PyTorch that the check measured."""
+    precision graph too), the largest difference from PyTorch that the check measured.
+    The folder holds exactly what this export wrote: it is built in a hidden sibling and swapped
+    in whole once every file is written and checked; an existing export folder is replaced (a
+    folder holding anything else is refused); on any failure `out_dir` is left as it was."""
+    check_replaceable(out_dir)
+    predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
+    try:
+        info = write_export(predictor, checkpoint, staging, weights, onnx, fp16)
+        swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info
+
+
+def check_replaceable(out_dir: str) -> None:
+    """Refuse, before any work, an output that an export may not replace: a file, or a folder
+    holding anything an export does not write (that would be lost in the swap)."""
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a folder; pick another output folder")
+    foreign = sorted(set(os.listdir(out_dir)) - set(EXPORT_FILES))
+    if foreign:
+        raise ExportError(
+            f"{out_dir}: holds {foreign[0]}, which is not part of an export (an export replaces the "
+            f"folder whole); pick a new folder or move it out"
+        )
+
+
+def swap_in(staging: str, out_dir: str) -> None:
+    """Put the finished `staging` folder at `out_dir`; an old export there is renamed away first
+    and deleted only once the new one is in place."""
+    share(staging, 0o777)  # mkdtemp's 0700
+    out_dir, old = os.path.abspath(out_dir), None
+    if os.path.lexists(out_dir):
+        # a unique name beside it, so the rename stays on one file system
+        name = f".{os.path.basename(out_dir)}.old-{uuid.uuid4().hex[:8]}"
+        old = os.path.join(os.path.dirname(out_dir), name)
+        os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        if old:
+            os.rename(old, out_dir)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def share(path: str, mode: int) -> None:
+    """`mode` less the umask, as a plain file or folder gets: an export is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def source_epoch(path: str) -> int | None:
+    """The last completed epoch of the weights in a checkpoint or an export folder (None when
+    the file does not say)."""
+    if os.path.isdir(path):
+        with open(os.path.join(path, EXPORT_CONFIG)) as fh:
+            return json.load(fh).get("epoch")
+    return load_checkpoint(path, mmap=True).get("epoch")
+
+
+def weights_fingerprint(state: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes: the same weights give the same
+    value from a checkpoint, an export folder or a model on any device."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def provenance(name: str, local: str, predictor, weights: str) -> dict:
+    """What an evaluation scored, for its metrics.json: the model as given (`local`: where it
+    lies on disk), its epoch, the weights asked for and their fingerprint, which `camodet push`
+    matches against the weights it uploads."""
+    return {
+        "model": os.path.abspath(name) if os.path.exists(name) else name,
+        "epoch": source_epoch(local),
+        "weights": weights,
+        "weights_sha256": weights_fingerprint(predictor.model.state_dict()),
+        "tta": str(predictor.tta),
+    }
+
+
+def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: bool, fp16: bool) -> dict:
+    """The export's files in `out_dir` (an empty folder)."""
     from safetensors.torch import save_file
 
-    predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
     model = predictor.model
-    os.makedirs(out_dir, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     weights_path = os.path.join(out_dir, EXPORT_WEIGHTS)
     save_file(state, weights_path)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(weights_path, 0o666 & ~umask)  # safetensors writes 0600; an export is meant to be shared
+    share(weights_path, 0o666)  # safetensors writes 0600
     config = {
         "format": EXPORT_FORMAT,
         "camodet_version": __version__,
         "model": asdict(model.cfg),
         "img_size": predictor.img_size,
         "source": os.path.abspath(checkpoint),
+        "epoch": source_epoch(checkpoint),
         "weights": weights,
         # the backbone's own statistics, as the weights were trained with (0..255 scale)
         "input": {
@@ -138,24 +237,7 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = F
     example = torch.randn(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
     rows, cols = (torch.export.Dim(n, min=2, max=8192 // STRIDE) for n in ("height_strides", "width_strides"))
-    chatter = io.StringIO()
-    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [q.level for q in quiet]
-    for q in quiet:
-        q.setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):  # it narrates every pass
-        torch.onnx.export(
-            traced,
-            (example,),
-            path,
-            input_names=["image"],
-            output_names=["probability"],
-            dynamic_shapes={"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}},
-            dynamo=True,
-            external_data=False,
-        )
-    for q, level in zip(quiet, levels):
-        q.setLevel(level)
+    trace_to_onnx(traced, example, path, {"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}})
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     worst, tolerance = 0.0, FP16_TOLERANCE if fp16 else ONNX_TOLERANCE
     for n, (h, w) in ((1, (img_size, img_size)), (3, (img_size, img_size + 2 * STRIDE))):
@@ -170,3 +252,34 @@ def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = F
             f"the ONNX file is not trustworthy for this model"
         )
     return worst
+
+
+def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: str, dynamic_shapes: dict) -> None:
+    """torch.onnx.export, quiet (it narrates every pass): its loggers are restored and its output
+    dropped whatever happens; a failure is one line naming the error."""
+    chatter = io.StringIO()
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            torch.onnx.export(
+                module,
+                (example,),
+                path,
+                input_names=["image"],
+                output_names=["probability"],
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+            )
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ExportError(
+            f"{path}: torch.onnx.export could not convert this model ({type(e).__name__}: {first}); "
+            f"export without --onnx/--fp16 (the safetensors export needs no tracing)"
+        ) from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)

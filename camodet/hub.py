@@ -11,7 +11,7 @@ import tempfile
 
 import yaml
 
-from .inference import EXPORT_CONFIG, EXPORT_WEIGHTS, read_export
+from .inference import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS, read_export
 
 README = "README.md"
 HUB_FILES = [EXPORT_WEIGHTS, EXPORT_CONFIG, README]
@@ -33,49 +33,81 @@ def _hub():
 
 
 def is_hub_id(name: str) -> bool:
-    """'user/name' that is not a local path (a missing 'runs/x.pth' is a typo, not a model id)."""
+    """'user/name' that is not a local path: a missing 'runs/x.pth' or 'runs/best' (its first
+    part a local folder) is a typo, not a model id."""
     return (
-        bool(_REPO_ID.match(name)) and not os.path.exists(name) and not name.lower().endswith(_LOCAL_SUFFIXES)
+        bool(_REPO_ID.match(name))
+        and not os.path.exists(name)
+        and not name.lower().endswith(_LOCAL_SUFFIXES)
+        and not os.path.isdir(name.split("/")[0])
     )
 
 
 def resolve(name_or_path: str, revision: str | None = None, cache_dir: str | None = None) -> str:
     """A local checkpoint or folder as it is; a Hub id -> the cached snapshot folder holding
     model.safetensors and config.json (downloaded when online and not cached yet;
-    HF_HUB_OFFLINE=1 uses the cache only)."""
+    HF_HUB_OFFLINE=1 uses the cache only). config.json comes first: a repository that is not a
+    camodet export is refused before its weights are downloaded."""
     if os.path.exists(name_or_path) or not is_hub_id(name_or_path):
         return name_or_path
     hub = _hub()
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
+    name, wanted = name_or_path, EXPORT_CONFIG
     try:
-        return hub.snapshot_download(
-            name_or_path,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=[EXPORT_WEIGHTS, EXPORT_CONFIG],
-        )
+        config = hub.hf_hub_download(name, EXPORT_CONFIG, revision=revision, cache_dir=cache_dir)
+        check_hub_config(name, config)
+        snapshot, wanted = os.path.dirname(config), EXPORT_WEIGHTS
+        # the weights of the very commit whose config.json was checked, even if the repo moved on
+        hub.hf_hub_download(name, EXPORT_WEIGHTS, revision=os.path.basename(snapshot), cache_dir=cache_dir)
+        return snapshot
     except LocalEntryNotFoundError:
         raise HubError(
-            f"{name_or_path}: not a local file or folder, and not in the Hugging Face cache "
+            f"{name}: not a local file or folder, and not in the Hugging Face cache "
             f"while offline or unreachable; connect once (unset HF_HUB_OFFLINE) to download it, "
             f"or pass an export folder"
         ) from None
+    except RevisionNotFoundError:
+        raise HubError(
+            f"{name}: the Hub has no revision {revision!r} of this model; pass a branch, tag or "
+            f"commit it has (default: main)"
+        ) from None
+    except EntryNotFoundError:
+        raise HubError(
+            f"{name}: not a camodet model ({wanted} missing on the Hub); "
+            f"publish one with 'camodet push', or pass a local export folder"
+        ) from None
     except (RepositoryNotFoundError, GatedRepoError):
         raise HubError(
-            f"{name_or_path}: no such model on the Hugging Face Hub (or it is private or gated: "
-            f"log in with 'hf auth login'); check the id, or pass a local path"
+            f"{name}: no such local file or folder, and no such model on the Hugging Face Hub (or it "
+            f"is private or gated: log in with 'hf auth login'); check the path or the id"
         ) from None
     except HfHubHTTPError as e:
         raise HubError(
-            f"{name_or_path}: the Hub answered {e.response.status_code}; try again later, "
+            f"{name}: the Hub answered {e.response.status_code}; try again later, "
             f"or pass a local export folder"
         ) from None
+
+
+def check_hub_config(name: str, path: str) -> None:
+    """A Hub repository's config.json must be a camodet export's (a transformers model's is not)."""
+    try:
+        with open(path) as fh:
+            found = json.load(fh).get("format")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != EXPORT_FORMAT:
+        raise HubError(
+            f"{name}: not a camodet model (its config.json has format {found!r}, not {EXPORT_FORMAT!r}); "
+            f"publish one with 'camodet push', or pass a local export folder"
+        )
 
 
 def load_predictor(source: str, **kwargs):
@@ -112,7 +144,7 @@ def push(
 
     with tempfile.TemporaryDirectory(prefix="camodet-push-") as stage:
         config = stage_export(source, stage)
-        table = find_results(source, results)
+        table, left_off = find_results(source, results, staged_fingerprint(stage))
         # a COD10K super-class row ('COD10K-Aquatic') is a slice of COD10K, not a dataset the Hub knows
         found = [name for name in table[0] if not is_super_row(name)] if table else []
         card = model_card(repo_id, config, table, datasets or found, license)
@@ -132,7 +164,16 @@ def push(
             )
         except HfHubHTTPError as e:
             raise HubError(push_refusal(repo_id, e)) from None
-    return {"repo_url": str(repo), "commit_url": commit.commit_url, "files": HUB_FILES}
+    return {"repo_url": str(repo), "commit_url": commit.commit_url, "files": HUB_FILES, "left_off": left_off}
+
+
+def staged_fingerprint(stage: str) -> str:
+    """The fingerprint of the weights about to be uploaded (export.weights_fingerprint)."""
+    from safetensors.torch import load_file
+
+    from .export import weights_fingerprint
+
+    return weights_fingerprint(load_file(os.path.join(stage, EXPORT_WEIGHTS)))
 
 
 def push_refusal(repo_id: str, error) -> str:
@@ -190,40 +231,77 @@ def run_checkpoint(run_dir: str) -> str | None:
     return RunFolder(run_dir).newest_weights()
 
 
-def find_results(source: str, explicit: str | None = None) -> tuple[dict, str] | None:
-    """(results, Markdown table) of `camodet evaluate --out`: `explicit` (the folder or its
-    metrics.json), else a metrics.json of evaluate's form in the source's folder or one level
-    below it (runs/x/eval/metrics.json beside a checkpoint in runs/x/); None when there is none."""
-    from .evaluation import format_table
+_ATTACH = "evaluate these weights ('camodet evaluate ... --out DIR'), or attach it anyway with --results FILE"
 
+
+def find_results(
+    source: str, explicit: str | None = None, fingerprint: str | None = None
+) -> tuple[tuple[dict, str] | None, list[str]]:
+    """((rows, Markdown table) or None, notices). `explicit` (evaluate's --out folder or its
+    metrics.json) is taken as given. Otherwise a metrics.json of evaluate's in the source's folder
+    or one level below it (runs/x/eval/metrics.json beside runs/x/best_model.pth) is taken only
+    when its record says it scored weights of this `fingerprint`; each one left off gets a
+    notice line that says why and how to attach it anyway."""
     if explicit:
-        candidates = [explicit if explicit.endswith(".json") else os.path.join(explicit, "metrics.json")]
-        if not os.path.isfile(candidates[0]):
+        path = explicit if explicit.endswith(".json") else os.path.join(explicit, "metrics.json")
+        if not os.path.isfile(path):
             raise HubError(
                 f"--results {explicit}: no metrics.json there; write one with "
                 f"'camodet evaluate ... --out DIR'"
             )
-    else:
-        folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
-        subs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-        candidates = [os.path.join(folder, d, "metrics.json") for d in ["", *subs]]
-    for path in candidates:
-        try:
-            with open(path) as fh:
-                results = json.load(fh)
-        except (OSError, ValueError):
+        found = read_results(path)
+        if found is None:
+            raise HubError(f"--results {explicit}: not a metrics.json written by 'camodet evaluate'")
+        return results_table(path, found[0]), []
+    folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    subs = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    notices = []
+    for path in (os.path.join(folder, d, "metrics.json") for d in ["", *subs]):
+        found = read_results(path)
+        if found is None:
             continue
-        if (
-            isinstance(results, dict)
-            and results
-            and all(isinstance(r, dict) and {"Sm", "MAE", "images"} <= set(r) for r in results.values())
-        ):
-            md = os.path.join(os.path.dirname(path), "metrics.md")  # with the legend evaluate wrote
-            table = open(md).read().strip() if os.path.isfile(md) else format_table(results)
-            return results, table
-    if explicit:
-        raise HubError(f"--results {explicit}: not a metrics.json written by 'camodet evaluate'")
-    return None
+        rows, scored = found
+        if fingerprint and scored.get("weights_sha256") == fingerprint:
+            return results_table(path, rows), notices
+        notices.append(f"{path}: left off the card: {scored_words(scored)}; {_ATTACH}")
+    return None, notices
+
+
+def read_results(path: str) -> tuple[dict, dict] | None:
+    """(rows, what was scored) of a metrics.json that `camodet evaluate --out` wrote; None for
+    anything else."""
+    from .evaluation import SCORED
+
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    scored = data.get(SCORED)
+    rows = {k: v for k, v in data.items() if k != SCORED}
+    if not rows or not all(isinstance(r, dict) and {"Sm", "MAE", "images"} <= set(r) for r in rows.values()):
+        return None
+    return rows, scored if isinstance(scored, dict) else {}
+
+
+def scored_words(scored: dict) -> str:
+    """Why results do not belong to the weights being pushed, in a few words."""
+    if scored.get("preds_dir"):
+        return f"it scored the maps in {scored['preds_dir']}, not these weights"
+    if not scored.get("weights_sha256"):
+        return "it does not record which weights it scored (written before camodet recorded it)"
+    epoch = f" (epoch {scored['epoch']})" if scored.get("epoch") is not None else ""
+    return f"it scored other weights: {scored.get('weights')} weights of {scored.get('model')}{epoch}"
+
+
+def results_table(path: str, rows: dict) -> tuple[dict, str]:
+    """(rows, the Markdown table with the legend evaluate wrote beside them)."""
+    from .evaluation import format_table
+
+    md = os.path.join(os.path.dirname(path), "metrics.md")
+    return rows, open(md).read().strip() if os.path.isfile(md) else format_table(rows)
 
 
 def model_card(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
-from .data.io import as_uint8, read_image
+from .data.io import read_image, rgb_of, rgb_of_array
 from .data.transforms import resize
 from .device import amp_dtype, resolve_device
 from .models import build_model
@@ -184,16 +184,13 @@ class Predictor:
 
 
 def as_rgb(image) -> np.ndarray:
-    """HxWx3 uint8 from a path (EXIF-rotated), a PIL image (any mode) or an array."""
+    """HxWx3 uint8 from a path, a PIL image (any mode) or an array, all through data.io's one
+    conversion (EXIF upright, alpha on black, 16-bit scaled): the same photo gives the same
+    pixels however it arrives (the web app passes arrays, `camodet predict` paths)."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(str(image))
     if hasattr(image, "convert"):
         from PIL import ImageOps
 
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {arr.shape}")
-    return np.ascontiguousarray(as_uint8(arr)[:, :, :3])
+        return rgb_of(ImageOps.exif_transpose(image))
+    return rgb_of_array(image)

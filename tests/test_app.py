@@ -48,6 +48,31 @@ def test_app_errors_are_one_line(tmp_path, capsys):
     assert "missing.pth: no such checkpoint or export folder" in capsys.readouterr().err
 
 
+def test_a_session_keeps_one_cutout_folder_and_removes_it(tiny_checkpoint, tmp_path):
+    """Photo after photo, a visitor's cut-outs go to one folder (the app used to leave one temp
+    folder per uploaded photo); clearing the photo or leaving removes it. The app reads the
+    uploaded file as `camodet predict` does (an RGBA photo's transparent part is black)."""
+    from camodet.app import end_session, rethreshold, show_photo
+
+    predictor = Predictor.load(str(tiny_checkpoint), device="cpu")
+    rgba = np.random.default_rng(3).integers(0, 256, (30, 44, 4), dtype=np.uint8)
+    rgba[:, :10, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "photo.png")
+    root = tmp_path / "app"
+    root.mkdir()
+    state, mask, *_ = show_photo(predictor, str(root), str(tmp_path / "photo.png"), 0.5, None)
+    np.testing.assert_array_equal(mask > 0, predictor.predict(str(tmp_path / "photo.png")) >= 0.5)
+    for threshold in (0.3, 0.7):
+        state, *_ = show_photo(predictor, str(root), str(tmp_path / "photo.png"), threshold, state)
+        assert rethreshold(state, threshold)[3] == os.path.join(state[2], "cutout.png")
+    assert os.listdir(root) == [os.path.basename(state[2])]
+    assert show_photo(predictor, str(root), None, 0.5, state)[0] is None  # cleared: folder gone
+    assert os.listdir(root) == []
+    state = show_photo(predictor, str(root), str(tmp_path / "photo.png"), 0.5, None)[0]
+    end_session(state)  # the visitor left
+    assert os.listdir(root) == []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 def test_upload_a_photo_and_get_mask_overlay_and_cutout(tiny_checkpoint, capsys):

@@ -491,3 +491,19 @@ def test_files_of_one_name_in_a_folder_are_refused(tmp_path):
 def test_a_folder_given_twice_is_refused(synth_root):
     with pytest.raises(DataError, match="the same folder as .*, given twice; give it once"):
         gather([synth_root, synth_root + os.sep], "train")
+
+
+def test_images_convert_alike_from_file_pil_and_array(tmp_path):
+    """One conversion for every way a photo arrives: alpha on black, 16-bit grey scaled."""
+    from camodet.data.io import read_image, rgb_of, rgb_of_array
+
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3], rgba[0, :, 3], rgba[1, :, 3] = 200, 0, 255
+    grey16 = np.array([[0, 65535], [32768, 1000]], np.uint16)
+    for name, arr in (("rgba.png", rgba), ("grey16.png", grey16)):
+        Image.fromarray(arr).save(tmp_path / name)
+        want = read_image(str(tmp_path / name))
+        np.testing.assert_array_equal(rgb_of(Image.open(tmp_path / name)), want)
+        np.testing.assert_array_equal(rgb_of_array(np.asarray(Image.open(tmp_path / name))), want)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "rgba.png"))[:, 0], [[0, 0, 0], [200, 200, 200]])
+    np.testing.assert_array_equal(read_image(str(tmp_path / "grey16.png"))[..., 0], [[0, 255], [128, 4]])

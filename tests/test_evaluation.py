@@ -74,6 +74,8 @@ def test_preds_dir_reproduces_evaluate(tiny_checkpoint, synth_root, tmp_path, ca
     )
     a = json.load(open(out / "metrics.json"))
     b = json.load(open(tmp_path / "again" / "metrics.json"))
+    assert b.pop("_scored") == {"preds_dir": str(tmp_path / "preds")}  # maps, not weights
+    assert a.pop("_scored")["model"] == str(tiny_checkpoint)
     assert a == b and set(a) == {"COD10K"}
     table = capsys.readouterr().out
     assert "| COD10K |" in table and "- IoU: mean over images" in table

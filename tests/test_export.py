@@ -99,3 +99,67 @@ def test_static_same_padding_equals_timms_on_every_size_the_graph_takes():
         for h, w in ((32, 32), (64, 96), (8, 2)):
             x = torch.randn(2, 4, h, w)
             torch.testing.assert_close(StaticSamePadConv(conv)(x), conv(x), rtol=0, atol=1e-6)
+
+
+def _tree(folder) -> dict:
+    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
+
+
+def test_reexport_replaces_the_folder_whole(tiny_checkpoint, tmp_path):
+    """A model.onnx of an earlier export must not sit beside the new config.json."""
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"an earlier model's graph")
+    (out / "config.json").write_text("{}")
+    assert main(["export", str(tiny_checkpoint), str(out) + "/"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert os.listdir(tmp_path) == ["deploy"]  # no staging or old folder left beside it
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_export_refuses_a_folder_holding_other_files(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds notes.txt, which is not part of an export" in err[0]
+    assert _tree(out) == {"notes.txt": b"mine"}
+
+
+def test_a_failed_onnx_export_leaves_the_folder_as_it_was(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import logging
+
+    import camodet.export
+
+    out = tmp_path / "deploy"
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 0
+    before = _tree(out)
+    torch_onnx = logging.getLogger("torch.onnx")
+    torch_onnx.setLevel(logging.INFO)
+
+    def broken(module, args, path, **kwargs):
+        open(path, "wb").write(b"half a graph")
+        raise RuntimeError("Failed to export the model\nwith a long story")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    assert main(["export", str(tiny_checkpoint), str(out), "--onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.onnx.export could not convert this model (RuntimeError: Failed" in err[0]
+    assert torch_onnx.level == logging.INFO  # the exporter's loggers are restored
+    assert _tree(out) == before and os.listdir(tmp_path) == ["deploy"]
+
+    def fails_its_check(model, img_size, path, fp16=False):
+        open(path, "wb").write(b"a graph that differs from PyTorch")
+        raise camodet.export.ExportError(f"{path}: ONNX Runtime differs from PyTorch")
+
+    monkeypatch.setattr(camodet.export, "export_onnx", fails_its_check)
+    assert main(["export", str(tiny_checkpoint), str(tmp_path / "new"), "--onnx"]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["deploy"]  # the unchecked graph is nowhere on disk

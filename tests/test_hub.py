@@ -73,6 +73,43 @@ class StandInHub(BaseHTTPRequestHandler):
             )
         self.reply(404, {"error": f"the stand-in does not know {self.path}"})
 
+    def do_HEAD(self):  # noqa: N802
+        self.serve_file(body=False)
+
+    def do_GET(self):  # noqa: N802
+        self.serve_file(body=True)
+
+    def serve_file(self, body: bool) -> None:
+        """/{repo}/resolve/{revision}/{file} of the repos in server.served, with the headers and
+        error codes the Hub sends; every file sent is recorded."""
+        parts = self.path.split("/")
+        repo, revision, name = "/".join(parts[1:3]), parts[4], "/".join(parts[5:])
+        served = self.server.served.get(repo)
+        error = (
+            "RepoNotFound"
+            if served is None
+            else "RevisionNotFound"
+            if revision not in ("main", served["commit"])
+            else "EntryNotFound"
+            if name not in served["files"]
+            else None
+        )
+        if error:
+            self.send_response(404)
+            self.send_header("X-Error-Code", error)
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        data = served["files"][name]
+        if body:
+            self.server.record["downloads"].append(name)
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", served["commit"])
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
     def reply(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -89,7 +126,8 @@ class StandInHub(BaseHTTPRequestHandler):
 def stand_in():
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    server.record = {"calls": [], "files": {}, "auth": set()}
+    server.record = {"calls": [], "files": {}, "auth": set(), "downloads": []}
+    server.served = {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -297,8 +335,12 @@ def test_unknown_hub_id_offline_is_one_line(offline, tmp_path, capsys):
     )
 
 
-def test_local_paths_are_not_hub_ids(tmp_path, capsys):
+def test_local_paths_are_not_hub_ids(tmp_path, capsys, monkeypatch):
     from camodet.hub import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert not is_hub_id("runs/best")  # a typo under a local folder, not the Hub user 'runs'
 
     assert is_hub_id("user/name") and is_hub_id("org/model.v2")
     assert not is_hub_id("runs/best.pth") and not is_hub_id("a/b/c") and not is_hub_id(str(tmp_path))
@@ -315,3 +357,81 @@ def test_card_names_the_decoder_it_has():
     assert "one expert per block: no mixture of experts" in plain and "1 experts" not in plain
     config["model"]["num_experts"] = 4
     assert "a mixture-of-experts decoder with 4 experts" in model_card("someone/moe", config, None, [])
+
+
+@pytest.fixture
+def hub_at(stand_in, monkeypatch):
+    """Downloads from the stand-in Hub (huggingface_hub's endpoint constants point at it)."""
+    monkeypatch.setattr(hub.constants, "ENDPOINT", stand_in.url)
+    template = stand_in.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    return stand_in
+
+
+def test_hub_model_downloads_and_problems_are_one_line(tiny_checkpoint, hub_at, tmp_path, capsys):
+    """A camodet model downloads; a mistyped revision says so; a foreign repository is refused
+    by its config.json before its weights are downloaded."""
+    export = tmp_path / "export"
+    assert main(["export", str(tiny_checkpoint), str(export)]) == 0
+    files = {f: (export / f).read_bytes() for f in ("config.json", "model.safetensors")}
+    hub_at.served[REPO] = {"commit": "c" * 40, "files": files}
+    foreign = {"config.json": b'{"model_type": "bert"}', "model.safetensors": b"0" * 1000}
+    hub_at.served["someone/bert"] = {"commit": "d" * 40, "files": foreign}
+    cache = str(tmp_path / "cache")
+    image = np.random.default_rng(8).integers(0, 255, (30, 41, 3), dtype=np.uint8)
+    pulled = Predictor.from_pretrained(REPO, cache_dir=cache)
+    np.testing.assert_array_equal(pulled.predict(image), Predictor.load(str(export)).predict(image))
+    assert hub_at.record["downloads"] == ["config.json", "model.safetensors"]
+    hub_at.record["downloads"].clear()
+    from camodet.hub import HubError
+
+    with pytest.raises(HubError, match=r"someone/bert: not a camodet model \(its config.json has format"):
+        Predictor.from_pretrained("someone/bert", cache_dir=cache)
+    assert hub_at.record["downloads"] == ["config.json"]  # not the weights
+    with pytest.raises(HubError, match=f"{REPO}: the Hub has no revision 'mian' of this model"):
+        Predictor.from_pretrained(REPO, revision="mian", cache_dir=cache)
+    with pytest.raises(HubError, match="nobody/none: no such local file or folder, and no such model on"):
+        Predictor.from_pretrained("nobody/none", cache_dir=cache)
+
+
+def test_evaluate_records_which_weights_it_scored(run_with_results, tmp_path):
+    from safetensors.torch import load_file
+
+    from camodet.export import weights_fingerprint
+
+    scored = json.load(open(run_with_results / "eval" / "metrics.json"))["_scored"]
+    checkpoint = run_with_results / "best_model.pth"
+    assert main(["export", str(checkpoint), str(tmp_path / "export")]) == 0
+    assert scored == {
+        "model": str(checkpoint),
+        "epoch": 1,
+        "weights": "auto",
+        "tta": "none",
+        "weights_sha256": weights_fingerprint(load_file(tmp_path / "export" / "model.safetensors")),
+    }
+
+
+def test_push_attaches_only_results_of_the_weights_it_pushes(run_with_results, stand_in, tmp_path, capsys):
+    """A run trained on after its evaluation (or overwritten: --overwrite keeps eval/), and an
+    old evaluation without a record, do not put their numbers on this model's card."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(run_with_results, run)
+    ckpt = torch.load(run / "best_model.pth", weights_only=True)
+    name = next(k for k, v in ckpt["model_state_dict"].items() if v.is_floating_point())
+    ckpt["model_state_dict"][name] += 0.01  # the run went on: other weights, same file name
+    torch.save(ckpt, run / "best_model.pth")
+    (run / "old").mkdir()
+    rows = json.load(open(run / "eval" / "metrics.json"))
+    (run / "old" / "metrics.json").write_text(json.dumps({"COD10K": rows["COD10K"]}))  # no record
+    args = ["push", str(run), REPO, "--endpoint", stand_in.url, "--token", "hf_test"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert err[0].startswith(f"{run / 'eval' / 'metrics.json'}: left off the card: it scored other weights")
+    assert err[1].startswith(f"{run / 'old' / 'metrics.json'}: left off the card: it does not record")
+    assert all("--results FILE" in line for line in err)
+    assert "## Results" not in stand_in.record["files"]["README.md"].decode()
+    assert main([*args, "--results", str(run / "eval")]) == 0  # the user's word
+    assert "## Results" in stand_in.record["files"]["README.md"].decode()

@@ -106,3 +106,24 @@ def test_onnx_matches_pytorch_on_random_and_real_inputs(tiny_checkpoint, tmp_pat
 def test_evaluate_needs_model_or_preds(synth_root, capsys):
     assert main(["evaluate", "--dataset-path", synth_root]) == 2
     assert "checkpoint (or export folder) or --preds-dir" in capsys.readouterr().err
+
+
+def _rgba_and_16bit_pngs(folder) -> list[str]:
+    """A half-transparent RGBA photo and a 16-bit grey one (levels far above 255)."""
+    rng = np.random.default_rng(11)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    rgba[:, :20, 3] = 0  # a transparent band: black once composited, colours if alpha is dropped
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    grey16 = rng.integers(0, 65536, (41, 29), dtype=np.uint16)
+    Image.fromarray(grey16).save(folder / "grey16.png")
+    assert Image.open(folder / "grey16.png").mode.startswith("I")
+    return [str(folder / "rgba.png"), str(folder / "grey16.png")]
+
+
+def test_predict_converts_a_path_a_pil_image_and_an_array_alike(tiny_checkpoint, tmp_path):
+    """The web app passes arrays, `camodet predict` paths: the same file gives the same map."""
+    p = Predictor.load(str(tiny_checkpoint), device="cpu")
+    for path in _rgba_and_16bit_pngs(tmp_path):
+        from_path = p.predict(path)
+        np.testing.assert_array_equal(p.predict(Image.open(path)), from_path, err_msg=path)
+        np.testing.assert_array_equal(p.predict(np.asarray(Image.open(path))), from_path, err_msg=path)

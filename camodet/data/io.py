@@ -69,16 +69,38 @@ def read_image(path: str) -> np.ndarray:
     """HxWx3 uint8 RGB."""
     if path.endswith(".npy"):
         return _read_cached(path, 3)
-    img = _open(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = as_uint8(np.asarray(img))
-        return np.repeat(gray[:, :, None], 3, axis=2)
+    return rgb_of(_open(path))
+
+
+# Modes whose levels do not fit 8 bits: scaled by as_uint8 (PIL's convert would clip them).
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def rgb_of(img: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 RGB of a decoded image (any mode, already upright): the one conversion that a
+    file, a PIL image and an array all go through, so that each gives the same pixels."""
+    if img.mode in HIGH_DEPTH_MODES:
+        return rgb_of_array(np.asarray(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black rather than dropping alpha blindly: transparent pixels carry no scene.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
     return np.asarray(img.convert("RGB"))
+
+
+def rgb_of_array(arr) -> np.ndarray:
+    """HxWx3 uint8 RGB of an HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA) array of any depth:
+    levels as as_uint8 reads them, alpha composited on black as rgb_of does."""
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {arr.shape}")
+    arr = as_uint8(arr)
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 4:
+        return rgb_of(Image.fromarray(np.ascontiguousarray(arr)))  # HxWx4 uint8 is RGBA
+    return np.ascontiguousarray(arr)
 
 
 def read_mask(path: str) -> np.ndarray:
