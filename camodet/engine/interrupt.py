@@ -1,8 +1,10 @@
-"""Graceful stop on SIGINT/SIGTERM or at a time limit: the handler only records the
-request; the trainer finishes the optimizer step it is in, writes a resumable
-checkpoint and returns. A second signal aborts at once."""
+"""Graceful stop on SIGINT/SIGTERM (and the preemption signal) or at a time limit: the
+handler only records the request; the trainer finishes the optimizer step it is in, writes a
+resumable checkpoint and returns. A second Ctrl-C aborts at once."""
 
+import functools
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -53,6 +55,8 @@ class StopRequest:
         self.timed_out = False
         self.save_seconds = 1.0  # the trainer replaces this guess by the time its saves take
         self._previous: dict = {}
+        # Read by the data-loader workers this run forks (ignore_in_worker), hence shared memory.
+        self.finished = multiprocessing.RawValue("b", 0)
 
     @property
     def requested(self) -> bool:
@@ -71,10 +75,12 @@ class StopRequest:
         return self.timed_out
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # second signal: the user means it
+        if self.signum is not None and signum == signal.SIGINT:  # a second Ctrl-C: the user means it
             self.__exit__()
             raise KeyboardInterrupt
-        self.signum = signum
+        # Other signals may come twice for one stop: SLURM signals every process of a job step and
+        # torchrun's agent passes the same signal on to its ranks. SIGKILL follows if they mean it.
+        self.signum = self.signum or signum
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # handlers only install there
@@ -83,12 +89,24 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.finished.value = 1
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
 
 
-def ignore_in_worker() -> None:
-    """Data-loader workers share the terminal's process group: a Ctrl-C must reach
-    only the trainer, or the workers die before the checkpoint is written."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def ignore_in_worker(signals: tuple, trainer_finished) -> None:
+    """In a data-loader worker. Schedulers and service managers signal every process of a job
+    (process group, cgroup), workers included: the stop is the trainer's, which saves the position
+    and then ends its workers itself. Once the trainer has finished (`trainer_finished`, shared
+    memory), SIGTERM ends a worker again: it is how the loader and multiprocessing's exit end a
+    worker that did not quit, so a crashed trainer cannot wait for it forever."""
+    for s in set(signals) - {signal.SIGTERM}:
+        signal.signal(s, signal.SIG_IGN)
+    if signal.SIGTERM in signals:
+        signal.signal(signal.SIGTERM, functools.partial(_end_once_finished, trainer_finished))
+
+
+def _end_once_finished(trainer_finished, signum, frame) -> None:
+    if trainer_finished.value:
+        os._exit(0)  # as PyTorch's worker does on its parent's SIGTERM

@@ -302,7 +302,7 @@ def train(cfg: TrainConfig) -> RunState:
         stop.save_seconds = (
             1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
         )
-        init_fn = functools.partial(worker_init, watchdog.dump_dir)
+        init_fn = functools.partial(worker_init, watchdog.dump_dir, stop.signals, stop.finished)
         ctx = RunContext(cfg, d, plan, state, guard, stop, watchdog, record, tb)
         for epoch in range(first_epoch, plan.epochs + 1):
             watchdog.beat(f"start of epoch {epoch}")

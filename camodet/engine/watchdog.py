@@ -22,11 +22,11 @@ LIKELY_CAUSES = (
 )
 
 
-def worker_init(dump_dir: str | None, worker_id: int) -> None:
-    """In each data-loader worker: Ctrl-C goes to the trainer only; SIGUSR1 dumps this worker's stack."""
+def worker_init(dump_dir: str | None, stop_signals: tuple, trainer_finished, worker_id: int) -> None:
+    """In each data-loader worker: the stop signals are the trainer's; SIGUSR1 dumps this worker's stack."""
     from .interrupt import ignore_in_worker
 
-    ignore_in_worker()
+    ignore_in_worker(stop_signals, trainer_finished)
     if dump_dir and hasattr(signal, "SIGUSR1"):
         fh = open(os.path.join(dump_dir, WORKER_DUMP.format(worker_id)), "w")  # kept open for the handler
         faulthandler.register(signal.SIGUSR1, file=fh, all_threads=True)

@@ -149,13 +149,15 @@ def test_two_torchrun_nodes_equal_one_launcher_and_build_a_cache_each(synth_root
 
 
 PREEMPT = """
-import os, signal, sys
+import os, subprocess, sys
 import camodet.engine.trainer as t
 from camodet.cli import main
 real = t.set_lrs
 def set_lrs(optimizer, plan, epoch, step, *a):
     if (epoch, step) == (3, 1) and os.environ.get("PREEMPT") and os.environ["SLURM_PROCID"] == "1":
-        os.kill(os.getpid(), signal.SIGUSR1)          # the scheduler's warning reaches one task first
+        # as slurmstepd sends the warning: to every process of the step, loader workers included
+        kill = ["kill", "-USR1", "--", f"-{os.getpgid(0)}"]
+        subprocess.run(kill, check=True, start_new_session=True)
     return real(optimizer, plan, epoch, step, *a)
 t.set_lrs = set_lrs
 sys.exit(main(sys.argv[1:]))
@@ -163,7 +165,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def srun(tmp_path, args, port, preempt=False, job="77"):
-    """Two tasks as srun starts them: SLURM_* variables only, no torchrun."""
+    """Two tasks as srun starts them: SLURM_* variables only, no torchrun; one process group of
+    their own, as a job step is."""
     script = tmp_path / "task.py"
     script.write_text(textwrap.dedent(PREEMPT))
     procs = []
@@ -190,6 +193,7 @@ def srun(tmp_path, args, port, preempt=False, job="77"):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                process_group=procs[0].pid if procs else 0,  # a group of their own: pytest is spared
             )
         )
     results = []
@@ -209,7 +213,9 @@ def test_srun_launch_preemption_requeue_and_auto_resume(synth_root, tmp_path):
     assert [r[0] for r in full] == [0, 0], full[0][2][-2000:]
     assert "launcher srun: 2 process(es) on 1 node(s), 2 per node" in full[0][1]
 
+    # With a loader worker per task: the preemption signal reaches them too.
     args = tiny(synth_root, tmp_path / "job", "--resume-from", "auto", "--requeue-on-preempt")
+    args += ["--num-workers", "1"]
     cut = srun(tmp_path, args, free_port(), preempt=True)
     assert [r[0] for r in cut] == [75, 75], cut[0][2][-2000:] + cut[1][2][-2000:]
     assert "--resume-from auto: " in cut[0][1] and "starting a new run" in cut[0][1]
