@@ -337,7 +337,8 @@ def test_batchnorm_statistics_agree_across_ranks(synth_root, tmp_path):
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     stats = [k for k in r0 if "running_mean" in k or "running_var" in k]
     assert stats and all(torch.equal(r0[k], r1[k]) for k in r0)
-    saved = load_checkpoint(tmp_path / "run" / "last.pth")["model_state_dict"]
+    # an EMA run's model_state_dict is the EMA (what validation used); the trained weights sit beside it
+    saved = load_checkpoint(tmp_path / "run" / "last.pth")["raw_model_state_dict"]
     assert all(torch.equal(saved[k], r0[k]) for k in stats)
     assert "hold identical parameters" in proc.stdout
 
