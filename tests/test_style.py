@@ -41,11 +41,13 @@ def test_shipping_a_model_does_not_load_the_training_engine():
     import sys
 
     code = (
-        "import sys, camodet.inference, camodet.export, camodet.evaluation, camodet.inspection, "
-        "camodet.report, camodet.runs.resume; "
+        "import sys, camodet.serving.predictor, camodet.serving.export, camodet.serving.hub, "
+        "camodet.serving.predict, camodet.serving.video, camodet.serving.app, camodet.evaluation.protocol, "
+        "camodet.evaluation.report, camodet.runs.inspection, camodet.runs.resume; "
         "print(sorted(m for m in sys.modules if m.startswith('camodet.engine')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
     ).stdout.strip()
     assert out == "[]"
+

@@ -10,9 +10,9 @@ import time
 import torch
 
 from ..config import ModelConfig
-from ..device import amp_dtype, memory_format, resolve_device, tune_kernels
-from ..losses import LossSettings
 from ..models import build_model
+from ..models.device import amp_dtype, memory_format, resolve_device, tune_kernels
+from ..models.losses import LossSettings
 from .monitor import peak_memory_mb
 from .optim import build_optimizer
 from .step import TrainStep

@@ -21,11 +21,11 @@ from ..config import TrainConfig, parse_duration, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..data.splits import readable_samples, split_train_val, training_samples
-from ..device import amp_dtype, autocast_name, resolve_device, tune_kernels
-from ..device import memory_format as device_memory_format  # the local name is the chosen format
-from ..losses import LossSettings
-from ..metrics import Evaluator, mean_records, to_uint8
+from ..evaluation.metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
+from ..models.device import amp_dtype, autocast_name, resolve_device, tune_kernels
+from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
+from ..models.losses import LossSettings
 from ..runs import history
 from ..runs.checkpoint import (
     RunState,
