@@ -330,7 +330,7 @@ def _plan(args) -> int:
     cfg.validate(check_paths=has_data)
     if args.effective_batch < 1:
         raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
-    from .engine.memory_plan import plan_command
+    from .tune.memory_plan import plan_command
 
     return plan_command(
         cfg,

@@ -140,8 +140,8 @@ def plan_command(
     import torch
 
     from ..data.splits import split_train_val, training_samples
+    from ..engine.measure import MEMORY_KINDS, measure_candidates
     from ..models import check_backbone
-    from .measure import MEMORY_KINDS, measure_candidates
 
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from camodet.cli import main
-from camodet.engine.memory_plan import PROFILES, PlanError, choose, scale_lr
+from camodet.tune.memory_plan import PROFILES, PlanError, choose, scale_lr
 
 BASE = {"lr": 4e-4, "stage2_lr": 2e-4, "base_batch1": 8, "base_batch2": 4}
 
