@@ -33,6 +33,41 @@ def cuda_card_peak_mb(device: torch.device) -> float:
     return (torch.cuda.max_memory_reserved(device) + outside_allocator) / 2**20
 
 
+def trainer_step(
+    model_cfg: dict,
+    stage: int,
+    grad_checkpointing: bool,
+    dev: torch.device,
+    amp: str,
+    channels_last: str,
+    compile: bool,
+    moe_loss_weight: float,
+    weight_decay: float,
+) -> TrainStep:
+    """The trainer's own step (its model set up for `stage`, optimizer, loss and grad scaler) on `dev`."""
+    cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
+    model = build_model(cfg).to(dev)
+    if stage == 1:
+        model.set_frozen_groups(set(range(model.backbone.num_groups)))
+    model.set_grad_checkpointing(grad_checkpointing)
+    model.train()
+    fmt = memory_format(channels_last, dev)
+    model = model.to(memory_format=fmt)
+    dtype = amp_dtype(amp, dev)
+    return TrainStep(
+        model,
+        model,
+        torch.compile(model) if compile else model,
+        None,
+        build_optimizer(model, weight_decay, dev),
+        torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
+        LossSettings.for_model(model, moe_loss_weight),
+        dev,
+        dtype,
+        fmt,
+    )
+
+
 def measure_step(
     model_cfg: dict,
     img_size: int,
@@ -52,27 +87,8 @@ def measure_step(
     dev = resolve_device(device)
     tune_kernels(dev)  # as the trainer does
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
-    model = build_model(cfg).to(dev)
-    if stage == 1:
-        model.set_frozen_groups(set(range(model.backbone.num_groups)))
-    model.set_grad_checkpointing(grad_checkpointing)
-    model.train()
-    fmt = memory_format(channels_last, dev)
-    model = model.to(memory_format=fmt)
-    dtype = amp_dtype(amp, dev)
-    # The trainer's own step: its optimizer, loss and grad scaler.
-    train_step = TrainStep(
-        model,
-        model,
-        torch.compile(model) if compile else model,
-        None,
-        build_optimizer(model, weight_decay, dev),
-        torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
-        LossSettings.for_model(model, moe_loss_weight),
-        dev,
-        dtype,
-        fmt,
+    train_step = trainer_step(
+        model_cfg, stage, grad_checkpointing, dev, amp, channels_last, compile, moe_loss_weight, weight_decay
     )
     batch_data = {
         "image": torch.randn(batch, 3, img_size, img_size, device=dev),
