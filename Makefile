@@ -33,9 +33,9 @@ test-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Chromium for the browser test (apt-get install chromium)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	      || echo "could not install Chromium: tests/test_app.py's browser test will be skipped"; \
+	      || echo "could not install Chromium: tests/serving/test_app.py's browser test will be skipped"; \
 	  else \
-	    echo "no Chromium: tests/test_app.py's browser test will be skipped (sudo apt-get install chromium, then make test)"; \
+	    echo "no Chromium: tests/serving/test_app.py's browser test will be skipped (sudo apt-get install chromium, then make test)"; \
 	  fi; }
 
 test: $(STAMP) test-deps

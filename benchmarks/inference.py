@@ -19,8 +19,8 @@ import time
 import torch
 
 from camodet.config import ModelConfig
-from camodet.export import ProbabilityHead, export_onnx
 from camodet.models import build_model
+from camodet.serving.export import ProbabilityHead, export_onnx
 
 
 def best_of(fn, repeats: int) -> float:

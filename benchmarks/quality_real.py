@@ -49,11 +49,11 @@ from camodet.cli import main as camodet  # noqa: E402
 from camodet.config import DataConfig, TrainConfig, from_args  # noqa: E402
 from camodet.data.dataset import CODDataset, collate, load_pair  # noqa: E402
 from camodet.data.splits import training_samples  # noqa: E402
-from camodet.evaluation import evaluate  # noqa: E402
-from camodet.inference import TTA, Predictor  # noqa: E402
-from camodet.losses import LossSettings, total_loss  # noqa: E402
+from camodet.evaluation.protocol import evaluate  # noqa: E402
 from camodet.models import build_model  # noqa: E402
+from camodet.models.losses import LossSettings, total_loss  # noqa: E402
 from camodet.runs import history  # noqa: E402
+from camodet.serving.predictor import TTA, Predictor  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "small.yaml")

@@ -27,8 +27,8 @@ from fpn_yardstick import PlainFPN, bce_soft_iou
 
 from camodet.config import ModelConfig
 from camodet.engine.optim import build_optimizer
-from camodet.losses import LossSettings, total_loss
 from camodet.models import Backbone, ModelOutput, build_model
+from camodet.models.losses import LossSettings, total_loss
 
 CONFIGS = {
     "reference": dict(backbone="edgenext_base", num_experts=7, img_size=384, batch=2),

@@ -7,7 +7,7 @@ __all__ = ["Predictor", "TTA"]
 def __getattr__(name):
     # `from camodet import Predictor` without importing torch for `camodet --version`
     if name in __all__:
-        from . import inference
+        from .serving import predictor
 
-        return getattr(inference, name)
+        return getattr(predictor, name)
     raise AttributeError(f"module 'camodet' has no attribute {name!r}")

@@ -143,9 +143,9 @@ def _model_summary(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluation import evaluate, evaluate_preds_dir, format_table, write_results
-    from .paper import format_latex, scaling_note
-    from .worst import WorstImages
+    from .evaluation.paper import format_latex, scaling_note
+    from .evaluation.protocol import evaluate, evaluate_preds_dir, format_table, write_results
+    from .evaluation.worst import WorstImages
 
     if (args.checkpoint is None) == (args.preds_dir is None):
         raise ConfigError("evaluate needs a checkpoint (or export folder) or --preds-dir DIR, not both")
@@ -159,9 +159,9 @@ def _evaluate(args) -> int:
         results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves, worst)
         scored = {"preds_dir": os.path.abspath(args.preds_dir)}
     else:
-        from .export import provenance
-        from .hub import load_predictor, resolve
-        from .inference import TTA
+        from .serving.export import provenance
+        from .serving.fetch import resolve
+        from .serving.predictor import TTA, load_predictor
 
         tta = TTA.parse(args.tta)
         local = resolve(args.checkpoint)
@@ -190,8 +190,8 @@ def _evaluate(args) -> int:
                 fh.write(format_latex(results, method, note) + "\n")
             print(f"wrote metrics.tex to {args.out}")
     if curves is not None:
-        from .curves import plot_curves, save_curves
-        from .paper import is_super_row
+        from .evaluation.curves import plot_curves, save_curves
+        from .evaluation.paper import is_super_row
 
         folder = os.path.join(args.out, "curves")
         files = save_curves(curves, folder, method)
@@ -206,7 +206,7 @@ def _evaluate(args) -> int:
 def method_name(source: str) -> str:
     """The name a table or plot gives the model: its run or export folder (a checkpoint in 'runs/x/'
     -> 'x'), the predictions folder, or a Hub id's model name ('user/camo-model' -> 'camo-model')."""
-    from .hub import is_hub_id
+    from .serving.fetch import is_hub_id
 
     if is_hub_id(source):
         return source.split("/", 1)[1]
@@ -215,10 +215,9 @@ def method_name(source: str) -> str:
 
 
 def _predict(args) -> int:
-    from .hub import load_predictor
-    from .inference import TTA
-    from .predict import expand_patterns, predict_files
-    from .video import is_video, predict_clips
+    from .serving.predict import expand_patterns, predict_files
+    from .serving.predictor import TTA, load_predictor
+    from .serving.video import is_video, predict_clips
 
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1 (got {args.threshold})")
@@ -275,7 +274,7 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export
+    from .serving.export import export
 
     info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=args.onnx, fp16=args.fp16)
     print(
@@ -287,7 +286,7 @@ def _export(args) -> int:
 
 
 def _push(args) -> int:
-    from .hub import push
+    from .serving.hub import push
 
     info = push(
         args.source,
@@ -309,8 +308,8 @@ def _push(args) -> int:
 
 
 def _app(args) -> int:
-    from .app import launch
-    from .hub import load_predictor
+    from .serving.app import launch
+    from .serving.predictor import load_predictor
 
     predictor = load_predictor(args.model, weights=args.weights, device=args.device)
     launch(predictor, args.title or method_name(args.model), host=args.host, port=args.port)
@@ -318,7 +317,7 @@ def _app(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .inspection import format_inspection, inspect_checkpoint
+    from .runs.inspection import format_inspection, inspect_checkpoint
 
     report = inspect_checkpoint(args.checkpoint)
     print(json.dumps(report, indent=2, default=str) if args.json else format_inspection(report))
@@ -331,7 +330,7 @@ def _plan(args) -> int:
     cfg.validate(check_paths=has_data)
     if args.effective_batch < 1:
         raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
-    from .memory_plan import plan_command
+    from .tune.memory_plan import plan_command
 
     return plan_command(
         cfg,
@@ -347,7 +346,7 @@ def _plan(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from .evaluation.report import write_report
 
     path = write_report(args.run_dir, predictions=not args.no_predictions)
     print(f"wrote {path} and the plots in {os.path.join(args.run_dir, 'report')}/")
@@ -575,13 +574,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from .app import AppError
     from .data.io import DataError
     from .engine.guard import DivergenceError
-    from .export import ExportError
-    from .hub import HubError
     from .models.backbone import BackboneError
     from .runs.checkpoint import CheckpointError
+    from .serving.app import AppError
+    from .serving.export import ExportError
+    from .serving.fetch import HubError
 
     try:
         return args.func(args)

@@ -41,11 +41,97 @@ def test_shipping_a_model_does_not_load_the_training_engine():
     import sys
 
     code = (
-        "import sys, camodet.inference, camodet.export, camodet.evaluation, camodet.inspection, "
-        "camodet.report, camodet.runs.resume; "
+        "import sys, camodet.serving.predictor, camodet.serving.export, camodet.serving.hub, "
+        "camodet.serving.predict, camodet.serving.video, camodet.serving.app, camodet.evaluation.protocol, "
+        "camodet.evaluation.report, camodet.runs.inspection, camodet.runs.resume; "
         "print(sorted(m for m in sys.modules if m.startswith('camodet.engine')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
     ).stdout.strip()
     assert out == "[]"
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """camodet module -> the camodet modules it imports, read from the source: every import
+    statement, at the top or inside a function (a lazy import is still a dependency),
+    relative or absolute; `from pkg import name` counts as pkg.name when that is a module."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                found = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in found:
+                while target and target not in paths:  # camodet.x.y.Name -> camodet.x.y
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as [a, b, ..., a], or None."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (circle := visit(nxt)):
+                return circle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (circle := visit(node)):
+            return circle
+    return None
+
+
+def test_no_import_circles_between_camodet_modules():
+    graph = import_graph()
+    assert "camodet.serving.predictor" in graph["camodet.serving.export"]  # the reader sees imports
+    assert "camodet.serving.fetch" in graph["camodet.serving.predictor"]  # lazy ones too
+    circle = find_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def test_the_circle_check_finds_a_circle():
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_circle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+ENGINE_LONGEST = 60  # lines
+
+
+def test_engine_functions_fit_on_a_screen():
+    long = []
+    for path in sorted((PACKAGE / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > ENGINE_LONGEST:
+                    where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+                    long.append(f"{where} {node.name} ({lines} lines)")
+    assert not long, f"split these (engine functions stay within {ENGINE_LONGEST} lines):\n" + "\n".join(long)

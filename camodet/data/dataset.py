@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..normalization import IMAGENET, Normalization
 from .io import DataError, read_image, read_mask
 from .layouts import Sample
+from .normalization import IMAGENET, Normalization
 from .transforms import eval_transform, resize, train_transform
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from ..normalization import IMAGENET, ColourMap, Normalization
+from .normalization import IMAGENET, ColourMap, Normalization
 
 # ImageNet statistics on the 0..255 scale, for code written before normalisation became the
 # backbone's own; new code takes a Normalization.

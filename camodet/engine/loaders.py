@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import TrainConfig
 from ..data.dataset import CODDataset, collate, index_seed
+from ..data.normalization import Normalization
 from ..models import backbone_normalization
-from ..normalization import Normalization
 from ..runs.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import time
 import torch
 
 from ..config import ModelConfig
-from ..device import amp_dtype, memory_format, resolve_device, tune_kernels
-from ..losses import LossSettings
 from ..models import build_model
+from ..models.device import amp_dtype, memory_format, resolve_device, tune_kernels
+from ..models.losses import LossSettings
 from .monitor import peak_memory_mb
 from .optim import build_optimizer
 from .step import TrainStep
@@ -31,6 +31,41 @@ def cuda_card_peak_mb(device: torch.device) -> float:
     free, total = torch.cuda.mem_get_info(device)
     outside_allocator = (total - free) - torch.cuda.memory_reserved(device)
     return (torch.cuda.max_memory_reserved(device) + outside_allocator) / 2**20
+
+
+def trainer_step(
+    model_cfg: dict,
+    stage: int,
+    grad_checkpointing: bool,
+    dev: torch.device,
+    amp: str,
+    channels_last: str,
+    compile: bool,
+    moe_loss_weight: float,
+    weight_decay: float,
+) -> TrainStep:
+    """The trainer's own step (its model set up for `stage`, optimizer, loss and grad scaler) on `dev`."""
+    cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
+    model = build_model(cfg).to(dev)
+    if stage == 1:
+        model.set_frozen_groups(set(range(model.backbone.num_groups)))
+    model.set_grad_checkpointing(grad_checkpointing)
+    model.train()
+    fmt = memory_format(channels_last, dev)
+    model = model.to(memory_format=fmt)
+    dtype = amp_dtype(amp, dev)
+    return TrainStep(
+        model,
+        model,
+        torch.compile(model) if compile else model,
+        None,
+        build_optimizer(model, weight_decay, dev),
+        torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
+        LossSettings.for_model(model, moe_loss_weight),
+        dev,
+        dtype,
+        fmt,
+    )
 
 
 def measure_step(
@@ -52,27 +87,8 @@ def measure_step(
     dev = resolve_device(device)
     tune_kernels(dev)  # as the trainer does
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
-    model = build_model(cfg).to(dev)
-    if stage == 1:
-        model.set_frozen_groups(set(range(model.backbone.num_groups)))
-    model.set_grad_checkpointing(grad_checkpointing)
-    model.train()
-    fmt = memory_format(channels_last, dev)
-    model = model.to(memory_format=fmt)
-    dtype = amp_dtype(amp, dev)
-    # The trainer's own step: its optimizer, loss and grad scaler.
-    train_step = TrainStep(
-        model,
-        model,
-        torch.compile(model) if compile else model,
-        None,
-        build_optimizer(model, weight_decay, dev),
-        torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
-        LossSettings.for_model(model, moe_loss_weight),
-        dev,
-        dtype,
-        fmt,
+    train_step = trainer_step(
+        model_cfg, stage, grad_checkpointing, dev, amp, channels_last, compile, moe_loss_weight, weight_decay
     )
     batch_data = {
         "image": torch.randn(batch, 3, img_size, img_size, device=dev),

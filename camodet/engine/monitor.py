@@ -7,7 +7,7 @@ import resource
 import numpy as np
 import torch
 
-from ..panels import triptych
+from ..evaluation.panels import triptych
 
 log = logging.getLogger("camodet")
 PANEL_IMAGES = 4

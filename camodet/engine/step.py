@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses import LossSettings, total_loss
+from ..models.losses import LossSettings, total_loss
 
 
 @dataclass

@@ -21,29 +21,27 @@ from ..config import TrainConfig, parse_duration, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..data.splits import readable_samples, split_train_val, training_samples
-from ..device import amp_dtype, autocast_name, resolve_device, tune_kernels
-from ..device import memory_format as device_memory_format  # the local name is the chosen format
-from ..losses import LossSettings
-from ..metrics import Evaluator, mean_records, to_uint8
+from ..evaluation.metrics import Evaluator, mean_records, to_uint8
 from ..models import build_model
-from ..runs import history
+from ..models.device import amp_dtype, autocast_name, resolve_device, tune_kernels
+from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
+from ..models.losses import LossSettings
 from ..runs.checkpoint import (
     RunState,
     TrainingCheckpoint,
-    atomic_save,
     load_checkpoint,
     load_matching,
     model_weights,
     nonfinite_tensors,
 )
 from ..runs.folder import BEST_METRIC, RunFolder, is_better
-from ..runs.health import new_advice
 from ..runs.resume import open_resume, settle_best
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
+from .hooks import Checkpointer, ConsoleReporter, EpochResult, MetricsLogger, RunHistory
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .loaders import EpochSampler, input_normalization, resolve_workers, train_loader, val_loader
-from .monitor import TensorBoard, peak_memory_mb
+from .monitor import TensorBoard
 from .optim import build_optimizer, set_lrs
 from .schedule import Plan, make_plan
 from .state import EpochProgress, restore, snapshot
@@ -73,22 +71,6 @@ class CompiledOrEager:
                 )
                 self.compiled = None
         return self.module(x)
-
-
-@dataclass
-class RunContext:
-    """What an epoch's pass needs besides the step and the data: the settings, the schedule,
-    the run's counters, the guard, and the run-wide helpers."""
-
-    cfg: TrainConfig
-    d: distributed.Dist
-    plan: Plan
-    state: RunState
-    guard: DivergenceGuard
-    stop: StopRequest
-    watchdog: StallWatchdog
-    record: object  # record(event dict): appends to the run's history on rank 0
-    tb: TensorBoard
 
 
 @dataclass
@@ -130,32 +112,100 @@ def validate(model, loader, device, dtype, d: distributed.Dist, beat=lambda wher
     return mean_records(records)
 
 
-def train(cfg: TrainConfig) -> RunState:
-    """Train as `cfg` says, from scratch, a checkpoint (--resume-from, --init-from) or a
-    mid-epoch position; returns the run's counters (`interrupted` set when it stopped early)."""
-    d = distributed.init("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
-    device = pick_device(cfg.run.device, d)
-    workers = resolve_workers(cfg.data.num_workers, device.type)  # --num-workers auto -> a number
-    dtype = amp_dtype(cfg.optim.amp, device)
-    torch.manual_seed(cfg.run.seed)
-    folder = RunFolder(cfg.run.checkpoint_dir)
-    say = log.info if d.is_main else log.debug
-    if d.enabled:
-        say(d.describe())
-    inputs = {"--init-from": cfg.run.init_from, "--pretrained-path": cfg.model.pretrained_path}
-    folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main, reads=inputs)
-    distributed.barrier(d)
+class Trainer:
+    """One training run, built once from the config; `run()` is the loop. Its attributes are
+    what a run holds (the table of contents):
 
-    # Data: validation carved from the training images, seeded.
-    samples = training_samples(cfg.data)
-    if cfg.data.cache:
+    cfg, d (the processes), device, dtype (autocast), workers, memory_format: where it runs;
+    folder (the run folder), history (metrics.jsonl); train_set, val_set: the data;
+    model, ema, optimizer, scaler, step (the train step), checkpoint (what a save holds);
+    plan (stages, trainable groups, LR), state (the counters a checkpoint carries), guard
+    (divergence); stop (signals, --time-limit), watchdog (stalls), tb (TensorBoard);
+    checkpointer + hooks: what ends an epoch. Entering a stage sets frozen, stage, loader."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.start_processes()
+        resume = self.load_data()
+        self.make_model(resume)
+        restart_epoch = self.load_resume(resume) if resume is not None else None
+        changes = resume.changes if resume is not None else None
+        del resume  # every tensor is loaded: free the file's copy
+        self.plan = make_plan(cfg, self.model.backbone.num_groups, restart_epoch, self.state.schedule_start)
+        self.state.schedule_start = self.plan.schedule_start
+        self.open_history(restart_epoch, changes)
+        self.step = TrainStep(
+            self.model,
+            self.model,
+            self.model,
+            self.ema,
+            self.optimizer,
+            self.scaler,
+            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight),
+            self.device,
+            self.dtype,
+            self.memory_format,
+        )
+        self.frozen, self.stage, self.loader_batch, self.loader = None, None, None, None
+        self.first_epoch = self.position.epoch if self.position is not None else self.state.epoch + 1
+        if self.first_epoch > self.plan.epochs:
+            self.say(
+                f"nothing to train: {cfg.run.resume_from} has finished all {self.plan.epochs} epochs; "
+                f"raise --epochs to train on (a warm restart)"
+            )
+        self.open_monitors()
+
+    def run(self) -> RunState:
+        """The loop: for each epoch, enter its stage, train the pass (rolling back on
+        divergence), end the epoch (validate, best, hooks: save, record, report), stop if asked."""
+        with self.stop, self.watchdog, self.tb:
+            self.before_train()
+            for epoch in range(self.first_epoch, self.plan.epochs + 1):
+                self.watchdog.beat(f"start of epoch {epoch}")
+                self.enter_stage(epoch)
+                progress, outcome = self.train_pass(epoch)
+                if outcome.action == "stopped":
+                    self.stop_inside_epoch(epoch, progress)
+                    break
+                self.end_epoch(epoch, progress, outcome)
+                if self.stop_requested(epoch):
+                    break
+        self.after_train()
+        return self.state
+
+    # -- building the run -------------------------------------------------------------------
+
+    def start_processes(self) -> None:
+        """Processes, device, precision and workers; the run folder claimed (by rank 0)."""
+        cfg = self.cfg
+        self.d = d = distributed.init(
+            "cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu"
+        )
+        self.device = pick_device(cfg.run.device, d)
+        self.workers = resolve_workers(cfg.data.num_workers, self.device.type)  # auto -> a number
+        self.dtype = amp_dtype(cfg.optim.amp, self.device)
+        torch.manual_seed(cfg.run.seed)
+        self.folder = RunFolder(cfg.run.checkpoint_dir)
+        self.say = log.info if d.is_main else log.debug
+        if d.enabled:
+            self.say(d.describe())
+        inputs = {"--init-from": cfg.run.init_from, "--pretrained-path": cfg.model.pretrained_path}
+        self.folder.claim(cfg.run.resume_from, cfg.run.overwrite, remove=d.is_main, reads=inputs)
+        distributed.barrier(d)
+
+    def training_samples(self) -> list:
+        """The training images (through the cache when asked), before the validation split."""
+        cfg, d = self.cfg, self.d
+        samples = training_samples(cfg.data)
+        if not cfg.data.cache:
+            return samples
         cache_dir = os.path.expandvars(cfg.data.cache_dir or default_cache_dir())  # '$TMPDIR/x': per node
         cache = functools.partial(
             cached_samples,
             samples,
             cfg.data.img_size,
             cache_dir,
-            workers,
+            self.workers,
             skip_bad_files=cfg.data.skip_bad_files,
         )
         # Written once where it is stored: by rank 0 on a shared folder, by each node's first
@@ -163,49 +213,287 @@ def train(cfg: TrainConfig) -> RunState:
         if d.local_rank == 0 if not distributed.folder_is_shared(cache_dir, d) else d.is_main:
             cache()
         distributed.barrier(d)
-        samples = cache()
-    train_samples, val_samples = split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)
-    if cfg.data.skip_bad_files:
-        val_samples = readable_samples(val_samples)
-    # Read once (and refused here if it is another architecture): its normalisation decides
-    # the datasets', its state the model's.
-    resume = open_resume(cfg, d.world, autocast_name(dtype)) if cfg.run.resume_from else None
-    norm = input_normalization(
-        cfg, resume.ckpt if resume else None
-    )  # the backbone's own statistics (a resumed run: its checkpoint's)
-    train_set = CODDataset(
-        train_samples, cfg.data.img_size, train=True, skip_bad_files=cfg.data.skip_bad_files, norm=norm
-    )
-    val_set = CODDataset(
-        val_samples, cfg.data.img_size, train=False, skip_bad_files=cfg.data.skip_bad_files, norm=norm
-    )
-    say(
-        f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
-        f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}"
-    )
-    say(
-        f"data loader: {workers} worker "
-        f"process(es){' (--num-workers auto)' if cfg.data.num_workers == 'auto' else ''}"
-    )
+        return cache()
 
-    # Model, then resume or initialise before anything copies its weights (EMA, DDP). A resume
-    # takes every weight from its checkpoint, so it never needs the network or the weights file.
-    model_cfg = (
-        dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
-    )
-    model = build_model(model_cfg).to(device)
-    model.normalization = norm  # saved in every checkpoint
-    state = RunState(world_size=d.world, autocast=autocast_name(dtype))
-    guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
-    if resume is not None:
-        model.load_state_dict(model_weights(resume.ckpt, "raw"))
-        say(resume.describe())
-    elif cfg.run.init_from:
-        init = load_checkpoint(cfg.run.init_from)
-        # What that run validated with (its EMA weights, if it had one), as evaluate would take.
-        loaded, total = load_matching(model, model_weights(init, "auto"))
-        say(f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)")
+    def load_data(self):
+        """Validation carved from the training images, seeded; the resume checkpoint read once
+        (refused here if it is another architecture): its normalisation decides the datasets'."""
+        cfg, skip = self.cfg, self.cfg.data.skip_bad_files
+        train_samples, val_samples = split_train_val(
+            self.training_samples(), cfg.data.val_fraction, cfg.run.seed
+        )
+        if skip:
+            val_samples = readable_samples(val_samples)
+        resume = open_resume(cfg, self.d.world, autocast_name(self.dtype)) if cfg.run.resume_from else None
+        # the backbone's own statistics (a resumed run: its checkpoint's)
+        self.norm = norm = input_normalization(cfg, resume.ckpt if resume else None)
+        self.train_set = CODDataset(
+            train_samples, cfg.data.img_size, train=True, skip_bad_files=skip, norm=norm
+        )
+        self.val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=skip, norm=norm)
+        self.say(
+            f"data: {len(train_samples)} training / {len(val_samples)} validation images from "
+            f"{', '.join(cfg.data.dataset_path or [cfg.data.images])}"
+        )
+        auto = " (--num-workers auto)" if cfg.data.num_workers == "auto" else ""
+        self.say(f"data loader: {self.workers} worker process(es){auto}")
+        return resume
 
+    def make_model(self, resume) -> None:
+        """Model, then resume or initialise before anything copies its weights (EMA, DDP); a
+        resume takes every weight from its checkpoint, so it never needs the network or the
+        weights file. Then optimizer, grad scaler, EMA and what a checkpoint holds."""
+        cfg, d, device = self.cfg, self.d, self.device
+        model_cfg = (
+            dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
+        )
+        model = build_model(model_cfg).to(device)
+        model.normalization = self.norm  # saved in every checkpoint
+        self.state = RunState(world_size=d.world, autocast=autocast_name(self.dtype))
+        self.guard = DivergenceGuard(cfg.safety.max_nonfinite_steps, cfg.safety.spike_factor)
+        if resume is not None:
+            model.load_state_dict(model_weights(resume.ckpt, "raw"))
+            self.say(resume.describe())
+        elif cfg.run.init_from:
+            init = load_checkpoint(cfg.run.init_from)
+            # What that run validated with (its EMA weights, if it had one), as evaluate would take.
+            loaded, total = load_matching(model, model_weights(init, "auto"))
+            self.say(
+                f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)"
+            )
+        warn_random_backbone(cfg, d)
+        if cfg.speed.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.memory_format = device_memory_format(cfg.speed.channels_last, device)
+        self.model = model = model.to(memory_format=self.memory_format)
+        self.optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
+        self.checkpoint = TrainingCheckpoint(
+            model, self.ema, self.optimizer, self.scaler, self.state, self.guard, cfg.to_dict()
+        )
+        self.position = None
+
+    def load_resume(self, resume) -> int | None:
+        """Exact: everything that moves comes back; warm: weights, EMA and position. Returns the
+        epoch a warm restart re-plans from (None for an exact resume)."""
+        saved = self.checkpoint.load_state_dict(resume.ckpt, resume.exact, resume.same_run)
+        if self.d.is_main and not settle_best(resume, self.folder):  # only rank 0 judges "best"
+            self.state.best_iou, self.state.best_epoch = -math.inf, 0
+        self.position = EpochProgress.from_dict(saved, self.device) if saved is not None else None
+        return None if resume.exact else self.state.epoch + 1
+
+    def open_history(self, restart_epoch: int | None, changes) -> None:
+        """metrics.jsonl (earlier attempts included) and config.yaml; a warm restart is recorded."""
+        cfg = self.cfg
+        self.history = RunHistory(self.folder.metrics, self.d.is_main)
+        if self.d.is_main:
+            os.makedirs(self.folder.path, exist_ok=True)
+            save_yaml(cfg, self.folder.config)
+        if restart_epoch is not None:
+            event = {"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from}
+            self.record({**event, "changed": changes})
+
+    def open_monitors(self) -> None:
+        """TensorBoard, the stop request (signals, --time-limit), the stall watchdog and the hooks."""
+        cfg, state = self.cfg, self.state
+        self.tb = TensorBoard(
+            cfg.run.tensorboard and self.d.is_main,
+            self.folder.tensorboard,
+            state.global_step if cfg.run.resume_from else None,
+        )
+        self.time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
+        self.validation_seconds = None
+        self.preempt = signal_number(cfg.run.preempt_signal)
+        self.stop = StopRequest(self.time_limit, (self.preempt,))
+        self.watchdog = StallWatchdog(cfg.safety.stall_timeout, self.folder.stall_report)
+        self.checkpointer = Checkpointer()
+        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict())]
+
+    def record(self, event: dict) -> None:
+        """Append an event to the run's history (rank 0)."""
+        self.history.record(event)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation scores and best_model.pth holds: the EMA weights of an EMA run."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # -- the loop's parts ------------------------------------------------------------------
+
+    def before_train(self) -> None:
+        # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self.stop.save_seconds = 1.0 + 4 * weights / 1e8
+        self.init_fn = functools.partial(
+            worker_init, self.watchdog.dump_dir, self.stop.signals, self.stop.finished
+        )
+
+    def enter_stage(self, epoch: int) -> None:
+        """Stage and trainable set come from the plan; DDP is re-wrapped when the set changes,
+        and each stage gets its loader (its workers persist across the stage's epochs)."""
+        plan = self.plan
+        if plan.frozen_groups(epoch) != self.frozen:
+            self.frozen = plan.frozen_groups(epoch)
+            self.model.set_frozen_groups(set(self.frozen))
+            self.step.wrapped = distributed.wrap(self.model, self.d, self.device)
+            self.step.forward = (
+                CompiledOrEager(self.step.wrapped) if self.cfg.speed.compile else self.step.wrapped
+            )
+            if self.stage is not None and plan.stage(epoch) == self.stage:
+                trainable = sorted(set(range(plan.num_groups)) - self.frozen)
+                self.say(f"epoch {epoch}: backbone groups {trainable} now train")
+                self.record({"type": "unfreeze", "epoch": epoch, "trainable": trainable})
+        if plan.stage(epoch) != self.stage:
+            self.open_stage(epoch)
+
+    def open_stage(self, epoch: int) -> None:
+        """A new stage: its batch size and loader, said and recorded."""
+        cfg, d, plan = self.cfg, self.d, self.plan
+        self.stage = stage = plan.stage(epoch)
+        self.loader_batch = batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
+        self.loader = train_loader(
+            self.train_set,
+            batch,
+            EpochSampler(len(self.train_set), cfg.run.seed, epoch, d.rank, d.world),
+            self.workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=self.init_fn,
+            persistent_workers=cfg.speed.persistent_workers,
+        )
+        effective = batch * cfg.optim.accumulation_steps * d.world
+        trainable = sorted(set(range(plan.num_groups)) - self.frozen)
+        self.say(
+            f"stage {stage} from epoch {epoch}: batch {batch} x accumulation "
+            f"{cfg.optim.accumulation_steps} x {d.world} process(es) = effective batch {effective}; "
+            f"peak lr {plan.lr[stage - 1] * self.state.lr_scale:g}; backbone groups training: "
+            f"{trainable or 'none'}"
+        )
+        event = {"type": "stage", "epoch": epoch, "stage": stage, "batch_size": batch}
+        self.record({**event, "effective_batch": effective, "trainable": trainable})
+
+    def train_pass(self, epoch: int) -> tuple[EpochProgress, Outcome]:
+        """Train the epoch (or its rest, after a mid-epoch resume). On divergence, go back to
+        the state at the start of this pass with a lower LR and train it again."""
+        parts = (self.model, self.ema, self.optimizer, self.scaler)
+        position = self.position
+        progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
+        good = snapshot(*parts, self.state, progress)
+        while True:
+            outcome = train_one_epoch(self.step, self.loader, progress, self)
+            if outcome.action == "done":
+                outcome = self.check_finite(outcome, progress)
+            if outcome.action != ROLLBACK:
+                break
+            roll_back(outcome, epoch, self, self.folder)
+            progress = restore(good, *parts, self.state, self.device)
+            self.guard.after_rollback()
+        if outcome.action in ("done", "stopped"):  # norm statistics, as every rank validates and saves
+            distributed.sync_buffers(self.model, self.d)
+            if self.ema is not None:
+                distributed.sync_buffers(self.ema.module, self.d)
+        if outcome.action == "done" and self.time_limit and len(self.val_set):
+            outcome = self.check_time(outcome, progress)
+        return progress, outcome
+
+    def check_finite(self, outcome: Outcome, progress: EpochProgress) -> Outcome:
+        """A finished pass whose weights hold NaN/Inf (on any rank) is rolled back."""
+        bad = nonfinite_tensors(self.model.state_dict()) + (
+            nonfinite_tensors(self.ema.module.state_dict(), "ema") if self.ema is not None else []
+        )
+        if not any_rank(bool(bad), self.d, self.device):
+            return outcome
+        where = ", ".join(bad[:3]) or "on another rank"
+        return Outcome(ROLLBACK, f"non-finite tensors at the end of the epoch ({where})", progress.micro_step)
+
+    def check_time(self, outcome: Outcome, progress: EpochProgress) -> Outcome:
+        """--time-limit: validation and the saves must still fit, or stop here (the pass is kept)."""
+        needed = (
+            self.validation_seconds
+            if self.validation_seconds is not None
+            else progress.seconds * len(self.val_set) / max(1, len(self.train_set))
+        )
+        if any_rank(self.stop.out_of_time(needed + self.stop.save_seconds), self.d, self.device):
+            self.stop.timed_out = True
+            return Outcome("stopped", self.stop.name, progress.micro_step)
+        return outcome
+
+    def stop_inside_epoch(self, epoch: int, progress: EpochProgress) -> None:
+        """A stop inside the pass: a resumable last.pth at the position, recorded; requeued on preemption."""
+        d, state = self.d, self.state
+        state.interrupted = stop_reason(self.stop, d)
+        progress.merge_ranks(lambda t: distributed.all_reduce_mean(t, d))
+        if d.is_main:
+            self.checkpointer.save(self, self.folder.last, progress=progress)
+        self.record_interruption(epoch, progress.micro_step)
+        self.say(
+            f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} "
+            "micro-batches; "
+            f"resumable checkpoint {self.folder.last}"
+        )
+        preempted = state.interrupted in (signal.Signals(self.preempt).name, "SIGTERM")
+        if d.is_main and self.cfg.run.requeue_on_preempt and preempted:
+            requeue_slurm_job()
+
+    def record_interruption(self, epoch: int, micro_step: int | None) -> None:
+        state = self.state
+        event = {"type": "interrupted", "epoch": epoch, "micro_step": micro_step}
+        self.record({**event, "global_step": state.global_step, "signal": state.interrupted})
+
+    def end_epoch(self, epoch: int, progress: EpochProgress, outcome: Outcome) -> None:
+        """Validate, update the counters and "best", then the hooks (rank 0): save, record, report."""
+        validation_started = time.monotonic()
+        stats = progress.stats(lambda t: distributed.all_reduce_mean(t, self.d))
+        stats["images_per_s"] *= self.d.world
+        val = self.validate_epoch()
+        self.validation_seconds = time.monotonic() - validation_started
+        state = self.state
+        state.epoch = epoch
+        state.metrics = {"loss": stats["loss"], "lr": stats["lr"], **{f"val_{k}": v for k, v in val.items()}}
+        iou = val.get(BEST_METRIC, float("nan"))
+        improved = is_better(iou, state.best_iou)
+        if improved:
+            state.best_iou, state.best_epoch = iou, epoch
+        if self.d.is_main:
+            result = EpochResult(
+                epoch, self.stage, progress, outcome.timing, stats, val, improved, self.validation_seconds
+            )
+            for hook in self.hooks:
+                hook.after_epoch(self, result)
+
+    def validate_epoch(self) -> dict:
+        if not len(self.val_set):
+            return {}
+        loader = val_loader(
+            self.val_set, self.loader_batch, self.d.rank, self.d.world, self.workers, self.init_fn
+        )
+        return validate(self.eval_model, loader, self.device, self.dtype, self.d, self.watchdog.beat)
+
+    def stop_requested(self, epoch: int) -> bool:
+        """A signal during validation or saving: recorded, and the loop ends."""
+        if not any_rank(self.stop.requested, self.d, self.device):
+            return False
+        self.state.interrupted = stop_reason(self.stop, self.d)
+        self.record_interruption(epoch, None)
+        return True
+
+    def after_train(self) -> None:
+        d = self.d
+        if d.enabled and not self.state.interrupted:
+            distributed.check_in_sync(self.model, d)
+            self.say(f"all {d.world} ranks hold identical parameters")
+        distributed.barrier(d)
+        distributed.shutdown(d)
+
+
+def train(cfg: TrainConfig) -> RunState:
+    """Train as `cfg` says, from scratch, a checkpoint (--resume-from, --init-from) or a
+    mid-epoch position; returns the run's counters (`interrupted` set when it stopped early)."""
+    return Trainer(cfg).run()
+
+
+def warn_random_backbone(cfg: TrainConfig, d: distributed.Dist) -> None:
+    """Stage 1 on a randomly initialised frozen backbone teaches the decoder noise: say so."""
     m, st = cfg.model, cfg.stages
     if (
         d.is_main
@@ -217,293 +505,6 @@ def train(cfg: TrainConfig) -> RunState:
             "stage 1 trains the decoder on a frozen backbone that is randomly initialised; for real "
             "data pass --pretrained or --pretrained-path FILE (or --stage1-epochs 0)"
         )
-
-    if cfg.speed.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    memory_format = device_memory_format(cfg.speed.channels_last, device)
-    model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
-    checkpoint = TrainingCheckpoint(model, ema, optimizer, scaler, state, guard, cfg.to_dict())
-    position, restart_epoch = None, None
-    if resume is not None:  # exact: everything that moves comes back; warm: weights, EMA and position
-        saved = checkpoint.load_state_dict(resume.ckpt, resume.exact, resume.same_run)
-        if d.is_main and not settle_best(resume, folder):  # only rank 0 judges "best" and writes it
-            state.best_iou, state.best_epoch = -math.inf, 0
-        position = EpochProgress.from_dict(saved, device) if saved is not None else None
-        restart_epoch = None if resume.exact else state.epoch + 1
-        resume = dataclasses.replace(resume, ckpt={})  # every tensor is loaded: free the file's copy
-    plan = make_plan(cfg, model.backbone.num_groups, restart_epoch, state.schedule_start)
-    state.schedule_start = plan.schedule_start
-
-    # The run's history in memory (earlier attempts in this folder included), for the health advice.
-    records = history.read(folder.metrics) if d.is_main else []
-    cfg_dict = cfg.to_dict()
-
-    def record(event: dict) -> None:
-        if d.is_main:
-            history.append(folder.metrics, event)
-            records.append(event)
-
-    if d.is_main:
-        os.makedirs(folder.path, exist_ok=True)
-        save_yaml(cfg, folder.config)
-    if restart_epoch is not None:
-        record(
-            {
-                "type": "warm_restart",
-                "epoch": restart_epoch,
-                "from": cfg.run.resume_from,
-                "changed": resume.changes,
-            }
-        )
-
-    def save(path: str, progress: EpochProgress | None = None) -> dict:
-        started = time.monotonic()
-        ckpt = checkpoint.state_dict(stage, progress.to_dict() if progress is not None else None)
-        atomic_save(ckpt, path)
-        stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)  # what --time-limit keeps back
-        return ckpt
-
-    step = TrainStep(
-        model,
-        model,
-        model,
-        ema,
-        optimizer,
-        scaler,
-        LossSettings.for_model(model, cfg.optim.moe_loss_weight),
-        device,
-        dtype,
-        memory_format,
-    )
-    frozen, stage, loader_batch, loader = None, None, None, None
-    first_epoch = position.epoch if position is not None else state.epoch + 1
-    if first_epoch > plan.epochs:
-        say(
-            f"nothing to train: {cfg.run.resume_from} has finished all {plan.epochs} epochs; "
-            f"raise --epochs to train on (a warm restart)"
-        )
-    tb = TensorBoard(
-        cfg.run.tensorboard and d.is_main,
-        folder.tensorboard,
-        state.global_step if cfg.run.resume_from else None,
-    )
-    time_limit = parse_duration(cfg.run.time_limit) if cfg.run.time_limit else None
-    validation_seconds = None
-    preempt = signal_number(cfg.run.preempt_signal)
-    with (
-        StopRequest(time_limit, (preempt,)) as stop,
-        StallWatchdog(cfg.safety.stall_timeout, folder.stall_report) as watchdog,
-        tb,
-    ):
-        # Before the first save is timed: model, EMA and two Adam moments at ~100 MB/s, plus a second.
-        stop.save_seconds = (
-            1.0 + 4 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e8
-        )
-        init_fn = functools.partial(worker_init, watchdog.dump_dir, stop.signals, stop.finished)
-        ctx = RunContext(cfg, d, plan, state, guard, stop, watchdog, record, tb)
-        for epoch in range(first_epoch, plan.epochs + 1):
-            watchdog.beat(f"start of epoch {epoch}")
-            # Stage and trainable set come from the plan; DDP is re-wrapped when the set changes.
-            if plan.frozen_groups(epoch) != frozen:
-                frozen = plan.frozen_groups(epoch)
-                model.set_frozen_groups(set(frozen))
-                step.wrapped = distributed.wrap(model, d, device)
-                step.forward = CompiledOrEager(step.wrapped) if cfg.speed.compile else step.wrapped
-                if stage is not None and plan.stage(epoch) == stage:
-                    trainable = sorted(set(range(plan.num_groups)) - frozen)
-                    say(f"epoch {epoch}: backbone groups {trainable} now train")
-                    record({"type": "unfreeze", "epoch": epoch, "trainable": trainable})
-            if plan.stage(epoch) != stage:
-                stage = plan.stage(epoch)
-                loader_batch = cfg.optim.batch_size if stage == 1 else cfg.stage2_batch_size
-                # One loader per stage: its workers persist across the stage's epochs.
-                loader = train_loader(
-                    train_set,
-                    loader_batch,
-                    EpochSampler(len(train_set), cfg.run.seed, epoch, d.rank, d.world),
-                    workers,
-                    pin_memory=device.type == "cuda",
-                    worker_init_fn=init_fn,
-                    persistent_workers=cfg.speed.persistent_workers,
-                )
-                effective = loader_batch * cfg.optim.accumulation_steps * d.world
-                trainable = sorted(set(range(plan.num_groups)) - frozen)
-                say(
-                    f"stage {stage} from epoch {epoch}: batch {loader_batch} x accumulation "
-                    f"{cfg.optim.accumulation_steps} x {d.world} process(es) = effective batch {effective}; "
-                    f"peak lr {plan.lr[stage - 1] * state.lr_scale:g}; backbone groups training: "
-                    f"{trainable or 'none'}"
-                )
-                record(
-                    {
-                        "type": "stage",
-                        "epoch": epoch,
-                        "stage": stage,
-                        "batch_size": loader_batch,
-                        "effective_batch": effective,
-                        "trainable": trainable,
-                    }
-                )
-
-            # Train the epoch (or its rest, after a mid-epoch resume). On divergence, go back to
-            # the state at the start of this pass with a lower LR and train it again.
-            progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
-            good = snapshot(model, ema, optimizer, scaler, state, progress)
-            while True:
-                outcome = train_one_epoch(step, loader, progress, ctx)
-                if outcome.action == "done":
-                    bad = nonfinite_tensors(model.state_dict()) + (
-                        nonfinite_tensors(ema.module.state_dict(), "ema") if ema is not None else []
-                    )
-                    if any_rank(bool(bad), d, device):
-                        outcome = Outcome(
-                            ROLLBACK,
-                            f"non-finite tensors at the end of the epoch "
-                            f"({', '.join(bad[:3]) or 'on another rank'})",
-                            progress.micro_step,
-                        )
-                if outcome.action != ROLLBACK:
-                    break
-                roll_back(outcome, epoch, ctx, folder)
-                progress = restore(good, model, ema, optimizer, scaler, state, device)
-                guard.after_rollback()
-            if outcome.action in ("done", "stopped"):  # norm statistics, as every rank validates and saves
-                distributed.sync_buffers(model, d)
-                if ema is not None:
-                    distributed.sync_buffers(ema.module, d)
-
-            # --time-limit: validation and the saves must still fit, or stop here (the pass is kept).
-            if outcome.action == "done" and time_limit and len(val_set):
-                needed = (
-                    validation_seconds
-                    if validation_seconds is not None
-                    else progress.seconds * len(val_set) / max(1, len(train_set))
-                )
-                if any_rank(stop.out_of_time(needed + stop.save_seconds), d, device):
-                    stop.timed_out = True
-                    outcome = Outcome("stopped", stop.name, progress.micro_step)
-
-            if outcome.action == "stopped":
-                state.interrupted = stop_reason(stop, d)
-                progress.merge_ranks(lambda t: distributed.all_reduce_mean(t, d))
-                if d.is_main:
-                    save(folder.last, progress=progress)
-                record(
-                    {
-                        "type": "interrupted",
-                        "epoch": epoch,
-                        "micro_step": progress.micro_step,
-                        "global_step": state.global_step,
-                        "signal": state.interrupted,
-                    }
-                )
-                say(
-                    f"{state.interrupted}: stopped inside epoch {epoch} after {progress.micro_step} "
-                    "micro-batches; "
-                    f"resumable checkpoint {folder.last}"
-                )
-                if (
-                    d.is_main
-                    and cfg.run.requeue_on_preempt
-                    and state.interrupted in (signal.Signals(preempt).name, "SIGTERM")
-                ):
-                    requeue_slurm_job()
-                break
-
-            validation_started = time.monotonic()
-            stats = progress.stats(lambda t: distributed.all_reduce_mean(t, d))
-            stats["images_per_s"] *= d.world
-            eval_model = ema.module if ema is not None else model
-            val = (
-                validate(
-                    eval_model,
-                    val_loader(val_set, loader_batch, d.rank, d.world, workers, init_fn),
-                    device,
-                    dtype,
-                    d,
-                    watchdog.beat,
-                )
-                if len(val_set)
-                else {}
-            )
-            validation_seconds = time.monotonic() - validation_started
-            state.epoch = epoch
-            state.metrics = {
-                "loss": stats["loss"],
-                "lr": stats["lr"],
-                **{f"val_{k}": v for k, v in val.items()},
-            }
-            iou = val.get(BEST_METRIC, float("nan"))
-            improved = is_better(iou, state.best_iou)
-            if improved:
-                state.best_iou, state.best_epoch = iou, epoch
-
-            if d.is_main:
-                watchdog.beat(f"saving checkpoints of epoch {epoch}")
-                last = save(folder.last)
-                if cfg.run.keep_last > 0:
-                    folder.keep_last(epoch, cfg.run.keep_last, functools.partial(atomic_save, last))
-                if improved:
-                    atomic_save(last, folder.best)
-                memory_mb, memory_kind = peak_memory_mb(device)
-                epoch_record = {
-                    "type": "epoch",
-                    "epoch": epoch,
-                    "stage": stage,
-                    "global_step": state.global_step,
-                    "time_s": round(progress.seconds, 3),
-                    "images_per_s": stats["images_per_s"],
-                    **stats["parts"],
-                    "loss": stats["loss"],
-                    "lr": stats["lr"],
-                    "lr_scale": state.lr_scale,
-                    "grad_norm": stats["grad_norm"],
-                    "skipped_steps": stats["skipped_steps"],
-                    "overflow_steps": stats["overflow_steps"],
-                    "expert_usage": stats["expert_usage"],
-                    "val": val,
-                    "best_iou": state.best_iou,
-                    "best_epoch": state.best_epoch,
-                    "peak_memory_mb": round(memory_mb, 1),
-                    "memory_kind": memory_kind,
-                }
-                epoch_record.update(
-                    outcome.timing or {}, val_time_s=round(validation_seconds, 3), num_workers=workers
-                )
-                record(epoch_record)
-                tb.epoch(epoch, epoch_record)
-                if cfg.run.image_every and (epoch % cfg.run.image_every == 0 or epoch == plan.epochs):
-                    tb.panel(epoch, eval_model, val_set, device)
-                scored = f"{BEST_METRIC}: {iou:.4f}" if val else "no validation"
-                print(
-                    f"Epoch {epoch}: Loss: {stats['loss']:.4f} | {scored} | LR: {stats['lr']:.6f} | "
-                    f"stage {stage} | {progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
-                    + (" | best" if improved else ""),
-                    flush=True,
-                )
-                for advice in new_advice(records, cfg_dict):
-                    log.warning(f"advice (epoch {advice.epoch}): {advice.message}")
-            if any_rank(stop.requested, d, device):  # a signal during validation or saving
-                state.interrupted = stop_reason(stop, d)
-                record(
-                    {
-                        "type": "interrupted",
-                        "epoch": epoch,
-                        "micro_step": None,
-                        "global_step": state.global_step,
-                        "signal": state.interrupted,
-                    }
-                )
-                break
-    if d.enabled and not state.interrupted:
-        distributed.check_in_sync(model, d)
-        say(f"all {d.world} ranks hold identical parameters")
-    distributed.barrier(d)
-    distributed.shutdown(d)
-    return state
 
 
 def stop_reason(stop: StopRequest, d: distributed.Dist) -> str:
@@ -519,7 +520,7 @@ def any_rank(flag: bool, d: distributed.Dist, device) -> bool:
     return distributed.all_reduce_mean(torch.tensor(float(flag), device=device), d).item() > 0
 
 
-def roll_back(outcome: Outcome, epoch: int, ctx: RunContext, folder: RunFolder) -> None:
+def roll_back(outcome: Outcome, epoch: int, ctx, folder: RunFolder) -> None:
     """Count the rollback and lower the LR, or stop the run when the budget is spent."""
     state, cfg, record = ctx.state, ctx.cfg, ctx.record
     state.rollbacks += 1
@@ -597,92 +598,115 @@ def window_files(loader, window_index: list, d: distributed.Dist) -> list[str]:
     return sorted({f for part in distributed.gather_objects(mine, d) for f in part})
 
 
-def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunContext) -> Outcome:
-    """The rest of one epoch, from `progress.micro_step`. Each micro-batch loss is weighted
-    by its share of the images in its accumulation window, so a short last window still
-    gives the mean over exactly the images it saw. One host read per optimizer step: the
-    guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
-    cfg, d, plan, state, guard, stop, watchdog = (
-        ctx.cfg,
-        ctx.d,
-        ctx.plan,
-        ctx.state,
-        ctx.guard,
-        ctx.stop,
-        ctx.watchdog,
-    )
-    epoch, device = progress.epoch, step.device
-    step.wrapped.train()
-    accum = cfg.optim.accumulation_steps
-    micro_batch = loader.batch_size
-    sampler = loader.sampler
-    sampler.set_epoch(epoch, start=progress.micro_step * micro_batch)
-    per_rank = sampler.total
-    micro_total = math.ceil(per_rank / micro_batch)
-    steps_per_epoch = math.ceil(micro_total / accum)
-    params = step.trainable()
-    watched = params + [b for b in step.model.buffers() if b.is_floating_point()]
-    fp16 = step.scaler.is_enabled()
-    window_loss = torch.zeros((), device=device)
-    window_index: list[torch.Tensor] = []  # dataset indices of this window (CPU), to name its files
-    bad_files: list[str] = []  # files of the windows skipped in this pass
-    step_seconds, step_started = 0.0, time.monotonic()
-    if progress.loss_sum is None:
-        progress.loss_sum = torch.zeros((), device=device)
-    clock = LoopClock()  # from here: starting the loader's workers is part of the pass
-    it = iter(loader)
-    watchdog.loader_iter = it
-    bar = tqdm(
-        clock.wrap(it),
-        total=micro_total,
-        initial=progress.micro_step,
-        desc=f"epoch {epoch}",
-        leave=False,
-        disable=None if d.is_main else True,
-    )
-    t0 = time.time()
-    outcome = Outcome()
-    for i, batch in enumerate(bar, start=progress.micro_step):
+class EpochPass:
+    """The state of one pass over (the rest of) an epoch: the accumulation window being filled,
+    the pass's counters, its progress bar and clock. `train_one_epoch` drives it."""
+
+    def __init__(self, step: TrainStep, loader, progress: EpochProgress, ctx):
+        self.step, self.loader, self.progress, self.ctx = step, loader, progress, ctx
+        self.epoch, device = progress.epoch, step.device
+        step.wrapped.train()
+        self.accum = ctx.cfg.optim.accumulation_steps
+        self.micro_batch = loader.batch_size
+        sampler = loader.sampler
+        sampler.set_epoch(self.epoch, start=progress.micro_step * self.micro_batch)
+        self.per_rank = sampler.total
+        self.micro_total = math.ceil(self.per_rank / self.micro_batch)
+        self.steps_per_epoch = math.ceil(self.micro_total / self.accum)
+        self.params = step.trainable()
+        self.watched = self.params + [b for b in step.model.buffers() if b.is_floating_point()]
+        self.fp16 = step.scaler.is_enabled()
+        self.window_loss = torch.zeros((), device=device)
+        self.window_index: list[torch.Tensor] = []  # dataset indices of this window (CPU), to name its files
+        self.bad_files: list[str] = []  # files of the windows skipped in this pass
+        self.step_seconds, self.step_started = 0.0, time.monotonic()
+        if progress.loss_sum is None:
+            progress.loss_sum = torch.zeros((), device=device)
+        self.clock = LoopClock()  # from here: starting the loader's workers is part of the pass
+        it = iter(loader)
+        ctx.watchdog.loader_iter = it
+        self.bar = tqdm(
+            self.clock.wrap(it),
+            total=self.micro_total,
+            initial=progress.micro_step,
+            desc=f"epoch {self.epoch}",
+            leave=False,
+            disable=None if ctx.d.is_main else True,
+        )
+        self.t0 = time.time()
+
+    def add(self, i: int, batch: dict) -> bool:
+        """Forward and backward of micro-batch i; True when it closes its accumulation window.
+        Each loss is weighted by its share of the window's images, so a short last window
+        still gives the mean over exactly the images it saw."""
+        accum, micro_batch, progress = self.accum, self.micro_batch, self.progress
         k = i // accum  # the optimizer step within the epoch
         # Images in this optimizer step's window: only the epoch's last micro-batch can be short.
-        window_images = min(per_rank, (k + 1) * accum * micro_batch) - k * accum * micro_batch
-        boundary = (i + 1) % accum == 0 or i == micro_total - 1
+        window_images = min(self.per_rank, (k + 1) * accum * micro_batch) - k * accum * micro_batch
+        boundary = (i + 1) % accum == 0 or i == self.micro_total - 1
         if i % accum == 0:
-            progress.lr = set_lrs(step.optimizer, plan, epoch, k, steps_per_epoch, state.lr_scale)
+            ctx = self.ctx
+            progress.lr = set_lrs(
+                self.step.optimizer, ctx.plan, self.epoch, k, self.steps_per_epoch, ctx.state.lr_scale
+            )
         n = batch["image"].shape[0]
-        window_index.append(batch["index"])
-        loss, parts, out = step.backward(batch, n / window_images, sync=boundary)
-        window_loss += loss * (n / window_images)
+        self.window_index.append(batch["index"])
+        loss, parts, out = self.step.backward(batch, n / window_images, sync=boundary)
+        self.window_loss += loss * (n / window_images)
         progress.add(n, loss, parts, out.expert_usage)
-        if not boundary:
-            continue
+        return boundary
 
-        # --time-limit: another step and the save must fit; the decision travels with the host read below.
-        stop.out_of_time(2 * step_seconds)
-        grad_norm = step.gradient_norm(params, cfg.optim.grad_clip)
+    def read_window(self) -> list[float]:
+        """The one host synchronisation of an optimizer step: window loss, gradient norm,
+        weight norm and a stop request, averaged over the ranks."""
+        ctx, device = self.ctx, self.step.device
+        # --time-limit: another step and the save must fit; the decision travels with this read.
+        ctx.stop.out_of_time(2 * self.step_seconds)
+        grad_norm = self.step.gradient_norm(self.params, ctx.cfg.optim.grad_clip)
         check = [
-            window_loss,
+            self.window_loss,
             grad_norm.float(),
-            torch.nn.utils.get_total_norm(watched).float(),
-            torch.tensor(float(stop.requested), device=device),
+            torch.nn.utils.get_total_norm(self.watched).float(),
+            torch.tensor(float(ctx.stop.requested), device=device),
         ]
         check = torch.stack(check)
-        if d.enabled:
-            check = distributed.all_reduce_mean(check, d)
-        loss_v, grad_v, weight_v, stop_v = check.tolist()  # the one host synchronisation of this step
-        verdict = guard.observe(state.global_step, loss_v, grad_v, weight_v, fp16)
-        files = window_files(loader, window_index, d) if verdict.action in (SKIP, ROLLBACK) else []
-        bad_files += files
+        if ctx.d.enabled:
+            check = distributed.all_reduce_mean(check, ctx.d)
+        return check.tolist()
+
+    def end_window(self, i: int) -> Outcome | None:
+        """The optimizer step that closes micro-batch i's window, as the guard rules; an
+        Outcome when the pass ends here (rollback, stop), else None."""
+        ctx, step, state, progress = self.ctx, self.step, self.ctx.state, self.progress
+        k = i // self.accum
+        loss_v, grad_v, weight_v, stop_v = self.read_window()
+        verdict = ctx.guard.observe(state.global_step, loss_v, grad_v, weight_v, self.fp16)
+        files = (
+            window_files(self.loader, self.window_index, ctx.d) if verdict.action in (SKIP, ROLLBACK) else []
+        )
+        self.bad_files += files
         if verdict.action == ROLLBACK:
             step.discard()  # the rollback then restores the saved scaler
-            outcome = Outcome(ROLLBACK, verdict.reason, k, bad_files)
-            break
+            return Outcome(ROLLBACK, verdict.reason, k, self.bad_files)
         step.update(apply=verdict.action in (STEP, OVERFLOW))
         state.global_step += 1
-        window_loss.zero_()
-        window_index = []
+        self.window_loss.zero_()
+        self.window_index = []
         progress.micro_step = i + 1
-        clock.step()
+        self.clock.step()
+        self.count(verdict, k, grad_v, files)
+        ctx.watchdog.beat(f"epoch {self.epoch}, optimizer step {k + 1} of {self.steps_per_epoch}")
+        self.step_seconds, self.step_started = time.monotonic() - self.step_started, time.monotonic()
+        if state.global_step % ctx.cfg.run.log_every == 0:
+            ctx.tb.step(state.global_step, loss_v, grad_v, step.optimizer)
+            if self.bar.disable is False:
+                self.bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
+        return Outcome("stopped", ctx.stop.name, k) if stop_v > 0 else None
+
+    def count(self, verdict, k: int, grad_v: float, files: list[str]) -> None:
+        """The step's verdict in the pass's counters (and EMA after a real step); a skipped
+        window is recorded with its files."""
+        progress, state, step = self.progress, self.ctx.state, self.step
         if verdict.action == STEP:
             progress.grad_norm_sum += grad_v
             progress.grad_steps += 1
@@ -692,31 +716,28 @@ def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: RunCo
             progress.overflow += 1
         elif verdict.action == SKIP:
             progress.skipped += 1
-            ctx.record(
-                {
-                    "type": "skipped_step",
-                    "epoch": epoch,
-                    "step": k,
-                    "global_step": state.global_step,
-                    "reason": verdict.reason,
-                    "files": files,
-                }
-            )
+            event = {"type": "skipped_step", "epoch": self.epoch, "step": k, "global_step": state.global_step}
+            self.ctx.record({**event, "reason": verdict.reason, "files": files})
             log.warning(
-                f"epoch {epoch}, step {k}: {verdict.reason} (files: {', '.join(files[:4])}"
+                f"epoch {self.epoch}, step {k}: {verdict.reason} (files: {', '.join(files[:4])}"
                 f"{' ...' if len(files) > 4 else ''})"
             )
-        watchdog.beat(f"epoch {epoch}, optimizer step {k + 1} of {steps_per_epoch}")
-        step_seconds, step_started = time.monotonic() - step_started, time.monotonic()
-        if state.global_step % cfg.run.log_every == 0:
-            ctx.tb.step(state.global_step, loss_v, grad_v, step.optimizer)
-            if bar.disable is False:
-                bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
-        if stop_v > 0:
-            outcome = Outcome("stopped", stop.name, k)
+
+    def close(self, outcome: Outcome) -> Outcome:
+        self.bar.close()
+        self.ctx.watchdog.loader_iter = None
+        self.progress.seconds += time.time() - self.t0
+        outcome.timing = self.clock.summary()
+        return outcome
+
+
+def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx) -> Outcome:
+    """The rest of one epoch, from `progress.micro_step`, for the Trainer `ctx`. One host
+    read per optimizer step: the guard's numbers (window loss, gradient norm, weight norm,
+    a stop request)."""
+    epoch_pass = EpochPass(step, loader, progress, ctx)
+    outcome = None
+    for i, batch in enumerate(epoch_pass.bar, start=progress.micro_step):
+        if epoch_pass.add(i, batch) and (outcome := epoch_pass.end_window(i)) is not None:
             break
-    bar.close()
-    watchdog.loader_iter = None
-    progress.seconds += time.time() - t0
-    outcome.timing = clock.summary()
-    return outcome
+    return epoch_pass.close(outcome or Outcome())

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from ..normalization import IMAGENET, Normalization
+from ..data.normalization import IMAGENET, Normalization
 from .weights import WeightsMismatch, describe, to_timm_keys
 
 log = logging.getLogger("camodet")

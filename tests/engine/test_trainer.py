@@ -190,8 +190,8 @@ def test_checkpoint_contents_and_other_architecture_refused(tiny_args, tmp_path,
 
 
 def _iou_untrained_and_trained(root, tmp_path):
-    from camodet.evaluation import evaluate
-    from camodet.inference import Predictor
+    from camodet.evaluation.protocol import evaluate
+    from camodet.serving.predictor import Predictor
 
     common = [
         "--dataset-path",
@@ -247,7 +247,7 @@ def test_small_model_beats_untrained_and_colour_threshold(tmp_path):
     from camodet.data.io import read_image, read_mask
     from camodet.data.layouts import gather
     from camodet.data.synth import write_dataset
-    from camodet.metrics import iou_dice
+    from camodet.evaluation.metrics import iou_dice
 
     root = str(tmp_path / "COD10K")
     write_dataset(root, train=160, test=30, seed=11, size_range=(64, 112))

@@ -1,0 +1,133 @@
+"""What happens at the end of an epoch, one small object per concern (as detectron2's hooks):
+the Checkpointer writes last.pth, the keep-last copies and best_model.pth; the MetricsLogger
+appends the epoch's record to metrics.jsonl and TensorBoard; the ConsoleReporter prints the
+epoch's line and any new advice. The Trainer calls `after_epoch(trainer, result)` on each, in
+that order, on rank 0. RunHistory is the run's metrics.jsonl, kept in memory for the advice."""
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+from ..runs import history
+from ..runs.checkpoint import atomic_save
+from ..runs.folder import BEST_METRIC
+from ..runs.health import new_advice
+from .monitor import peak_memory_mb
+from .state import EpochProgress
+
+log = logging.getLogger("camodet")
+
+
+@dataclass
+class EpochResult:
+    """A finished epoch, as the hooks see it: its pass, its training numbers and validation."""
+
+    epoch: int
+    stage: int
+    progress: EpochProgress
+    timing: dict | None  # LoopClock.summary() of the pass
+    stats: dict  # EpochProgress.stats over all ranks
+    val: dict  # validation metrics ({} without a validation set)
+    improved: bool  # a new best
+    validation_seconds: float
+
+
+class RunHistory:
+    """metrics.jsonl: every event appended on rank 0, and the records so far (earlier attempts
+    in this folder included) for the health advice."""
+
+    def __init__(self, path: str, is_main: bool):
+        self.path, self.is_main = path, is_main
+        self.records = history.read(path) if is_main else []
+
+    def record(self, event: dict) -> None:
+        if self.is_main:
+            history.append(self.path, event)
+            self.records.append(event)
+
+
+class Checkpointer:
+    """last.pth every epoch (and at a stop inside one), keep-last copies, best_model.pth on a new best."""
+
+    def save(self, trainer, path: str, progress: EpochProgress | None = None) -> dict:
+        started = time.monotonic()
+        ckpt = trainer.checkpoint.state_dict(
+            trainer.stage, progress.to_dict() if progress is not None else None
+        )
+        atomic_save(ckpt, path)
+        stop = trainer.stop  # what --time-limit keeps back for a save:
+        stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)
+        return ckpt
+
+    def after_epoch(self, trainer, result: EpochResult) -> None:
+        folder, keep = trainer.folder, trainer.cfg.run.keep_last
+        trainer.watchdog.beat(f"saving checkpoints of epoch {result.epoch}")
+        last = self.save(trainer, folder.last)
+        if keep > 0:
+            folder.keep_last(result.epoch, keep, functools.partial(atomic_save, last))
+        if result.improved:
+            atomic_save(last, folder.best)
+
+
+class MetricsLogger:
+    """The epoch's record: to metrics.jsonl, to TensorBoard, and its prediction panel every
+    --image-every epochs (and at the last)."""
+
+    def after_epoch(self, trainer, result: EpochResult) -> None:
+        record = self.epoch_record(trainer, result)
+        trainer.history.record(record)
+        trainer.tb.epoch(result.epoch, record)
+        every, epoch = trainer.cfg.run.image_every, result.epoch
+        if every and (epoch % every == 0 or epoch == trainer.plan.epochs):
+            trainer.tb.panel(epoch, trainer.eval_model, trainer.val_set, trainer.device)
+
+    @staticmethod
+    def epoch_record(trainer, result: EpochResult) -> dict:
+        """One line of metrics.jsonl for the epoch: the pass's numbers, validation, best, memory, timing."""
+        state, stats = trainer.state, result.stats
+        memory_mb, memory_kind = peak_memory_mb(trainer.device)
+        record = {
+            "type": "epoch",
+            "epoch": result.epoch,
+            "stage": result.stage,
+            "global_step": state.global_step,
+            "time_s": round(result.progress.seconds, 3),
+            "images_per_s": stats["images_per_s"],
+            **stats["parts"],
+            "loss": stats["loss"],
+            "lr": stats["lr"],
+            "lr_scale": state.lr_scale,
+            "grad_norm": stats["grad_norm"],
+            "skipped_steps": stats["skipped_steps"],
+            "overflow_steps": stats["overflow_steps"],
+            "expert_usage": stats["expert_usage"],
+            "val": result.val,
+            "best_iou": state.best_iou,
+            "best_epoch": state.best_epoch,
+            "peak_memory_mb": round(memory_mb, 1),
+            "memory_kind": memory_kind,
+        }
+        record.update(
+            result.timing or {}, val_time_s=round(result.validation_seconds, 3), num_workers=trainer.workers
+        )
+        return record
+
+
+class ConsoleReporter:
+    """The epoch's one line on the console, then the advice the history newly calls for."""
+
+    def __init__(self, cfg_dict: dict):
+        self.cfg_dict = cfg_dict
+
+    def after_epoch(self, trainer, result: EpochResult) -> None:
+        stats, val = result.stats, result.val
+        scored = f"{BEST_METRIC}: {val.get(BEST_METRIC, float('nan')):.4f}" if val else "no validation"
+        print(
+            f"Epoch {result.epoch}: Loss: {stats['loss']:.4f} | {scored} | LR: {stats['lr']:.6f} | "
+            f"stage {result.stage} | {result.progress.seconds:.1f}s | {stats['images_per_s']:.1f} img/s"
+            + (" | best" if result.improved else ""),
+            flush=True,
+        )
+        for advice in new_advice(trainer.history.records, self.cfg_dict):
+            log.warning(f"advice (epoch {advice.epoch}): {advice.message}")

@@ -1,0 +1,286 @@
+"""Deployable weights: model.safetensors + config.json (enough to rebuild the model,
+no training state) and, optionally, an ONNX graph checked against PyTorch."""
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..runs.checkpoint import load_checkpoint
+from .export_format import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
+from .predictor import Predictor
+
+ONNX_FILE, ONNX_FP16_FILE = "model.onnx", "model_fp16.onnx"
+ONNX_TOLERANCE = 1e-3
+FP16_TOLERANCE = 2e-2  # fp16 compute against fp32 PyTorch: probabilities to about two decimals
+STRIDE = 32  # the graph takes any height and width that are multiples of this, >= 2 strides
+
+
+class ExportError(RuntimeError):
+    """Exporting failed; the message says what is missing."""
+
+
+class StaticSamePadConv(torch.nn.Module):
+    """timm's Conv2dSame (TensorFlow's 'same' padding, in tf_efficientnet_* and others) pads by a
+    function of the input size, and torch.export then reasons symbolically about every shape after
+    it: minutes for tf_efficientnet_lite0. The graph only takes sizes that are multiples of STRIDE,
+    so each such conv sees a size that is a multiple of its own stride, where the padding is a
+    constant: (k - 1) * d + 1 - s, split as timm splits it. Exact for every size the graph accepts
+    (the ONNX check runs a second, non-square size)."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        pads = [max((k - 1) * d + 1 - s, 0) for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation)]
+        (ph, pw) = pads
+        self.pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        x = torch.nn.functional.pad(x, self.pad)
+        return torch.nn.functional.conv2d(x, c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
+
+
+def with_static_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` itself when it has no size-dependent padding, else a copy with StaticSamePadConv."""
+    from timm.layers import Conv2dSame
+
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv2dSame)]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, StaticSamePadConv(getattr(owner, child)))
+    return model
+
+
+class ProbabilityHead(torch.nn.Module):
+    """What the ONNX graph computes: normalised image batch -> probability map at input size.
+    fp16: the weights and the computation in half precision (for GPUs), float32 in and out."""
+
+    def __init__(self, model: torch.nn.Module, fp16: bool = False):
+        super().__init__()
+        self.model, self.fp16 = model, fp16
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.fp16:
+            return torch.sigmoid(self.model(image.half()).logits).float()
+        return torch.sigmoid(self.model(image).logits)
+
+
+EXPORT_FILES = (EXPORT_WEIGHTS, EXPORT_CONFIG, ONNX_FILE, ONNX_FP16_FILE)
+
+
+def export(
+    checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False, fp16: bool = False
+) -> dict:
+    """Write the export folder; returns what was written and, with onnx (and fp16: the half
+    precision graph too), the largest difference from PyTorch that the check measured.
+    The folder holds exactly what this export wrote: it is built in a hidden sibling and swapped
+    in whole once every file is written and checked; an existing export folder is replaced (a
+    folder holding anything else is refused); on any failure `out_dir` is left as it was."""
+    check_replaceable(out_dir)
+    predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
+    try:
+        info = write_export(predictor, checkpoint, staging, weights, onnx, fp16)
+        swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info
+
+
+def check_replaceable(out_dir: str) -> None:
+    """Refuse, before any work, an output that an export may not replace: a file, or a folder
+    holding anything an export does not write (that would be lost in the swap)."""
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a folder; pick another output folder")
+    foreign = sorted(set(os.listdir(out_dir)) - set(EXPORT_FILES))
+    if foreign:
+        raise ExportError(
+            f"{out_dir}: holds {foreign[0]}, which is not part of an export (an export replaces the "
+            f"folder whole); pick a new folder or move it out"
+        )
+
+
+def swap_in(staging: str, out_dir: str) -> None:
+    """Put the finished `staging` folder at `out_dir`; an old export there is renamed away first
+    and deleted only once the new one is in place."""
+    share(staging, 0o777)  # mkdtemp's 0700
+    out_dir, old = os.path.abspath(out_dir), None
+    if os.path.lexists(out_dir):
+        # a unique name beside it, so the rename stays on one file system
+        name = f".{os.path.basename(out_dir)}.old-{uuid.uuid4().hex[:8]}"
+        old = os.path.join(os.path.dirname(out_dir), name)
+        os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        if old:
+            os.rename(old, out_dir)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def share(path: str, mode: int) -> None:
+    """`mode` less the umask, as a plain file or folder gets: an export is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def source_epoch(path: str) -> int | None:
+    """The last completed epoch of the weights in a checkpoint or an export folder (None when
+    the file does not say)."""
+    if os.path.isdir(path):
+        with open(os.path.join(path, EXPORT_CONFIG)) as fh:
+            return json.load(fh).get("epoch")
+    return load_checkpoint(path, mmap=True).get("epoch")
+
+
+def weights_fingerprint(state: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes: the same weights give the same
+    value from a checkpoint, an export folder or a model on any device."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def provenance(name: str, local: str, predictor, weights: str) -> dict:
+    """What an evaluation scored, for its metrics.json: the model as given (`local`: where it
+    lies on disk), its epoch, the weights asked for and their fingerprint, which `camodet push`
+    matches against the weights it uploads."""
+    return {
+        "model": os.path.abspath(name) if os.path.exists(name) else name,
+        "epoch": source_epoch(local),
+        "weights": weights,
+        "weights_sha256": weights_fingerprint(predictor.model.state_dict()),
+        "tta": str(predictor.tta),
+    }
+
+
+def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: bool, fp16: bool) -> dict:
+    """The export's files in `out_dir` (an empty folder)."""
+    from safetensors.torch import save_file
+
+    model = predictor.model
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    weights_path = os.path.join(out_dir, EXPORT_WEIGHTS)
+    save_file(state, weights_path)
+    share(weights_path, 0o666)  # safetensors writes 0600
+    config = {
+        "format": EXPORT_FORMAT,
+        "camodet_version": __version__,
+        "model": asdict(model.cfg),
+        "img_size": predictor.img_size,
+        "source": os.path.abspath(checkpoint),
+        "epoch": source_epoch(checkpoint),
+        "weights": weights,
+        # the backbone's own statistics, as the weights were trained with (0..255 scale)
+        "input": {
+            "layout": "NCHW RGB, (pixel 0..255 - mean) / std",
+            "mean": [v * 255.0 for v in predictor.norm.mean],
+            "std": [v * 255.0 for v in predictor.norm.std],
+            "size": [predictor.img_size, predictor.img_size],
+        },
+        "output": "probability map (N, 1, H, W) at the input size; resize to the image's size",
+    }
+    with open(os.path.join(out_dir, EXPORT_CONFIG), "w") as fh:
+        json.dump(config, fh, indent=2)
+    info = {"files": [EXPORT_WEIGHTS, EXPORT_CONFIG]}
+    if onnx:
+        info["onnx_max_abs_diff"] = export_onnx(model, predictor.img_size, os.path.join(out_dir, ONNX_FILE))
+        info["files"].append(ONNX_FILE)
+    if fp16:
+        info["onnx_fp16_max_abs_diff"] = export_onnx(
+            model, predictor.img_size, os.path.join(out_dir, ONNX_FP16_FILE), fp16=True
+        )
+        info["files"].append(ONNX_FP16_FILE)
+    return info
+
+
+def export_onnx(model: torch.nn.Module, img_size: int, path: str, fp16: bool = False) -> float:
+    """Export with dynamic batch, height and width (multiples of STRIDE, at least two), then
+    compare with fp32 PyTorch in onnxruntime at the training size and at a non-square one;
+    returns the max abs difference of the probabilities (raises above the tolerance)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError(
+            "--onnx needs onnx, onnxscript and onnxruntime: pip install 'camodet[export]'"
+        ) from None
+    head = ProbabilityHead(model).eval()
+    static = with_static_padding(model)
+    traced = ProbabilityHead(copy.deepcopy(static).half(), fp16=True) if fp16 else ProbabilityHead(static)
+    traced.eval()
+    example = torch.randn(2, 3, img_size, img_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    rows, cols = (torch.export.Dim(n, min=2, max=8192 // STRIDE) for n in ("height_strides", "width_strides"))
+    trace_to_onnx(traced, example, path, {"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    worst, tolerance = 0.0, FP16_TOLERANCE if fp16 else ONNX_TOLERANCE
+    for n, (h, w) in ((1, (img_size, img_size)), (3, (img_size, img_size + 2 * STRIDE))):
+        x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            want = head(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        worst = max(worst, float(np.abs(got - want).max()))
+    if worst > tolerance:
+        raise ExportError(
+            f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (> {tolerance}); "
+            f"the ONNX file is not trustworthy for this model"
+        )
+    return worst
+
+
+def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: str, dynamic_shapes: dict) -> None:
+    """torch.onnx.export, quiet (it narrates every pass): its loggers are restored and its output
+    dropped whatever happens; a failure is one line naming the error."""
+    chatter = io.StringIO()
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            torch.onnx.export(
+                module,
+                (example,),
+                path,
+                input_names=["image"],
+                output_names=["probability"],
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+            )
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ExportError(
+            f"{path}: torch.onnx.export could not convert this model ({type(e).__name__}: {first}); "
+            f"export without --onnx/--fp16 (the safetensors export needs no tracing)"
+        ) from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)

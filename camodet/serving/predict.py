@@ -1,0 +1,165 @@
+"""`camodet predict`: masks for your own photos. For each readable input, at its
+original size: a binary mask, the probability map, an overlay and an RGBA cut-out."""
+
+import glob
+import os
+import time
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..data.io import IMAGE_EXTS, DataError, read_image
+from ..data.normalization import Normalization
+from ..data.transforms import resize
+from ..evaluation.metrics import to_uint8
+
+OUTPUTS = ("masks", "probs", "overlays", "cutouts")
+TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes
+
+
+def expand_patterns(inputs: list[str], folders: bool = False) -> list[str]:
+    """The inputs, each glob pattern (an input that is not an existing path) replaced by its
+    matching files, sorted (and matching folders, with folders=True); a pattern that matches
+    nothing stays as it is, so the caller reports it. Repeated paths are kept once."""
+    out = []
+    for item in inputs:
+        matches = [] if os.path.exists(item) else sorted(glob.glob(item, recursive=True))
+        matches = [p for p in matches if os.path.isfile(p) or (folders and os.path.isdir(p))]
+        out += matches or [item]
+    return list(dict.fromkeys(out))
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (their images, sorted) and glob patterns -> (image paths, [(input, problem)])."""
+    paths, problems = [], []
+    for item in expand_patterns(inputs):
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS))
+            if not found:
+                problems.append((item, "folder holds no images"))
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            problems.append((item, "no such file, folder or matching pattern"))
+    return list(dict.fromkeys(paths)), problems
+
+
+class ImageFiles(Dataset):
+    """Reads in workers; an unreadable file yields its error instead of stopping the run."""
+
+    def __init__(self, paths: list[str], img_size: int, norm: Normalization):
+        self.paths, self.img_size, self.norm = paths, img_size, norm
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = read_image(self.paths[i])
+        except DataError as e:  # listed as "skipped PATH: why"; predict skips without being asked
+            return {"index": i, "error": e.reason.removeprefix(f"{self.paths[i]}: ")}
+        return {
+            "index": i,
+            "image": image,
+            "input": torch.from_numpy(self.norm.apply(resize(image, self.img_size))),
+        }
+
+
+def collate_files(items: list[dict]) -> list[dict]:
+    return items
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """The names, each repeat given the first free numeric suffix ('x', 'x_2', 'x_3'), so no two
+    outputs share a name (also the clips' folders in video.py). An input's own name is never
+    handed to another's repeat: 'x', 'x', 'x_2' -> 'x', 'x_3', 'x_2'."""
+    taken, seen, out = set(names), set(), []
+    for name in names:
+        if name in seen:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """File stems, with a numeric suffix where two inputs share one."""
+    return unique_names([os.path.splitext(os.path.basename(p))[0] for p in paths])
+
+
+def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir: str, stem: str) -> None:
+    mask = prob >= threshold
+    Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out_dir, "masks", stem + ".png"))
+    Image.fromarray(to_uint8(prob)).save(os.path.join(out_dir, "probs", stem + ".png"))
+    Image.fromarray(overlay_image(image, mask)).save(
+        os.path.join(out_dir, "overlays", stem + ".jpg"), quality=92
+    )
+    Image.fromarray(cutout_image(image, prob, mask), "RGBA").save(
+        os.path.join(out_dir, "cutouts", stem + ".png")
+    )
+
+
+def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB image with the mask tinted and its outline drawn (also the video overlay and the app's)."""
+    overlay = image.astype(np.float32)
+    overlay[mask] = 0.55 * overlay[mask] + 0.45 * TINT
+    overlay = overlay.astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(overlay, contours, -1, (255, 255, 0), max(1, round(max(image.shape[:2]) / 400)))
+    return overlay
+
+
+def cutout_image(image: np.ndarray, prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """HxWx4 RGBA: soft edge inside the mask, transparent outside."""
+    return np.dstack([image, to_uint8(prob * mask)])
+
+
+def predict_files(
+    predictor,
+    inputs: list[str],
+    out_dir: str,
+    threshold: float = 0.5,
+    batch_size: int = 4,
+    num_workers: int = 2,
+) -> dict:
+    """Run over every input; returns counts, timing and the inputs that could not be read."""
+    paths, problems = expand_inputs(inputs)
+    for sub in OUTPUTS:
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    stems = unique_stems(paths)
+    loader = DataLoader(
+        ImageFiles(paths, predictor.img_size, predictor.norm),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_files,
+    )
+    done, start = 0, time.time()
+    for items in tqdm(
+        loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True
+    ):
+        good = [it for it in items if "error" not in it]
+        problems += [(paths[it["index"]], it["error"]) for it in items if "error" in it]
+        if not good:
+            continue
+        batch = torch.stack([it["input"] for it in good])
+        probs = predictor.probabilities(batch, [it["image"].shape[:2] for it in good])
+        for it, prob in zip(good, probs):
+            write_outputs(it["image"], prob.cpu().numpy(), threshold, out_dir, stems[it["index"]])
+            done += 1
+    seconds = time.time() - start
+    return {
+        "written": done,
+        "inputs": len(paths),
+        "problems": problems,
+        "seconds": seconds,
+        "images_per_s": done / max(seconds, 1e-9),
+    }

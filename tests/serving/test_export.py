@@ -1,0 +1,165 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from camodet import Predictor
+from camodet.cli import main
+
+from ..conftest import real_samples_dir
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'camodet[export]'")
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_checkpoint, tmp_path_factory):
+    """One export with both graphs (each takes ~10-20 s to trace on a 2-core CPU)."""
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    assert main(["export", str(tiny_checkpoint), str(out), "--onnx", "--fp16"]) == 0
+    return out
+
+
+def torch_probs(p: Predictor, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(p.logits(torch.from_numpy(x))).numpy()
+
+
+@pytest.mark.slow
+def test_onnx_takes_any_batch_height_and_width(onnx_export):
+    import onnx
+
+    assert sorted(os.listdir(onnx_export)) == [
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+        "model_fp16.onnx",
+    ]
+    dims = onnx.load(str(onnx_export / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # N, 3, H, W
+    p = Predictor.load(str(onnx_export))
+    fp32 = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    fp16 = ort.InferenceSession(str(onnx_export / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 160), (1, 3, 224, 128)):  # none of them the training size
+        x = rng.standard_normal(shape).astype(np.float32)
+        want = torch_probs(p, x)
+        got = fp32.run(None, {"image": x})[0]
+        assert got.shape == (shape[0], 1, *shape[2:]) and np.abs(got - want).max() < 1e-3
+        half = fp16.run(None, {"image": x})[0]
+        assert half.dtype == np.float32 and np.abs(half - want).max() < 2e-2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(real_samples_dir() is None, reason="needs ../shared/data/real_camo_samples")
+def test_onnx_on_real_photos_at_their_aspect_ratio(onnx_export):
+    """A photo resized keeping its aspect (sides rounded to multiples of 32), as a deployment
+    that skips the square resize would feed it."""
+    import cv2
+
+    from camodet.data.io import read_image
+
+    p = Predictor.load(str(onnx_export))
+    session = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    folder = os.path.join(real_samples_dir(), "Image")
+    for f in sorted(os.listdir(folder))[:2]:
+        rgb = read_image(os.path.join(folder, f))
+        h, w = rgb.shape[:2]
+        scale = 160 / max(h, w)
+        size = (max(64, round(w * scale / 32) * 32), max(64, round(h * scale / 32) * 32))
+        x = p.norm.apply(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))[None]
+        got = session.run(None, {"image": x})[0]
+        assert got.shape == (1, 1, size[1], size[0]) and size[0] != size[1]
+        assert np.abs(got - torch_probs(p, x)).max() < 1e-3
+
+
+def test_conv_shortcut_is_exact_and_skipped_while_exporting(monkeypatch):
+    """The decoder's reach-limited conv (a speed-up on small maps) gives the full conv's output;
+    during export the full conv is traced, so one graph serves every size."""
+    from camodet.models.experts import same_conv_on_reach
+
+    conv = torch.nn.Conv2d(4, 4, 7, padding=9, dilation=3, groups=4)
+    x = torch.randn(1, 4, 5, 6)
+    torch.testing.assert_close(same_conv_on_reach(conv, x), conv(x))
+    calls = []
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    monkeypatch.setattr(conv, "forward", lambda t: calls.append(t.shape) or torch.zeros(1))
+    same_conv_on_reach(conv, x)
+    assert calls == [x.shape]
+
+
+def test_static_same_padding_equals_timms_on_every_size_the_graph_takes():
+    from timm.layers import Conv2dSame
+
+    from camodet.serving.export import StaticSamePadConv
+
+    torch.manual_seed(0)
+    for k, s, d in ((3, 2, 1), (5, 2, 1), (3, 1, 1), (3, 1, 2), (1, 1, 1)):
+        conv = Conv2dSame(4, 6, k, stride=s, dilation=d)
+        for h, w in ((32, 32), (64, 96), (8, 2)):
+            x = torch.randn(2, 4, h, w)
+            torch.testing.assert_close(StaticSamePadConv(conv)(x), conv(x), rtol=0, atol=1e-6)
+
+
+def _tree(folder) -> dict:
+    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
+
+
+def test_reexport_replaces_the_folder_whole(tiny_checkpoint, tmp_path):
+    """A model.onnx of an earlier export must not sit beside the new config.json."""
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"an earlier model's graph")
+    (out / "config.json").write_text("{}")
+    assert main(["export", str(tiny_checkpoint), str(out) + "/"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert os.listdir(tmp_path) == ["deploy"]  # no staging or old folder left beside it
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_export_refuses_a_folder_holding_other_files(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds notes.txt, which is not part of an export" in err[0]
+    assert _tree(out) == {"notes.txt": b"mine"}
+
+
+def test_a_failed_onnx_export_leaves_the_folder_as_it_was(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import logging
+
+    import camodet.serving.export
+
+    out = tmp_path / "deploy"
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 0
+    before = _tree(out)
+    torch_onnx = logging.getLogger("torch.onnx")
+    torch_onnx.setLevel(logging.INFO)
+
+    def broken(module, args, path, **kwargs):
+        open(path, "wb").write(b"half a graph")
+        raise RuntimeError("Failed to export the model\nwith a long story")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    assert main(["export", str(tiny_checkpoint), str(out), "--onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.onnx.export could not convert this model (RuntimeError: Failed" in err[0]
+    assert torch_onnx.level == logging.INFO  # the exporter's loggers are restored
+    assert _tree(out) == before and os.listdir(tmp_path) == ["deploy"]
+
+    def fails_its_check(model, img_size, path, fp16=False):
+        open(path, "wb").write(b"a graph that differs from PyTorch")
+        raise camodet.serving.export.ExportError(f"{path}: ONNX Runtime differs from PyTorch")
+
+    monkeypatch.setattr(camodet.serving.export, "export_onnx", fails_its_check)
+    assert main(["export", str(tiny_checkpoint), str(tmp_path / "new"), "--onnx"]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["deploy"]  # the unchecked graph is nowhere on disk
