@@ -3,6 +3,8 @@ user's photos (preprocessed as the Predictor does), then checked against the fp3
 held photos: mask agreement (mean IoU) and the speed of both. ONNX Runtime's own quantiser
 does the work; this module chooses its settings, feeds it images and judges the result."""
 
+import contextlib
+import logging
 import os
 import random
 import tempfile
@@ -86,7 +88,7 @@ def quantize(fp32_path: str, out_path: str, calibration: list[np.ndarray], setti
     'dynamic' where static quantisation does not apply to this graph (the reason is kept)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
         prepared = os.path.join(tmp, "prepared.onnx")
         prepare(fp32_path, prepared)
         try:
@@ -114,6 +116,19 @@ def quantize(fp32_path: str, out_path: str, calibration: list[np.ndarray], setti
                 prepared, out_path, weight_type=QuantType.QInt8, per_channel=settings.per_channel
             )
             return f"dynamic (static quantisation failed: {type(e).__name__}: {first})"
+
+
+@contextlib.contextmanager
+def quiet_root_logger():
+    """The quantiser warns through the root logger once per calibration image about shapes it
+    handles anyway ('Axis 1 is out-of-range for weight ...'); the export prints its own summary."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def prepare(fp32_path: str, out_path: str) -> None:
