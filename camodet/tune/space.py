@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from ..config import SECTIONS, ConfigError, TrainConfig, _base_type, _find_field, load_yaml, merge
+from ..config import SECTIONS, ConfigError, TrainConfig, _base_type, _find_field, _number, load_yaml, merge
 
 RANGE_KEYS = {"low", "high", "log", "step"}
 
@@ -77,14 +77,16 @@ def apply(base: TrainConfig, settings: dict, source: str) -> TrainConfig:
     return merge(copy.deepcopy(base), nested(settings), source=source)
 
 
-def check(base: TrainConfig, settings: dict, where: str) -> None:
-    """The settings are valid values and make a valid configuration with the base."""
+def check(base: TrainConfig, settings: dict, where: str) -> dict:
+    """The settings are valid values and make a valid configuration with the base; returns them
+    typed as the config holds them (YAML reads `1e-4` as text: it is the number 0.0001 here)."""
     for name in settings:
         setting(name)
     try:
-        apply(base, settings, source=f"the search space ({where})").validate(check_paths=False)
+        cfg = apply(base, settings, source=f"the search space ({where})").validate(check_paths=False)
     except ConfigError as e:
         raise ConfigError(f"search space: {where} is impossible: {e}") from None
+    return {name: getattr(getattr(cfg, setting(name)[0]), setting(name)[1].name) for name in settings}
 
 
 def parse_range(name: str, spec: dict, kind: type) -> Dimension:
@@ -96,12 +98,15 @@ def parse_range(name: str, spec: dict, kind: type) -> Dimension:
         )
     if kind not in (int, float):
         raise ConfigError(f"search space: {name} is not a number: give a list of choices instead of a range")
-    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
-    for label, v in (("low", low), ("high", high), ("step", step)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+    log = bool(spec.get("log", False))
+    for label in ("low", "high", "step"):
+        v = spec.get(label)
+        if v is not None and _number(v) is None:
             raise ConfigError(f"search space: {name}: {label} {v!r} is not a number")
         if v is not None and kind is int and float(v) != int(v):
             raise ConfigError(f"search space: {name} is an integer setting: {label} {v!r} must be whole")
+    low, high = _number(spec["low"]), _number(spec["high"])
+    step = _number(spec["step"]) if spec.get("step") is not None else None
     if not low < high:
         raise ConfigError(f"search space: {name}: low ({low}) must be below high ({high})")
     if log and low <= 0:
@@ -116,17 +121,14 @@ def parse_dimension(name: str, spec, base: TrainConfig) -> Dimension:
     if "." not in name:
         if not isinstance(spec, dict) or not spec or not all(isinstance(v, dict) for v in spec.values()):
             setting(name)  # says that it is not a setting
-        for label, settings in spec.items():
-            check(base, settings, f"{name}={label}")
-        named = {str(k): dict(v) for k, v in spec.items()}
+        named = {str(label): check(base, settings, f"{name}={label}") for label, settings in spec.items()}
         return Dimension(name, "named", choices=tuple(named), named=named)
     _, f = setting(name)
     if isinstance(spec, list):
-        if len(spec) < 2 or len(set(map(json.dumps, spec))) != len(spec):
+        choices = [check(base, {name: value}, f"{name}={value!r}")[name] for value in spec]
+        if len(choices) < 2 or len(set(map(json.dumps, choices))) != len(choices):
             raise ConfigError(f"search space: {name}: give at least two different choices (got {spec})")
-        for value in spec:
-            check(base, {name: value}, f"{name}={value!r}")
-        return Dimension(name, "choice", choices=tuple(spec))
+        return Dimension(name, "choice", choices=tuple(choices))
     if not isinstance(spec, dict):
         raise ConfigError(f"search space: {name}: give a range {{low: A, high: B}} or a list of choices")
     dim = parse_range(name, spec, _base_type(f.type))
@@ -157,7 +159,10 @@ class SearchSpace:
 
     @property
     def fingerprint(self) -> str:
-        return json.dumps(self.raw, sort_keys=True, default=str)
+        """The space as its values are typed, keyed by name (a study compares it with its own)."""
+        return json.dumps(
+            {d.name: dataclasses.asdict(d) for d in self.dimensions}, sort_keys=True, default=str
+        )
 
     def suggest(self, trial) -> dict:
         """{dotted setting: value} for this trial (a retried trial gets its original values)."""

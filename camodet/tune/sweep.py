@@ -18,7 +18,7 @@ from ..config import ConfigError, TrainConfig
 from ..runs import history
 from ..runs.folder import BEST_METRIC, RunFolder
 from .space import SearchSpace, apply
-from .study import open_study, retry_callback
+from .study import default_storage, open_study, retry_callback
 
 log = logging.getLogger("camodet")
 
@@ -176,9 +176,11 @@ def run_sweep(base: TrainConfig, space: SearchSpace, opts: SweepOptions, train_f
 
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.makedirs(opts.out_dir, exist_ok=True)
+    if opts.storage == default_storage(opts.out_dir):  # the SQLite file's folder must exist first
+        os.makedirs(opts.out_dir, exist_ok=True)
     sampler, pruner = make_sampler(opts), make_pruner(opts, base.stages.epochs)
     study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat)
+    os.makedirs(opts.out_dir, exist_ok=True)
     runner = TrialRunner(base, space, opts.out_dir)
     # Outside a trial's training (loading data, asking Optuna), SIGTERM stops the sweep as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
