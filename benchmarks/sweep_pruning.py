@@ -63,9 +63,8 @@ def main() -> None:
     print("| pruner | epochs trained | trial time (s) | pruned trials | best val IoU |")
     print("|---|---|---|---|---|")
     for r in runs:
-        print(
-            f"| {r['pruner']} | {r['epochs']} | {r['trial_seconds']:.0f} | {r['pruned']} | {r['best_iou']:.4f} |"
-        )
+        cells = [r["pruner"], r["epochs"], f"{r['trial_seconds']:.0f}", r["pruned"], f"{r['best_iou']:.4f}"]
+        print("| " + " | ".join(map(str, cells)) + " |")
     print(
         f"pruning spent {pruned['epochs'] / full['epochs']:.0%} of the epochs and "
         f"{pruned['trial_seconds'] / full['trial_seconds']:.0%} of the trial time"
