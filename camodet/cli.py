@@ -381,7 +381,11 @@ def _tune_lr(args) -> int:
     from .tune.commands import train_command
     from .tune.lr_range import describe, range_test, write_outputs
 
-    result = range_test(cfg, args.steps, args.start_lr, args.end_lr)
+    def progress(i: int, lr: float, loss: float) -> None:
+        if (i + 1) % 10 == 0:
+            print(f"  step {i + 1}/{args.steps}: LR {lr:.3g}, loss {loss:.4f}", flush=True)
+
+    result = range_test(cfg, args.steps, args.start_lr, args.end_lr, on_step=progress)
     paths = write_outputs(result, args.out)
     key = "optim.lr" if result.stage == 1 else "optim.stage2_lr"
     command = train_command(

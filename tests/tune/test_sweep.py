@@ -29,7 +29,7 @@ def sweep_args(synth_root, out, space_file, epochs=1, stage1=1) -> list[str]:
         "sweep", "--dataset-path", synth_root, "--backbone", "edgenext_xx_small", "--num-experts", "1",
         "--decoder-channels", "16", "--img-size", "64", "--batch-size", "4", "--num-workers", "0",
         "--epochs", str(epochs), "--stage1-epochs", str(stage1), "--no-tensorboard", "--image-every", "0",
-        "--space", str(space_file), "--out", str(out), "--heartbeat", "2",
+        "--space", str(space_file), "--out", str(out),
     ]  # fmt: skip
 
 
