@@ -88,7 +88,7 @@ def test_two_processes_write_the_single_process_files_and_keep_clips_whole(
     one, two = files_under(tmp_path / "one"), files_under(tmp_path / "two")
     assert sorted(one) == sorted(two) and not any(".partial" in f for f in two)
     pngs = [f for f in one if f.endswith(".png")]
-    assert len(pngs) == 4 * 6 + 2 * 12 and all(one[f] == two[f] for f in pngs)  # masks, maps: same bytes
+    assert len(pngs) == 3 * 6 + 2 * 12 and all(one[f] == two[f] for f in pngs)  # masks, maps: same bytes
     clips = re.findall(r"-> .*/(\w+)/mask\.mp4.* \[process (\d)\]", run.stdout)
     assert sorted(c for c, _ in clips) == ["bear", "cat", "dog"]  # each clip once: by one process
     assert {p for _, p in clips} == {"0", "1"}
