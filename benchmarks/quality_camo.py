@@ -87,6 +87,8 @@ def main(argv=None) -> int:
         with open(a.split, "w") as fh:
             fh.write("# CAMO-val: validation images of camo_train (seed 0, 20%), quality_camo.py\n")
             fh.writelines(s + "\n" for s in draw_split(sorted(pairs)))
+    if a.keep and os.path.exists(os.path.join(a.keep, "camo")):
+        raise SystemExit(f"--keep {a.keep}: camo/ is there from an earlier run; give a new folder")
     val = read_split(a.split, sorted(pairs))
     print(f"CAMO split: {len(pairs) - len(val)} training, {len(val)} validation images ({a.split})")
     with tempfile.TemporaryDirectory() as scratch:

@@ -385,6 +385,13 @@ def main(argv=None) -> int:
         print(f"skipped: {'no data at ' + a.data if not os.path.isdir(a.data) else 'no weights'}")
         return 2
     methods = a.methods.split(",")
+    taken = [
+        f"recipe-{seed}"
+        for seed in a.seeds
+        if a.keep and os.path.exists(os.path.join(a.keep, f"recipe-{seed}"))
+    ]
+    if taken:
+        raise SystemExit(f"--keep {a.keep}: {taken[0]} is there from an earlier run; give a new folder")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = a.keep or scratch
         data = a.data
