@@ -4,7 +4,6 @@ pysodmetrics, plus per-image IoU and Dice of (probability >= 0.5) vs GT,
 averaged over images (empty GT and empty prediction score 1)."""
 
 import numpy as np
-import py_sod_metrics as sod
 
 # Column name -> what it is; printed under tables so every number says its variant.
 VARIANTS = {
@@ -45,6 +44,11 @@ class Evaluator:
     cheap per-epoch validation set (IoU, Dice, MAE, Sm)."""
 
     def __init__(self, full: bool = True):
+        # imported here: py_sod_metrics loads scikit-learn, scikit-image and SciPy (seconds on a
+        # small CPU), which the processes that import this module without scoring (`camodet plan`'s
+        # step measurements, predict, export) never need
+        import py_sod_metrics as sod
+
         self.full = full
         self.records: list[dict] = []
         self.sm, self.mae = sod.Smeasure(), sod.MAE()
