@@ -5,13 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
 STAMP := $(VENV)/.camodet-installed
+# Where pip takes torch and torchvision from: PyPI's default wheels bring ~3 GB of CUDA libraries;
+# a CPU-only machine (CI) can skip them with TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -12,7 +12,7 @@ Budgets: the default, 600 CPU-s / thread of training per run (about 10 minutes o
 machine), and the larger one, --budget 2400.
 
 Reproduce: PYTHONPATH=. .venv/bin/python benchmarks/quality_camo.py [--budget 600 --seeds 0 1 2]
-    [--tta flip] [--recipe-args '...' --methods recipe] [--out STEM]
+    [--tta flip] [--recipe-args='...' --methods recipe] [--out STEM] [--keep DIR]
 Every other flag is quality_real.py's. --smoke: a few images and seconds (tests/test_benchmarks.py)."""
 
 import argparse
@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default=SPLIT_FILE, help="the validation file list")
     p.add_argument("--write-split", action="store_true", help="draw the split again (seed 0, 20%%)")
     p.add_argument("--budget", type=float, default=600.0)
+    p.add_argument("--keep", default=None, help="keep the split tree (DIR/camo) and the recipe's runs here")
     a, rest = p.parse_known_args(argv)
     if not os.path.isdir(a.camo):
         print(f"skipped: no CAMO training photos at {a.camo} (../shared/data/camo_train)")
@@ -86,11 +87,17 @@ def main(argv=None) -> int:
         with open(a.split, "w") as fh:
             fh.write("# CAMO-val: validation images of camo_train (seed 0, 20%), quality_camo.py\n")
             fh.writelines(s + "\n" for s in draw_split(sorted(pairs)))
+    if a.keep and os.path.exists(os.path.join(a.keep, "camo")):
+        raise SystemExit(f"--keep {a.keep}: camo/ is there from an earlier run; give a new folder")
     val = read_split(a.split, sorted(pairs))
     print(f"CAMO split: {len(pairs) - len(val)} training, {len(val)} validation images ({a.split})")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or scratch
         data = split_tree(pairs, val, os.path.join(tmp, "camo"))
-        return quality_real.main(["--data", data, "--budget", str(a.budget), "--target-gain", "0.05", *rest])
+        keep = ["--keep", tmp] if a.keep else []
+        return quality_real.main(
+            ["--data", data, "--budget", str(a.budget), "--target-gain", "0.05", *keep, *rest]
+        )
 
 
 if __name__ == "__main__":

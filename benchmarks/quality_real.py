@@ -372,6 +372,7 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-lr", type=float, default=4e-4)
     p.add_argument("--baseline-batch", type=int, default=16)
     p.add_argument("--out", default=None, help="write the table (.md) and the runs (.json) here (stem)")
+    p.add_argument("--keep", default=None, help="keep the recipe's run folders here (default: a temp folder)")
     p.add_argument("--tta", nargs="+", default=None, help="also score every model with this camodet --tta")
     p.add_argument("--target-gain", type=float, default=0.03, help="the IoU lead over the baseline to meet")
     p.add_argument(
@@ -384,7 +385,15 @@ def main(argv=None) -> int:
         print(f"skipped: {'no data at ' + a.data if not os.path.isdir(a.data) else 'no weights'}")
         return 2
     methods = a.methods.split(",")
-    with tempfile.TemporaryDirectory() as tmp:
+    taken = [
+        f"recipe-{seed}"
+        for seed in a.seeds
+        if a.keep and os.path.exists(os.path.join(a.keep, f"recipe-{seed}"))
+    ]
+    if taken:
+        raise SystemExit(f"--keep {a.keep}: {taken[0]} is there from an earlier run; give a new folder")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or scratch
         data = a.data
         if a.smoke:
             data = subset_dataset(a.data, os.path.join(tmp, "real_dev"), 8)

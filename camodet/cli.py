@@ -153,10 +153,18 @@ def _evaluate(args) -> int:
         raise ConfigError("--curves writes files: add --out DIR (the curves go to DIR/curves/)")
     if args.worst is not None and not args.out:
         raise ConfigError("--worst writes a panel: add --out DIR (it goes to DIR/worst.png)")
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: give the number of metric processes (0: none)")
+    from .launch import shutdown
+    from .serving.shards import start
+
     curves: dict | None = {} if args.curves else None
     worst = WorstImages(args.worst) if args.worst is not None else None
+    d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
     if args.preds_dir:
-        results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves, worst)
+        results = evaluate_preds_dir(
+            args.preds_dir, args.dataset_path, args.minmax, curves, worst, args.workers, d
+        )
         scored = {"preds_dir": os.path.abspath(args.preds_dir)}
     else:
         from .serving.export import provenance
@@ -165,7 +173,7 @@ def _evaluate(args) -> int:
 
         tta = TTA.parse(args.tta)
         local = resolve(args.checkpoint)
-        predictor = load_predictor(local, weights=args.weights, device=args.device, tta=tta)
+        predictor = load_predictor(local, weights=args.weights, device=str(device), tta=tta)
         scored = provenance(args.checkpoint, local, predictor, args.weights)
         results = evaluate(
             predictor,
@@ -176,9 +184,14 @@ def _evaluate(args) -> int:
             args.minmax,
             curves,
             worst,
+            args.workers,
+            d,
         )
-        if args.save_preds:
+        if args.save_preds and d.is_main:
             print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
+    shutdown(d)
+    if not d.is_main:  # rank 0 holds every process's scores and prints the table
+        return 0
     note = scaling_note(args.minmax)
     method = args.method or method_name(args.checkpoint or args.preds_dir)
     print(format_latex(results, method, note) if args.format == "latex" else format_table(results, note))
@@ -230,17 +243,35 @@ def _predict(args) -> int:
     videos = [i for i in inputs if os.path.isfile(i) and is_video(i)]
     folders = [i for i in inputs if args.frames and os.path.isdir(i)]
     images = [i for i in inputs if i not in videos and i not in folders]
+    from .launch import gather_objects, shutdown
+    from .serving.shards import Shard, start
+
+    d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
     predictor = load_predictor(
-        args.checkpoint, weights=args.weights, device=args.device, tta=TTA.parse(args.tta)
+        args.checkpoint, weights=args.weights, device=str(device), tta=TTA.parse(args.tta)
     )
-    problems = []
+    shard, lines, problems = Shard.of(d), [], []
     if images:
-        r = predict_files(predictor, images, args.out, args.threshold, args.batch_size, args.num_workers)
-        print(
-            f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images "
-            f"to {args.out} ({r['images_per_s']:.1f} images/s)"
+        r = predict_files(
+            predictor,
+            images,
+            args.out,
+            args.threshold,
+            args.batch_size,
+            args.num_workers,
+            args.skip_existing,
+            shard,
         )
-        problems += r["problems"]
+        parts = gather_objects(r, d)
+        written, existing = sum(p["written"] for p in parts), sum(p["existing"] for p in parts)
+        lines.append(
+            f"wrote masks, probs, overlays and cutouts of {written} of {r['inputs']} images "
+            f"to {args.out} ({sum(p['images_per_s'] for p in parts):.1f} images/s"
+            + (f" in {d.world} processes" if d.enabled else "")
+            + ")"
+            + (f"; {existing} already there (--skip-existing)" if existing else "")
+        )
+        problems += [item for p in parts for item in p["problems"]]
     if videos or folders:
         clips, bad = predict_clips(
             predictor,
@@ -248,29 +279,40 @@ def _predict(args) -> int:
             folders,
             args.out,
             args.fps,
+            args.skip_existing,
+            shard,
             threshold=args.threshold,
             batch_size=args.batch_size,
             smooth=args.smooth,
             save_frames=args.save_frames,
         )
-        for c in clips:
-            w, h = c["size"]
-            print(
-                f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
-                f"{os.path.join(args.out, c['clip'])}/mask.mp4, overlay.mp4"
-                + (", masks/, probs/" if args.save_frames else "")
-                + f" ({c['frames_per_s']:.1f} frames/s)"
-                + (
-                    f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
-                    f"the last row or column repeated)"
-                    if c["video_size"] != c["size"]
-                    else ""
-                )
-            )
-        problems += bad
-    for item, why in problems:
-        print(f"  skipped {item}: {why}", file=sys.stderr)
+        for rank, (done, failed) in enumerate(gather_objects((clips, bad), d)):
+            lines += [
+                _clip_line(c, args.save_frames) + (f" [process {rank}]" if d.enabled else "") for c in done
+            ]
+            problems += failed
+    shutdown(d)
+    if d.is_main:  # every process's outcome, printed once
+        print("\n".join(lines))
+        for item, why in problems:
+            print(f"  skipped {item}: {why}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _clip_line(c: dict, save_frames: bool) -> str:
+    w, h = c["size"]
+    return (
+        f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
+        f"{os.path.dirname(c['files'][0])}/mask.mp4, overlay.mp4"
+        + (", masks/, probs/" if save_frames else "")
+        + f" ({c['frames_per_s']:.1f} frames/s)"
+        + (
+            f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
+            f"the last row or column repeated)"
+            if c["video_size"] != c["size"]
+            else ""
+        )
+    )
 
 
 def _export(args) -> int:
@@ -568,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="show the K images with the lowest IoU (image | ground truth | prediction) in OUT/worst.png",
     )
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes for the metrics (their CPU work at original resolution dominates); "
+        "the table is the one of a single process. Under torchrun/srun each process scores its share",
+    )
     _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
 
@@ -599,6 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-frames",
         action="store_true",
         help="videos: also write masks/ and probs/ PNGs per frame beside the videos",
+    )
+    pr.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose outputs are already in --out (files are written whole, under a "
+        "temporary name first): a rerun after an interrupted run does only the rest",
     )
     _inference_flags(pr, batch_size=4)
     pr.set_defaults(func=_predict)
