@@ -3,14 +3,17 @@ reached, a study of another search space under the same name) before anything tr
 Optuna's heartbeat, so that a trial whose worker vanished (a lost node, kill -9) is marked failed
 by the next worker and queued again with the same settings (it then resumes from its last.pth)."""
 
+import contextlib
 import json
 import os
+import time
 
 from ..config import ConfigError
 
 SPACE_ATTR = "camodet_space"  # the search space a study was created with (canonical JSON)
 COMMAND_ATTR = "camodet_train_flags"  # the base train flags, for the best trial's command
 MAX_RETRIES = 3  # a trial interrupted this many times is left failed
+CREATION_WAIT_S = 10  # how long a study without its recorded space may still be being created
 
 
 def default_storage(out_dir: str) -> str:
@@ -25,6 +28,27 @@ def shown(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL at all: shown as given (it has no password to hide)
         return url
+
+
+@contextlib.contextmanager
+def creating(url: str):
+    """Held while a worker opens the storage and creates or loads its study. SQLite: one worker at a
+    time (an flock on DB.lock), as Optuna's first-use table creation is not safe against a second
+    process doing the same (UNIQUE constraint failed: alembic_version). Servers: nothing to hold."""
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): workers there start one after another
+        path = None
+    if not path or path == ":memory:" or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        yield  # nothing to share, or a folder that is not there: open_storage says so in one line
+        return
+    with open(path + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def retry_callback():
@@ -78,6 +102,13 @@ def check_existing(storage, name: str, url: str, fingerprint: str) -> bool:
     except KeyError:
         return False
     recorded = existing.user_attrs.get(SPACE_ATTR)
+    # A worker on another machine may have created the study a moment ago and not yet recorded its
+    # space (two calls to the server): wait for it a little before calling the study foreign.
+    for _ in range(CREATION_WAIT_S * 2):
+        if recorded is not None or existing.get_trials(deepcopy=False):
+            break
+        time.sleep(0.5)
+        recorded = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SPACE_ATTR)
     if recorded is None:
         raise ConfigError(
             f"--study {name}: {shown(url)} already holds a study of that name that camodet sweep did not "
@@ -96,19 +127,20 @@ def open_study(url: str, name: str, space, sampler, pruner, train_flags: list[st
     """The study, created on first use with the space and the base train flags recorded."""
     import optuna
 
-    storage = open_storage(url, heartbeat)
-    existed = check_existing(storage, name, url, space.fingerprint)
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
-    if not existed:
-        study.set_user_attr(SPACE_ATTR, space.fingerprint)
-        study.set_user_attr(COMMAND_ATTR, train_flags)
+    with creating(url):
+        storage = open_storage(url, heartbeat)
+        existed = check_existing(storage, name, url, space.fingerprint)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+        if not existed:
+            study.set_user_attr(SPACE_ATTR, space.fingerprint)
+            study.set_user_attr(COMMAND_ATTR, train_flags)
     return study
 
 

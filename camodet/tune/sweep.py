@@ -59,7 +59,8 @@ class PruningReporter:
         if iou is None or not math.isfinite(iou):
             return
         self.trial.report(iou, result.epoch)
-        if self.trial.should_prune():
+        # After the last epoch there is nothing left to save: the trial completes with its result.
+        if result.epoch < trainer.cfg.stages.epochs and self.trial.should_prune():
             log.info(
                 f"trial {self.trial.number}: pruned after epoch {result.epoch} ({BEST_METRIC} {iou:.4f})"
             )
