@@ -31,6 +31,8 @@ demo: $(STAMP)
 
 # The web demo's browser test drives the system's Chromium (Debian's package; Playwright never
 # downloads a browser): installed here as root with apt, otherwise one line says how.
+# The sweep's PostgreSQL test starts a throwaway server from Debian's postgresql package
+# (initdb, pg_ctl): installed the same way, else that test is skipped with one line.
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -39,6 +41,14 @@ test-deps:
 	      || echo "could not install Chromium: tests/serving/test_app.py's browser test will be skipped"; \
 	  else \
 	    echo "no Chromium: tests/serving/test_app.py's browser test will be skipped (sudo apt-get install chromium, then make test)"; \
+	  fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing PostgreSQL for the sweep test (apt-get install postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+	      || echo "could not install PostgreSQL: tests/tune/test_sweep.py's PostgreSQL test will be skipped"; \
+	  else \
+	    echo "no PostgreSQL: tests/tune/test_sweep.py's PostgreSQL test will be skipped (sudo apt-get install postgresql)"; \
 	  fi; }
 
 test: $(STAMP) test-deps

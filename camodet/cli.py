@@ -387,6 +387,142 @@ def _plan(args) -> int:
     )
 
 
+TUNE_LR_FLAGS = {"--steps", "--start-lr", "--end-lr", "--out"}
+SWEEP_FLAGS = {
+    "--space",
+    "--trials",
+    "--storage",
+    "--study",
+    "--out",
+    "--pruner",
+    "--sampler",
+    "--sampler-seed",
+    "--prune-startup",
+    "--prune-warmup",
+    "--heartbeat",
+    "--summary",
+}
+
+
+def _tune_lr(args) -> int:
+    cfg = from_args(args)
+    cfg.validate()
+    if not 0 < args.start_lr < args.end_lr:
+        raise ConfigError(
+            f"--start-lr ({args.start_lr:g}) must be positive and below --end-lr ({args.end_lr:g})"
+        )
+    if args.steps < 10:
+        raise ConfigError(f"--steps must be at least 10 for a curve (got {args.steps})")
+    from .runs.folder import RunFolder
+
+    if cfg.run.resume_from == "auto":
+        cfg.run.resume_from = RunFolder(cfg.run.checkpoint_dir).auto_resume()
+    from .models import check_backbone
+
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    from .tune.commands import train_command
+    from .tune.lr_range import describe, range_test, write_outputs
+
+    def progress(i: int, lr: float, loss: float) -> None:
+        if (i + 1) % 10 == 0:
+            print(f"  step {i + 1}/{args.steps}: LR {lr:.3g}, loss {loss:.4f}", flush=True)
+
+    result = range_test(cfg, args.steps, args.start_lr, args.end_lr, on_step=progress)
+    paths = write_outputs(result, args.out)
+    key = "optim.lr" if result.stage == 1 else "optim.stage2_lr"
+    command = train_command(
+        program(), args.argv[2:], {key: float(f"{result.steepest:.3g}")}, drop=TUNE_LR_FLAGS
+    )
+    print(describe(result))
+    print(f"wrote {paths['png']} (loss against LR), {paths['yaml']} (for train --config), {paths['json']}")
+    print(f"train with it:\n  {command}")
+    return 0
+
+
+def _sweep(args) -> int:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("camodet sweep needs Optuna: pip install 'camodet[tune]'") from None
+    from .tune.study import default_storage
+
+    storage = args.storage or default_storage(args.out)
+    if args.summary:
+        return _sweep_summary(args, storage)
+    if not args.space:
+        raise ConfigError("sweep needs --space SPACE.yaml (or --summary to show a sweep's results)")
+    for typed, why in (
+        ("run.checkpoint_dir", "each trial's run folder is OUT/trials/trial_N"),
+        (
+            "run.resume_from",
+            "a sweep resumes its own trials; start every trial from weights with --init-from",
+        ),
+    ):
+        if typed in vars(args):
+            raise ConfigError(f"sweep: leave out --{typed.split('.')[1].replace('_', '-')}: {why}")
+    cfg = from_args(args)
+    cfg.validate()
+    if cfg.data.val_fraction == 0:
+        raise ConfigError("sweep: trials are judged by validation IoU; --val-fraction must be above 0")
+    if args.trials < 1 or args.prune_warmup < 1 or args.prune_startup < 0 or args.heartbeat < 1:
+        raise ConfigError(
+            "sweep: --trials, --prune-warmup and --heartbeat must be at least 1, --prune-startup >= 0"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "sweep runs each trial in one process: start one sweep worker per process, not torchrun"
+        )
+    from .models import check_backbone
+    from .tune.space import SearchSpace
+
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    space = SearchSpace.load(args.space, cfg)
+    from .tune.commands import drop_flags
+    from .tune.sweep import SweepOptions, SweepStopped, run_sweep
+
+    opts = SweepOptions(
+        args.out,
+        storage,
+        args.study,
+        args.trials,
+        args.pruner,
+        args.sampler,
+        args.sampler_seed,
+        args.prune_startup,
+        args.prune_warmup,
+        args.heartbeat,
+    )
+    try:
+        run_sweep(cfg, space, opts, drop_flags(args.argv[1:], SWEEP_FLAGS))
+    except SweepStopped as e:
+        name, queued = e.args[0], e.args[1] if len(e.args) > 1 else None
+        again = (
+            f"trial {queued} is queued again and resumes from its last.pth; " if queued is not None else ""
+        )
+        print(
+            f"sweep stopped by {name}: {again}continue with:\n  {shlex.join([*program(), *args.argv])}",
+            file=sys.stderr,
+        )
+        return 128 + int(getattr(signal, name)) if name in ("SIGINT", "SIGTERM") else EXIT_RESUMABLE
+    return _sweep_summary(args, storage)
+
+
+def _sweep_summary(args, storage: str) -> int:
+    from .tune.study import load_study
+    from .tune.summary import best_command, format_table, trial_rows, write_html
+
+    study = load_study(storage, args.study)
+    rows = trial_rows(study)
+    command = best_command(study, program())
+    print(format_table(rows))
+    print(f"best trial's command:\n  {command}" if command else "no trial has finished yet")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "summary.html")
+    write_html(study, rows, command, path)
+    print(f"wrote {path} (history and importance plots); live view: optuna-dashboard {storage}")
+    return 0
+
+
 def _report(args) -> int:
     from .evaluation.report import write_report
 
@@ -597,6 +733,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--out-dir", default="plans", help="where the three YAML files go")
     pl.set_defaults(func=_plan)
+
+    tune = sub.add_parser("tune", help="measure settings: the LR range test").add_subparsers(
+        dest="tune_command", required=True
+    )
+    tl = tune.add_parser(
+        "lr",
+        help="LR range test from the run's weights in the stage it would train next: suggested LR, "
+        "plot and YAML (nothing in the run folder changes)",
+    )
+    add_arguments(tl)
+    tl.add_argument(
+        "--steps", type=int, default=100, help="optimizer steps of the test (fewer if it diverges)"
+    )
+    tl.add_argument("--start-lr", type=float, default=1e-7, help="LR of the first step")
+    tl.add_argument("--end-lr", type=float, default=1.0, help="LR of the last step")
+    tl.add_argument("--out", default="lr_range", help="folder for lr_range.png, .yaml and .json")
+    tl.set_defaults(func=_tune_lr)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="hyperparameter search with Optuna: each trial a training run, pruned on validation IoU "
+        "(pip install 'camodet[tune]')",
+    )
+    add_arguments(sw)
+    sw.add_argument(
+        "--space", help="YAML search space: dotted settings -> {low, high, log} or a list of choices"
+    )
+    sw.add_argument("--trials", type=int, default=10, help="trials this worker runs")
+    sw.add_argument(
+        "--out", default="sweep", help="sweep folder: trials/trial_N run folders, sweep.db, summary.html"
+    )
+    sw.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite:///OUT/sweep.db; postgresql://... for several machines)",
+    )
+    sw.add_argument("--study", default="camodet", help="study name in the storage")
+    sw.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    sw.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    sw.add_argument("--sampler-seed", type=int, help="seed of the sampler (leave unset with several workers)")
+    sw.add_argument(
+        "--prune-startup", type=int, default=3, help="trials that finish before the median pruner acts"
+    )
+    sw.add_argument(
+        "--prune-warmup", type=int, default=1, help="epochs every trial trains before it can be pruned"
+    )
+    sw.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between a worker's heartbeats; a trial silent for two is failed and queued again",
+    )
+    sw.add_argument(
+        "--summary", action="store_true", help="print the trials and the best command, write summary.html"
+    )
+    sw.set_defaults(func=_sweep)
 
     rp = sub.add_parser("report", help="report.html (curves, events, advice, predictions) for a run folder")
     rp.add_argument("run_dir")
