@@ -138,7 +138,7 @@ class Trainer:
             self.ema,
             self.optimizer,
             self.scaler,
-            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight),
+            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight, cfg.optim.boundary_gain),
             self.device,
             self.dtype,
             self.memory_format,
@@ -225,7 +225,12 @@ class Trainer:
         # the backbone's own statistics (a resumed run: its checkpoint's)
         self.norm = norm = input_normalization(cfg, resume.ckpt if resume else None)
         self.train_set = CODDataset(
-            train_samples, cfg.data.img_size, train=True, skip_bad_files=skip, norm=norm
+            train_samples,
+            cfg.data.img_size,
+            train=True,
+            skip_bad_files=skip,
+            norm=norm,
+            augment=cfg.data.augment,
         )
         self.val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=skip, norm=norm)
         self.say(
