@@ -90,6 +90,9 @@ def check(base: TrainConfig, settings: dict, where: str) -> dict:
 
 
 def parse_range(name: str, spec: dict, kind: type) -> Dimension:
+    """A `{low, high, log?, step?}` range of a numeric setting as a Dimension; one-line
+    ConfigError where it is not one (unknown keys, not a number, low >= high, a log range from
+    <= 0 or with a step)."""
     unknown = set(spec) - RANGE_KEYS
     if unknown or not {"low", "high"} <= set(spec):
         raise ConfigError(

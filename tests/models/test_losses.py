@@ -108,7 +108,7 @@ def test_total_loss_with_deep_supervision_equals_the_old_sum_and_weighs_the_mask
     weights = [0.5, 0.25, 0.125]
     calls = []
     real = losses.boundary_weight
-    monkeypatch.setattr(losses, "boundary_weight", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(losses, "boundary_weight", lambda m, **kw: calls.append(1) or real(m, **kw))
     total, parts = total_loss(ModelOutput(main, sides, aux), mask, LossSettings(tuple(weights), 0.01))
     assert len(calls) == 1  # once per step, not once per output
     ref = (
