@@ -1,7 +1,7 @@
-"""Quality on real camouflage: quality_real.py (camodet's recommended small recipe against the
-plain FPN baseline at an equal CPU budget, 3 seeds, every metric of the protocol at original
-resolution) on the real CAMO training photos of ../shared/data/camo_train, split once into
-training and validation images.
+"""Quality on real camouflage: quality_real.py (camodet's small camouflage recipe,
+configs/cod-small.yaml, or another --recipe, against the plain FPN baseline at an equal CPU
+budget, 3 seeds, every metric of the protocol at original resolution) on the real CAMO training
+photos of ../shared/data/camo_train, split once into training and validation images.
 
 The split is fixed: benchmarks/camo_split.txt lists the validation images (20%, drawn with seed 0
 from the sorted file names; `--write-split` draws it again). The script lays out the two parts as
@@ -30,6 +30,7 @@ DEFAULT_CAMO = os.path.join(
     os.path.dirname(os.path.dirname(HERE)), "shared", "data", "camo_train", "CAMO-V.1.0-CVIU2019"
 )
 SPLIT_FILE = os.path.join(HERE, "camo_split.txt")
+COD_RECIPE = os.path.join(os.path.dirname(HERE), "configs", "cod-small.yaml")
 VAL_NAME = "CAMO-val"
 
 
@@ -77,6 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default=SPLIT_FILE, help="the validation file list")
     p.add_argument("--write-split", action="store_true", help="draw the split again (seed 0, 20%%)")
     p.add_argument("--budget", type=float, default=600.0)
+    p.add_argument("--recipe", default=COD_RECIPE, help="camodet's recipe (default configs/cod-small.yaml)")
     p.add_argument("--keep", default=None, help="keep the split tree (DIR/camo) and the recipe's runs here")
     a, rest = p.parse_known_args(argv)
     if not os.path.isdir(a.camo):
@@ -96,7 +98,18 @@ def main(argv=None) -> int:
         data = split_tree(pairs, val, os.path.join(tmp, "camo"))
         keep = ["--keep", tmp] if a.keep else []
         return quality_real.main(
-            ["--data", data, "--budget", str(a.budget), "--target-gain", "0.05", *keep, *rest]
+            [
+                "--data",
+                data,
+                "--budget",
+                str(a.budget),
+                "--recipe",
+                a.recipe,
+                "--target-gain",
+                "0.05",
+                *keep,
+                *rest,
+            ]
         )
 
 
