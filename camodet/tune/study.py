@@ -13,6 +13,7 @@ from ..config import ConfigError
 SPACE_ATTR = "camodet_space"  # the search space a study was created with (canonical JSON)
 COMMAND_ATTR = "camodet_train_flags"  # the base train flags, for the best trial's command
 MAX_RETRIES = 3  # a trial interrupted this many times is left failed
+SCHEMA_RACE_TRIES = 4  # openings of a new server database while another worker creates its tables
 CREATION_WAIT_S = 10  # how long a study without its recorded space may still be being created
 
 
@@ -69,22 +70,29 @@ def open_storage(url: str, heartbeat: float):
     engine = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 10}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=int(heartbeat),
-                heartbeat_stale_trial_callback=retry_callback(),
-            )
-    except Exception as e:  # sqlalchemy's and the drivers' errors: all mean "this storage cannot be used"
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(
-            f"--storage {shown(url)}: cannot open it ({type(e).__name__}: {reason}); check the address, "
-            f"that the database server runs and accepts this user, and that its driver is installed "
-            f"(pip install 'camodet[tune]' brings SQLite's and PostgreSQL's)"
-        ) from None
+    for attempt in range(SCHEMA_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=int(heartbeat),
+                    heartbeat_stale_trial_callback=retry_callback(),
+                )
+        except Exception as e:  # sqlalchemy's and the drivers' errors: "this storage cannot be used"
+            # Workers on other machines creating a new database's tables at once: the loser's
+            # CREATE or version stamp collides (IntegrityError, "already exists"); the tables are
+            # there a moment later. SQLite workers take turns instead (creating()).
+            if type(e).__name__ in ("IntegrityError", "ProgrammingError") and attempt + 1 < SCHEMA_RACE_TRIES:
+                time.sleep(1.0 + attempt)
+                continue
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"--storage {shown(url)}: cannot open it ({type(e).__name__}: {reason}); check the address, "
+                f"that the database server runs and accepts this user, and that its driver is installed "
+                f"(pip install 'camodet[tune]' brings SQLite's and PostgreSQL's)"
+            ) from None
 
 
 def space_difference(recorded: str, wanted: str) -> str:
