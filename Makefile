@@ -33,23 +33,22 @@ demo: $(STAMP)
 # downloads a browser): installed here as root with apt, otherwise one line says how.
 # The sweep's PostgreSQL test starts a throwaway server from Debian's postgresql package
 # (initdb, pg_ctl): installed the same way, else that test is skipped with one line.
+# $(call system_package,CHECK,PACKAGE,WHAT): install Debian's PACKAGE as root with apt unless CHECK
+# finds it, else one line says which test is skipped and how to get it.
+define system_package
+@{ $(1); } >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "installing $(2) for $(3) (apt-get install $(2))"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null \
+      || echo "could not install $(2): $(3) will be skipped"; \
+  else \
+    echo "no $(2): $(3) will be skipped (sudo apt-get install $(2), then make test)"; \
+  fi; }
+endef
+
 test-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Chromium for the browser test (apt-get install chromium)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	      || echo "could not install Chromium: tests/serving/test_app.py's browser test will be skipped"; \
-	  else \
-	    echo "no Chromium: tests/serving/test_app.py's browser test will be skipped (sudo apt-get install chromium, then make test)"; \
-	  fi; }
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing PostgreSQL for the sweep test (apt-get install postgresql)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
-	      || echo "could not install PostgreSQL: tests/tune/test_sweep.py's PostgreSQL test will be skipped"; \
-	  else \
-	    echo "no PostgreSQL: tests/tune/test_sweep.py's PostgreSQL test will be skipped (sudo apt-get install postgresql)"; \
-	  fi; }
+	$(call system_package,command -v chromium,chromium,tests/serving/test_app.py's browser test)
+	$(call system_package,ls /usr/lib/postgresql/*/bin/initdb || command -v initdb,postgresql,tests/tune/test_sweep.py's PostgreSQL test)
 
 test: $(STAMP) test-deps
 	$(PY) -m ruff check camodet tests benchmarks tools

@@ -162,3 +162,4 @@ def test_shipped_configs_read_and_validate(name):
             False,
             False,
         )
+        assert cfg.data.augment == "flip"
