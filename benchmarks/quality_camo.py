@@ -1,7 +1,7 @@
-"""Quality on real camouflage: quality_real.py (camodet's recommended small recipe against the
-plain FPN baseline at an equal CPU budget, 3 seeds, every metric of the protocol at original
-resolution) on the real CAMO training photos of ../shared/data/camo_train, split once into
-training and validation images.
+"""Quality on real camouflage: quality_real.py (camodet's small camouflage recipe,
+configs/cod-small.yaml, or another --recipe, against the plain FPN baseline at an equal CPU
+budget, 3 seeds, every metric of the protocol at original resolution) on the real CAMO training
+photos of ../shared/data/camo_train, split once into training and validation images.
 
 The split is fixed: benchmarks/camo_split.txt lists the validation images (20%, drawn with seed 0
 from the sorted file names; `--write-split` draws it again). The script lays out the two parts as
@@ -12,7 +12,7 @@ Budgets: the default, 600 CPU-s / thread of training per run (about 10 minutes o
 machine), and the larger one, --budget 2400.
 
 Reproduce: PYTHONPATH=. .venv/bin/python benchmarks/quality_camo.py [--budget 600 --seeds 0 1 2]
-    [--tta flip] [--recipe-args '...' --methods recipe] [--out STEM]
+    [--tta flip] [--recipe-args='...' --methods recipe] [--out STEM] [--keep DIR]
 Every other flag is quality_real.py's. --smoke: a few images and seconds (tests/test_benchmarks.py)."""
 
 import argparse
@@ -30,6 +30,7 @@ DEFAULT_CAMO = os.path.join(
     os.path.dirname(os.path.dirname(HERE)), "shared", "data", "camo_train", "CAMO-V.1.0-CVIU2019"
 )
 SPLIT_FILE = os.path.join(HERE, "camo_split.txt")
+COD_RECIPE = os.path.join(os.path.dirname(HERE), "configs", "cod-small.yaml")
 VAL_NAME = "CAMO-val"
 
 
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default=SPLIT_FILE, help="the validation file list")
     p.add_argument("--write-split", action="store_true", help="draw the split again (seed 0, 20%%)")
     p.add_argument("--budget", type=float, default=600.0)
+    p.add_argument("--recipe", default=COD_RECIPE, help="camodet's recipe (default configs/cod-small.yaml)")
+    p.add_argument("--keep", default=None, help="keep the split tree (DIR/camo) and the recipe's runs here")
     a, rest = p.parse_known_args(argv)
     if not os.path.isdir(a.camo):
         print(f"skipped: no CAMO training photos at {a.camo} (../shared/data/camo_train)")
@@ -86,11 +89,28 @@ def main(argv=None) -> int:
         with open(a.split, "w") as fh:
             fh.write("# CAMO-val: validation images of camo_train (seed 0, 20%), quality_camo.py\n")
             fh.writelines(s + "\n" for s in draw_split(sorted(pairs)))
+    if a.keep and os.path.exists(os.path.join(a.keep, "camo")):
+        raise SystemExit(f"--keep {a.keep}: camo/ is there from an earlier run; give a new folder")
     val = read_split(a.split, sorted(pairs))
     print(f"CAMO split: {len(pairs) - len(val)} training, {len(val)} validation images ({a.split})")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or scratch
         data = split_tree(pairs, val, os.path.join(tmp, "camo"))
-        return quality_real.main(["--data", data, "--budget", str(a.budget), "--target-gain", "0.05", *rest])
+        keep = ["--keep", tmp] if a.keep else []
+        return quality_real.main(
+            [
+                "--data",
+                data,
+                "--budget",
+                str(a.budget),
+                "--recipe",
+                a.recipe,
+                "--target-gain",
+                "0.05",
+                *keep,
+                *rest,
+            ]
+        )
 
 
 if __name__ == "__main__":

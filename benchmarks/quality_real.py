@@ -16,7 +16,8 @@ head; BCE + soft IoU; AdamW (one LR for everything, all trainable from the start
 warmup over 5% of the budget then cosine; horizontal flips only; no EMA.
 
 Reproduce: PYTHONPATH=. .venv/bin/python benchmarks/quality_real.py [--budget 300 --seeds 0 1 2]
-Screening: --recipe-args '--num-experts 1' (flags after the config), --methods recipe.
+Screening: --recipe-args '--num-experts 1' (flags after the config), --methods recipe;
+--recipe CONFIG: another recipe file (default configs/small.yaml).
 --smoke: a few images and seconds, to keep the script working (tests/test_benchmarks.py)."""
 
 import os
@@ -98,7 +99,7 @@ def recipe_flags(a, data: str, weights: str, epochs: tuple[int, int] | None = No
     planned = ["--epochs", str(epochs[0]), "--stage1-epochs", str(epochs[1])] if epochs else []
     return [
         "--config",
-        RECIPE,
+        a.recipe,
         "--dataset-path",
         data,
         "--backbone",
@@ -132,7 +133,7 @@ def calibrate(cfg: TrainConfig, data: str, steps: int = 3) -> tuple[float, float
     norm = model.normalization
     samples = training_samples(DataConfig(dataset_path=[data]))
     loader = DataLoader(
-        CODDataset(samples, cfg.data.img_size, train=True, norm=norm),
+        CODDataset(samples, cfg.data.img_size, train=True, norm=norm, augment=cfg.data.augment),
         batch_size=cfg.optim.batch_size,
         shuffle=True,
         collate_fn=collate,
@@ -368,10 +369,12 @@ def main(argv=None) -> int:
     p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", default="recipe,baseline")
+    p.add_argument("--recipe", default=RECIPE, help="camodet's recipe: a train --config YAML")
     p.add_argument("--recipe-args", default="", help="extra camodet train flags after the config (screening)")
     p.add_argument("--baseline-lr", type=float, default=4e-4)
     p.add_argument("--baseline-batch", type=int, default=16)
     p.add_argument("--out", default=None, help="write the table (.md) and the runs (.json) here (stem)")
+    p.add_argument("--keep", default=None, help="keep the recipe's run folders here (default: a temp folder)")
     p.add_argument("--tta", nargs="+", default=None, help="also score every model with this camodet --tta")
     p.add_argument("--target-gain", type=float, default=0.03, help="the IoU lead over the baseline to meet")
     p.add_argument(
@@ -384,7 +387,15 @@ def main(argv=None) -> int:
         print(f"skipped: {'no data at ' + a.data if not os.path.isdir(a.data) else 'no weights'}")
         return 2
     methods = a.methods.split(",")
-    with tempfile.TemporaryDirectory() as tmp:
+    taken = [
+        f"recipe-{seed}"
+        for seed in a.seeds
+        if a.keep and os.path.exists(os.path.join(a.keep, f"recipe-{seed}"))
+    ]
+    if taken:
+        raise SystemExit(f"--keep {a.keep}: {taken[0]} is there from an earlier run; give a new folder")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or scratch
         data = a.data
         if a.smoke:
             data = subset_dataset(a.data, os.path.join(tmp, "real_dev"), 8)
@@ -426,7 +437,9 @@ def main(argv=None) -> int:
     if a.out:
         with open(a.out + ".md", "w") as fh:
             command = " ".join(shlex.quote(x) for x in sys.argv)
-            fh.write(f"command: {command}\nrecipe args: {a.recipe_args!r}\n\n{text}\n")
+            fh.write(
+                f"command: {command}\nrecipe: {os.path.relpath(a.recipe, ROOT)} {a.recipe_args!r}\n\n{text}\n"
+            )
         with open(a.out + ".json", "w") as fh:
             json.dump({"args": vars(a), "runs": runs}, fh, indent=1)
     return 0

@@ -153,10 +153,18 @@ def _evaluate(args) -> int:
         raise ConfigError("--curves writes files: add --out DIR (the curves go to DIR/curves/)")
     if args.worst is not None and not args.out:
         raise ConfigError("--worst writes a panel: add --out DIR (it goes to DIR/worst.png)")
+    if args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: give the number of metric processes (0: none)")
+    from .launch import shutdown
+    from .serving.shards import start
+
     curves: dict | None = {} if args.curves else None
     worst = WorstImages(args.worst) if args.worst is not None else None
+    d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
     if args.preds_dir:
-        results = evaluate_preds_dir(args.preds_dir, args.dataset_path, args.minmax, curves, worst)
+        results = evaluate_preds_dir(
+            args.preds_dir, args.dataset_path, args.minmax, curves, worst, args.workers, d
+        )
         scored = {"preds_dir": os.path.abspath(args.preds_dir)}
     else:
         from .serving.export import provenance
@@ -165,7 +173,7 @@ def _evaluate(args) -> int:
 
         tta = TTA.parse(args.tta)
         local = resolve(args.checkpoint)
-        predictor = load_predictor(local, weights=args.weights, device=args.device, tta=tta)
+        predictor = load_predictor(local, weights=args.weights, device=str(device), tta=tta)
         scored = provenance(args.checkpoint, local, predictor, args.weights)
         results = evaluate(
             predictor,
@@ -176,9 +184,14 @@ def _evaluate(args) -> int:
             args.minmax,
             curves,
             worst,
+            args.workers,
+            d,
         )
-        if args.save_preds:
+        if args.save_preds and d.is_main:
             print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
+    shutdown(d)
+    if not d.is_main:  # rank 0 holds every process's scores and prints the table
+        return 0
     note = scaling_note(args.minmax)
     method = args.method or method_name(args.checkpoint or args.preds_dir)
     print(format_latex(results, method, note) if args.format == "latex" else format_table(results, note))
@@ -230,21 +243,39 @@ def _predict(args) -> int:
     videos = [i for i in inputs if os.path.isfile(i) and is_video(i)]
     folders = [i for i in inputs if args.frames and os.path.isdir(i)]
     images = [i for i in inputs if i not in videos and i not in folders]
+    from .launch import gather_objects, shutdown
+    from .serving.shards import Shard, start
+
+    d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
     predictor = load_predictor(
         args.checkpoint,
         weights=args.weights,
-        device=args.device,
+        device=str(device),
         tta=TTA.parse(args.tta),
         runtime=args.runtime,
     )
-    problems = []
+    shard, lines, problems = Shard.of(d), [], []
     if images:
-        r = predict_files(predictor, images, args.out, args.threshold, args.batch_size, args.num_workers)
-        print(
-            f"wrote masks, probs, overlays and cutouts of {r['written']} of {r['inputs']} images "
-            f"to {args.out} ({r['images_per_s']:.1f} images/s)"
+        r = predict_files(
+            predictor,
+            images,
+            args.out,
+            args.threshold,
+            args.batch_size,
+            args.num_workers,
+            args.skip_existing,
+            shard,
         )
-        problems += r["problems"]
+        parts = gather_objects(r, d)
+        written, existing = sum(p["written"] for p in parts), sum(p["existing"] for p in parts)
+        lines.append(
+            f"wrote masks, probs, overlays and cutouts of {written} of {r['inputs']} images "
+            f"to {args.out} ({sum(p['images_per_s'] for p in parts):.1f} images/s"
+            + (f" in {d.world} processes" if d.enabled else "")
+            + ")"
+            + (f"; {existing} already there (--skip-existing)" if existing else "")
+        )
+        problems += [item for p in parts for item in p["problems"]]
     if videos or folders:
         clips, bad = predict_clips(
             predictor,
@@ -252,29 +283,40 @@ def _predict(args) -> int:
             folders,
             args.out,
             args.fps,
+            args.skip_existing,
+            shard,
             threshold=args.threshold,
             batch_size=args.batch_size,
             smooth=args.smooth,
             save_frames=args.save_frames,
         )
-        for c in clips:
-            w, h = c["size"]
-            print(
-                f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
-                f"{os.path.join(args.out, c['clip'])}/mask.mp4, overlay.mp4"
-                + (", masks/, probs/" if args.save_frames else "")
-                + f" ({c['frames_per_s']:.1f} frames/s)"
-                + (
-                    f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
-                    f"the last row or column repeated)"
-                    if c["video_size"] != c["size"]
-                    else ""
-                )
-            )
-        problems += bad
-    for item, why in problems:
-        print(f"  skipped {item}: {why}", file=sys.stderr)
+        for rank, (done, failed) in enumerate(gather_objects((clips, bad), d)):
+            lines += [
+                _clip_line(c, args.save_frames) + (f" [process {rank}]" if d.enabled else "") for c in done
+            ]
+            problems += failed
+    shutdown(d)
+    if d.is_main:  # every process's outcome, printed once
+        print("\n".join(lines))
+        for item, why in problems:
+            print(f"  skipped {item}: {why}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _clip_line(c: dict, save_frames: bool) -> str:
+    w, h = c["size"]
+    return (
+        f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
+        f"{os.path.dirname(c['files'][0])}/mask.mp4, overlay.mp4"
+        + (", masks/, probs/" if save_frames else "")
+        + f" ({c['frames_per_s']:.1f} frames/s)"
+        + (
+            f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
+            f"the last row or column repeated)"
+            if c["video_size"] != c["size"]
+            else ""
+        )
+    )
 
 
 def _export(args) -> int:
@@ -367,6 +409,142 @@ def _plan(args) -> int:
     )
 
 
+TUNE_LR_FLAGS = {"--steps", "--start-lr", "--end-lr", "--out"}
+SWEEP_FLAGS = {
+    "--space",
+    "--trials",
+    "--storage",
+    "--study",
+    "--out",
+    "--pruner",
+    "--sampler",
+    "--sampler-seed",
+    "--prune-startup",
+    "--prune-warmup",
+    "--heartbeat",
+    "--summary",
+}
+
+
+def _tune_lr(args) -> int:
+    cfg = from_args(args)
+    cfg.validate()
+    if not 0 < args.start_lr < args.end_lr:
+        raise ConfigError(
+            f"--start-lr ({args.start_lr:g}) must be positive and below --end-lr ({args.end_lr:g})"
+        )
+    if args.steps < 10:
+        raise ConfigError(f"--steps must be at least 10 for a curve (got {args.steps})")
+    from .runs.folder import RunFolder
+
+    if cfg.run.resume_from == "auto":
+        cfg.run.resume_from = RunFolder(cfg.run.checkpoint_dir).auto_resume()
+    from .models import check_backbone
+
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    from .tune.commands import train_command
+    from .tune.lr_range import describe, range_test, write_outputs
+
+    def progress(i: int, lr: float, loss: float) -> None:
+        if (i + 1) % 10 == 0:
+            print(f"  step {i + 1}/{args.steps}: LR {lr:.3g}, loss {loss:.4f}", flush=True)
+
+    result = range_test(cfg, args.steps, args.start_lr, args.end_lr, on_step=progress)
+    paths = write_outputs(result, args.out)
+    key = "optim.lr" if result.stage == 1 else "optim.stage2_lr"
+    command = train_command(
+        program(), args.argv[2:], {key: float(f"{result.steepest:.3g}")}, drop=TUNE_LR_FLAGS
+    )
+    print(describe(result))
+    print(f"wrote {paths['png']} (loss against LR), {paths['yaml']} (for train --config), {paths['json']}")
+    print(f"train with it:\n  {command}")
+    return 0
+
+
+def _sweep(args) -> int:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("camodet sweep needs Optuna: pip install 'camodet[tune]'") from None
+    from .tune.study import default_storage
+
+    storage = args.storage or default_storage(args.out)
+    if args.summary:
+        return _sweep_summary(args, storage)
+    if not args.space:
+        raise ConfigError("sweep needs --space SPACE.yaml (or --summary to show a sweep's results)")
+    for typed, why in (
+        ("run.checkpoint_dir", "each trial's run folder is OUT/trials/trial_N"),
+        (
+            "run.resume_from",
+            "a sweep resumes its own trials; start every trial from weights with --init-from",
+        ),
+    ):
+        if typed in vars(args):
+            raise ConfigError(f"sweep: leave out --{typed.split('.')[1].replace('_', '-')}: {why}")
+    cfg = from_args(args)
+    cfg.validate()
+    if cfg.data.val_fraction == 0:
+        raise ConfigError("sweep: trials are judged by validation IoU; --val-fraction must be above 0")
+    if args.trials < 1 or args.prune_warmup < 1 or args.prune_startup < 0 or args.heartbeat < 1:
+        raise ConfigError(
+            "sweep: --trials, --prune-warmup and --heartbeat must be at least 1, --prune-startup >= 0"
+        )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "sweep runs each trial in one process: start one sweep worker per process, not torchrun"
+        )
+    from .models import check_backbone
+    from .tune.space import SearchSpace
+
+    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    space = SearchSpace.load(args.space, cfg)
+    from .tune.commands import drop_flags
+    from .tune.sweep import SweepOptions, SweepStopped, run_sweep
+
+    opts = SweepOptions(
+        args.out,
+        storage,
+        args.study,
+        args.trials,
+        args.pruner,
+        args.sampler,
+        args.sampler_seed,
+        args.prune_startup,
+        args.prune_warmup,
+        args.heartbeat,
+    )
+    try:
+        run_sweep(cfg, space, opts, drop_flags(args.argv[1:], SWEEP_FLAGS))
+    except SweepStopped as e:
+        name, queued = e.args[0], e.args[1] if len(e.args) > 1 else None
+        again = (
+            f"trial {queued} is queued again and resumes from its last.pth; " if queued is not None else ""
+        )
+        print(
+            f"sweep stopped by {name}: {again}continue with:\n  {shlex.join([*program(), *args.argv])}",
+            file=sys.stderr,
+        )
+        return 128 + int(getattr(signal, name)) if name in ("SIGINT", "SIGTERM") else EXIT_RESUMABLE
+    return _sweep_summary(args, storage)
+
+
+def _sweep_summary(args, storage: str) -> int:
+    from .tune.study import load_study
+    from .tune.summary import best_command, format_table, trial_rows, write_html
+
+    study = load_study(storage, args.study)
+    rows = trial_rows(study)
+    command = best_command(study, program())
+    print(format_table(rows))
+    print(f"best trial's command:\n  {command}" if command else "no trial has finished yet")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "summary.html")
+    write_html(study, rows, command, path)
+    print(f"wrote {path} (history and importance plots); live view: optuna-dashboard {storage}")
+    return 0
+
+
 def _report(args) -> int:
     from .evaluation.report import write_report
 
@@ -456,6 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="show the K images with the lowest IoU (image | ground truth | prediction) in OUT/worst.png",
     )
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes for the metrics (their CPU work at original resolution dominates); "
+        "the table is the one of a single process. Under torchrun/srun each process scores its share",
+    )
     _inference_flags(e, batch_size=8)
     e.set_defaults(func=_evaluate)
 
@@ -494,6 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         help="onnx: run an export folder's model.onnx in ONNX Runtime on the CPU (or name one of its "
         "graphs, e.g. DIR/model_int8.onnx, as the model; a .onnx model always runs in ONNX Runtime)",
+    )
+    pr.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose outputs are already in --out (files are written whole, under a "
+        "temporary name first): a rerun after an interrupted run does only the rest",
     )
     _inference_flags(pr, batch_size=4)
     pr.set_defaults(func=_predict)
@@ -593,6 +785,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--out-dir", default="plans", help="where the three YAML files go")
     pl.set_defaults(func=_plan)
+
+    tune = sub.add_parser("tune", help="measure settings: the LR range test").add_subparsers(
+        dest="tune_command", required=True
+    )
+    tl = tune.add_parser(
+        "lr",
+        help="LR range test from the run's weights in the stage it would train next: suggested LR, "
+        "plot and YAML (nothing in the run folder changes)",
+    )
+    add_arguments(tl)
+    tl.add_argument(
+        "--steps", type=int, default=100, help="optimizer steps of the test (fewer if it diverges)"
+    )
+    tl.add_argument("--start-lr", type=float, default=1e-7, help="LR of the first step")
+    tl.add_argument("--end-lr", type=float, default=1.0, help="LR of the last step")
+    tl.add_argument("--out", default="lr_range", help="folder for lr_range.png, .yaml and .json")
+    tl.set_defaults(func=_tune_lr)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="hyperparameter search with Optuna: each trial a training run, pruned on validation IoU "
+        "(pip install 'camodet[tune]')",
+    )
+    add_arguments(sw)
+    sw.add_argument(
+        "--space", help="YAML search space: dotted settings -> {low, high, log} or a list of choices"
+    )
+    sw.add_argument("--trials", type=int, default=10, help="trials this worker runs")
+    sw.add_argument(
+        "--out", default="sweep", help="sweep folder: trials/trial_N run folders, sweep.db, summary.html"
+    )
+    sw.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite:///OUT/sweep.db; postgresql://... for several machines)",
+    )
+    sw.add_argument("--study", default="camodet", help="study name in the storage")
+    sw.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    sw.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    sw.add_argument("--sampler-seed", type=int, help="seed of the sampler (leave unset with several workers)")
+    sw.add_argument(
+        "--prune-startup", type=int, default=3, help="trials that finish before the median pruner acts"
+    )
+    sw.add_argument(
+        "--prune-warmup", type=int, default=1, help="epochs every trial trains before it can be pruned"
+    )
+    sw.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between a worker's heartbeats; a trial silent for two is failed and queued again",
+    )
+    sw.add_argument(
+        "--summary", action="store_true", help="print the trials and the best command, write summary.html"
+    )
+    sw.set_defaults(func=_sweep)
 
     rp = sub.add_parser("report", help="report.html (curves, events, advice, predictions) for a run folder")
     rp.add_argument("run_dir")

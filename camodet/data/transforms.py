@@ -57,9 +57,18 @@ def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float =
     return ColourMap(matrix, np.full(3, brightness * (1 - contrast) * mean))
 
 
-def train_transform(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int):
+def train_transform(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int, augment: str = "full"
+):
     """(warped uint8 image, warped mask, its colour jitter): the jitter is applied with the
-    normalisation, `norm.apply(image, colour)`, in one pass over the pixels."""
+    normalisation, `norm.apply(image, colour)`, in one pass over the pixels. augment "flip": the
+    whole image resized and flipped at random, no jitter (None): a short run on camouflage, where
+    crops change the object's scale and colour is the cue, learns more from the plain view."""
+    if augment == "flip":
+        image, mask = resize(image, size), resize(mask, size)
+        if rng.random() < 0.5:
+            image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+        return image, mask, None
     h, w = mask.shape
     m = random_affine(rng, w, h, size)
     image = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)

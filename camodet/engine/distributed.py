@@ -1,101 +1,27 @@
-"""torchrun or srun + DistributedDataParallel. The only module that touches torch.distributed."""
+"""DistributedDataParallel for training: wrapping, buffer averaging, the sync check; the
+launchers' variables and the process group come from camodet/launch.py."""
 
 import os
-import re
 import secrets
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+# the launchers' variables and the process group live below the engine, shared with prediction
+# and evaluation; their names stay importable from here
+from ..launch import Dist, barrier, first_host, from_srun, gather_objects, init, shutdown, tasks_per_node
 
-@dataclass(frozen=True)
-class Dist:
-    """This process's place among the training processes (all ones when alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1  # processes on this node
-    launcher: str = "single"  # single | torchrun | srun
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def nodes(self) -> int:
-        return max(1, self.world // max(1, self.local_world))
-
-    def describe(self) -> str:
-        return (
-            f"launcher {self.launcher}: {self.world} process(es) on {self.nodes} node(s), "
-            f"{self.local_world} per node"
-        )
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: 'gpu[07-09,12],cpu3' -> 'gpu07'."""
-    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
-    if not m:
-        raise RuntimeError(f"cannot read the SLURM node list {nodelist!r}; set MASTER_ADDR")
-    prefix, ranges = m.group(1), m.group(3)
-    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
-
-
-def tasks_per_node(text: str) -> int:
-    """SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE: '2(x3)' or '2,1' -> the first count."""
-    return int(re.match(r"\d+", text).group(0)) if text and re.match(r"\d+", text) else 1
-
-
-def from_srun(env=os.environ) -> dict | None:
-    """torchrun's variables from what srun sets for each task (None: not an srun launch of
-    several tasks). MASTER_PORT, unless given, comes from the job id so that two jobs on a
-    node do not collide."""
-    if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
-        return None
-    nodelist = (
-        env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
-    )
-    return {
-        "RANK": env["SLURM_PROCID"],
-        "WORLD_SIZE": env["SLURM_NTASKS"],
-        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-        "LOCAL_WORLD_SIZE": str(
-            tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1"))
-        ),
-        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodelist or "localhost"),
-        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
-    }
-
-
-def init(device_kind: str) -> Dist:
-    """torchrun's environment (one or several nodes), else srun's, decides; a single process
-    needs no process group."""
-    launcher = "torchrun"
-    if "WORLD_SIZE" not in os.environ:
-        srun = from_srun()
-        if srun is None:
-            return Dist()
-        os.environ.update(srun)
-        launcher = "srun"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(
-        dist.get_rank(),
-        dist.get_world_size(),
-        int(os.environ.get("LOCAL_RANK", "0")),
-        int(os.environ.get("LOCAL_WORLD_SIZE", world)),
-        launcher,
-    )
+__all__ = [
+    "Dist",
+    "barrier",
+    "first_host",
+    "from_srun",
+    "gather_objects",
+    "init",
+    "shutdown",
+    "tasks_per_node",
+]
 
 
 def folder_is_shared(folder: str, d: Dist) -> bool:
@@ -127,14 +53,6 @@ def wrap(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Modu
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def gather_objects(obj, d: Dist) -> list:
-    if not d.enabled:
-        return [obj]
-    out = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -176,13 +94,3 @@ def check_in_sync(model: torch.nn.Module, d: Dist) -> None:
     bad = [r for r, s in enumerate(gathered) if not torch.equal(s, gathered[0])]
     if bad:
         raise RuntimeError(f"parameters or buffers of rank(s) {bad} differ from rank 0 after training")
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
-def shutdown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
-        dist.destroy_process_group()

@@ -53,6 +53,7 @@ class StopRequest:
         self.signum: int | None = None
         self.deadline = clock() + time_limit if time_limit else None
         self.timed_out = False
+        self.reason = ""  # a stop asked for by the program (a sweep's pruner), not a signal
         self.save_seconds = 1.0  # the trainer replaces this guess by the time its saves take
         self._previous: dict = {}
         # Read by the data-loader workers this run forks (ignore_in_worker), hence shared memory.
@@ -60,13 +61,18 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None or self.timed_out
+        return self.signum is not None or self.timed_out or bool(self.reason)
 
     @property
     def name(self) -> str:
         if self.signum:
             return signal.Signals(self.signum).name
-        return TIME_LIMIT if self.timed_out else ""
+        return TIME_LIMIT if self.timed_out else self.reason
+
+    def request(self, reason: str) -> None:
+        """Stop at the end of this epoch as for a signal (a resumable last.pth, the run's
+        `interrupted` set to `reason`): how an epoch hook ends a run cleanly on every rank."""
+        self.reason = self.reason or reason
 
     def out_of_time(self, needed_s: float) -> bool:
         """True (from then on) when `needed_s` more seconds of work plus a save would pass the limit."""

@@ -22,8 +22,9 @@ from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..data.splits import readable_samples, split_train_val, training_samples
 from ..evaluation.metrics import Evaluator, mean_records, to_uint8
+from ..launch import own_device
 from ..models import build_model
-from ..models.device import amp_dtype, autocast_name, resolve_device, tune_kernels
+from ..models.device import amp_dtype, autocast_name, tune_kernels
 from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
 from ..models.losses import LossSettings
 from ..runs.checkpoint import (
@@ -86,12 +87,8 @@ class Outcome:
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
-    """resolve_device, with each torchrun process on its own GPU."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", d.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    """Each torchrun process on its own GPU, cuDNN's kernels tuned for the fixed input size."""
+    device = own_device(name, d)
     tune_kernels(device)
     return device
 
@@ -143,7 +140,7 @@ class Trainer:
             self.ema,
             self.optimizer,
             self.scaler,
-            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight),
+            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight, cfg.optim.boundary_gain),
             self.device,
             self.dtype,
             self.memory_format,
@@ -230,7 +227,12 @@ class Trainer:
         # the backbone's own statistics (a resumed run: its checkpoint's)
         self.norm = norm = input_normalization(cfg, resume.ckpt if resume else None)
         self.train_set = CODDataset(
-            train_samples, cfg.data.img_size, train=True, skip_bad_files=skip, norm=norm
+            train_samples,
+            cfg.data.img_size,
+            train=True,
+            skip_bad_files=skip,
+            norm=norm,
+            augment=cfg.data.augment,
         )
         self.val_set = CODDataset(val_samples, cfg.data.img_size, train=False, skip_bad_files=skip, norm=norm)
         self.say(

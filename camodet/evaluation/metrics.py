@@ -4,7 +4,6 @@ pysodmetrics, plus per-image IoU and Dice of (probability >= 0.5) vs GT,
 averaged over images (empty GT and empty prediction score 1)."""
 
 import numpy as np
-import py_sod_metrics as sod
 
 # Column name -> what it is; printed under tables so every number says its variant.
 VARIANTS = {
@@ -45,6 +44,11 @@ class Evaluator:
     cheap per-epoch validation set (IoU, Dice, MAE, Sm)."""
 
     def __init__(self, full: bool = True):
+        # imported here: py_sod_metrics loads scikit-learn, scikit-image and SciPy (seconds on a
+        # small CPU), which the processes that import this module without scoring (`camodet plan`'s
+        # step measurements, predict, export) never need
+        import py_sod_metrics as sod
+
         self.full = full
         self.records: list[dict] = []
         self.sm, self.mae = sod.Smeasure(), sod.MAE()
@@ -53,13 +57,12 @@ class Evaluator:
             # table) on the API upstream keeps; the classic class is marked for removal.
             # p/r: the PR curve (per-image curves averaged, as the classic class did); they share the
             # thresholded counts the F-measure computes anyway, so they cost next to nothing.
-            self.fm = sod.FmeasureV2(
-                {
-                    "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
-                    "p": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
-                    "r": sod.RecallHandler(with_dynamic=True, with_adaptive=False),
-                }
-            )
+            self.fm_handlers = {
+                "fm": sod.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3),
+                "p": sod.PrecisionHandler(with_dynamic=True, with_adaptive=False),
+                "r": sod.RecallHandler(with_dynamic=True, with_adaptive=False),
+            }
+            self.fm = sod.FmeasureV2(self.fm_handlers)
             self.wfm, self.em = sod.WeightedFmeasure(), sod.Emeasure()
 
     def step(self, pred: np.ndarray, gt: np.ndarray, name: str = "") -> dict:
@@ -88,6 +91,31 @@ class Evaluator:
             self.fm.step(pred, gt)
         self.records.append(rec)
         return rec
+
+    def _per_image_lists(self) -> dict[str, list]:
+        """Every list the evaluator and its pysodmetrics objects append one entry per image to:
+        all that results() and curves() read."""
+        parts = {"sm": self.sm, "mae": self.mae}
+        if self.full:
+            parts.update(wfm=self.wfm, em=self.em, **{f"fm.{k}": h for k, h in self.fm_handlers.items()})
+        lists = {"records": self.records}
+        for prefix, metric in parts.items():
+            lists.update({f"{prefix}.{k}": v for k, v in vars(metric).items() if isinstance(v, list)})
+        return lists
+
+    def state(self) -> dict[str, list]:
+        """The per-image entries of every image stepped so far, in order: what another
+        Evaluator's extend() adds up to the same results as if it had stepped the images itself
+        (so images scored in other processes give the single process's numbers exactly)."""
+        return {k: list(v) for k, v in self._per_image_lists().items()}
+
+    def extend(self, state: dict[str, list]) -> None:
+        """Append the images of another Evaluator's state() (of the same `full`), after these."""
+        lists = self._per_image_lists()
+        if lists.keys() != state.keys():
+            raise ValueError("the state comes from an Evaluator of another kind (full or not)")
+        for key, entries in state.items():
+            lists[key].extend(entries)
 
     def results(self) -> dict:
         """Means over the images stepped so far: the per-image metrics, and with `full` the
@@ -122,6 +150,14 @@ class Evaluator:
             "fmeasure": np.flip(fm["fm"]["dynamic"]),
             "emeasure": np.flip(self.em.get_results()["em"]["curve"]),
         }
+
+
+def score_image(pred: np.ndarray, gt: np.ndarray, name: str = "", full: bool = True) -> dict[str, list]:
+    """One image's state (Evaluator.state() of that image alone): computed anywhere, extended
+    into an Evaluator in the single process's order."""
+    ev = Evaluator(full)
+    ev.step(pred, gt, name)
+    return ev.state()
 
 
 def mean_records(records: list[dict]) -> dict:

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from .metrics import Evaluator
+from .metrics import Evaluator, score_image
 
 # COD10K's five super-classes, in the order the COD10K paper (Fan et al., CVPR 2020) lists them.
 SUPER_CLASSES = ("Aquatic", "Terrestrial", "Flying", "Amphibian", "Other")
@@ -50,6 +50,11 @@ def scaling_note(normalise: bool) -> str:
     )
 
 
+def score_sample(pred: np.ndarray, gt: np.ndarray, sample: str, normalise: bool = False) -> dict:
+    """One image's metric state (metrics.score_image), after the min-max normalisation when asked."""
+    return score_image(minmax(pred) if normalise else pred, gt, sample)
+
+
 class DatasetScorer:
     """One dataset's Evaluator, plus one per COD10K super-class found in its file names;
     `normalise` applies the per-map min-max normalisation before scoring."""
@@ -62,13 +67,16 @@ class DatasetScorer:
     def step(self, pred: np.ndarray, gt: np.ndarray, sample: str) -> dict:
         """pred: uint8 map at the GT's size; gt: uint8 grey levels; sample: the file stem.
         Returns the image's own scores (IoU, Dice, Sm, MAE)."""
-        if self.normalise:
-            pred = minmax(pred)
-        rec = self.all.step(pred, gt, sample)
+        return self.add(score_sample(pred, gt, sample, self.normalise), sample)
+
+    def add(self, state: dict, sample: str) -> dict:
+        """Count an image scored by score_sample (here or in another process); returns its
+        own scores. Its super-class row gets the same entries: scoring it twice would give them."""
+        self.all.extend(state)
         cls = super_class(sample)
         if cls:
-            self.by_class.setdefault(cls, Evaluator(full=True)).step(pred, gt, sample)
-        return rec
+            self.by_class.setdefault(cls, Evaluator(full=True)).extend(state)
+        return state["records"][0]
 
     def rows(self) -> dict[str, Evaluator]:
         """{row name: evaluator}: the dataset, then 'COD10K-Aquatic', ... in the paper's order."""

@@ -13,8 +13,11 @@ from tqdm import tqdm
 from ..data.dataset import CODDataset, collate
 from ..data.io import IMAGE_EXTS, MASK_EXTS, DataError, read_grey, read_mask
 from ..data.layouts import Sample, distinct_roots, gather
+from ..launch import Dist, gather_objects
+from ..serving.shards import Shard
 from .metrics import VARIANTS, to_uint8
-from .paper import DatasetScorer
+from .paper import DatasetScorer, score_sample
+from .workers import MetricWorkers
 from .worst import WorstImages
 
 TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm", "MAE", "IoU", "Dice")
@@ -63,33 +66,83 @@ def evaluate(
     normalise: bool = False,
     curves: dict | None = None,
     worst: WorstImages | None = None,
+    workers: int = 0,
+    d: Dist = Dist(),
 ) -> dict:
     """{row: metrics}, predictions resized to each GT's original size; a row per dataset, and
     per COD10K super-class after COD10K. normalise: per-map min-max first (saved maps stay raw);
-    curves: a dict to fill with each row's curves (Evaluator.curves); worst: offered every image."""
+    curves: a dict to fill with each row's curves (Evaluator.curves); worst: offered every image;
+    workers: processes for the metrics; d: the launch, whose processes each score their share
+    (Shard) and send the per-image states to rank 0, which alone gets the rows ({} elsewhere)."""
     results: dict = {}
-    for name, group in split_by_dataset(dataset_paths).items():
-        ds = CODDataset(group, predictor.img_size, train=False, norm=predictor.norm)
-        loader = DataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate,
-            pin_memory=predictor.device.type == "cuda",
-        )
-        scorer = DatasetScorer(name, normalise)
-        for batch in tqdm(_scoring_every_image(loader), desc=name, leave=False, disable=None):
-            probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
-            for j, gt in enumerate(batch["gt"]):
-                sample = group[int(batch["index"][j])]
-                pred = to_uint8(probs[j].cpu().numpy())
-                rec = scorer.step(pred, gt, sample.name)
-                if worst is not None:
-                    worst.offer(rec["IoU"], name, sample, pred)
-                if save_preds:
-                    save_map(pred, os.path.join(save_preds, name, sample.name + ".png"))
-        _collect(scorer, results, curves)
+    sets = split_by_dataset(dataset_paths)
+    mine_worst = WorstImages(worst.k) if worst is not None else None
+    with MetricWorkers(workers) as pool:
+        for name, group in sets.items():
+            mine = Shard.of(d).indices(len(group), batch_size)
+            ds = CODDataset([group[i] for i in mine], predictor.img_size, train=False, norm=predictor.norm)
+            loader = DataLoader(
+                ds,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=collate,
+                pin_memory=predictor.device.type == "cuda",
+            )
+
+            def maps(loader=loader, mine=mine, group=group, name=name):
+                for batch in tqdm(_scoring_every_image(loader), desc=name, leave=False, disable=None):
+                    probs = predictor.probabilities(batch["image"], [gt.shape for gt in batch["gt"]])
+                    for j, gt in enumerate(batch["gt"]):
+                        index = mine[int(batch["index"][j])]
+                        pred = to_uint8(probs[j].cpu().numpy())
+                        if save_preds:
+                            save_map(pred, os.path.join(save_preds, name, group[index].name + ".png"))
+                        yield index, (pred, gt, group[index].name, normalise), pred
+
+            states = _score(pool, _score_map, maps(), name, group, mine_worst)
+            _add_up(name, group, states, normalise, d, results, curves)
+    _merge_worst(worst, mine_worst, sets, d)
     return results
+
+
+def _score(pool, fn, items, name: str, group: list[Sample], worst: WorstImages | None) -> list:
+    """[(index in group, state)] of this process's images, fn giving (state, map or None) and
+    each item's kept map, if any, standing in for the None; each image offered to `worst`."""
+    states = []
+    for index, (state, shipped), kept in pool.map(fn, items):
+        states.append((index, state))
+        if worst is not None:
+            worst.offer(state["records"][0]["IoU"], name, group[index], shipped if kept is None else kept)
+    return states
+
+
+def _score_map(pred, gt, name: str, normalise: bool):
+    """(state, None) of a map made here (run in a metric worker; the caller keeps the map)."""
+    return score_sample(pred, gt, name, normalise), None
+
+
+def _add_up(name, group, states, normalise, d: Dist, results: dict, curves: dict | None) -> None:
+    """Rank 0 adds every process's per-image states in the dataset's order (the order one
+    process would have scored them in), so the rows are the single process's to the last bit."""
+    everyone = [pair for part in gather_objects(states, d) for pair in part]
+    if not d.is_main:
+        return
+    scorer = DatasetScorer(name, normalise)
+    for index, state in sorted(everyone, key=lambda pair: pair[0]):
+        scorer.add(state, group[index].name)
+    _collect(scorer, results, curves)
+
+
+def _merge_worst(worst: WorstImages | None, mine: WorstImages | None, sets: dict, d: Dist) -> None:
+    """Every process's K worst, offered to rank 0's `worst` in the order one process would
+    have offered them (dataset, then image), so ties go as they would alone."""
+    if worst is None:
+        return
+    everyone = [item for part in gather_objects(mine.items(), d) for item in part]
+    rows = list(sets)
+    place = {(row, s.name): (rows.index(row), j) for row, group in sets.items() for j, s in enumerate(group)}
+    for iou, row, sample, pred in sorted(everyone, key=lambda item: place[item[1], item[2].name]):
+        worst.offer(iou, row, sample, pred)
 
 
 def _collect(scorer: DatasetScorer, results: dict, curves: dict | None) -> None:
@@ -122,40 +175,52 @@ def evaluate_preds_dir(
     normalise: bool = False,
     curves: dict | None = None,
     worst: WorstImages | None = None,
+    workers: int = 0,
+    d: Dist = Dist(),
 ) -> dict:
     """Score prediction maps already on disk (DIR/<dataset>/<stem>.png, or DIR/<stem>.png
     for a single dataset) against the test GTs; maps of another size are resized to the
-    GT's, as PySODEvalToolkit does. Rows, normalise and curves as in `evaluate`."""
+    GT's, as PySODEvalToolkit does. Rows, normalise, curves, workers and d as in `evaluate`."""
     if not os.path.isdir(preds_dir):
         raise DataError(f"--preds-dir {preds_dir}: no such folder")
     sets = split_by_dataset(dataset_paths)
-    results = {}
-    for name, group in sets.items():
-        folder = os.path.join(preds_dir, name)
-        if not os.path.isdir(folder):
-            if len(sets) > 1:
+    results: dict = {}
+    mine_worst = WorstImages(worst.k) if worst is not None else None
+    with MetricWorkers(workers) as pool:
+        for name, group in sets.items():
+            folder = os.path.join(preds_dir, name)
+            if not os.path.isdir(folder):
+                if len(sets) > 1:
+                    raise DataError(
+                        f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
+                        f"use the DIR/<dataset>/<stem>.png layout"
+                    )
+                folder = preds_dir
+            maps = _prediction_maps(folder)
+            missing = [s.name for s in group if s.name not in maps]
+            if missing:
                 raise DataError(
-                    f"--preds-dir {preds_dir}: no {name}/ subfolder for dataset {name}; "
-                    f"use the DIR/<dataset>/<stem>.png layout"
+                    f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
+                    f"(first: {missing[0]}); predictions must be named like the GT files"
                 )
-            folder = preds_dir
-        maps = _prediction_maps(folder)
-        missing = [s.name for s in group if s.name not in maps]
-        if missing:
-            raise DataError(
-                f"{folder}: no prediction for {len(missing)} of {len(group)} {name} test images "
-                f"(first: {missing[0]}); predictions must be named like the GT files"
+            mine = Shard.of(d).indices(len(group))
+            keep = worst is not None
+            items = (
+                (i, (maps[group[i].name], group[i].mask, group[i].name, normalise, keep), None)
+                for i in tqdm(mine, desc=name, leave=False, disable=None)
             )
-        scorer = DatasetScorer(name, normalise)
-        for s in tqdm(group, desc=name, leave=False, disable=None):
-            gt, pred = read_mask(s.mask), read_grey(maps[s.name])  # a map is grey levels, never labels
-            if pred.shape != gt.shape:
-                pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-            rec = scorer.step(pred, gt, s.name)
-            if worst is not None:
-                worst.offer(rec["IoU"], name, s, pred)
-        _collect(scorer, results, curves)
+            states = _score(pool, _score_map_file, items, name, group, mine_worst)
+            _add_up(name, group, states, normalise, d, results, curves)
+    _merge_worst(worst, mine_worst, sets, d)
     return results
+
+
+def _score_map_file(map_path: str, mask_path: str, name: str, normalise: bool, keep: bool):
+    """(state, the map when keep) of a saved map against its GT (run in a metric worker)."""
+    gt, pred = read_mask(mask_path), read_grey(map_path)  # a map is grey levels, never labels
+    if pred.shape != gt.shape:
+        pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return score_sample(pred, gt, name, normalise), pred if keep else None
 
 
 def _prediction_maps(folder: str) -> dict[str, str]:

@@ -33,10 +33,14 @@ def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return (s / (k * k)).to(x.dtype)
 
 
-def boundary_weight(mask: torch.Tensor, window: int = BOUNDARY_WINDOW) -> torch.Tensor:
-    """Pixels near the boundary (where the local mean differs from the mask) weigh up to 6x."""
+def boundary_weight(
+    mask: torch.Tensor, window: int = BOUNDARY_WINDOW, gain: float = BOUNDARY_GAIN
+) -> torch.Tensor:
+    """Pixels near the boundary (where the local mean differs from the mask) weigh up to 1 + gain."""
     mask = mask.float()
-    return 1 + BOUNDARY_GAIN * torch.abs(box_mean(mask, window) - mask)
+    if gain == 0:  # every pixel alike: plain BCE + soft IoU
+        return torch.ones_like(mask)
+    return 1 + gain * torch.abs(box_mean(mask, window) - mask)
 
 
 @dataclass
@@ -50,9 +54,9 @@ class MaskTarget:
     weighted_mask_sum: torch.Tensor  # (B, 1): sum of weight * mask per image
 
     @classmethod
-    def of(cls, mask: torch.Tensor) -> "MaskTarget":
+    def of(cls, mask: torch.Tensor, boundary_gain: float = BOUNDARY_GAIN) -> "MaskTarget":
         mask = mask.float()
-        weight = boundary_weight(mask)
+        weight = boundary_weight(mask, gain=boundary_gain)
         weighted = weight * mask
         return cls(mask, weight, weighted, weight.sum((2, 3)), weighted.sum((2, 3)))
 
@@ -80,18 +84,20 @@ class LossSettings:
 
     side_weights: tuple[float, ...] = ()  # deep supervision: one weight per side output
     moe_weight: float = 0.01  # the MoE balance term
+    boundary_gain: float = BOUNDARY_GAIN  # structure loss: boundary pixels weigh up to 1 + this
 
     @classmethod
-    def for_model(cls, model, moe_weight: float) -> "LossSettings":
-        """The settings for a CamoDetector: its side outputs' weights, and the balance weight."""
-        return cls(tuple(model.side_weights), moe_weight)
+    def for_model(cls, model, moe_weight: float, boundary_gain: float = BOUNDARY_GAIN) -> "LossSettings":
+        """The settings for a CamoDetector: its side outputs' weights, the balance weight and the
+        structure loss's boundary gain."""
+        return cls(tuple(model.side_weights), moe_weight, boundary_gain)
 
 
 def total_loss(output, mask: torch.Tensor, settings: LossSettings):
     """(total, parts): parts are detached tensors for logging (no host sync here). The mask's
     boundary weight is computed once and shared by the main and side outputs."""
     side_weights, moe_weight = settings.side_weights, settings.moe_weight
-    target = MaskTarget.of(mask)
+    target = MaskTarget.of(mask, settings.boundary_gain)
     main = structure_loss(output.logits, target)
     total = main
     parts = {"main": main.detach()}

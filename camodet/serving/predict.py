@@ -16,6 +16,7 @@ from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..data.normalization import Normalization
 from ..data.transforms import resize
 from ..evaluation.metrics import to_uint8
+from .shards import Shard
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
 TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes
@@ -96,16 +97,31 @@ def unique_stems(paths: list[str]) -> list[str]:
     return unique_names([os.path.splitext(os.path.basename(p))[0] for p in paths])
 
 
+def output_paths(out_dir: str, stem: str) -> list[str]:
+    """The four files of one input, in the order they are written."""
+    return [
+        os.path.join(out_dir, "masks", stem + ".png"),
+        os.path.join(out_dir, "probs", stem + ".png"),
+        os.path.join(out_dir, "overlays", stem + ".jpg"),
+        os.path.join(out_dir, "cutouts", stem + ".png"),
+    ]
+
+
+def save_atomically(image: Image.Image, path: str, **options) -> None:
+    """Write to a temporary name beside `path`, then rename: a process killed mid-write leaves
+    no half file under the real name (so --skip-existing can trust what is there)."""
+    partial = os.path.join(os.path.dirname(path), f".partial-{os.getpid()}-{os.path.basename(path)}")
+    image.save(partial, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()], **options)
+    os.replace(partial, path)
+
+
 def write_outputs(image: np.ndarray, prob: np.ndarray, threshold: float, out_dir: str, stem: str) -> None:
     mask = prob >= threshold
-    Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(out_dir, "masks", stem + ".png"))
-    Image.fromarray(to_uint8(prob)).save(os.path.join(out_dir, "probs", stem + ".png"))
-    Image.fromarray(overlay_image(image, mask)).save(
-        os.path.join(out_dir, "overlays", stem + ".jpg"), quality=92
-    )
-    Image.fromarray(cutout_image(image, prob, mask), "RGBA").save(
-        os.path.join(out_dir, "cutouts", stem + ".png")
-    )
+    masks, probs, overlays, cutouts = output_paths(out_dir, stem)
+    save_atomically(Image.fromarray((mask * 255).astype(np.uint8)), masks)
+    save_atomically(Image.fromarray(to_uint8(prob)), probs)
+    save_atomically(Image.fromarray(overlay_image(image, mask)), overlays, quality=92)
+    save_atomically(Image.fromarray(cutout_image(image, prob, mask), "RGBA"), cutouts)
 
 
 def overlay_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -130,34 +146,42 @@ def predict_files(
     threshold: float = 0.5,
     batch_size: int = 4,
     num_workers: int = 2,
+    skip_existing: bool = False,
+    shard: Shard = Shard(),
 ) -> dict:
-    """Run over every input; returns counts, timing and the inputs that could not be read."""
-    paths, problems = expand_inputs(inputs)
+    """Run over every input (this process's share of them: blocks of a batch, so the batches
+    are a single process's); returns counts, timing and the inputs that could not be read.
+    skip_existing: inputs whose four outputs are all there are not predicted again."""
+    paths, listed = expand_inputs(inputs)
+    problems = listed if shard.rank == 0 else []  # every process lists the inputs; one reports it
     for sub in OUTPUTS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    stems = unique_stems(paths)
+    stems = unique_stems(paths)  # over every input, so each process names its files as one process would
+    mine = shard.indices(len(paths), batch_size)
+    todo = [
+        i for i in mine if not (skip_existing and all(map(os.path.exists, output_paths(out_dir, stems[i]))))
+    ]
     loader = DataLoader(
-        ImageFiles(paths, predictor.img_size, predictor.norm),
+        ImageFiles([paths[i] for i in todo], predictor.img_size, predictor.norm),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_files,
     )
     done, start = 0, time.time()
-    for items in tqdm(
-        loader, desc="predict", unit="batch", disable=None if len(paths) > batch_size else True
-    ):
+    for items in tqdm(loader, desc="predict", unit="batch", disable=None if len(todo) > batch_size else True):
         good = [it for it in items if "error" not in it]
-        problems += [(paths[it["index"]], it["error"]) for it in items if "error" in it]
+        problems += [(paths[todo[it["index"]]], it["error"]) for it in items if "error" in it]
         if not good:
             continue
         batch = torch.stack([it["input"] for it in good])
         probs = predictor.probabilities(batch, [it["image"].shape[:2] for it in good])
         for it, prob in zip(good, probs):
-            write_outputs(it["image"], prob.cpu().numpy(), threshold, out_dir, stems[it["index"]])
+            write_outputs(it["image"], prob.cpu().numpy(), threshold, out_dir, stems[todo[it["index"]]])
             done += 1
     seconds = time.time() - start
     return {
         "written": done,
+        "existing": len(mine) - len(todo),
         "inputs": len(paths),
         "problems": problems,
         "seconds": seconds,

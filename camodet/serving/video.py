@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..evaluation.metrics import to_uint8
-from .predict import overlay_image, unique_names
+from .predict import overlay_image, save_atomically, unique_names
+from .shards import Shard
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 DEFAULT_FPS = 25.0  # for frame folders, and videos whose header holds no rate
@@ -182,6 +183,11 @@ def _writer(path: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
     return w
 
 
+def clip_videos(out_dir: str, name: str) -> list[str]:
+    """OUT/<clip>/mask.mp4 and overlay.mp4."""
+    return [os.path.join(out_dir, name, "mask.mp4"), os.path.join(out_dir, name, "overlay.mp4")]
+
+
 def predict_clip(
     predictor,
     clip: Clip,
@@ -198,7 +204,10 @@ def predict_clip(
     if save_frames:
         for sub in ("masks", "probs"):
             os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    files = [os.path.join(folder, "mask.mp4"), os.path.join(folder, "overlay.mp4")]
+    files = clip_videos(out_dir, clip.name)
+    # the videos are written under temporary names and renamed when complete: a process killed
+    # mid-clip leaves no playable-looking half video (and --skip-existing redoes the clip)
+    partial = [os.path.join(folder, f".partial-{os.getpid()}-{os.path.basename(f)}") for f in files]
     # MPEG-4 video holds even sizes only: OpenCV's writer would crop an odd row or column
     # silently; a copy of the last one is added instead, so every pixel of the input is kept.
     w, h = clip.size
@@ -209,7 +218,7 @@ def predict_clip(
             return frame
         return cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
 
-    mask_video, overlay_video = (_writer(f, clip.fps, video_size) for f in files)
+    mask_video, overlay_video = (_writer(f, clip.fps, video_size) for f in partial)
     smoother, written, start = Smoother(smooth), 0, time.time()
 
     def write(pairs) -> None:
@@ -220,11 +229,12 @@ def predict_clip(
             mask_video.write(even(cv2.merge([grey, grey, grey])))
             overlay_video.write(even(cv2.cvtColor(overlay_image(rgb, mask), cv2.COLOR_RGB2BGR)))
             if save_frames:
-                Image.fromarray(grey).save(os.path.join(folder, "masks", stem + ".png"))
-                Image.fromarray(to_uint8(prob)).save(os.path.join(folder, "probs", stem + ".png"))
+                save_atomically(Image.fromarray(grey), os.path.join(folder, "masks", stem + ".png"))
+                save_atomically(Image.fromarray(to_uint8(prob)), os.path.join(folder, "probs", stem + ".png"))
             written += 1
 
     bar = tqdm(total=clip.count or None, desc=clip.name, unit="frame", disable=None)
+    complete = False
     try:
         batch: list[tuple[str, np.ndarray]] = []
         for item in _then_none(clip.frames()):
@@ -239,10 +249,13 @@ def predict_clip(
                 bar.set_postfix_str(f"{bar.n / max(time.time() - start, 1e-9):.1f} frames/s")
                 batch = []
         write(smoother.flush())
+        complete = True
     finally:
         bar.close()
         mask_video.release()
         overlay_video.release()
+        for temporary, final in zip(partial, files):
+            os.replace(temporary, final) if complete else os.remove(temporary)
     seconds = time.time() - start
     return {
         "clip": clip.name,
@@ -264,25 +277,37 @@ def _then_none(it: Iterator) -> Iterator:
 
 
 def predict_clips(
-    predictor, videos: list[str], frame_folders: list[str], out_dir: str, fps: float, **options
+    predictor,
+    videos: list[str],
+    frame_folders: list[str],
+    out_dir: str,
+    fps: float,
+    skip_existing: bool = False,
+    shard: Shard = Shard(),
+    **options,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Every video file and frame folder (one clip per sequence), each clip into its own folder
     (a numeric suffix where two share a name: day1/GOPR0001.MP4, day2/GOPR0001.MP4 -> GOPR0001,
     GOPR0001_2); returns the clips' summaries and the inputs that could not be read, as
-    [(input, why)], without stopping the others."""
+    [(input, why)], without stopping the others. shard: this process's clips, each whole;
+    skip_existing: clips whose two videos are there are not predicted again."""
     problems, opened = [], []
     for source in [*videos, *frame_folders]:
         try:
             clips = [open_video(source)] if source in videos else frame_clips(source, fps)
         except DataError as e:
-            problems.append((source, e.reason.removeprefix(f"{source}: ")))
+            if shard.rank == 0:  # every process opens every input, to name the clips alike; one reports
+                problems.append((source, e.reason.removeprefix(f"{source}: ")))
             continue
         opened += [(source, clip) for clip in clips]
     # every name is known before the first folder is written, so a suffix never lands on a clip's own name
     names = unique_names([clip.name for _, clip in opened])
     done, failed = [], set()
-    for (source, clip), name in zip(opened, names):
+    for i in shard.indices(len(opened)):
+        (source, clip), name = opened[i], names[i]
         if source in failed:  # one line per input: its later sequences are not tried
+            continue
+        if skip_existing and all(map(os.path.exists, clip_videos(out_dir, name))):
             continue
         try:
             done.append(predict_clip(predictor, replace(clip, name=name), out_dir, **options))

@@ -182,6 +182,22 @@ def test_train_augmentation_reproducible(synth_root):
     assert a["mask"].shape == (1, 48, 48) and set(a["mask"].unique().tolist()) <= {0.0, 1.0}
 
 
+def test_flip_augmentation_is_the_plain_view_or_its_mirror(synth_root):
+    samples = gather([synth_root], "train")
+    plain = CODDataset(samples, 48, train=False)[3]
+    flip = CODDataset(samples, 48, train=True, augment="flip")
+    seen = set()
+    for seed in range(8):
+        got = flip[(3, [seed])]
+        mirrored = bool((got["image"] == plain["image"].flip(-1)).all())
+        assert mirrored or (got["image"] == plain["image"]).all()  # no crop, rotation or colour
+        assert (got["mask"] == (plain["mask"].flip(-1) if mirrored else plain["mask"])).all()
+        seen.add(mirrored)
+    assert seen == {True, False}
+    full = CODDataset(samples, 48, train=True)[(3, [0])]["image"]
+    assert not (full == plain["image"]).all() and not (full == plain["image"].flip(-1)).all()
+
+
 def test_cache_written_once_and_read_back(synth_root, tmp_path):
     from camodet.data.cache import cached_samples
     from camodet.data.dataset import CODDataset

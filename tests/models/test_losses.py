@@ -86,6 +86,19 @@ def test_boundary_weight_is_the_old_weight():
         assert (boundary_weight(mask).double() - ref).abs().max().item() <= 1e-6
 
 
+def test_boundary_gain_zero_is_plain_bce_plus_soft_iou():
+    gen = torch.Generator().manual_seed(2)
+    for mask in masks(4, 40, 64, gen).values():
+        logits = torch.randn(mask.shape, generator=gen)
+        prob = torch.sigmoid(logits)
+        inter, union = (prob * mask).sum((2, 3)), (prob + mask).sum((2, 3))
+        bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none").mean((2, 3))
+        plain = (bce + 1 - (inter + 1) / (union - inter + 1)).mean()
+        got, _ = total_loss(ModelOutput(logits), mask, LossSettings(boundary_gain=0.0))
+        assert torch.allclose(got, plain, atol=1e-6)
+    assert not torch.allclose(structure_loss(logits, mask), plain, atol=1e-3)  # the default weighs
+
+
 def test_total_loss_with_deep_supervision_equals_the_old_sum_and_weighs_the_mask_once(monkeypatch):
     gen = torch.Generator().manual_seed(2)
     mask = masks(4, 32, 32, gen)["mixed"]
@@ -95,7 +108,7 @@ def test_total_loss_with_deep_supervision_equals_the_old_sum_and_weighs_the_mask
     weights = [0.5, 0.25, 0.125]
     calls = []
     real = losses.boundary_weight
-    monkeypatch.setattr(losses, "boundary_weight", lambda m: calls.append(1) or real(m))
+    monkeypatch.setattr(losses, "boundary_weight", lambda m, **kw: calls.append(1) or real(m, **kw))
     total, parts = total_loss(ModelOutput(main, sides, aux), mask, LossSettings(tuple(weights), 0.01))
     assert len(calls) == 1  # once per step, not once per output
     ref = (

@@ -12,14 +12,6 @@ from ..conftest import real_samples_dir
 ort = pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'camodet[export]'")
 
 
-@pytest.fixture(scope="module")
-def onnx_export(tiny_checkpoint, tmp_path_factory):
-    """One export with both graphs (each takes ~10-20 s to trace on a 2-core CPU)."""
-    out = tmp_path_factory.mktemp("onnx") / "export"
-    assert main(["export", str(tiny_checkpoint), str(out), "--onnx", "--fp16"]) == 0
-    return out
-
-
 def torch_probs(p: Predictor, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return torch.sigmoid(p.logits(torch.from_numpy(x))).numpy()

@@ -82,10 +82,12 @@ def test_export_folder_loads_to_same_maps(tiny_checkpoint, tmp_path, capsys):
         Predictor.load(str(tmp_path))
 
 
-def test_onnx_matches_pytorch_on_random_and_real_inputs(tiny_checkpoint, tmp_path):
+@pytest.mark.slow
+def test_onnx_matches_pytorch_on_random_and_real_inputs(onnx_export):
+    """The exported graph (conftest's onnx_export: `camodet export --onnx`, shared with
+    serving/test_export.py) gives PyTorch's probabilities on a dynamic batch of real photos."""
     ort = pytest.importorskip("onnxruntime")
-    out = tmp_path / "export"
-    assert main(["export", str(tiny_checkpoint), str(out), "--onnx"]) == 0
+    out = onnx_export
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     p = Predictor.load(str(out))
     from camodet.data.io import read_image

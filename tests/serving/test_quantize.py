@@ -12,13 +12,27 @@ from camodet.serving.quantize import mask_iou, split_images
 pytest.importorskip("onnxruntime", reason="int8 export needs pip install 'camodet[export]'")
 
 
+def traced_already(onnx_export):
+    """export_onnx that copies the session's traced fp32 graph: each trace costs 20-40 s of CPU."""
+
+    def export_onnx(model, img_size, path, fp16=False):
+        shutil.copyfile(onnx_export / "model.onnx", path)
+        return 0.0
+
+    return export_onnx
+
+
 @pytest.fixture(scope="module")
-def int8_export(tiny_checkpoint, synth_root, tmp_path_factory):
+def int8_export(tiny_checkpoint, onnx_export, synth_root, tmp_path_factory):
     """One export with model.onnx and model_int8.onnx, calibrated on the synthetic training photos."""
+    import camodet.serving.export as export_module
+
     out = tmp_path_factory.mktemp("int8") / "export"
     images = os.path.join(synth_root, "Train", "Image")
     args = ["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", images]
-    assert main([*args, "--calibration-count", "8", "--min-agreement", "0.5"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_module, "export_onnx", traced_already(onnx_export))
+        assert main([*args, "--calibration-count", "8", "--min-agreement", "0.5"]) == 0
     return out
 
 
@@ -51,19 +65,14 @@ def test_int8_export_writes_a_graph_that_predictor_and_predict_run(int8_export, 
 
 @pytest.mark.slow
 def test_int8_below_the_threshold_is_refused_and_the_folder_kept(
-    int8_export, tiny_checkpoint, synth_root, tmp_path, capsys, monkeypatch
+    int8_export, onnx_export, tiny_checkpoint, synth_root, tmp_path, capsys, monkeypatch
 ):
     import camodet.serving.export as export_module
 
     out = tmp_path / "export"
     shutil.copytree(int8_export, out)
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
-
-    def traced_already(model, img_size, path, fp16=False):  # the fixture's graph: no second trace
-        shutil.copyfile(int8_export / "model.onnx", path)
-        return 0.0
-
-    monkeypatch.setattr(export_module, "export_onnx", traced_already)
+    monkeypatch.setattr(export_module, "export_onnx", traced_already(onnx_export))
     images = os.path.join(synth_root, "Train", "Image")
     args = ["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", images]
     assert main([*args, "--calibration-count", "4", "--min-agreement", "1.01"]) == 2

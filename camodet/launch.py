@@ -1,0 +1,128 @@
+"""Which process this is among several started by torchrun or srun (all ones when alone), and
+the process group they share: training (engine/distributed.py builds DDP on it), sharded
+prediction and sharded evaluation all read the launchers' variables here, and only here."""
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .models.device import resolve_device
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the processes of a launch (all ones when alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1  # processes on this node
+    launcher: str = "single"  # single | torchrun | srun
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world // max(1, self.local_world))
+
+    def describe(self) -> str:
+        return (
+            f"launcher {self.launcher}: {self.world} process(es) on {self.nodes} node(s), "
+            f"{self.local_world} per node"
+        )
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[07-09,12],cpu3' -> 'gpu07'."""
+    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise RuntimeError(f"cannot read the SLURM node list {nodelist!r}; set MASTER_ADDR")
+    prefix, ranges = m.group(1), m.group(3)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def tasks_per_node(text: str) -> int:
+    """SLURM_STEP_TASKS_PER_NODE / SLURM_TASKS_PER_NODE: '2(x3)' or '2,1' -> the first count."""
+    return int(re.match(r"\d+", text).group(0)) if text and re.match(r"\d+", text) else 1
+
+
+def from_srun(env=os.environ) -> dict | None:
+    """torchrun's variables from what srun sets for each task (None: not an srun launch of
+    several tasks). MASTER_PORT, unless given, comes from the job id so that two jobs on a
+    node do not collide."""
+    if "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return None
+    nodelist = (
+        env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    )
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(
+            tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1"))
+        ),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodelist or "localhost"),
+        "MASTER_PORT": env.get("MASTER_PORT") or str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+    }
+
+
+def init(device_kind: str) -> Dist:
+    """torchrun's environment (one or several nodes), else srun's, decides; a single process
+    needs no process group."""
+    launcher = "torchrun"
+    if "WORLD_SIZE" not in os.environ:
+        srun = from_srun()
+        if srun is None:
+            return Dist()
+        os.environ.update(srun)
+        launcher = "srun"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Dist(
+        dist.get_rank(),
+        dist.get_world_size(),
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        launcher,
+    )
+
+
+def own_device(name: str, d: Dist) -> torch.device:
+    """resolve_device, with each process of a node on its own GPU (LOCAL_RANK)."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", d.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def gather_objects(obj, d: Dist) -> list:
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

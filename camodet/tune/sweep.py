@@ -1,0 +1,197 @@
+"""`camodet sweep`: hyperparameter search with Optuna, each trial a real `camodet train` run in its
+own folder (OUT/trials/trial_NNNN) that reports its validation IoU every epoch, so that the pruner
+can stop hopeless trials early.
+
+Interruption: Ctrl-C or SIGTERM inside a trial stops its training as `train` does (a resumable
+last.pth); the trial is marked failed and queued again with the same settings and folder, and the
+next `camodet sweep` (on any worker) resumes it from that last.pth. A worker that vanished (kill -9,
+a lost node) stops sending Optuna's heartbeat: the next worker marks its trial failed and queues it
+the same way. Optuna's storage hands each queued or new trial to exactly one worker."""
+
+import logging
+import math
+import os
+import signal
+from dataclasses import dataclass
+
+from ..config import ConfigError, TrainConfig
+from ..runs import history
+from ..runs.folder import BEST_METRIC, RunFolder
+from .space import SearchSpace, apply
+from .study import default_storage, open_study, retry_callback
+
+log = logging.getLogger("camodet")
+
+PRUNED = "pruned"  # the trainer's stop reason when the pruner gave up on a trial
+RUN_DIR, SETTINGS = "run_dir", "settings"  # trial attributes (a retried trial inherits them)
+
+
+class SweepStopped(Exception):
+    """The sweep was stopped by a signal (`args[0]`: its name); the running trial is queued again."""
+
+
+@dataclass
+class SweepOptions:
+    """How this worker searches: the study, the pruner and sampler, how many trials it runs."""
+
+    out_dir: str
+    storage: str
+    study: str
+    trials: int
+    pruner: str = "median"  # median | hyperband | none
+    sampler: str = "tpe"  # tpe | random
+    sampler_seed: int | None = None
+    prune_startup: int = 3  # trials that finish before the median pruner judges any
+    prune_warmup: int = 1  # epochs every trial trains before it can be pruned
+    heartbeat: float = 60.0
+
+
+class PruningReporter:
+    """Epoch hook (after the checkpoint and the record are written): the epoch's validation IoU to
+    the trial; when the pruner gives up on it, the trainer is asked to stop as for a signal, so the
+    run ends with its folder complete and consistent, on every rank."""
+
+    def __init__(self, trial):
+        self.trial = trial
+
+    def after_epoch(self, trainer, result) -> None:
+        iou = result.val.get(BEST_METRIC)
+        if iou is None or not math.isfinite(iou):
+            return
+        self.trial.report(iou, result.epoch)
+        # After the last epoch there is nothing left to save: the trial completes with its result.
+        if result.epoch < trainer.cfg.stages.epochs and self.trial.should_prune():
+            log.info(
+                f"trial {self.trial.number}: pruned after epoch {result.epoch} ({BEST_METRIC} {iou:.4f})"
+            )
+            trainer.stop.request(PRUNED)
+
+
+def report_history(trial, folder: RunFolder) -> int:
+    """A resumed trial reports the epochs its earlier attempt trained (from metrics.jsonl, the last
+    record of each epoch), so that the pruner sees the whole curve. Returns how many."""
+    scores = {}
+    for r in history.read(folder.metrics):
+        if r.get("type") == "epoch" and BEST_METRIC in (r.get("val") or {}):
+            scores[int(r["epoch"])] = float(r["val"][BEST_METRIC])
+    for epoch, iou in sorted(scores.items()):
+        if math.isfinite(iou):
+            trial.report(iou, epoch)
+    return len(scores)
+
+
+class TrialRunner:
+    """The objective: one trial = one training run of the base configuration with the trial's
+    settings, in its own folder (resumed from its last.pth when an earlier attempt left one)."""
+
+    def __init__(self, base: TrainConfig, space: SearchSpace, out_dir: str):
+        self.base, self.space = base, space
+        self.trials_dir = os.path.join(out_dir, "trials")
+        self.current: int | None = None  # the trial this worker runs now
+
+    def configure(self, trial) -> TrainConfig:
+        settings = self.space.suggest(trial)
+        run_dir = trial.user_attrs.get(RUN_DIR) or os.path.join(self.trials_dir, f"trial_{trial.number:04d}")
+        trial.set_user_attr(RUN_DIR, run_dir)
+        trial.set_user_attr(SETTINGS, settings)
+        cfg = apply(self.base, settings, source=f"trial {trial.number}'s settings")
+        folder = RunFolder(run_dir)
+        resume = folder.last if os.path.isfile(folder.last) else None
+        # An attempt that saved nothing left at most its config and log: that folder starts over.
+        cfg.run.checkpoint_dir, cfg.run.resume_from, cfg.run.overwrite = run_dir, resume, resume is None
+        cfg.validate()
+        if resume:
+            n = report_history(trial, folder)
+            log.info(f"trial {trial.number}: resuming {resume} ({n} epoch(s) trained by an earlier attempt)")
+        return cfg
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from ..engine.trainer import Trainer
+
+        self.current = trial.number
+        cfg = self.configure(trial)
+        log.info(f"trial {trial.number}: {trial.user_attrs[SETTINGS]} in {cfg.run.checkpoint_dir}")
+        trainer = Trainer(cfg)
+        trainer.hooks.append(PruningReporter(trial))
+        state = trainer.run()
+        trial.set_user_attr("epochs", state.epoch)
+        trial.set_user_attr("best_epoch", state.best_epoch)
+        if state.interrupted == PRUNED:
+            raise optuna.TrialPruned(f"pruned after epoch {state.epoch}")
+        if state.interrupted:
+            raise SweepStopped(state.interrupted)
+        if not math.isfinite(state.best_iou):
+            raise ConfigError(f"trial {trial.number} validated nothing; the sweep needs --val-fraction > 0")
+        return state.best_iou
+
+
+def make_sampler(opts: SweepOptions):
+    import optuna
+
+    if opts.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=opts.sampler_seed)
+    return optuna.samplers.TPESampler(seed=opts.sampler_seed)
+
+
+def make_pruner(opts: SweepOptions, epochs: int):
+    import optuna
+
+    if opts.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if opts.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, opts.prune_warmup), max_resource=epochs)
+    # Optuna's steps are epochs here: n_warmup_steps=W lets a trial train W epochs before judging it.
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=opts.prune_startup, n_warmup_steps=opts.prune_warmup - 1
+    )
+
+
+def requeue(study, number: int | None) -> bool:
+    """Queue the interrupted trial again (same settings and folder), as Optuna's heartbeat does for
+    a vanished worker's; only the worker that ran it does this, so it is queued once."""
+    if number is None:
+        return False
+    import optuna
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state != optuna.trial.TrialState.FAIL:
+        return False
+    retry_callback()(study, trial)
+    return True
+
+
+def raise_on_sigterm(signum, frame):
+    raise SweepStopped(signal.Signals(signum).name)
+
+
+def run_sweep(base: TrainConfig, space: SearchSpace, opts: SweepOptions, train_flags: list[str]):
+    """Run `opts.trials` trials of the study in this process (other workers may share it). Returns
+    the study; raises SweepStopped after a signal, once the running trial is queued again."""
+    import warnings
+
+    import optuna
+
+    from ..engine.guard import DivergenceError
+
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if opts.storage == default_storage(opts.out_dir):  # the SQLite file's folder must exist first
+        os.makedirs(opts.out_dir, exist_ok=True)
+    sampler, pruner = make_sampler(opts), make_pruner(opts, base.stages.epochs)
+    study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat)
+    os.makedirs(opts.out_dir, exist_ok=True)
+    runner = TrialRunner(base, space, opts.out_dir)
+    # Outside a trial's training (loading data, asking Optuna), SIGTERM stops the sweep as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        # A diverged trial is a result (this setting does not train), not a reason to stop the sweep.
+        study.optimize(runner, n_trials=opts.trials, catch=(DivergenceError,), gc_after_trial=True)
+    except (SweepStopped, KeyboardInterrupt) as e:
+        queued = requeue(study, runner.current)
+        name = e.args[0] if isinstance(e, SweepStopped) and e.args else "SIGINT"
+        raise SweepStopped(name, runner.current if queued else None) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return study

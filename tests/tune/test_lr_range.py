@@ -1,0 +1,67 @@
+"""The LR range test: its suggestion rules on a known curve, and a real test from a checkpoint that
+leaves the checkpoint and its run folder exactly as they were."""
+
+import hashlib
+import math
+import os
+
+import pytest
+import yaml
+
+from camodet.cli import main
+from camodet.tune.lr_range import exponential_lrs, smooth, suggest
+
+
+def test_suggestions_on_a_known_curve():
+    lrs = exponential_lrs(1e-6, 1.0, 61)  # ten points per decade
+    # flat, then falling fastest at 1e-3 (a logistic step in log10 LR), then climbing from 1e-1
+    losses = [
+        1.0 - 0.6 / (1 + math.exp(-4 * (math.log10(lr) + 3))) + (5 * (lr - 0.1) if lr > 0.1 else 0)
+        for lr in lrs
+    ]
+    steepest, minimum = suggest(lrs, losses)
+    assert steepest == pytest.approx(1e-3, rel=0.3)
+    assert minimum == pytest.approx(0.1, rel=0.3)
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # bias-corrected from the first step
+
+
+def fingerprint(folder) -> dict:
+    """Every file of the folder with its bytes' hash and modification time."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, folder)] = (
+                hashlib.sha256(open(path, "rb").read()).hexdigest(),
+                os.stat(path).st_mtime_ns,
+            )
+    return out
+
+
+@pytest.mark.slow
+def test_range_test_from_a_checkpoint_suggests_a_tried_lr_and_changes_nothing(
+    tiny_checkpoint, synth_root, tmp_path, capsys
+):
+    run = tiny_checkpoint.parent
+    before = fingerprint(run)
+    out = tmp_path / "lr"
+    args = ["--dataset-path", synth_root, "--checkpoint-dir", str(run), "--resume-from", str(tiny_checkpoint)]
+    args += ["--backbone", "edgenext_xx_small", "--num-experts", "2", "--decoder-channels", "16"]
+    args += ["--img-size", "64", "--batch-size", "4", "--accumulation-steps", "2", "--num-workers", "0"]
+    args += ["--epochs", "2", "--stage1-epochs", "1", "--use-ema"]
+    assert (
+        main(
+            ["tune", "lr", *args, "--steps", "12", "--start-lr", "1e-5", "--end-lr", "10", "--out", str(out)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert fingerprint(run) == before  # checkpoint bytes, every other file and their times: untouched
+    curve = yaml.safe_load(open(out / "lr_range.json"))
+    assert curve["stage"] == 2 and curve["epoch"] == 2  # the stage the run would train next
+    assert 1e-5 <= curve["steepest"] <= 10 and curve["steepest"] in curve["lrs"]
+    assert len(curve["lrs"]) == len(curve["losses"]) <= 12
+    assert os.path.getsize(out / "lr_range.png") > 1000
+    suggested = yaml.safe_load(open(out / "lr_range.yaml"))["optim"]["stage2_lr"]
+    assert suggested == pytest.approx(curve["steepest"], rel=1e-2)
+    assert "suggested --stage2-lr" in printed and f"--stage2-lr {suggested:g}" in printed

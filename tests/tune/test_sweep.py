@@ -1,0 +1,237 @@
+"""camodet sweep with real Optuna storages and real (tiny) training runs: bad input refused before
+anything trains, two workers sharing a study, a worker stopped mid-trial and started again, pruning
+of a lagging trial, the summary, and a real PostgreSQL server where one can be started."""
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="camodet sweep needs Optuna: pip install 'camodet[tune]'")
+
+from camodet.cli import main  # noqa: E402
+from camodet.tune.study import default_storage  # noqa: E402
+
+SPACE = {"optim.lr": {"low": 3e-4, "high": 3e-3, "log": True}}
+
+
+def sweep_args(synth_root, out, space_file, epochs=1, stage1=1) -> list[str]:
+    return [
+        "sweep", "--dataset-path", synth_root, "--backbone", "edgenext_xx_small", "--num-experts", "1",
+        "--decoder-channels", "16", "--img-size", "64", "--batch-size", "4", "--num-workers", "0",
+        "--epochs", str(epochs), "--stage1-epochs", str(stage1), "--no-tensorboard", "--image-every", "0",
+        "--space", str(space_file), "--out", str(out),
+    ]  # fmt: skip
+
+
+def write_space(path, space=SPACE):
+    path.write_text(json.dumps(space))  # JSON is YAML
+    return path
+
+
+def trials_of(out, name="camodet", storage=None):
+    study = optuna.load_study(study_name=name, storage=storage or default_storage(str(out)))
+    return study.get_trials(deepcopy=False)
+
+
+def epochs_in(run_dir) -> list[int]:
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [r["epoch"] for r in records if r["type"] == "epoch"]
+
+
+def worker(args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    return subprocess.Popen(
+        [sys.executable, "-m", "camodet", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
+
+
+def test_bad_input_is_refused_before_anything_trains(synth_root, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    space = write_space(tmp_path / "space.yaml")
+    base = sweep_args(synth_root, out, space)
+    bad = write_space(tmp_path / "bad.yaml", {"optim.lr": {"low": 3e-4, "high": 3e-3}, "optim.lrr": [1, 2]})
+    assert main([*base, "--space", str(bad)]) == 2
+    unreachable = "postgresql+psycopg2://nobody:secret@127.0.0.1:9/none"
+    assert main([*base, "--storage", unreachable]) == 2
+    assert not out.exists()  # nothing written for either
+    # a study of another space under the same name: refused, and the study is left as it was
+    from camodet.tune.space import SearchSpace
+    from camodet.tune.study import SPACE_ATTR, open_study
+
+    os.makedirs(out)
+    url = default_storage(str(out))
+    other = SearchSpace(
+        {"optim.weight_decay": [0.01, 0.05]}, __import__("camodet.config").config.TrainConfig()
+    )
+    study = open_study(url, "camodet", other, None, None, ["--lr", "1"], heartbeat=60)
+    study.enqueue_trial({"optim.weight_decay": 0.05})
+    assert main(base) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("camodet: error: ") for e in errors)
+    assert "'optim.lrr' is not a setting" in errors[0]
+    assert "cannot open it" in errors[1] and "secret" not in errors[1]
+    assert "searches another space (differs in optim.lr, optim.weight_decay)" in errors[2]
+    after = optuna.load_study(study_name="camodet", storage=url)
+    assert after.user_attrs[SPACE_ATTR] == other.fingerprint and len(after.trials) == 1
+    assert not (out / "trials").exists()
+
+
+@pytest.mark.slow
+def test_two_sqlite_workers_run_every_trial_exactly_once(synth_root, tmp_path):
+    out = tmp_path / "sweep"
+    args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"))
+    os.makedirs(out)  # both workers create the study in it at once
+    procs = [worker([*args, "--trials", "2"]) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trials = trials_of(out)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    run_dirs = {t.user_attrs["run_dir"] for t in trials}
+    assert len(run_dirs) == 4 and sorted(os.listdir(out / "trials")) == sorted(
+        map(os.path.basename, run_dirs)
+    )
+    assert all(epochs_in(d) == [1] for d in run_dirs)  # each trained once, by one worker
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_mid_trial_resumes_it_and_runs_nothing_twice(synth_root, tmp_path):
+    out = tmp_path / "sweep"
+    args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
+    first = worker([*args, "--trials", "1"])
+    metrics = out / "trials" / "trial_0000" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
+        assert time.monotonic() < deadline, "trial 0 never finished its first epoch"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)  # as a scheduler ends a job: inside trial 0, after epoch 1
+    log = first.communicate(timeout=300)[0].decode()
+    assert first.returncode == 128 + signal.SIGTERM, log
+    assert "trial 0 is queued again and resumes from its last.pth" in log
+    again = worker([*args, "--trials", "1"])  # the queued retry comes first
+    log = again.communicate(timeout=600)[0].decode()
+    assert again.returncode == 0, log
+    states = {t.number: (t.state.name, os.path.basename(t.user_attrs["run_dir"])) for t in trials_of(out)}
+    assert states == {
+        0: ("FAIL", "trial_0000"),  # the interrupted attempt
+        1: ("COMPLETE", "trial_0000"),  # its retry, resumed in the same folder
+    }
+    assert epochs_in(out / "trials" / "trial_0000") == [1, 2]  # epoch 1 was not trained again
+    assert os.listdir(out / "trials") == ["trial_0000"]
+
+
+@pytest.mark.slow
+def test_pruning_stops_a_lagging_trial_and_the_summary_shows_it(synth_root, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": [0.01, 1e-9]})
+    args = sweep_args(synth_root, out, space, epochs=2, stage1=2)
+    args += ["--min-lr", "0", "--pruner", "median", "--prune-startup", "1", "--prune-warmup", "1"]
+    os.makedirs(out)
+    from camodet.config import TrainConfig
+    from camodet.tune.space import SearchSpace
+    from camodet.tune.study import open_study
+
+    # the order is fixed: a trial that learns, then one whose LR is a billionth (it cannot)
+    base = TrainConfig()
+    base.optim.min_lr = 0.0
+    searched = SearchSpace(json.loads(space.read_text()), base)
+    study = open_study(default_storage(str(out)), "camodet", searched, None, None, [], heartbeat=60)
+    study.enqueue_trial({"optim.lr": 0.01})
+    study.enqueue_trial({"optim.lr": 1e-9})
+    assert main([*args, "--trials", "2"]) == 0
+    good, bad = trials_of(out)
+    assert good.state.name == "COMPLETE" and good.user_attrs["epochs"] == 2
+    assert bad.state.name == "PRUNED" and bad.user_attrs["epochs"] == 1  # stopped after its first epoch
+    assert bad.intermediate_values[1] < good.intermediate_values[1]
+    run = out / "trials" / "trial_0001"
+    assert epochs_in(run) == [1] and os.path.isfile(run / "last.pth")  # a complete, consistent folder
+    capsys.readouterr()
+    assert main(["sweep", "--summary", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "    1  pruned " in printed and "    0  complete " in printed
+    assert "--lr 0.01 --checkpoint-dir runs/camodet-best" in printed
+    page = (out / "summary.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2  # history and per-epoch IoU at least
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server (Debian's package, run as the `postgres` user under root) on
+    a free port; skipped with the reason where none can be started."""
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    if not found:
+        pytest.skip("no PostgreSQL server (initdb): 'make test' installs Debian's postgresql as root")
+    bindir = os.path.dirname(os.path.realpath(found))
+    data = tempfile.mkdtemp(prefix="camodet-pg-")
+    run_as = []
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL refuses to run as root and there is no 'postgres' user")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    pg_ctl = [*run_as, os.path.join(bindir, "pg_ctl"), "-D", os.path.join(data, "db")]
+    try:
+        init = subprocess.run(
+            [
+                *run_as,
+                os.path.join(bindir, "initdb"),
+                "-D",
+                os.path.join(data, "db"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if init.returncode != 0:
+            pytest.skip(f"initdb failed: {init.stderr.strip().splitlines()[-1:]}")
+        options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+        start = subprocess.run(
+            [*pg_ctl, "-l", os.path.join(data, "log"), "-w", "-o", options, "start"], capture_output=True
+        )
+        if start.returncode != 0:
+            pytest.skip(
+                f"the PostgreSQL server did not start: {open(os.path.join(data, 'log')).read()[-200:]}"
+            )
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_on_a_postgresql_server(postgres_url, synth_root, tmp_path):
+    out = tmp_path / "sweep"
+    args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"))
+    args += ["--storage", postgres_url, "--study", "shared", "--trials", "1"]
+    procs = [worker(args) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trials = trials_of(out, "shared", postgres_url)
+    assert sorted((t.number, t.state.name) for t in trials) == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 2
