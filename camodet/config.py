@@ -175,6 +175,16 @@ class RunConfig:
     log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates")
     tensorboard: bool = opt(True, "write TensorBoard logs to RUN/tensorboard (needs the tensorboard package)")
     image_every: int = opt(5, "epochs between TensorBoard panels of validation predictions (0 = never)")
+    tracker: list[str] = opt(
+        [],
+        "experiment tracker(s) to log to, wandb and/or mlflow (repeat the flag or list both): config, "
+        "epoch records, events, the final export and report; offline by default (W&B offline mode, "
+        "MLflow to RUN/mlflow.db)",
+        nargs="+",
+    )
+    tracking_uri: str | None = opt(
+        None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db)"
+    )
     preempt_signal: str = opt(
         "USR1",
         "signal a scheduler sends ahead of preemption (SLURM: --signal=USR1@120): "
@@ -520,6 +530,8 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(sf.stall_timeout >= 0, f"--stall-timeout must be >= 0 seconds (got {sf.stall_timeout})")
     need(r.image_every >= 0, f"--image-every must be >= 0 (got {r.image_every})")
     need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
+    for name in r.tracker:
+        need(name in ("wandb", "mlflow"), f"--tracker {name!r} is not one of wandb, mlflow")
     if r.time_limit is not None:
         parse_duration(r.time_limit)
     import signal

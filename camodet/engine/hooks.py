@@ -40,6 +40,7 @@ class RunHistory:
     def __init__(self, path: str, is_main: bool):
         self.path, self.is_main = path, is_main
         self.records = history.read(path) if is_main else []
+        self.loaded = len(self.records)  # those of earlier attempts; this process appends the rest
 
     def record(self, event: dict) -> None:
         if self.is_main:

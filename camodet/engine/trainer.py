@@ -37,6 +37,7 @@ from ..runs.checkpoint import (
 )
 from ..runs.folder import BEST_METRIC, RunFolder, is_better
 from ..runs.resume import open_resume, settle_best
+from ..tracking.hook import TrackerHook
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
 from .hooks import Checkpointer, ConsoleReporter, EpochResult, MetricsLogger, RunHistory
@@ -118,7 +119,8 @@ class Trainer:
     model, ema, optimizer, scaler, step (the train step), checkpoint (what a save holds);
     plan (stages, trainable groups, LR), state (the counters a checkpoint carries), guard
     (divergence); stop (signals, --time-limit), watchdog (stalls), tb (TensorBoard);
-    checkpointer + hooks: what ends an epoch. Entering a stage sets frozen, stage, loader."""
+    checkpointer + hooks: what ends an epoch; trackers (--tracker: W&B, MLflow). Entering a stage
+    sets frozen, stage, loader."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -155,7 +157,7 @@ class Trainer:
     def run(self) -> RunState:
         """The loop: for each epoch, enter its stage, train the pass (rolling back on
         divergence), end the epoch (validate, best, hooks: save, record, report), stop if asked."""
-        with self.stop, self.watchdog, self.tb:
+        with self.stop, self.watchdog, self.tb, self.trackers:
             self.before_train()
             for epoch in range(self.first_epoch, self.plan.epochs + 1):
                 self.watchdog.beat(f"start of epoch {epoch}")
@@ -310,7 +312,8 @@ class Trainer:
         self.stop = StopRequest(self.time_limit, (self.preempt,))
         self.watchdog = StallWatchdog(cfg.safety.stall_timeout, self.folder.stall_report)
         self.checkpointer = Checkpointer()
-        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict())]
+        self.trackers = TrackerHook(cfg, self.folder, self.history, state, self.d.is_main)
+        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict()), self.trackers]
 
     def record(self, event: dict) -> None:
         """Append an event to the run's history (rank 0)."""

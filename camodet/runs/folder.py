@@ -20,6 +20,7 @@ NUMBERED = "epoch_{}.pth"  # --keep-last K
 METRICS = "metrics.jsonl"  # one record per epoch or event
 CONFIG = "config.yaml"  # the run's settings, loadable with --config
 REPORT = "report.html"
+TRACKERS = "trackers.json"  # the --tracker runs' ids, so that a resume continues them
 REPORT_DIR, TENSORBOARD_DIR = "report", "tensorboard"
 STALL_REPORT = "stall-{}.txt"  # the watchdog's stacks of a run that hung, by time
 
@@ -50,6 +51,7 @@ _RUN_FILES = re.compile(
             re.escape(METRICS),
             re.escape(CONFIG),
             re.escape(REPORT),
+            re.escape(TRACKERS),
             _pattern(STALL_REPORT, ".*"),
         ]
     )

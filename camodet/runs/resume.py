@@ -28,6 +28,8 @@ NOT_HYPERPARAMETERS = {
     "run.keep_last",
     "run.tensorboard",
     "run.image_every",
+    "run.tracker",
+    "run.tracking_uri",
     "run.time_limit",
     "run.preempt_signal",
     "run.requeue_on_preempt",

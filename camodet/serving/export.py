@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -20,6 +20,14 @@ from .. import __version__
 from ..runs.checkpoint import load_checkpoint
 from .export_format import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 from .predictor import Predictor
+from .quantize import (
+    DEFAULT_CALIBRATION_COUNT,
+    DEFAULT_MIN_AGREEMENT,
+    ONNX_INT8_FILE,
+    Int8Settings,
+    QuantizeError,
+    write_int8,
+)
 
 ONNX_FILE, ONNX_FP16_FILE = "model.onnx", "model_fp16.onnx"
 ONNX_TOLERANCE = 1e-3
@@ -81,29 +89,86 @@ class ProbabilityHead(torch.nn.Module):
         return torch.sigmoid(self.model(image).logits)
 
 
-EXPORT_FILES = (EXPORT_WEIGHTS, EXPORT_CONFIG, ONNX_FILE, ONNX_FP16_FILE)
+EXPORT_FILES = (EXPORT_WEIGHTS, EXPORT_CONFIG, ONNX_FILE, ONNX_FP16_FILE, ONNX_INT8_FILE)
+
+
+@dataclass(frozen=True)
+class Int8Request:
+    """--int8: the photos to calibrate on (a folder, glob or files), how many, and the agreement
+    with the fp32 graph below which the int8 graph is refused."""
+
+    calibration: tuple[str, ...]
+    count: int = DEFAULT_CALIBRATION_COUNT
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    settings: Int8Settings = Int8Settings()
+
+    def images(self) -> list[str]:
+        """The calibration photos; a pattern or folder that holds none is refused before any work."""
+        from ..data.io import IMAGE_EXTS
+        from .predict import expand_inputs
+
+        if self.count < 1:
+            raise ExportError(f"--calibration-count must be at least 1 (got {self.count})")
+        paths, problems = expand_inputs(list(self.calibration))
+        if problems:
+            item, why = problems[0]
+            raise ExportError(f"--calibration {item}: {why}; give a folder or glob of photos")
+        return [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
 
 
 def export(
-    checkpoint: str, out_dir: str, weights: str = "auto", onnx: bool = False, fp16: bool = False
+    checkpoint: str,
+    out_dir: str,
+    weights: str = "auto",
+    onnx: bool = False,
+    fp16: bool = False,
+    int8: Int8Request | None = None,
 ) -> dict:
     """Write the export folder; returns what was written and, with onnx (and fp16: the half
-    precision graph too), the largest difference from PyTorch that the check measured.
+    precision graph too), the largest difference from PyTorch that the check measured; with
+    int8, model_int8.onnx's facts (agreement with the fp32 graph, both speeds).
     The folder holds exactly what this export wrote: it is built in a hidden sibling and swapped
     in whole once every file is written and checked; an existing export folder is replaced (a
-    folder holding anything else is refused); on any failure `out_dir` is left as it was."""
+    folder holding anything else is refused); on any failure (an int8 graph below its agreement
+    threshold included) `out_dir` is left as it was."""
     check_replaceable(out_dir)
+    calibration = int8.images() if int8 else None
     predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
     try:
-        info = write_export(predictor, checkpoint, staging, weights, onnx, fp16)
+        info = write_export(predictor, checkpoint, staging, weights, onnx or bool(int8), fp16)
+        if int8:
+            info["int8"] = add_int8(predictor, staging, calibration, int8)
+            info["files"].append(ONNX_INT8_FILE)
         swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return info
+
+
+def add_int8(predictor, folder: str, calibration: list[str], int8: Int8Request) -> dict:
+    """model_int8.onnx in the staging `folder`, its facts recorded in config.json."""
+    try:
+        facts = write_int8(
+            predictor,
+            os.path.join(folder, ONNX_FILE),
+            calibration,
+            int8.count,
+            int8.min_agreement,
+            int8.settings,
+        )
+    except QuantizeError as e:
+        raise ExportError(str(e)) from None
+    config_path = os.path.join(folder, EXPORT_CONFIG)
+    with open(config_path) as fh:
+        config = json.load(fh)
+    config["int8"] = {"file": ONNX_INT8_FILE, **facts}
+    with open(config_path, "w") as fh:
+        json.dump(config, fh, indent=2)
+    return facts
 
 
 def check_replaceable(out_dir: str) -> None:

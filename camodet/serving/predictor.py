@@ -79,10 +79,20 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, path: str, weights: str = "auto", device: str = "auto", tta: TTA = TTA(), amp: bool = True
+        cls,
+        path: str,
+        weights: str = "auto",
+        device: str = "auto",
+        tta: TTA = TTA(),
+        amp: bool = True,
+        runtime: str = "auto",
     ) -> "Predictor":
         """A training checkpoint or an export folder. weights: 'auto' (what the run validated
-        with: the EMA weights of an EMA run, in last.pth as in best_model.pth), 'ema' or 'raw'."""
+        with: the EMA weights of an EMA run, in last.pth as in best_model.pth), 'ema' or 'raw'.
+        runtime 'onnx' (or a path to one of an export's .onnx graphs, fp32, fp16 or int8): the
+        graph in ONNX Runtime on the CPU instead of PyTorch; the folder's model.onnx by default."""
+        if runtime == "onnx" or str(path).endswith(".onnx"):
+            return OnnxPredictor.load_graph(path, tta)
         if os.path.isdir(path):
             cfg, state = read_export(path)
             mcfg, img_size = model_config(cfg["model"]), int(cfg["img_size"])
@@ -141,6 +151,47 @@ class Predictor:
         """A Hugging Face Hub model id ('user/name', from the Hub or, with HF_HUB_OFFLINE=1, its
         cache) or a local export folder or checkpoint; kwargs as for `load`. Needs camodet[hub]."""
         return cls.load(resolve(name_or_path, revision, cache_dir), **kwargs)
+
+
+class OnnxPredictor(Predictor):
+    """A Predictor whose network is an exported ONNX graph in ONNX Runtime (CPU): the graph
+    returns probabilities, turned back into logits so that resizing, TTA and thresholds are
+    the Predictor's own. The export's config.json gives the size and the normalisation."""
+
+    def __init__(self, session, graph: str, img_size: int, norm: Normalization, tta: TTA = TTA()):
+        self.session, self.graph = session, graph
+        self.model, self.norm, self.img_size, self.tta = None, norm, img_size, tta
+        self.device, self.dtype, self.stride = torch.device("cpu"), None, 32
+
+    @classmethod
+    def load_graph(cls, path: str, tta: TTA = TTA()) -> "OnnxPredictor":
+        """An export folder (its model.onnx) or one of its .onnx files."""
+        import json
+
+        graph = os.path.join(path, "model.onnx") if os.path.isdir(path) else path
+        folder = os.path.dirname(os.path.abspath(graph))
+        config_path = os.path.join(folder, "config.json")
+        if not (os.path.isfile(graph) and os.path.isfile(config_path)):
+            raise ConfigError(
+                f"--runtime onnx: {path} is not an export folder with model.onnx (or a .onnx file in one); "
+                f"make one with 'camodet export CKPT DIR --onnx'"
+            )
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("--runtime onnx needs onnxruntime: pip install 'camodet[export]'") from None
+        with open(config_path) as fh:
+            cfg = json.load(fh)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        return cls(session, graph, int(cfg["img_size"]), export_normalization(cfg), tta)
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        probs = self.session.run(None, {"image": batch.float().cpu().numpy()})[0]
+        return torch.logit(torch.from_numpy(probs).float(), eps=1e-7)
 
 
 def as_rgb(image) -> np.ndarray:

@@ -1,0 +1,134 @@
+"""TrackerHook: the trainer's hook that forwards the run to --tracker wandb/mlflow. It reads
+what the run already records (config, metrics.jsonl's epoch records and events), so the
+trackers hold the same fields as the file. Rank 0 only; the trackers' run ids are kept in
+RUN/trackers.json so that a --resume-from continues the same tracked runs."""
+
+import json
+import logging
+import os
+import tempfile
+
+from ..config import TrainConfig
+from ..runs.folder import TRACKERS, RunFolder
+from .trackers import MlflowTracker, TrackerUnavailable, WandbTracker, flat_numbers, one_line
+
+log = logging.getLogger("camodet")
+
+
+class TrackerHook:
+    """Start the trackers on entering (continuing their runs after a resume), send each new
+    record of the run's history after every epoch, and on leaving send the rest, the final
+    artefacts (a finished run's export and HTML report) and the run's end status."""
+
+    def __init__(self, cfg: TrainConfig, folder: RunFolder, history, state, is_main: bool):
+        self.cfg, self.folder, self.history, self.state = cfg, folder, history, state
+        self.active = bool(cfg.run.tracker) and is_main
+        self.trackers: list = []
+        self.sent = history.loaded  # the records of earlier attempts went out with them
+
+    def __enter__(self) -> "TrackerHook":
+        if self.active:
+            self.trackers = [t for t in map(self.start, self.cfg.run.tracker) if t is not None]
+            if self.trackers:
+                with open(self.folder.file(TRACKERS), "w") as fh:
+                    json.dump({t.name: t.ids() for t in self.trackers}, fh, indent=2)
+        return self
+
+    def start(self, name: str):
+        """One tracker, continuing its earlier run where the resumed checkpoint's folder names
+        one; None (and one warning) when it cannot start."""
+        cfg, folder = self.cfg, self.folder.path
+        run_id = previous_ids(cfg.run.resume_from).get(name, {}).get("run_id")
+        run_name = os.path.basename(os.path.abspath(folder))
+        try:
+            if name == "mlflow":
+                tracker = MlflowTracker(folder, cfg.run.tracking_uri, run_id, run_name, cfg.to_dict())
+            else:
+                tracker = WandbTracker(folder, run_id, run_name, cfg.to_dict())
+        except TrackerUnavailable as e:
+            log.warning(f"--tracker {name}: could not start ({e}); training goes on without it")
+            return None
+        log.info(
+            f"--tracker {name}: {'continuing' if run_id else 'logging to'} run {tracker.ids()['run_id']}"
+        )
+        return tracker
+
+    def after_epoch(self, trainer, result) -> None:
+        self.send(result.epoch)
+
+    def send(self, epoch: int) -> None:
+        """The history's records since the last send: events, then the epoch's metrics."""
+        records = self.history.records
+        new, self.sent = records[self.sent :], len(records)
+        events = [r for r in new if r.get("type") != "epoch"]
+        if events:
+            everything = [r for r in records if r.get("type") != "epoch"]
+            self.each(lambda t: t.events(epoch, events, everything))
+        for record in (r for r in new if r.get("type") == "epoch"):
+            metrics = flat_numbers({k: v for k, v in record.items() if k not in ("type", "epoch")})
+            self.each(lambda t, r=record, m=metrics: t.epoch(r["epoch"], m))
+
+    def each(self, call) -> None:
+        """`call(tracker)` on every tracker; one that fails is dropped with a warning."""
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as e:  # a tracker's failure never stops the training
+                log.warning(f"--tracker {tracker.name}: {one_line(e)}; no more logging to it in this run")
+                self.trackers.remove(tracker)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.trackers:
+            return
+        self.send(self.state.epoch)
+        status = "failed" if exc_type else "interrupted" if self.state.interrupted else "finished"
+        if status == "finished":
+            with tempfile.TemporaryDirectory() as tmp:
+                found = final_artefacts(self.folder, tmp)
+                self.each(lambda t: t.artefacts(*found))
+        self.each(lambda t: t.finish(status))
+
+
+def previous_ids(resume_from: str | None) -> dict:
+    """trackers.json of the folder the resumed checkpoint lies in ({} when there is none)."""
+    if not resume_from or resume_from == "auto":
+        return {}
+    path = os.path.join(os.path.dirname(os.path.abspath(resume_from)), TRACKERS)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def final_artefacts(folder: RunFolder, tmp: str) -> tuple[str | None, str | None, str | None]:
+    """(export folder, report.html, its plots' folder) of a finished run; what cannot be made is
+    one line and None. The export is of the best checkpoint (else the last), with model.onnx
+    when the export extra is installed."""
+    from ..evaluation.report import write_report
+    from ..serving.export import export
+
+    export_dir = report = None
+    weights = folder.newest_weights()
+    if weights:
+        onnx = onnx_available()
+        if not onnx:
+            log.info("--tracker: the export artefact has no model.onnx (pip install 'camodet[export]')")
+        try:
+            export(weights, os.path.join(tmp, "export"), onnx=onnx)
+            export_dir = os.path.join(tmp, "export")
+        except Exception as e:  # an artefact, not the run's result
+            log.warning(f"--tracker: skipped the export artefact ({one_line(e)})")
+    try:
+        report = write_report(folder.path)
+    except Exception as e:
+        log.warning(f"--tracker: skipped the report artefact ({one_line(e)})")
+    return export_dir, report, folder.report_dir if report else None

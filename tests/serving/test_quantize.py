@@ -1,0 +1,99 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from camodet import Predictor
+from camodet.cli import main
+from camodet.serving.quantize import mask_iou, split_images
+
+pytest.importorskip("onnxruntime", reason="int8 export needs pip install 'camodet[export]'")
+
+
+def traced_already(onnx_export):
+    """export_onnx that copies the session's traced fp32 graph: each trace costs 20-40 s of CPU."""
+
+    def export_onnx(model, img_size, path, fp16=False):
+        shutil.copyfile(onnx_export / "model.onnx", path)
+        return 0.0
+
+    return export_onnx
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_checkpoint, onnx_export, synth_root, tmp_path_factory):
+    """One export with model.onnx and model_int8.onnx, calibrated on the synthetic training photos."""
+    import camodet.serving.export as export_module
+
+    out = tmp_path_factory.mktemp("int8") / "export"
+    images = os.path.join(synth_root, "Train", "Image")
+    args = ["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", images]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_module, "export_onnx", traced_already(onnx_export))
+        assert main([*args, "--calibration-count", "8", "--min-agreement", "0.5"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_int8_export_writes_a_graph_that_predictor_and_predict_run(int8_export, synth_root, tmp_path, capsys):
+    assert sorted(os.listdir(int8_export)) == [
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+        "model_int8.onnx",
+    ]
+    facts = json.loads((int8_export / "config.json").read_text())["int8"]
+    assert facts["method"] == "static" and facts["calibration_images"] == 8 and facts["held_images"] == 5
+    assert facts["agreement_mean_iou"] >= 0.5 and facts["fp32_images_per_s"] > 0
+    tmp = os.path.join(synth_root, "Test", "Image")
+    photo = os.path.join(tmp, sorted(os.listdir(tmp))[0])
+    fp32 = Predictor.load(str(int8_export), runtime="onnx").predict(photo)
+    int8 = Predictor.load(str(int8_export / "model_int8.onnx")).predict(photo)
+    torch_probs = Predictor.load(str(int8_export)).predict(photo)
+    assert fp32.shape == int8.shape == torch_probs.shape
+    assert np.abs(fp32 - torch_probs).max() < 1e-3  # the fp32 graph through the Predictor is PyTorch's
+    assert mask_iou(fp32, int8) > 0.5 and not np.array_equal(fp32, int8)  # really the quantised graph
+    out = tmp_path / "pred"
+    graph = str(int8_export / "model_int8.onnx")
+    assert main(["predict", graph, tmp, "--out", str(out), "--runtime", "onnx", "--num-workers", "0"]) == 0
+    assert sorted(os.listdir(out / "masks")) == sorted(
+        os.path.splitext(f)[0] + ".png" for f in os.listdir(tmp)
+    )
+
+
+@pytest.mark.slow
+def test_int8_below_the_threshold_is_refused_and_the_folder_kept(
+    int8_export, onnx_export, tiny_checkpoint, synth_root, tmp_path, capsys, monkeypatch
+):
+    import camodet.serving.export as export_module
+
+    out = tmp_path / "export"
+    shutil.copytree(int8_export, out)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    monkeypatch.setattr(export_module, "export_onnx", traced_already(onnx_export))
+    images = os.path.join(synth_root, "Train", "Image")
+    args = ["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", images]
+    assert main([*args, "--calibration-count", "4", "--min-agreement", "1.01"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--min-agreement 1.01" in err and "nothing was written" in err
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no staging folder left beside it
+
+
+def test_int8_flags_are_checked_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["export", str(tiny_checkpoint), str(out), "--int8"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert (
+        main(["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", str(tmp_path / "no")]) == 2
+    )
+    assert "no such file" in capsys.readouterr().err and not out.exists()
+
+
+def test_held_images_never_calibrate():
+    paths = [f"p{i}.jpg" for i in range(50)]
+    calibration, held = split_images(paths, count=200)
+    assert len(held) == 10 and not set(held) & set(calibration) and len(calibration) == 40
+    assert split_images(paths, count=5)[0] == calibration[:5]  # the count takes a prefix, held stays
