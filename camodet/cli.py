@@ -867,28 +867,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The errors that end a command with one line instead of a traceback, by the module that defines
+# each: looked up among the modules already loaded, since an error can only have been raised by
+# a loaded module, and importing them all up front (timm among them) costs seconds per command.
+USAGE_ERRORS = {
+    "camodet.config": "ConfigError",
+    "camodet.data.io": "DataError",
+    "camodet.runs.errors": "CheckpointError",
+    "camodet.models.backbone": "BackboneError",
+    "camodet.serving.export": "ExportError",
+    "camodet.serving.fetch": "HubError",
+    "camodet.serving.app": "AppError",
+}
+DIVERGED_ERRORS = {"camodet.engine.guard": "DivergenceError"}
+
+
+def _exit_code(e: Exception) -> int | None:
+    """EXIT_USAGE or EXIT_DIVERGED for an expected failure, None for a bug (shown in full)."""
+    for errors, code in ((USAGE_ERRORS, EXIT_USAGE), (DIVERGED_ERRORS, EXIT_DIVERGED)):
+        loaded = tuple(getattr(sys.modules[m], name) for m, name in errors.items() if m in sys.modules)
+        if isinstance(e, loaded):
+            return code
+    return None
+
+
 def main(argv=None) -> int:
     """Run one subcommand; expected failures print one line and return an exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from .data.io import DataError
-    from .engine.guard import DivergenceError
-    from .models.backbone import BackboneError
-    from .runs.checkpoint import CheckpointError
-    from .serving.app import AppError
-    from .serving.export import ExportError
-    from .serving.fetch import HubError
-
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, BackboneError, ExportError, HubError, AppError) as e:
+    except Exception as e:
+        code = _exit_code(e)
+        if code is None:
+            raise
         print(f"camodet: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except DivergenceError as e:
-        print(f"camodet: error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return code
     except KeyboardInterrupt:
         print("camodet: interrupted", file=sys.stderr)
         return 130

@@ -37,5 +37,10 @@ def start(device: str) -> tuple[launch.Dist, torch.device]:
     d = launch.init("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     own = launch.own_device(device, d)
     if d.enabled and own.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.local_world))
+        threads = max(1, (os.cpu_count() or 1) // d.local_world)
+        torch.set_num_threads(threads)
+        # OpenCV's pool as well: it resizes and decodes the maps that evaluate scores
+        import cv2
+
+        cv2.setNumThreads(threads)
     return d, own

@@ -166,24 +166,16 @@ def test_lite0_trains_evaluates_predicts_and_exports_with_half(lite0_run, synth_
         )
         == 0
     )
-    # export: config.json carries the statistics; ONNX and PyTorch agree on inputs normalised so
-    ort = pytest.importorskip("onnxruntime")
+    # export: config.json carries the statistics and the exported model reads them (the ONNX graph takes
+    # normalised input, so its agreement with PyTorch is test_export's, not traced here again)
     out = tmp_path / "export"
-    assert main(["export", str(lite0_run / "best_model.pth"), str(out), "--onnx"]) == 0
+    assert main(["export", str(lite0_run / "best_model.pth"), str(out)]) == 0
     config = json.load(open(out / "config.json"))
     assert config["input"]["mean"] == [127.5] * 3 and config["input"]["std"] == [127.5] * 3
     exported = Predictor.load(str(out), device="cpu")
     assert exported.norm == HALF and np.array_equal(
         exported.predict(img), Predictor.load(str(lite0_run / "best_model.pth"), device="cpu").predict(img)
     )
-    images = [read_image(s.image) for s in gather([synth_root], "test")[:3]]
-    batch = np.stack([exported.norm.apply(resize(im, 64)) for im in images])
-    onnx_probs = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"image": batch}
-    )[0]
-    with torch.no_grad():
-        torch_probs = torch.sigmoid(exported.logits(torch.from_numpy(batch))).numpy()
-    assert np.abs(onnx_probs - torch_probs).max() < 1e-3
 
 
 @pytest.mark.slow
