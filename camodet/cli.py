@@ -490,10 +490,6 @@ def _sweep(args) -> int:
         raise ConfigError(
             "sweep: --trials, --prune-warmup and --heartbeat must be at least 1, --prune-startup >= 0"
         )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "sweep runs each trial in one process: start one sweep worker per process, not torchrun"
-        )
     from .models import check_backbone
     from .tune.space import SearchSpace
 
@@ -514,19 +510,28 @@ def _sweep(args) -> int:
         args.prune_warmup,
         args.heartbeat,
     )
+    import torch
+
+    from .launch import init, shutdown
+
+    # under torchrun or srun: this worker's processes train each trial together (rank 0 asks Optuna)
+    d = init("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        run_sweep(cfg, space, opts, drop_flags(args.argv[1:], SWEEP_FLAGS))
+        run_sweep(cfg, space, opts, drop_flags(args.argv[1:], SWEEP_FLAGS), d)
     except SweepStopped as e:
         name, queued = e.args[0], e.args[1] if len(e.args) > 1 else None
         again = (
             f"trial {queued} is queued again and resumes from its last.pth; " if queued is not None else ""
         )
-        print(
-            f"sweep stopped by {name}: {again}continue with:\n  {shlex.join([*program(), *args.argv])}",
-            file=sys.stderr,
-        )
+        if d.is_main:
+            print(
+                f"sweep stopped by {name}: {again}continue with:\n  {shlex.join([*program(), *args.argv])}",
+                file=sys.stderr,
+            )
         return 128 + int(getattr(signal, name)) if name in ("SIGINT", "SIGTERM") else EXIT_RESUMABLE
-    return _sweep_summary(args, storage)
+    finally:
+        shutdown(d)
+    return _sweep_summary(args, storage) if d.is_main else 0
 
 
 def _sweep_summary(args, storage: str) -> int:

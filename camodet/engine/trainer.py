@@ -177,6 +177,8 @@ class Trainer:
     def start_processes(self) -> None:
         """Processes, device, precision and workers; the run folder claimed (by rank 0)."""
         cfg = self.cfg
+        # A group that a caller started (a sweep's trials share one) outlives this run: it ends it.
+        self.owns_group = not torch.distributed.is_initialized()
         self.d = d = distributed.init(
             "cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu"
         )
@@ -488,7 +490,8 @@ class Trainer:
             distributed.check_in_sync(self.model, d)
             self.say(f"all {d.world} ranks hold identical parameters")
         distributed.barrier(d)
-        distributed.shutdown(d)
+        if self.owns_group:
+            distributed.shutdown(d)
 
 
 def train(cfg: TrainConfig) -> RunState:

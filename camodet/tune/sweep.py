@@ -6,7 +6,12 @@ Interruption: Ctrl-C or SIGTERM inside a trial stops its training as `train` doe
 last.pth); the trial is marked failed and queued again with the same settings and folder, and the
 next `camodet sweep` (on any worker) resumes it from that last.pth. A worker that vanished (kill -9,
 a lost node) stops sending Optuna's heartbeat: the next worker marks its trial failed and queues it
-the same way. Optuna's storage hands each queued or new trial to exactly one worker."""
+the same way. Optuna's storage hands each queued or new trial to exactly one worker.
+
+Under torchrun or srun one worker is several processes and each trial one multi-process run: rank 0
+talks to Optuna and announces each trial's settings, and every rank trains it (DDP on the launch's
+process group, which the trials share); the pruner's verdict reaches the other ranks as a stop
+request does, so they stop at the same epoch."""
 
 import logging
 import math
@@ -15,6 +20,7 @@ import signal
 from dataclasses import dataclass
 
 from ..config import ConfigError, TrainConfig
+from ..launch import Dist, broadcast_object
 from ..runs import history
 from ..runs.folder import BEST_METRIC, RunFolder
 from .space import SearchSpace, apply
@@ -80,12 +86,30 @@ def report_history(trial, folder: RunFolder) -> int:
     return len(scores)
 
 
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every process of a trial needs to build the same run (Optuna's trial is rank 0's)."""
+
+    number: int
+    settings: dict
+    run_dir: str
+    resume: str | None  # its last.pth where an earlier attempt left one
+
+
+def trial_config(base: TrainConfig, plan: TrialPlan) -> TrainConfig:
+    cfg = apply(base, plan.settings, source=f"trial {plan.number}'s settings")
+    # An attempt that saved nothing left at most its config and log: that folder starts over.
+    cfg.run.checkpoint_dir, cfg.run.resume_from = plan.run_dir, plan.resume
+    cfg.run.overwrite = plan.resume is None
+    return cfg.validate()
+
+
 class TrialRunner:
     """The objective: one trial = one training run of the base configuration with the trial's
     settings, in its own folder (resumed from its last.pth when an earlier attempt left one)."""
 
-    def __init__(self, base: TrainConfig, space: SearchSpace, out_dir: str):
-        self.base, self.space = base, space
+    def __init__(self, base: TrainConfig, space: SearchSpace, out_dir: str, d: Dist = Dist()):
+        self.base, self.space, self.d = base, space, d
         self.trials_dir = os.path.join(out_dir, "trials")
         self.current: int | None = None  # the trial this worker runs now
 
@@ -94,15 +118,17 @@ class TrialRunner:
         run_dir = trial.user_attrs.get(RUN_DIR) or os.path.join(self.trials_dir, f"trial_{trial.number:04d}")
         trial.set_user_attr(RUN_DIR, run_dir)
         trial.set_user_attr(SETTINGS, settings)
-        cfg = apply(self.base, settings, source=f"trial {trial.number}'s settings")
         folder = RunFolder(run_dir)
-        resume = folder.last if os.path.isfile(folder.last) else None
-        # An attempt that saved nothing left at most its config and log: that folder starts over.
-        cfg.run.checkpoint_dir, cfg.run.resume_from, cfg.run.overwrite = run_dir, resume, resume is None
-        cfg.validate()
-        if resume:
+        plan = TrialPlan(
+            trial.number, settings, run_dir, folder.last if os.path.isfile(folder.last) else None
+        )
+        broadcast_object(plan, self.d)  # the launch's other processes train it with this one
+        cfg = trial_config(self.base, plan)
+        if plan.resume:
             n = report_history(trial, folder)
-            log.info(f"trial {trial.number}: resuming {resume} ({n} epoch(s) trained by an earlier attempt)")
+            log.info(
+                f"trial {trial.number}: resuming {plan.resume} ({n} epoch(s) trained by an earlier attempt)"
+            )
         return cfg
 
     def __call__(self, trial) -> float:
@@ -166,9 +192,34 @@ def raise_on_sigterm(signum, frame):
     raise SweepStopped(signal.Signals(signum).name)
 
 
-def run_sweep(base: TrainConfig, space: SearchSpace, opts: SweepOptions, train_flags: list[str]):
-    """Run `opts.trials` trials of the study in this process (other workers may share it). Returns
-    the study; raises SweepStopped after a signal, once the running trial is queued again."""
+def follow(base: TrainConfig, d: Dist) -> None:
+    """A launch's other processes: train each trial rank 0 announces, until it announces none.
+    A trial stopped by a signal stops them as it stops rank 0 (the trainer's ranks agree on it)."""
+    from ..engine.guard import DivergenceError
+    from ..engine.trainer import Trainer
+
+    while (plan := broadcast_object(None, d)) is not None:
+        try:
+            state = Trainer(trial_config(base, plan)).run()
+        except DivergenceError:  # every rank diverges together; rank 0 records the trial as failed
+            continue
+        if state.interrupted and state.interrupted != PRUNED:
+            raise SweepStopped(state.interrupted)
+
+
+def run_sweep(
+    base: TrainConfig, space: SearchSpace, opts: SweepOptions, train_flags: list[str], d: Dist = Dist()
+):
+    """Run `opts.trials` trials of the study in this worker (other workers may share it): in this
+    process, or with the launch's other processes when `d` has several. Returns the study (None on
+    ranks other than 0); raises SweepStopped after a signal, once the running trial is queued again."""
+    if not d.is_main:
+        previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
+        try:
+            follow(base, d)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return None
     import warnings
 
     import optuna
@@ -182,12 +233,13 @@ def run_sweep(base: TrainConfig, space: SearchSpace, opts: SweepOptions, train_f
     sampler, pruner = make_sampler(opts), make_pruner(opts, base.stages.epochs)
     study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat)
     os.makedirs(opts.out_dir, exist_ok=True)
-    runner = TrialRunner(base, space, opts.out_dir)
+    runner = TrialRunner(base, space, opts.out_dir, d)
     # Outside a trial's training (loading data, asking Optuna), SIGTERM stops the sweep as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         # A diverged trial is a result (this setting does not train), not a reason to stop the sweep.
         study.optimize(runner, n_trials=opts.trials, catch=(DivergenceError,), gc_after_trial=True)
+        broadcast_object(None, d)  # no more trials: the other processes return
     except (SweepStopped, KeyboardInterrupt) as e:
         queued = requeue(study, runner.current)
         name = e.args[0] if isinstance(e, SweepStopped) and e.args else "SIGINT"

@@ -135,7 +135,9 @@ def test_a_sweep_stopped_mid_trial_resumes_it_and_runs_nothing_twice(synth_root,
 
 
 @pytest.mark.slow
-def test_pruning_stops_a_lagging_trial_and_the_summary_shows_it(synth_root, tmp_path, capsys):
+def test_pruning_stops_a_lagging_two_process_trial_and_the_summary_shows_it(synth_root, tmp_path, capsys):
+    """Under torchrun one sweep worker is two processes: each trial trains on both (DDP), rank 0
+    asks Optuna, and the pruner's verdict stops both ranks at the same epoch."""
     out = tmp_path / "sweep"
     space = write_space(tmp_path / "space.yaml", {"optim.lr": [0.01, 1e-9]})
     args = sweep_args(synth_root, out, space, epochs=2, stage1=2)
@@ -152,7 +154,14 @@ def test_pruning_stops_a_lagging_trial_and_the_summary_shows_it(synth_root, tmp_
     study = open_study(default_storage(str(out)), "camodet", searched, None, None, [], heartbeat=60)
     study.enqueue_trial({"optim.lr": 0.01})
     study.enqueue_trial({"optim.lr": 1e-9})
-    assert main([*args, "--trials", "2"]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    torchrun += [f"--master-port={free_port()}", "-m", "camodet"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*torchrun, *args, "--trials", "2"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("accumulation 1 x 2 process(es) = effective batch 8") == 2  # each trial
     good, bad = trials_of(out)
     assert good.state.name == "COMPLETE" and good.user_attrs["epochs"] == 2
     assert bad.state.name == "PRUNED" and bad.user_attrs["epochs"] == 1  # stopped after its first epoch
