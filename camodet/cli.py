@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import shlex
-import signal
 import sys
 
 from . import __version__
@@ -13,9 +12,6 @@ from .config import ConfigError, add_arguments, from_args
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-# sysexits' EX_TEMPFAIL: stopped at --time-limit or on the preemption signal; the last checkpoint
-# holds the position, and the printed command (or --resume-from auto) continues the run.
-EXIT_RESUMABLE = 75
 
 
 def program() -> list[str]:
@@ -54,6 +50,7 @@ def _train(args) -> int:
     from .runs.folder import BEST_METRIC
 
     check_backbone(cfg.model.backbone, cfg.data.img_size)
+    from .engine.interrupt import stopped_exit_code
     from .engine.trainer import train
 
     last = folder.last
@@ -69,9 +66,7 @@ def _train(args) -> int:
             f"  {resume_command(args.argv, last)}",
             file=sys.stderr,
         )
-        if state.interrupted in ("SIGINT", "SIGTERM"):
-            return 128 + int(getattr(signal, state.interrupted))
-        return EXIT_RESUMABLE
+        return stopped_exit_code(state.interrupted)
     if state.metrics is None:  # set by every epoch this call trains; a resumed State starts without
         print(f"nothing to train: the run already ended at epoch {state.epoch} of {cfg.stages.epochs}")
         return 0
@@ -409,23 +404,6 @@ def _plan(args) -> int:
     )
 
 
-TUNE_LR_FLAGS = {"--steps", "--start-lr", "--end-lr", "--out"}
-SWEEP_FLAGS = {
-    "--space",
-    "--trials",
-    "--storage",
-    "--study",
-    "--out",
-    "--pruner",
-    "--sampler",
-    "--sampler-seed",
-    "--prune-startup",
-    "--prune-warmup",
-    "--heartbeat",
-    "--summary",
-}
-
-
 def _tune_lr(args) -> int:
     cfg = from_args(args)
     cfg.validate()
@@ -440,25 +418,11 @@ def _tune_lr(args) -> int:
     if cfg.run.resume_from == "auto":
         cfg.run.resume_from = RunFolder(cfg.run.checkpoint_dir).auto_resume()
     from .models import check_backbone
+    from .tune.lr_range import lr_range_command
 
     check_backbone(cfg.model.backbone, cfg.data.img_size)
-    from .tune.commands import train_command
-    from .tune.lr_range import describe, range_test, write_outputs
-
-    def progress(i: int, lr: float, loss: float) -> None:
-        if (i + 1) % 10 == 0:
-            print(f"  step {i + 1}/{args.steps}: LR {lr:.3g}, loss {loss:.4f}", flush=True)
-
-    result = range_test(cfg, args.steps, args.start_lr, args.end_lr, on_step=progress)
-    paths = write_outputs(result, args.out)
-    key = "optim.lr" if result.stage == 1 else "optim.stage2_lr"
-    command = train_command(
-        program(), args.argv[2:], {key: float(f"{result.steepest:.3g}")}, drop=TUNE_LR_FLAGS
-    )
-    print(describe(result))
-    print(f"wrote {paths['png']} (loss against LR), {paths['yaml']} (for train --config), {paths['json']}")
-    print(f"train with it:\n  {command}")
-    return 0
+    train_argv = args.argv[2:]  # after `tune lr`
+    return lr_range_command(cfg, args.steps, args.start_lr, args.end_lr, args.out, train_argv, program())
 
 
 def _sweep(args) -> int:
@@ -470,7 +434,9 @@ def _sweep(args) -> int:
 
     storage = args.storage or default_storage(args.out)
     if args.summary:
-        return _sweep_summary(args, storage)
+        from .tune.summary import summary_command
+
+        return summary_command(storage, args.study, args.out, program())
     if not args.space:
         raise ConfigError("sweep needs --space SPACE.yaml (or --summary to show a sweep's results)")
     for typed, why in (
@@ -492,12 +458,10 @@ def _sweep(args) -> int:
         )
     from .models import check_backbone
     from .tune.space import SearchSpace
+    from .tune.sweep import SweepOptions, sweep_command
 
     check_backbone(cfg.model.backbone, cfg.data.img_size)
     space = SearchSpace.load(args.space, cfg)
-    from .tune.commands import drop_flags
-    from .tune.sweep import SweepOptions, SweepStopped, run_sweep
-
     opts = SweepOptions(
         args.out,
         storage,
@@ -510,44 +474,7 @@ def _sweep(args) -> int:
         args.prune_warmup,
         args.heartbeat,
     )
-    import torch
-
-    from .launch import init, shutdown
-
-    # under torchrun or srun: this worker's processes train each trial together (rank 0 asks Optuna)
-    d = init("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
-    try:
-        run_sweep(cfg, space, opts, drop_flags(args.argv[1:], SWEEP_FLAGS), d)
-    except SweepStopped as e:
-        name, queued = e.args[0], e.args[1] if len(e.args) > 1 else None
-        again = (
-            f"trial {queued} is queued again and resumes from its last.pth; " if queued is not None else ""
-        )
-        if d.is_main:
-            print(
-                f"sweep stopped by {name}: {again}continue with:\n  {shlex.join([*program(), *args.argv])}",
-                file=sys.stderr,
-            )
-        return 128 + int(getattr(signal, name)) if name in ("SIGINT", "SIGTERM") else EXIT_RESUMABLE
-    finally:
-        shutdown(d)
-    return _sweep_summary(args, storage) if d.is_main else 0
-
-
-def _sweep_summary(args, storage: str) -> int:
-    from .tune.study import load_study
-    from .tune.summary import best_command, format_table, trial_rows, write_html
-
-    study = load_study(storage, args.study)
-    rows = trial_rows(study)
-    command = best_command(study, program())
-    print(format_table(rows))
-    print(f"best trial's command:\n  {command}" if command else "no trial has finished yet")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "summary.html")
-    write_html(study, rows, command, path)
-    print(f"wrote {path} (history and importance plots); live view: optuna-dashboard {storage}")
-    return 0
+    return sweep_command(cfg, space, opts, args.argv, program())
 
 
 def _report(args) -> int:

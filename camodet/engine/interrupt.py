@@ -17,6 +17,19 @@ from ..runs.folder import LAST
 log = logging.getLogger("camodet")
 
 TIME_LIMIT = "time limit"
+# sysexits' EX_TEMPFAIL: stopped at --time-limit or on the preemption signal; the last checkpoint
+# holds the position, and the printed command (or --resume-from auto) continues the run.
+EXIT_RESUMABLE = 75
+
+
+def stopped_exit_code(reason: str) -> int:
+    """A stopped command's exit status: 128 + the signal's number for Ctrl-C and SIGTERM, as a
+    shell reports them; EXIT_RESUMABLE for the time limit and preemption (a scheduler requeues)."""
+    if reason in ("SIGINT", "SIGTERM"):
+        return 128 + int(getattr(signal, reason))
+    return EXIT_RESUMABLE
+
+
 clock = time.monotonic  # the time limit's clock (tests replace it)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)

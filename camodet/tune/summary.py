@@ -134,3 +134,22 @@ def write_html(study, rows: list[dict], command: str | None, path: str) -> None:
     )
     with open(path, "w") as fh:
         fh.write(page)
+
+
+def summary_command(storage: str, study_name: str, out_dir: str, program: list[str]) -> int:
+    """`camodet sweep --summary`: the trials table and the best trial's command printed, and
+    OUT/summary.html written."""
+    import os
+
+    from .study import load_study
+
+    study = load_study(storage, study_name)
+    rows = trial_rows(study)
+    command = best_command(study, program)
+    print(format_table(rows))
+    print(f"best trial's command:\n  {command}" if command else "no trial has finished yet")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "summary.html")
+    write_html(study, rows, command, path)
+    print(f"wrote {path} (history and importance plots); live view: optuna-dashboard {storage}")
+    return 0

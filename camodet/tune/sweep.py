@@ -28,6 +28,21 @@ from .study import default_storage, open_study, retry_callback
 
 log = logging.getLogger("camodet")
 
+# `camodet sweep`'s own flags: the rest of its command line is the trials' `train` flags
+SWEEP_FLAGS = {
+    "--space",
+    "--trials",
+    "--storage",
+    "--study",
+    "--out",
+    "--pruner",
+    "--sampler",
+    "--sampler-seed",
+    "--prune-startup",
+    "--prune-warmup",
+    "--heartbeat",
+    "--summary",
+}
 PRUNED = "pruned"  # the trainer's stop reason when the pruner gave up on a trial
 RUN_DIR, SETTINGS = "run_dir", "settings"  # trial attributes (a retried trial inherits them)
 
@@ -247,3 +262,38 @@ def run_sweep(
     finally:
         signal.signal(signal.SIGTERM, previous)
     return study
+
+
+def sweep_command(
+    base: TrainConfig, space: SearchSpace, opts: SweepOptions, argv: list[str], program: list[str]
+):
+    """`camodet sweep` (argv: its command line after the program): the trials, in this process or
+    with the launch's others under torchrun/srun, then the summary; after a signal, the command
+    that continues and the stopped command's exit status."""
+    import shlex
+    import sys
+
+    import torch
+
+    from ..engine.interrupt import stopped_exit_code
+    from ..launch import init, shutdown
+    from .commands import drop_flags
+    from .summary import summary_command
+
+    d = init("cuda" if base.run.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        run_sweep(base, space, opts, drop_flags(argv[1:], SWEEP_FLAGS), d)
+    except SweepStopped as e:
+        name, queued = e.args[0], e.args[1] if len(e.args) > 1 else None
+        again = (
+            f"trial {queued} is queued again and resumes from its last.pth; " if queued is not None else ""
+        )
+        if d.is_main:
+            print(
+                f"sweep stopped by {name}: {again}continue with:\n  {shlex.join([*program, *argv])}",
+                file=sys.stderr,
+            )
+        return stopped_exit_code(name)
+    finally:
+        shutdown(d)
+    return summary_command(opts.storage, opts.study, opts.out_dir, program) if d.is_main else 0

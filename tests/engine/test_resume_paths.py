@@ -12,7 +12,8 @@ import torch
 import camodet.engine.guard as guard_module
 import camodet.engine.step as step_module
 import camodet.engine.trainer as trainer
-from camodet.cli import EXIT_RESUMABLE, main
+from camodet.cli import main
+from camodet.engine.interrupt import EXIT_RESUMABLE
 from camodet.engine.loaders import EpochSampler
 from camodet.runs import history
 from camodet.runs.checkpoint import load_checkpoint
