@@ -203,8 +203,11 @@ def scores(a, predictor: Predictor, data: str) -> dict:
     weights: test-time augmentation costs no training)."""
     out = {"results": evaluate(predictor, [data], batch_size=16, num_workers=0)}
     if a.tta:
-        predictor.tta = TTA.parse(a.tta)
-        out["results_tta"] = evaluate(predictor, [data], batch_size=16, num_workers=0)
+        plain, predictor.tta = predictor.tta, TTA.parse(a.tta)
+        try:
+            out["results_tta"] = evaluate(predictor, [data], batch_size=16, num_workers=0)
+        finally:
+            predictor.tta = plain  # the caller's predictor is left as it came
     return out
 
 

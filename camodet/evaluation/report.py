@@ -123,6 +123,9 @@ def make_plots(records: list[dict]) -> dict:
         ax.set_yscale("log")
     finish(fig, ax, "lr", "learning rate")
 
+    # one expert per block routes everything to it: a flat line at 1 says nothing, so no plot
+    if max((len(b) for r in epochs for b in r.get("expert_usage") or []), default=0) < 2:
+        return out
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for block in range(max((len(r.get("expert_usage") or []) for r in epochs), default=0)):
         n = len(epochs[-1]["expert_usage"][block])

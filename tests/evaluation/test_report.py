@@ -121,6 +121,22 @@ def test_report_on_a_crashed_run(watched_run, tmp_path):
     assert "no checkpoint yet" in page and page.count("data:image/png;base64,") == 4
 
 
+def test_one_expert_per_block_draws_no_routing_plot(watched_run, tmp_path):
+    import json
+
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.yaml").write_text((watched_run / "config.yaml").read_text())
+    records = [json.loads(line) for line in (watched_run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r.get("expert_usage"):
+            r["expert_usage"] = [[1.0] for _ in r["expert_usage"]]  # what --num-experts 1 records
+    (single / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["report", str(single), "--no-predictions"]) == 0
+    assert sorted(os.listdir(single / "report")) == ["iou.png", "loss.png", "lr.png"]
+    assert "Expert usage" not in (single / "report.html").read_text()
+
+
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "is this a camodet run folder" in capsys.readouterr().err
