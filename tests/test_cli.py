@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 from camodet.cli import main, method_name
 
 from .conftest import truncate
@@ -123,9 +125,12 @@ def test_val_fraction_zero_trains_without_validation(tiny_args, tmp_path, capsys
     messages say so (not 'nothing to train' after training)."""
     import torch
 
-    assert main(["train", *tiny_args, "--val-fraction", "0", "--keep-last", "2"]) == 0
+    recipe = ["--augment", "flip", "--boundary-gain", "0"]  # configs/cod-small.yaml's flag, and a loss's
+    assert main(["train", *tiny_args, "--val-fraction", "0", "--keep-last", "2", *recipe]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "run"
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["data"]["augment"] == "flip" and written["optim"]["boundary_gain"] == 0
     assert "no validation (--val-fraction 0)" in out and "nothing to train" not in out
     epoch_lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
     assert len(epoch_lines) == 2 and all("| no validation |" in line for line in epoch_lines)
