@@ -1,6 +1,7 @@
 """`camodet` subcommands. Training flags are generated from the config dataclasses."""
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -150,8 +151,7 @@ def _evaluate(args) -> int:
         raise ConfigError("--worst writes a panel: add --out DIR (it goes to DIR/worst.png)")
     if args.workers < 0:
         raise ConfigError(f"--workers {args.workers}: give the number of metric processes (0: none)")
-    from .launch import shutdown
-    from .serving.shards import start
+    from .launch import shutdown, start
 
     curves: dict | None = {} if args.curves else None
     worst = WorstImages(args.worst) if args.worst is not None else None
@@ -238,8 +238,7 @@ def _predict(args) -> int:
     videos = [i for i in inputs if os.path.isfile(i) and is_video(i)]
     folders = [i for i in inputs if args.frames and os.path.isdir(i)]
     images = [i for i in inputs if i not in videos and i not in folders]
-    from .launch import gather_objects, shutdown
-    from .serving.shards import Shard, start
+    from .launch import Shard, gather_objects, shutdown, start
 
     d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
     predictor = load_predictor(
@@ -479,8 +478,10 @@ def _sweep(args) -> int:
 
 def _report(args) -> int:
     from .evaluation.report import write_report
+    from .serving.predictor import Predictor
 
-    path = write_report(args.run_dir, predictions=not args.no_predictions)
+    load = None if args.no_predictions else functools.partial(Predictor.load, device="cpu")
+    path = write_report(args.run_dir, load)
     print(f"wrote {path} and the plots in {os.path.join(args.run_dir, 'report')}/")
     return 0
 

@@ -117,6 +117,39 @@ def test_no_import_circles_between_camodet_modules():
     assert circle is None, "import circle: " + " -> ".join(circle)
 
 
+# The packages from the bottom up (DESIGN.md's import direction): a module imports only from its
+# own package and those below it. Evaluation sits below serving (serving publishes and draws with
+# its metrics), tracking above serving (it exports the finished run), the engine above tracking.
+LAYERS = (
+    "config",
+    "data",
+    "models",
+    "runs",
+    "launch",
+    "evaluation",
+    "serving",
+    "tracking",
+    "engine",
+    "tune",
+    "cli",
+)
+
+
+def layer(module: str) -> int | None:
+    part = module.split(".")[1] if module.count(".") else None
+    return LAYERS.index(part) if part in LAYERS else None
+
+
+def test_every_import_points_down_the_layers():
+    upward = [
+        f"{a} -> {b}"
+        for a, targets in import_graph().items()
+        for b in targets
+        if layer(a) is not None and layer(b) is not None and layer(b) > layer(a)
+    ]
+    assert not upward, "imports against the layers " + " < ".join(LAYERS) + ": " + ", ".join(sorted(upward))
+
+
 def test_the_circle_check_finds_a_circle():
     assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_circle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None

@@ -13,8 +13,7 @@ from tqdm import tqdm
 from ..data.dataset import CODDataset, collate
 from ..data.io import IMAGE_EXTS, MASK_EXTS, DataError, read_grey, read_mask
 from ..data.layouts import Sample, distinct_roots, gather
-from ..launch import Dist, gather_objects
-from ..serving.shards import Shard
+from ..launch import Dist, Shard, gather_objects
 from .metrics import VARIANTS, to_uint8
 from .paper import DatasetScorer, score_sample
 from .workers import MetricWorkers

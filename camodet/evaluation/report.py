@@ -141,10 +141,11 @@ def make_plots(records: list[dict]) -> dict:
     return out
 
 
-def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, bytes | None, str]:
+def prediction_grid(run_dir: str, config: dict, load_predictor) -> tuple[bytes | None, bytes | None, str]:
     """Input | ground truth | prediction for the first validation images, and for the
-    WORST_IMAGES with the lowest IoU of all of them, from the best (else last) checkpoint;
-    (grid PNG or None, worst PNG or None, a note)."""
+    WORST_IMAGES with the lowest IoU of all of them, from the best (else last) checkpoint, loaded
+    by `load_predictor(path)` (serving's Predictor.load; evaluation sits below serving, so the
+    caller hands it in); (grid PNG or None, worst PNG or None, a note)."""
     ckpt = RunFolder(run_dir).newest_weights()
     if ckpt is None:
         return None, None, "no checkpoint yet, so no predictions"
@@ -152,7 +153,6 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, bytes | N
         from ..data.io import DataError
         from ..data.splits import split_train_val, training_samples
         from ..runs.checkpoint import CheckpointError
-        from ..serving.predictor import Predictor
 
         cfg = TrainConfig.from_dict(config)
         _, val = split_train_val(
@@ -160,7 +160,7 @@ def prediction_grid(run_dir: str, config: dict) -> tuple[bytes | None, bytes | N
         )
         if not val:
             return None, None, "the run has no validation images"
-        rows, worst = _score_validation(Predictor.load(ckpt, device="cpu"), val)
+        rows, worst = _score_validation(load_predictor(ckpt), val)
         if not rows:
             return None, None, "no readable validation image"
         return (
@@ -241,8 +241,9 @@ def time_table(epochs: list[dict]) -> str:
     return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>"
 
 
-def write_report(run_dir: str, predictions: bool = True) -> str:
-    """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path."""
+def write_report(run_dir: str, load_predictor=None) -> str:
+    """Writes RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path. With
+    `load_predictor` (checkpoint path -> Predictor), also the validation predictions."""
     if not os.path.isdir(run_dir):
         raise ConfigError(f"{run_dir}: no such run folder")
     records, config = load_run(run_dir)
@@ -256,7 +257,9 @@ def write_report(run_dir: str, predictions: bool = True) -> str:
         with open(os.path.join(png_dir, f"{name}.png"), "wb") as fh:
             fh.write(png)
     grid, worst, grid_note = (
-        prediction_grid(run_dir, config) if predictions else (None, None, "predictions not requested")
+        prediction_grid(run_dir, config, load_predictor)
+        if load_predictor
+        else (None, None, "predictions not requested")
     )
     for name, png in (("predictions", grid), ("worst", worst)):
         if png:

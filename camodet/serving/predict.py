@@ -16,7 +16,7 @@ from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..data.normalization import Normalization
 from ..data.transforms import resize
 from ..evaluation.metrics import to_uint8
-from .shards import Shard
+from ..launch import Shard
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
 TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes

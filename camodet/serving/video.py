@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..evaluation.metrics import to_uint8
+from ..launch import Shard
 from .predict import overlay_image, save_atomically, unique_names
-from .shards import Shard
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 DEFAULT_FPS = 25.0  # for frame folders, and videos whose header holds no rate

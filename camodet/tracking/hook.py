@@ -3,6 +3,7 @@ what the run already records (config, metrics.jsonl's epoch records and events),
 trackers hold the same fields as the file. Rank 0 only; the trackers' run ids are kept in
 RUN/trackers.json so that a --resume-from continues the same tracked runs."""
 
+import functools
 import json
 import logging
 import os
@@ -115,6 +116,7 @@ def final_artefacts(folder: RunFolder, tmp: str) -> tuple[str | None, str | None
     when the export extra is installed."""
     from ..evaluation.report import write_report
     from ..serving.export import export
+    from ..serving.predictor import Predictor
 
     export_dir = report = None
     weights = folder.newest_weights()
@@ -128,7 +130,7 @@ def final_artefacts(folder: RunFolder, tmp: str) -> tuple[str | None, str | None
         except Exception as e:  # an artefact, not the run's result
             log.warning(f"--tracker: skipped the export artefact ({one_line(e)})")
     try:
-        report = write_report(folder.path)
+        report = write_report(folder.path, functools.partial(Predictor.load, device="cpu"))
     except Exception as e:
         log.warning(f"--tracker: skipped the report artefact ({one_line(e)})")
     return export_dir, report, folder.report_dir if report else None

@@ -12,6 +12,7 @@ from ..config import ConfigError
 
 SPACE_ATTR = "camodet_space"  # the search space a study was created with (canonical JSON)
 COMMAND_ATTR = "camodet_train_flags"  # the base train flags, for the best trial's command
+RUN_DIR, SETTINGS = "run_dir", "settings"  # trial attributes (a retried trial inherits them)
 MAX_RETRIES = 3  # a trial interrupted this many times is left failed
 SCHEMA_RACE_TRIES = 4  # openings of a new server database while another worker creates its tables
 CREATION_WAIT_S = 10  # how long a study without its recorded space may still be being created

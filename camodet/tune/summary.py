@@ -9,8 +9,7 @@ import io
 import math
 
 from .commands import train_command
-from .study import COMMAND_ATTR
-from .sweep import RUN_DIR, SETTINGS
+from .study import COMMAND_ATTR, RUN_DIR, SETTINGS
 
 
 def trial_rows(study) -> list[dict]:

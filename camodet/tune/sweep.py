@@ -24,7 +24,7 @@ from ..launch import Dist, broadcast_object
 from ..runs import history
 from ..runs.folder import BEST_METRIC, RunFolder
 from .space import SearchSpace, apply
-from .study import default_storage, open_study, retry_callback
+from .study import RUN_DIR, SETTINGS, default_storage, open_study, retry_callback
 
 log = logging.getLogger("camodet")
 
@@ -44,7 +44,6 @@ SWEEP_FLAGS = {
     "--summary",
 }
 PRUNED = "pruned"  # the trainer's stop reason when the pruner gave up on a trial
-RUN_DIR, SETTINGS = "run_dir", "settings"  # trial attributes (a retried trial inherits them)
 
 
 class SweepStopped(Exception):
@@ -129,6 +128,8 @@ class TrialRunner:
         self.current: int | None = None  # the trial this worker runs now
 
     def configure(self, trial) -> TrainConfig:
+        """The trial's settings (a retried trial keeps its own) and folder, announced to the
+        launch's other processes; its earlier attempt's epochs reported when it resumes."""
         settings = self.space.suggest(trial)
         run_dir = trial.user_attrs.get(RUN_DIR) or os.path.join(self.trials_dir, f"trial_{trial.number:04d}")
         trial.set_user_attr(RUN_DIR, run_dir)

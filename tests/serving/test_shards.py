@@ -13,7 +13,7 @@ from PIL import Image
 
 from camodet.cli import main
 from camodet.evaluation.metrics import Evaluator, score_image
-from camodet.serving.shards import Shard
+from camodet.launch import Shard
 
 from ..conftest import PYTHON
 
