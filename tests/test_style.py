@@ -52,6 +52,22 @@ def test_shipping_a_model_does_not_load_the_training_engine():
     assert out == "[]"
 
 
+def test_scoring_saved_maps_does_not_import_timm():
+    """evaluate --preds-dir and its --workers processes build no model: timm's seconds of import
+    were most of each process's fixed cost (benchmarks/eval_scaling.py)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, camodet.cli, camodet.evaluation.protocol, camodet.launch; "
+        "from camodet.models.device import resolve_device; print('timm' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    ).stdout.strip()
+    assert out == "False"
+
+
 def module_name(path: pathlib.Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
