@@ -107,8 +107,8 @@ def tiny_checkpoint(synth_root, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_export(tiny_checkpoint, tmp_path_factory):
-    """tiny_checkpoint exported with both ONNX graphs (read-only), shared by the session: each
-    graph takes ~20-40 s to trace on a 2-core CPU, so the tests that read one share this export."""
+    """tiny_checkpoint exported with both ONNX graphs (read-only), shared by the session: the
+    trace takes a minute or two on a 2-core CPU, so the tests that read a graph share this export."""
     pytest.importorskip("onnxruntime", reason="ONNX export needs pip install 'camodet[export]'")
     from camodet.cli import main
 

@@ -4,6 +4,8 @@ method longer than about 15 lines, says in a docstring what it is for."""
 import ast
 import pathlib
 
+import pytest
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "camodet"
 LONG = 15  # lines
 
@@ -36,36 +38,50 @@ def test_public_classes_and_long_functions_have_docstrings():
     assert not missing, "add a docstring to:\n" + "\n".join(missing)
 
 
-def test_shipping_a_model_does_not_load_the_training_engine():
+def fresh_python(code: str) -> str:
+    """What `code` prints in a new interpreter (nothing imported yet), stripped."""
     import subprocess
     import sys
 
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    ).stdout.strip()
+
+
+def test_shipping_a_model_does_not_load_the_training_engine():
     code = (
         "import sys, camodet.serving.predictor, camodet.serving.export, camodet.serving.hub, "
         "camodet.serving.predict, camodet.serving.video, camodet.serving.app, camodet.evaluation.protocol, "
         "camodet.evaluation.report, camodet.runs.inspection, camodet.runs.resume; "
         "print(sorted(m for m in sys.modules if m.startswith('camodet.engine')))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
-    ).stdout.strip()
+    out = fresh_python(code)
     assert out == "[]"
 
 
 def test_scoring_saved_maps_does_not_import_timm():
     """evaluate --preds-dir and its --workers processes build no model: timm's seconds of import
     were most of each process's fixed cost (benchmarks/eval_scaling.py)."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, camodet.cli, camodet.evaluation.protocol, camodet.launch; "
         "from camodet.models.device import resolve_device; print('timm' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
-    ).stdout.strip()
+    out = fresh_python(code)
     assert out == "False"
+
+
+def test_building_a_model_does_not_import_wandb_and_the_tracker_still_can():
+    """timm imports wandb when it is installed (~0.7 s of every training process's start);
+    camodet.models.timm_lib keeps it out, and `--tracker wandb` can still import it after."""
+    pytest.importorskip("wandb", reason="needs wandb installed to show it is not imported")
+    code = (
+        "import sys, camodet.engine.trainer; from camodet.models import build_model; "
+        "from camodet.config import ModelConfig; "
+        "build_model(ModelConfig(backbone='edgenext_xx_small', num_experts=1, pretrained=False)); "
+        "print('wandb' in sys.modules); import wandb; print(callable(wandb.init))"
+    )
+    out = fresh_python(code).split()
+    assert out == ["False", "True"]
 
 
 def module_name(path: pathlib.Path) -> str:

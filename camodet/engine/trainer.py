@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ..config import TrainConfig, parse_duration, save_yaml
@@ -27,6 +26,7 @@ from ..models import build_model
 from ..models.device import amp_dtype, autocast_name, tune_kernels
 from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
 from ..models.losses import LossSettings
+from ..models.timm_lib import timm
 from ..runs.checkpoint import (
     RunState,
     TrainingCheckpoint,
@@ -274,7 +274,7 @@ class Trainer:
         self.model = model = model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.ema = ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
+        self.ema = timm.utils.ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
         self.checkpoint = TrainingCheckpoint(
             model, self.ema, self.optimizer, self.scaler, self.state, self.guard, cfg.to_dict()
         )

@@ -7,12 +7,12 @@ import logging
 import os
 import tempfile
 
-import timm
 import torch
 from torch import nn
 
 from ..config import ConfigError
 from ..data.normalization import IMAGENET, Normalization
+from .timm_lib import timm
 from .weights import WeightsMismatch, describe, to_timm_keys
 
 log = logging.getLogger("camodet")

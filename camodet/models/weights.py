@@ -13,8 +13,9 @@ than a renaming table per source, the keys are matched generally, most trustwort
 
 Whatever cannot be matched one of these ways is refused in one line naming the file."""
 
-import timm
 import torch
+
+from .timm_lib import timm
 
 # Prefixes that training frameworks and wrappers put in front of a model's own keys.
 WRAPPER_PREFIXES = ("module.", "model.", "backbone.", "encoder.", "body.", "net.", "base_model.", "features.")

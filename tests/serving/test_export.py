@@ -29,6 +29,11 @@ def test_onnx_takes_any_batch_height_and_width(onnx_export):
     ]
     dims = onnx.load(str(onnx_export / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # N, 3, H, W
+    # the fp16 graph holds half-precision weights (converted from the fp32 graph), float32 in and out
+    half_graph = onnx.load(str(onnx_export / "model_fp16.onnx")).graph
+    weights = [t for t in half_graph.initializer if len(t.dims) == 4]  # the conv kernels
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert half_graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     p = Predictor.load(str(onnx_export))
     fp32 = ort.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
     fp16 = ort.InferenceSession(str(onnx_export / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
@@ -147,7 +152,7 @@ def test_a_failed_onnx_export_leaves_the_folder_as_it_was(tiny_checkpoint, tmp_p
     assert torch_onnx.level == logging.INFO  # the exporter's loggers are restored
     assert _tree(out) == before and os.listdir(tmp_path) == ["deploy"]
 
-    def fails_its_check(model, img_size, path, fp16=False):
+    def fails_its_check(model, img_size, path):
         open(path, "wb").write(b"a graph that differs from PyTorch")
         raise camodet.serving.export.ExportError(f"{path}: ONNX Runtime differs from PyTorch")
 
@@ -155,3 +160,20 @@ def test_a_failed_onnx_export_leaves_the_folder_as_it_was(tiny_checkpoint, tmp_p
     assert main(["export", str(tiny_checkpoint), str(tmp_path / "new"), "--onnx"]) == 2
     assert "differs from PyTorch" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["deploy"]  # the unchecked graph is nowhere on disk
+
+
+def test_fp16_alone_writes_only_the_half_graph(tiny_checkpoint, onnx_export, tmp_path, capsys, monkeypatch):
+    """--fp16 without --onnx: the fp32 graph it is converted from is traced, then not kept."""
+    import shutil
+
+    import camodet.serving.export
+
+    def traced_already(model, img_size, path):  # the session's trace: each costs a minute of CPU
+        shutil.copyfile(onnx_export / "model.onnx", path)
+        return 0.0
+
+    monkeypatch.setattr(camodet.serving.export, "export_onnx", traced_already)
+    out = tmp_path / "half"
+    assert main(["export", str(tiny_checkpoint), str(out), "--fp16"]) == 0
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "model_fp16.onnx"]
+    assert "the fp16 graph within" in capsys.readouterr().out

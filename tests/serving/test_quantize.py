@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="int8 export needs pip install 'camode
 def traced_already(onnx_export):
     """export_onnx that copies the session's traced fp32 graph: each trace costs 20-40 s of CPU."""
 
-    def export_onnx(model, img_size, path, fp16=False):
+    def export_onnx(model, img_size, path):
         shutil.copyfile(onnx_export / "model.onnx", path)
         return 0.0
 
