@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import tempfile
 from dataclasses import dataclass
 
@@ -25,6 +26,14 @@ TUNE_LR_FLAGS = {"--steps", "--start-lr", "--end-lr", "--out"}  # the test's own
 SMOOTHING = 0.95  # exponential moving average of the loss (torch-lr-finder's default, 1 - 0.05)
 DIVERGED = 4.0  # the smoothed loss this many times its minimum: the range ends (fastai's rule)
 SAFETY = 10.0  # the divergence rule's suggestion: the LR of the loss minimum divided by this
+# Weights already trained for the stage (a stage-1 checkpoint for stage 2) give a curve with no
+# descent: flat in batch noise, then rising. The steepest "descent" of such a curve is a noise
+# wiggle: on CAMO from a stage-1 checkpoint it was at 6.9e-6, while 1e-3 trained best of the grid.
+FLAT = 0.10  # the smoothed loss never this far below where it started: the curve has no descent
+# The climb is found on a running median centred on each step: the moving average lags it (there
+# the edge came out at 3.4e-3, where 2e-3 already trained worse than 1e-3), and one wild batch
+# moves a mean but not a median.
+RISE = 0.10  # on a flat curve, the median this far above its lowest has started to climb
 
 
 @dataclass
@@ -39,6 +48,7 @@ class RangeResult:
     smoothed: list[float]
     steepest: float  # LR of the steepest descent of the smoothed loss
     minimum: float  # LR of the smoothed loss's minimum
+    edge: float | None  # a flat curve's last LR before the loss climbs (None: the curve descends)
     diverged_at: float | None  # LR where the loss diverged (None: it never did within the range)
     seconds: float
 
@@ -50,8 +60,13 @@ class RangeResult:
     def flag(self) -> str:
         return "--lr" if self.stage == 1 else "--stage2-lr"
 
+    @property
+    def suggested(self) -> float:
+        """The steepest descent; on a curve with no descent, the edge before the loss climbs."""
+        return self.steepest if self.edge is None else self.edge
+
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "safe": self.safe, "flag": self.flag}
+        return {**dataclasses.asdict(self), "safe": self.safe, "flag": self.flag, "suggested": self.suggested}
 
 
 def exponential_lrs(start: float, end: float, steps: int) -> list[float]:
@@ -67,10 +82,14 @@ def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
-    """(steepest, minimum): the LR where the smoothed loss falls fastest per decade of LR, and the
-    LR of its minimum. The first tenth of the points (the average still settling) and the last two
-    (the climb into divergence) are left out of the steepest search, as torch-lr-finder does."""
+def suggest(
+    lrs: list[float], smoothed: list[float], losses: list[float]
+) -> tuple[float, float, float | None]:
+    """(steepest, minimum, edge): the LR where the smoothed loss falls fastest per decade of LR, the
+    LR of its minimum, and, where it never falls FLAT below where it started, the last LR before
+    the running median of the step `losses` climbs RISE above its lowest (else None). The first
+    tenth of the points (the average still settling) and the last two (the climb into divergence)
+    are left out of the steepest search, as torch-lr-finder does."""
     if len(lrs) < 5:
         raise ConfigError(f"the LR range test recorded only {len(lrs)} steps; raise --steps or --end-lr")
     lo, hi = max(1, len(lrs) // 10), max(len(lrs) - 2, len(lrs) // 10 + 2)
@@ -79,8 +98,15 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
         for i in range(lo, min(hi, len(lrs) - 1))
     ]
     steepest = lrs[lo + min(range(len(slopes)), key=slopes.__getitem__)]
-    minimum = lrs[min(range(len(smoothed)), key=smoothed.__getitem__)]
-    return steepest, minimum
+    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
+    edge = None
+    if smoothed[lowest] > (1 - FLAT) * smoothed[lo]:
+        half = max(1, len(lrs) // 20)  # a window of a tenth of the steps
+        median = [statistics.median(losses[max(0, i - half) : i + half + 1]) for i in range(len(lrs))]
+        bottom = min(range(len(median)), key=median.__getitem__)
+        climbs = (i for i in range(bottom, len(lrs)) if median[i] > (1 + RISE) * median[bottom])
+        edge = lrs[max(bottom, next(climbs, len(lrs)) - 1)]
+    return steepest, lrs[lowest], edge
 
 
 def endless_batches(loader, epoch: int):
@@ -156,8 +182,8 @@ def range_test(cfg: TrainConfig, steps: int, start_lr: float, end_lr: float, on_
     smoothed = smooth(finite)
     diverged = tried[-1] if len(tried) < steps else None
     kept = len(tried) - 1 if diverged is not None else len(tried)  # the diverged point is not a candidate
-    steepest, minimum = suggest(tried[:kept], smoothed[:kept])
-    return RangeResult(stage, epoch, tried, losses, smoothed, steepest, minimum, diverged, seconds)
+    steepest, minimum, edge = suggest(tried[:kept], smoothed[:kept], finite[:kept])
+    return RangeResult(stage, epoch, tried, losses, smoothed, steepest, minimum, edge, diverged, seconds)
 
 
 def describe(result: RangeResult) -> str:
@@ -167,11 +193,22 @@ def describe(result: RangeResult) -> str:
         if result.diverged_at is not None
         else f"the loss did not diverge up to LR {result.lrs[-1]:.3g} (raise --end-lr to find where it does)"
     )
+    if result.edge is None:
+        rule = (
+            f"  steepest descent of the smoothed loss: LR {result.steepest:.3g}  <- suggested {result.flag}\n"
+        )
+    else:
+        rule = (
+            f"  the smoothed loss never falls {FLAT:.0%} below where it started (these weights are "
+            f"already trained for this stage), so its steepest descent ({result.steepest:.3g}) is noise\n"
+            f"  last LR before the loss (running median) climbs {RISE:.0%}: {result.edge:.3g}  "
+            f"<- suggested {result.flag}\n"
+        )
     return (
         f"stage {result.stage} (epoch {result.epoch}), {len(result.lrs)} steps in "
         f"{result.seconds:.0f} s: {end}\n"
-        f"  steepest descent of the smoothed loss: LR {result.steepest:.3g}  <- suggested {result.flag}\n"
-        f"  loss minimum at LR {result.minimum:.3g}; divided by {SAFETY:g} for safety: {result.safe:.3g}"
+        + rule
+        + f"  loss minimum at LR {result.minimum:.3g}; divided by {SAFETY:g} for safety: {result.safe:.3g}"
     )
 
 
@@ -186,8 +223,9 @@ def plot(result: RangeResult, path: str) -> None:
     ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="step loss")
     ax.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
     at = {lr: s for lr, s in zip(result.lrs, result.smoothed)}
+    name = "steepest" if result.edge is None else "edge before the climb"
     ax.plot(
-        [result.steepest], [at[result.steepest]], "o", color="C3", label=f"steepest {result.steepest:.2g}"
+        [result.suggested], [at[result.suggested]], "o", color="C3", label=f"{name} {result.suggested:.2g}"
     )
     ax.axvline(result.safe, color="C2", ls="--", lw=1, label=f"minimum / {SAFETY:g} = {result.safe:.2g}")
     finite = [s for s in result.smoothed if math.isfinite(s)]
@@ -212,8 +250,11 @@ def write_outputs(result: RangeResult, out_dir: str) -> dict:
     plot(result, paths["png"])
     key = "lr" if result.stage == 1 else "stage2_lr"
     with open(paths["yaml"], "w") as fh:
-        fh.write(f"# camodet tune lr: steepest descent of the smoothed loss in stage {result.stage}\n")
-        yaml.safe_dump({"optim": {key: float(f"{result.steepest:.3g}")}}, fh, sort_keys=False)
+        rule = (
+            "steepest descent of the smoothed loss" if result.edge is None else "edge before the loss climbs"
+        )
+        fh.write(f"# camodet tune lr: {rule} in stage {result.stage}\n")
+        yaml.safe_dump({"optim": {key: float(f"{result.suggested:.3g}")}}, fh, sort_keys=False)
     with open(paths["json"], "w") as fh:
         json.dump(result.to_dict(), fh, indent=1)
     return paths
@@ -239,7 +280,7 @@ def lr_range_command(
     result = range_test(cfg, steps, start_lr, end_lr, on_step=progress)
     paths = write_outputs(result, out_dir)
     key = "optim.lr" if result.stage == 1 else "optim.stage2_lr"
-    command = train_command(program, argv, {key: float(f"{result.steepest:.3g}")}, drop=TUNE_LR_FLAGS)
+    command = train_command(program, argv, {key: float(f"{result.suggested:.3g}")}, drop=TUNE_LR_FLAGS)
     print(describe(result))
     print(f"wrote {paths['png']} (loss against LR), {paths['yaml']} (for train --config), {paths['json']}")
     print(f"train with it:\n  {command}")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from camodet.cli import main
-from camodet.tune.lr_range import exponential_lrs, smooth, suggest
+from camodet.tune.lr_range import RangeResult, describe, exponential_lrs, smooth, suggest
 
 
 def test_suggestions_on_a_known_curve():
@@ -19,10 +19,30 @@ def test_suggestions_on_a_known_curve():
         1.0 - 0.6 / (1 + math.exp(-4 * (math.log10(lr) + 3))) + (5 * (lr - 0.1) if lr > 0.1 else 0)
         for lr in lrs
     ]
-    steepest, minimum = suggest(lrs, losses)
+    steepest, minimum, edge = suggest(lrs, losses, losses)
     assert steepest == pytest.approx(1e-3, rel=0.3)
     assert minimum == pytest.approx(0.1, rel=0.3)
+    assert edge is None  # the loss falls by 60%: the steepest descent is the suggestion
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # bias-corrected from the first step
+
+
+def test_a_curve_with_no_descent_suggests_the_edge_before_the_climb_not_a_noise_wiggle():
+    """Weights already trained for the stage: the loss is flat in batch noise, then climbs from
+    about 3e-3 (the shape measured on CAMO from a stage-1 checkpoint), where the steepest "descent"
+    is a wiggle of the noise or the fading of one wild batch: the suggestion is where the climb
+    starts."""
+    lrs = exponential_lrs(1e-7, 1.0, 71)
+    noise = [0.05 * math.sin(7 * i) for i in range(len(lrs))]  # batch to batch, a dip early on
+    climb = [0.3 * math.log10(lr / 3e-3) if lr > 3e-3 else 0.0 for lr in lrs]
+    losses = [1.0 + n + c for n, c in zip(noise, climb)]
+    losses[40] = 3.0  # one wild batch on the flat part moves the average, not the median
+    steepest, minimum, edge = suggest(lrs, smooth(losses), losses)
+    assert 2e-3 <= edge <= 6e-3  # where the climb starts
+    result = RangeResult(2, 3, lrs, losses, smooth(losses), steepest, minimum, edge, None, 1.0)
+    assert result.suggested == edge and result.to_dict()["suggested"] == edge
+    said = describe(result).splitlines()
+    assert "never falls 10% below where it started" in said[1] and "is noise" in said[1]
+    assert said[2].endswith(f"{edge:.3g}  <- suggested --stage2-lr")
 
 
 def fingerprint(folder) -> dict:
@@ -59,9 +79,9 @@ def test_range_test_from_a_checkpoint_suggests_a_tried_lr_and_changes_nothing(
     assert fingerprint(run) == before  # checkpoint bytes, every other file and their times: untouched
     curve = yaml.safe_load(open(out / "lr_range.json"))
     assert curve["stage"] == 2 and curve["epoch"] == 2  # the stage the run would train next
-    assert 1e-5 <= curve["steepest"] <= 10 and curve["steepest"] in curve["lrs"]
+    assert 1e-5 <= curve["suggested"] <= 10 and curve["suggested"] in curve["lrs"]
     assert len(curve["lrs"]) == len(curve["losses"]) <= 12
     assert os.path.getsize(out / "lr_range.png") > 1000
     suggested = yaml.safe_load(open(out / "lr_range.yaml"))["optim"]["stage2_lr"]
-    assert suggested == pytest.approx(curve["steepest"], rel=1e-2)
+    assert suggested == pytest.approx(curve["suggested"], rel=1e-2)
     assert "suggested --stage2-lr" in printed and f"--stage2-lr {suggested:g}" in printed
