@@ -306,9 +306,7 @@ def export_onnx_fp16(model: torch.nn.Module, img_size: int, fp32_path: str, path
     by ONNX Runtime's own converter (ops it keeps in fp32 get casts around them). Converting takes
     well under a second where a second torch.export trace of a half model took as long as the
     first (about a minute for the tiny test model on a 2-core CPU)."""
-    import onnx
-
-    onnx_runtime()
+    import onnx  # present: the fp32 graph was written and checked with it
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     onnx.save(convert_float_to_float16(onnx.load(fp32_path), keep_io_types=True), path)
@@ -316,6 +314,7 @@ def export_onnx_fp16(model: torch.nn.Module, img_size: int, fp32_path: str, path
 
 
 def onnx_runtime():
+    """onnxruntime, or the one-line error saying which extra to install (before any tracing)."""
     try:
         import onnxruntime
     except ImportError:

@@ -65,6 +65,11 @@ class RangeResult:
         """The steepest descent; on a curve with no descent, the edge before the loss climbs."""
         return self.steepest if self.edge is None else self.edge
 
+    @property
+    def rule(self) -> str:
+        """Which rule gave the suggestion, in words."""
+        return "steepest descent of the smoothed loss" if self.edge is None else "edge before the loss climbs"
+
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "safe": self.safe, "flag": self.flag, "suggested": self.suggested}
 
@@ -194,9 +199,7 @@ def describe(result: RangeResult) -> str:
         else f"the loss did not diverge up to LR {result.lrs[-1]:.3g} (raise --end-lr to find where it does)"
     )
     if result.edge is None:
-        rule = (
-            f"  steepest descent of the smoothed loss: LR {result.steepest:.3g}  <- suggested {result.flag}\n"
-        )
+        rule = f"  {result.rule}: LR {result.steepest:.3g}  <- suggested {result.flag}\n"
     else:
         rule = (
             f"  the smoothed loss never falls {FLAT:.0%} below where it started (these weights are "
@@ -223,9 +226,12 @@ def plot(result: RangeResult, path: str) -> None:
     ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="step loss")
     ax.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
     at = {lr: s for lr, s in zip(result.lrs, result.smoothed)}
-    name = "steepest" if result.edge is None else "edge before the climb"
     ax.plot(
-        [result.suggested], [at[result.suggested]], "o", color="C3", label=f"{name} {result.suggested:.2g}"
+        [result.suggested],
+        [at[result.suggested]],
+        "o",
+        color="C3",
+        label=f"{result.rule}: {result.suggested:.2g}",
     )
     ax.axvline(result.safe, color="C2", ls="--", lw=1, label=f"minimum / {SAFETY:g} = {result.safe:.2g}")
     finite = [s for s in result.smoothed if math.isfinite(s)]
@@ -250,10 +256,7 @@ def write_outputs(result: RangeResult, out_dir: str) -> dict:
     plot(result, paths["png"])
     key = "lr" if result.stage == 1 else "stage2_lr"
     with open(paths["yaml"], "w") as fh:
-        rule = (
-            "steepest descent of the smoothed loss" if result.edge is None else "edge before the loss climbs"
-        )
-        fh.write(f"# camodet tune lr: {rule} in stage {result.stage}\n")
+        fh.write(f"# camodet tune lr: {result.rule} in stage {result.stage}\n")
         yaml.safe_dump({"optim": {key: float(f"{result.suggested:.3g}")}}, fh, sort_keys=False)
     with open(paths["json"], "w") as fh:
         json.dump(result.to_dict(), fh, indent=1)
