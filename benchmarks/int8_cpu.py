@@ -8,7 +8,8 @@ see benchmarks/RESULTS.md), exported at --img-size (the graph takes any multiple
 Calibration photos come from CAMO's training split, the photos scored from CAMO-val
 (benchmarks/camo_split.txt), so no scored photo calibrated the graph.
 Reproduce: .venv/bin/python benchmarks/int8_cpu.py --checkpoint RUN/best_model.pth
-[--img-size 384 --calibration-count 64 --held 32 --variants qdq-pc qdq-pc-ends qdq-pt qop-pc]"""
+[--img-size 384 --calibration-count 64 --held 32 --variants qdq-pc qdq-pc-ends ...]; the variants are
+the VARIANTS below (qdq-pc is what `camodet export --int8` writes)."""
 
 import argparse
 import os
@@ -33,6 +34,11 @@ VARIANTS = {
     "qdq-pc-ends": Int8Settings("qdq", True, "ends"),
     "qdq-pt": Int8Settings("qdq", False, "none"),
     "qop-pc": Int8Settings("qoperator", True, "none"),
+    "qdq-pc-7bit": Int8Settings("qdq", True, "none", reduce_range=True),
+    "qdq-pc-u8u8": Int8Settings("qdq", True, "none", weight_type="uint8"),
+    "qdq-pc-pct": Int8Settings("qdq", True, "none", calibrate="percentile"),
+    "qdq-pc-s8s8": Int8Settings("qdq", True, "none", activation_type="int8"),
+    "qdq-pc-u8u8-ends": Int8Settings("qdq", True, "ends", weight_type="uint8"),
 }
 
 

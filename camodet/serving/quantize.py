@@ -32,12 +32,20 @@ class Int8Settings:
     per_channel: bool = True
     keep_float: str = "none"  # none | ends
     calibrate: str = "minmax"  # minmax | percentile
+    # x86 AVX2/AVX-512 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose int16 sums
+    # saturate (ONNX Runtime's quantisation docs): 7-bit weights (reduce_range) or uint8 weights avoid it.
+    reduce_range: bool = False
+    weight_type: str = "int8"  # int8 | uint8
+    activation_type: str = "uint8"  # uint8 | int8 (S8S8: ONNX Runtime's first choice for QDQ)
 
     def describe(self) -> str:
         kept = ", first and last conv in fp32" if self.keep_float == "ends" else ""
         channel = "per-channel" if self.per_channel else "per-tensor"
+        bits = "7-bit " if self.reduce_range else ""
         return (
-            f"{self.quant_format.upper()}, {channel} int8 weights, uint8 activations ({self.calibrate}){kept}"
+            f"{self.quant_format.upper()}, {channel} {bits}{self.weight_type} weights, "
+            f"{self.activation_type} activations "
+            f"({self.calibrate}){kept}"
         )
 
 
@@ -88,6 +96,7 @@ def quantize(fp32_path: str, out_path: str, calibration: list[np.ndarray], setti
     'dynamic' where static quantisation does not apply to this graph (the reason is kept)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    weights = QuantType.QUInt8 if settings.weight_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory() as tmp, quiet_root_logger():
         prepared = os.path.join(tmp, "prepared.onnx")
         prepare(fp32_path, prepared)
@@ -98,8 +107,9 @@ def quantize(fp32_path: str, out_path: str, calibration: list[np.ndarray], setti
                 ImageFeed(calibration),
                 quant_format=QuantFormat.QDQ if settings.quant_format == "qdq" else QuantFormat.QOperator,
                 per_channel=settings.per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if settings.activation_type == "int8" else QuantType.QUInt8,
+                weight_type=weights,
+                reduce_range=settings.reduce_range,
                 calibrate_method=(
                     CalibrationMethod.Percentile
                     if settings.calibrate == "percentile"
@@ -113,7 +123,11 @@ def quantize(fp32_path: str, out_path: str, calibration: list[np.ndarray], setti
 
             first = (str(e).strip().splitlines() or [""])[0][:120]
             quantize_dynamic(
-                prepared, out_path, weight_type=QuantType.QInt8, per_channel=settings.per_channel
+                prepared,
+                out_path,
+                weight_type=weights,
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
             )
             return f"dynamic (static quantisation failed: {type(e).__name__}: {first})"
 
