@@ -54,18 +54,17 @@ def camo_flags(out: str) -> list[str] | None:
     return flags + ["--backbone", quality_real.BACKBONE, "--pretrained-path", weights, "--img-size", "160"]
 
 
-def sweep(
-    out: str, name: str, base: list[str], space: dict, trials: int, pruner: str, prune: list[str]
-) -> dict:
+def sweep(out: str, base: list[str], space: dict, trials: int, pruner: str, prune: list[str]) -> dict:
+    """One sweep in OUT/PRUNER (its space file beside it); its cost, best IoU and trials."""
     import optuna
 
     from camodet.cli import main
     from camodet.tune.study import default_storage
 
-    space_file = os.path.join(out, f"{name}.yaml")
+    space_file = os.path.join(out, f"{pruner}.yaml")
     with open(space_file, "w") as fh:
         json.dump(space, fh)
-    folder = os.path.join(out, name)
+    folder = os.path.join(out, pruner)
     started = time.monotonic()
     args = ["sweep", *base, "--space", space_file, "--trials", str(trials), "--out", folder]
     args += ["--pruner", pruner, "--sampler", "random", "--sampler-seed", "0"]
@@ -75,7 +74,7 @@ def sweep(
     study = optuna.load_study(study_name="camodet", storage=default_storage(folder))
     trials = study.get_trials()
     return {
-        "sweep": name,
+        "sweep": pruner,
         "epochs": sum(t.user_attrs["epochs"] for t in trials),
         "trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials),
         "wall_seconds": wall,
@@ -131,7 +130,7 @@ def main() -> None:
     base += ["--epochs", str(args.epochs), "--stage1-epochs", "1", "--num-workers", "0", "--no-tensorboard"]
     space = CAMO_SPACE if args.camo else SPACE
     prune = ["--prune-startup", args.prune_startup, "--prune-warmup", args.prune_warmup]
-    runs = [sweep(args.out, p, base, space, args.trials, p, prune) for p in ("none", "median")]
+    runs = [sweep(args.out, base, space, args.trials, p, prune) for p in ("none", "median")]
     assert runs[0]["params"] == runs[1]["params"], "the two sweeps drew different trials"
     if args.defaults:
         runs.append(train_defaults(args.out, base))

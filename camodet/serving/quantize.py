@@ -44,8 +44,7 @@ class Int8Settings:
         bits = "7-bit " if self.reduce_range else ""
         return (
             f"{self.quant_format.upper()}, {channel} {bits}{self.weight_type} weights, "
-            f"{self.activation_type} activations "
-            f"({self.calibrate}){kept}"
+            f"{self.activation_type} activations ({self.calibrate}){kept}"
         )
 
 
