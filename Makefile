@@ -8,6 +8,9 @@ STAMP := $(VENV)/.camodet-installed
 # Where pip takes torch and torchvision from: PyPI's default wheels bring ~3 GB of CUDA libraries;
 # a CPU-only machine (CI) can skip them with TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
+# pytest-xdist processes for `make test`: two fill a 2-core CI machine (tests/conftest.py gives each its
+# share of the cores); one test's own subprocesses and torchrun waits leave the other core idle otherwise.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-deps clean
 
@@ -53,7 +56,7 @@ test-deps:
 test: $(STAMP) test-deps
 	$(PY) -m ruff check camodet tests benchmarks tools
 	$(PY) -m ruff format --check camodet tests benchmarks tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -7,7 +7,15 @@ import torch
 from camodet.data.synth import write_dataset
 
 REAL_SAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_camo_samples")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (`make test` runs `-n 2`) each worker takes its share of the cores: two workers
+# of two threads each on a 2-core machine would spin against each other.
+# The processes that tests start get the same share, so that a run in a subprocess and one in the test
+# compute with as many threads.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
 @pytest.fixture(scope="session")
