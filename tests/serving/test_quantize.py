@@ -97,3 +97,40 @@ def test_held_images_never_calibrate():
     calibration, held = split_images(paths, count=200)
     assert len(held) == 10 and not set(held) & set(calibration) and len(calibration) == 40
     assert split_images(paths, count=5)[0] == calibration[:5]  # the count takes a prefix, held stays
+
+
+@pytest.mark.parametrize("weights, activations, keep", [("uint8", "uint8", "ends"), ("int8", "int8", "none")])
+def test_int8_settings_reach_the_graph(weights, activations, keep, onnx_export, tmp_path):
+    """The variants benchmarks/int8_cpu.py measures are the graphs it names (u8u8-ends, s8s8): the
+    weights' and activations' types and the convs left in fp32 are what the written graph holds.
+    (ONNX Runtime has no int8-activation, uint8-weight format: that one falls back to dynamic.)"""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from camodet.serving.quantize import Int8Settings, quantize
+
+    rng = np.random.default_rng(0)
+    feed = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(2)]
+    settings = Int8Settings(weight_type=weights, activation_type=activations, keep_float=keep)
+    assert quantize(str(onnx_export / "model.onnx"), str(tmp_path / "q.onnx"), feed, settings) == "static"
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    constants = {t.name: t for t in graph.initializer}
+    # a DequantizeLinear of a computed tensor is an activation's; of an initializer, a weight's, or a
+    # bias's (int32 whatever the settings)
+    zero_points = {"weight": set(), "bias": set(), "activation": set()}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3:
+            zero = constants[node.input[2]].data_type
+            constant = node.input[0] in constants
+            kind = "activation" if not constant else "bias" if zero == TensorProto.INT32 else "weight"
+            zero_points[kind].add(zero)
+    types = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+    assert zero_points == {
+        "weight": {types[weights]},
+        "bias": {TensorProto.INT32},
+        "activation": {types[activations]},
+    }
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    float_weight = [n for n in convs if n.input[1] in constants]  # its weight not dequantised
+    assert [n.name for n in float_weight] == ([convs[0].name, convs[-1].name] if keep == "ends" else [])
+    assert all(numpy_helper.to_array(constants[n.input[1]]).dtype == np.float32 for n in float_weight)
