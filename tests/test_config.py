@@ -150,7 +150,7 @@ def test_flags_and_yaml_share_one_check(tmp_path):
         cfg.validate(check_paths=False)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "small.yaml", "cod-small.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "small.yaml", "cod-small.yaml", "cod-medium.yaml"])
 def test_shipped_configs_read_and_validate(name):
     import os
 
@@ -164,3 +164,9 @@ def test_shipped_configs_read_and_validate(name):
         )
         assert cfg.data.augment == "flip"
         assert cfg.optim.stage2_lr == 0.001  # the CAMO LR grid's best over 3 seeds (RESULTS.md)
+    if name == "cod-medium.yaml":  # cod-small.yaml at 4x the budget: more pixels, not more epochs
+        small = parse(["--config", path.replace("cod-medium", "cod-small")])
+        assert (cfg.data.img_size, cfg.stages.epochs, cfg.stages.stage1_epochs) == (224, 19, 4)
+        for section in ("model", "optim"):
+            assert getattr(cfg, section) == getattr(small, section)
+        assert cfg.data.augment == small.data.augment and not cfg.stages.progressive_unfreeze

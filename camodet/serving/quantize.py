@@ -38,6 +38,13 @@ class Int8Settings:
     weight_type: str = "int8"  # int8 | uint8
     activation_type: str = "uint8"  # uint8 | int8 (S8S8: ONNX Runtime's first choice for QDQ)
 
+    def __post_init__(self):
+        # ONNX Runtime has no static format for these; quantize() would quietly fall back to dynamic
+        if (self.activation_type, self.weight_type) == ("int8", "uint8"):
+            raise QuantizeError(
+                "int8 activations with uint8 weights: ONNX Runtime has no such format (use s8s8 or u8u8)"
+            )
+
     def describe(self) -> str:
         kept = ", first and last conv in fp32" if self.keep_float == "ends" else ""
         channel = "per-channel" if self.per_channel else "per-tensor"

@@ -107,7 +107,7 @@ def test_int8_settings_reach_the_graph(weights, activations, keep, onnx_export, 
     import onnx
     from onnx import TensorProto, numpy_helper
 
-    from camodet.serving.quantize import Int8Settings, quantize
+    from camodet.serving.quantize import Int8Settings, QuantizeError, quantize
 
     rng = np.random.default_rng(0)
     feed = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(2)]
@@ -134,3 +134,5 @@ def test_int8_settings_reach_the_graph(weights, activations, keep, onnx_export, 
     float_weight = [n for n in convs if n.input[1] in constants]  # its weight not dequantised
     assert [n.name for n in float_weight] == ([convs[0].name, convs[-1].name] if keep == "ends" else [])
     assert all(numpy_helper.to_array(constants[n.input[1]]).dtype == np.float32 for n in float_weight)
+    with pytest.raises(QuantizeError, match="^int8 activations with uint8 weights: ONNX Runtime has no"):
+        Int8Settings(weight_type="uint8", activation_type="int8")
