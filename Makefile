@@ -8,8 +8,8 @@ STAMP := $(VENV)/.camodet-installed
 # Where pip takes torch and torchvision from: PyPI's default wheels bring ~3 GB of CUDA libraries;
 # a CPU-only machine (CI) can skip them with TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
-# pytest-xdist processes for `make test`: two fill a 2-core CI machine (tests/conftest.py gives each its
-# share of the cores); one test's own subprocesses and torchrun waits leave the other core idle otherwise.
+# pytest-xdist processes for `make test`: two of one torch thread each (tests/conftest.py) took 484 s on the
+# 2-core machine, against about 1050 s for one process of two threads, which mostly spin on tiny models.
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-deps clean
