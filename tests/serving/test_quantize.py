@@ -102,12 +102,11 @@ def test_held_images_never_calibrate():
 @pytest.mark.parametrize("weights, activations, keep", [("uint8", "uint8", "ends"), ("int8", "int8", "none")])
 def test_int8_settings_reach_the_graph(weights, activations, keep, onnx_export, tmp_path):
     """The variants benchmarks/int8_cpu.py measures are the graphs it names (u8u8-ends, s8s8): the
-    weights' and activations' types and the convs left in fp32 are what the written graph holds.
-    (ONNX Runtime has no int8-activation, uint8-weight format: that one falls back to dynamic.)"""
+    weights' and activations' types and the convs left in fp32 are what the written graph holds."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
-    from camodet.serving.quantize import Int8Settings, QuantizeError, quantize
+    from camodet.serving.quantize import Int8Settings, quantize
 
     rng = np.random.default_rng(0)
     feed = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(2)]
@@ -134,5 +133,11 @@ def test_int8_settings_reach_the_graph(weights, activations, keep, onnx_export, 
     float_weight = [n for n in convs if n.input[1] in constants]  # its weight not dequantised
     assert [n.name for n in float_weight] == ([convs[0].name, convs[-1].name] if keep == "ends" else [])
     assert all(numpy_helper.to_array(constants[n.input[1]]).dtype == np.float32 for n in float_weight)
+
+
+def test_int8_settings_without_a_static_format_are_refused():
+    """ONNX Runtime has no int8-activation, uint8-weight format: quantize() fell back to dynamic."""
+    from camodet.serving.quantize import Int8Settings, QuantizeError
+
     with pytest.raises(QuantizeError, match="^int8 activations with uint8 weights: ONNX Runtime has no"):
         Int8Settings(weight_type="uint8", activation_type="int8")
