@@ -9,7 +9,8 @@ STAMP := $(VENV)/.camodet-installed
 # a CPU-only machine (CI) can skip them with TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 # pytest-xdist processes for `make test`: two of one torch thread each (tests/conftest.py) took 484 s on the
-# 2-core machine, against about 1050 s for one process of two threads, which mostly spin on tiny models.
+# 2-core machine beside one training run; one process of two threads took 1777 s beside two (CI: 1218 s in
+# all). Two threads on the tiny test models mostly spin.
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-deps clean
