@@ -47,10 +47,10 @@ def _train(args) -> int:
     folder = RunFolder(cfg.run.checkpoint_dir)
     if cfg.run.resume_from == "auto":
         cfg.run.resume_from = folder.auto_resume()
-    from .models import check_backbone  # heavy imports only after the cheap checks pass
+    from .models import check_model  # heavy imports only after the cheap checks pass
     from .runs.folder import BEST_METRIC
 
-    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    check_model(cfg.model, cfg.data.img_size)
     from .engine.interrupt import stopped_exit_code
     from .engine.trainer import train
 
@@ -121,20 +121,14 @@ def _data_check(args) -> int:
 
 
 def _model_summary(args) -> int:
-    from .config import ModelConfig
-    from .models import build_model, check_backbone
+    from .models import build_model, check_model
     from .models.summary import format_summary, summarise
 
-    check_backbone(args.backbone, args.img_size)
-    cfg = ModelConfig(
-        backbone=args.backbone,
-        num_experts=args.num_experts,
-        top_k=min(2, args.num_experts),
-        deep_supervision=not args.no_deep_supervision,
-        decoder_channels=args.decoder_channels,
-    )
-    s = summarise(build_model(cfg), args.img_size)
-    print(json.dumps(s, indent=2) if args.json else format_summary(s, args.backbone))
+    cfg = from_args(args)
+    cfg.validate(check_paths=False)
+    check_model(cfg.model, cfg.data.img_size)
+    s = summarise(build_model(cfg.model), cfg.data.img_size)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s, cfg.model.backbone))
     return 0
 
 
@@ -416,10 +410,10 @@ def _tune_lr(args) -> int:
 
     if cfg.run.resume_from == "auto":
         cfg.run.resume_from = RunFolder(cfg.run.checkpoint_dir).auto_resume()
-    from .models import check_backbone
+    from .models import check_model
     from .tune.lr_range import lr_range_command
 
-    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    check_model(cfg.model, cfg.data.img_size)
     train_argv = args.argv[2:]  # after `tune lr`
     return lr_range_command(cfg, args.steps, args.start_lr, args.end_lr, args.out, train_argv, program())
 
@@ -455,11 +449,11 @@ def _sweep(args) -> int:
         raise ConfigError(
             "sweep: --trials, --prune-warmup and --heartbeat must be at least 1, --prune-startup >= 0"
         )
-    from .models import check_backbone
+    from .models import check_model
     from .tune.space import SearchSpace
     from .tune.sweep import SweepOptions, sweep_command
 
-    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    check_model(cfg.model, cfg.data.img_size)
     space = SearchSpace.load(args.space, cfg)
     opts = SweepOptions(
         args.out,
@@ -789,12 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_inspect)
 
     mgrp = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
-    m = mgrp.add_parser("summary", help="parameters by part and GFLOPs")
-    m.add_argument("--backbone", default="edgenext_base")
-    m.add_argument("--num-experts", type=int, default=7)
-    m.add_argument("--img-size", type=int, default=384)
-    m.add_argument("--decoder-channels", type=int, default=64)
-    m.add_argument("--no-deep-supervision", action="store_true")
+    m = mgrp.add_parser(
+        "summary", help="parameters by part and GFLOPs of the model that train builds from these flags"
+    )
+    add_arguments(m, only={"model", "data.img_size"})
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_model_summary)
     return p

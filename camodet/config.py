@@ -86,16 +86,29 @@ class DataConfig:
     cache_dir: str | None = opt(None, "cache folder (default: ~/.cache/camodet)")
 
 
+# The decoders of camodet.models.decoders, by name (here without torch, for the flag's choices).
+DECODER_NAMES = ("moe", "fpn", "sinet", "zoom")
+
+
 @dataclass
 class ModelConfig:
-    """The network: backbone, experts, decoder, deep supervision, pretrained weights."""
+    """The network: backbone, decoder, experts, deep supervision, pretrained weights."""
 
     backbone: str = opt("edgenext_base", "timm backbone name (any model with features_only)")
+    decoder: str = opt(
+        "moe",
+        "decoder: moe (top-down fusion with mixture-of-experts blocks), fpn (plain feature pyramid), "
+        "sinet (SINet-V2's search and group-reversal attention), zoom (ZoomNet's 0.5x/1x/1.5x "
+        "mixed scales; sides a multiple of 64 px); see README, Decoders",
+        choices=list(DECODER_NAMES),
+    )
     pretrained: bool = opt(False, "load ImageNet weights through timm (needs network or HF cache)")
     pretrained_path: str | None = opt(None, "load backbone weights from a local .pth/.safetensors")
     # One expert (a plain residual block, no routing) by default: on real photos at an equal budget
     # 4 experts gained nothing over one (benchmarks/RESULTS.md, quality_real.py). --num-experts N turns it on.
-    num_experts: int = opt(1, "number of experts in each mixture-of-experts block (1: no routing)")
+    num_experts: int = opt(
+        1, "number of experts in each mixture-of-experts block (1: no routing; moe decoder)"
+    )
     top_k: int = opt(2, "experts chosen per image with --gating topk (ignored with one expert)")
     gating: str = opt("topk", "router gating", choices=["topk", "dense"])
     decoder_channels: int = opt(64, "channels of the decoder")
@@ -129,6 +142,11 @@ class OptimConfig:
     moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss")
     boundary_gain: float = opt(
         5.0, "structure loss: a pixel at the mask's boundary weighs up to 1 + this (0: plain BCE + IoU)"
+    )
+    uncertainty_loss_weight: float = opt(
+        0.0,
+        "ZoomNet's uncertainty-aware loss, mean 1 - (2p - 1)^2, which pushes probabilities away from "
+        "0.5: its weight at the last epoch, reached by a cosine ramp from 0 at the first (0: off)",
     )
     use_ema: bool = opt(False, "keep an exponential moving average of the weights")
     ema_decay: float = opt(0.999, "EMA decay per optimizer step")
@@ -403,13 +421,16 @@ def save_yaml(cfg: TrainConfig, path: str) -> None:
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, only: "set[str] | None" = None) -> None:
     """Generate one flag per config field; defaults are suppressed so that only
-    flags the user typed override YAML and defaults."""
+    flags the user typed override YAML and defaults. `only`: the sections ('model') and
+    fields ('data.img_size') a command reads, when it reads part of the config."""
     parser.add_argument("--config", help="YAML file of settings (CLI flags override it)")
     for sec_name, sec_type in SECTIONS.items():
         group = parser.add_argument_group(sec_name)
         for f in dataclasses.fields(sec_type):
+            if only is not None and sec_name not in only and f"{sec_name}.{f.name}" not in only:
+                continue
             tp = _base_type(f.type)
             kw: dict[str, Any] = dict(
                 dest=f"{sec_name}.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"]
@@ -427,6 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "{" + ",".join(choices) + "}" if choices else f.name.upper() if tp is not list else "PATH"
                 )
             group.add_argument(_flag(f), **kw)
+    if only is not None:
+        return
     # --no-amp is the reference workflow's spelling of --amp off.
     parser.add_argument(
         "--no-amp",
@@ -495,9 +518,18 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     need(o.grad_clip >= 0, f"--grad-clip must be >= 0 (got {o.grad_clip})")
     need(o.weight_decay >= 0, f"--weight-decay must be >= 0 (got {o.weight_decay})")
     need(o.boundary_gain >= 0, f"--boundary-gain must be >= 0 (got {o.boundary_gain})")
+    need(
+        o.uncertainty_loss_weight >= 0,
+        f"--uncertainty-loss-weight must be >= 0 (got {o.uncertainty_loss_weight})",
+    )
     need(o.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0 (got {o.backbone_lr_mult})")
     need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
     need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")
+    need(
+        m.num_experts == 1 or m.decoder == "moe",
+        f"--num-experts {m.num_experts}: experts are the moe decoder's; --decoder {m.decoder} has none "
+        f"(drop --num-experts or use --decoder moe)",
+    )
     need(
         1 <= m.top_k <= m.num_experts or (m.num_experts == 1 and m.top_k >= 1),
         f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})",

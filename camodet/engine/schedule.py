@@ -112,3 +112,13 @@ def make_plan(
     if restart_epoch is not None and restart_epoch <= s.epochs:
         starts[plan.stage(restart_epoch) - 1] = restart_epoch
     return Plan(**{**plan.__dict__, "schedule_start": tuple(starts)})
+
+
+def uncertainty_weight(peak: float, epoch: int, epochs: int) -> float:
+    """The uncertainty-aware loss's weight in `epoch` (1-based): a cosine ramp from 0 in the first
+    epoch to `peak` in the last (ZoomNet's increasing schedule), so that early, uncertain maps are
+    not pushed to a decision before they have one."""
+    if peak <= 0 or epochs <= 1:
+        return peak
+    progress = (min(max(epoch, 1), epochs) - 1) / (epochs - 1)
+    return peak * 0.5 * (1 - math.cos(math.pi * progress))

@@ -45,7 +45,7 @@ from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .loaders import EpochSampler, input_normalization, resolve_workers, train_loader, val_loader
 from .monitor import TensorBoard
 from .optim import build_optimizer, set_lrs
-from .schedule import Plan, make_plan
+from .schedule import Plan, make_plan, uncertainty_weight
 from .state import EpochProgress, restore, snapshot
 from .step import TrainStep
 from .timing import LoopClock
@@ -386,6 +386,12 @@ class Trainer:
         position = self.position
         progress = position if position is not None and position.epoch == epoch else EpochProgress(epoch)
         good = snapshot(*parts, self.state, progress)
+        self.step.loss = dataclasses.replace(
+            self.step.loss,
+            uncertainty_weight=uncertainty_weight(
+                self.cfg.optim.uncertainty_loss_weight, epoch, self.plan.epochs
+            ),
+        )
         while True:
             outcome = train_one_epoch(self.step, self.loader, progress, self)
             if outcome.action == "done":

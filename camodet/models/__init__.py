@@ -1,5 +1,6 @@
-"""Models: the timm backbone wrapper and its weights, experts and the MoE router, the decoder,
-the detector, the loss (losses.py) and the device / AMP choice (device.py). Imports config and
+"""Models: the timm backbone wrapper and its weights, experts and the MoE router, the decoders
+(decoders/: moe, fpn, sinet, zoom behind one contract), the detector, the loss (losses.py) and
+the device / AMP choice (device.py). Imports config and
 data (normalization) only; never the engine.
 
 The names below load on first use (PEP 562): importing timm takes seconds on a small CPU, and the
@@ -13,6 +14,7 @@ _HOMES = {
     "BackboneError": ".backbone",
     "backbone_normalization": ".backbone",
     "check_backbone": ".backbone",
+    "check_model": ".backbone",
     "CamoDetector": ".detector",
     "ModelOutput": ".detector",
     "build_model": ".detector",

@@ -10,7 +10,7 @@ import tempfile
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, ModelConfig
 from ..data.normalization import IMAGENET, Normalization
 from .timm_lib import timm
 from .weights import WeightsMismatch, describe, to_timm_keys
@@ -22,9 +22,10 @@ class BackboneError(ValueError):
     """A backbone or its weights cannot be used; the message says how to proceed."""
 
 
-def check_backbone(name: str, img_size: int) -> None:
-    """Reject an unknown timm name (suggesting close ones) or an image size that is
-    not a multiple of the backbone's output stride, without building real weights."""
+def check_backbone(name: str, img_size: int, multiple: int = 1, decoder: str = "") -> None:
+    """Reject an unknown timm name (suggesting close ones) or an image size that is not a
+    multiple of the backbone's output stride (times `multiple`, for a decoder that scales the
+    image), without building real weights."""
     available = timm.list_models()
     if name not in available:
         close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
@@ -39,12 +40,22 @@ def check_backbone(name: str, img_size: int) -> None:
             f"hierarchical transformer such as edgenext_base or resnet50"
         ) from None
     stride = max(body.feature_info.reduction())
-    if img_size % stride:
-        lower, upper = img_size // stride * stride, (img_size // stride + 1) * stride
+    step = stride * multiple
+    if img_size % step:
+        lower, upper = img_size // step * step, (img_size // step + 1) * step
+        what = f"{name}'s output stride {stride}"
+        if multiple > 1:
+            what = f"{multiple} x {what} (--decoder {decoder} also runs the image at other scales)"
         raise ConfigError(
-            f"--img-size {img_size} is not a multiple of {name}'s output stride {stride}; "
-            f"use {lower or upper} or {upper}"
+            f"--img-size {img_size} is not a multiple of {what}; use {lower or upper} or {upper}"
         )
+
+
+def check_model(cfg: ModelConfig, img_size: int) -> None:
+    """check_backbone for this model's backbone and decoder."""
+    from .decoders import size_multiple
+
+    check_backbone(cfg.backbone, img_size, size_multiple(cfg), cfg.decoder)
 
 
 def backbone_normalization(name: str) -> Normalization:

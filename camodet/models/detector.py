@@ -9,10 +9,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .backbone import Backbone
-from .decoder import Decoder
-
-# Side outputs, coarser each, get half the weight of the previous: 0.5, 0.25, ...
-SIDE_WEIGHT_DECAY = 0.5
+from .decoders import build_decoder
 
 
 @dataclass
@@ -26,48 +23,43 @@ class ModelOutput:
 
 
 class CamoDetector(nn.Module):
-    """Backbone -> MoE decoder -> mask logits at the input size, with optional side
-    heads for deep supervision and backbone groups that can be frozen."""
+    """Backbone -> decoder (--decoder: moe, fpn, sinet, zoom) -> mask logits at the input size,
+    with side logits for deep supervision and backbone groups that can be frozen."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path)
-        self.decoder = Decoder(
-            self.backbone.channels,
-            self.backbone.reductions,
-            cfg.decoder_channels,
-            cfg.num_experts,
-            cfg.top_k,
-            cfg.gating,
-        )
-        c = cfg.decoder_channels
-        self.head = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 1, 1))
-        n_side = len(self.decoder.levels) - 1 if cfg.deep_supervision else 0
-        self.side_heads = nn.ModuleList(nn.Conv2d(c, 1, 1) for _ in range(n_side))
+        self.decoder = build_decoder(self.backbone.channels, self.backbone.reductions, cfg)
         self.frozen_groups: set[int] = set()
         # The input statistics this model is trained (or was trained) with: the backbone's own
         # for a new model; a loaded checkpoint's replace it (see Normalization.of_checkpoint).
         self.normalization = self.backbone.normalization
+        self._register_load_state_dict_pre_hook(_heads_into_decoder)
+
+    @property
+    def stride(self) -> int:
+        """Input sides must be multiples of this: the backbone's output stride, times the
+        decoder's multiple where it runs the image at other scales."""
+        return max(self.backbone.reductions) * self.decoder.size_multiple
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in backward: timm's per-stage checkpointing in the
-        backbone, per fuse/MoE block in the decoder."""
+        backbone, per block in the decoder."""
         self.backbone.body.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
 
     @property
     def side_weights(self) -> list[float]:
-        return [SIDE_WEIGHT_DECAY ** (k + 1) for k in range(len(self.side_heads))]
+        return list(self.decoder.side_weights)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         size = x.shape[-2:]
-        decoded, routings = self.decoder(self.backbone(x))
-        logits = F.interpolate(self.head(decoded[0]), size=size, mode="bilinear", align_corners=False)
-        sides = [
-            F.interpolate(h(d), size=size, mode="bilinear", align_corners=False)
-            for h, d in zip(self.side_heads, decoded[1:])
-        ]
+        pyramids = [self.backbone(_scaled(x, s)) for s in self.decoder.input_scales]
+        out = self.decoder(pyramids)
+        logits = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
+        sides = [F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in out.side_logits]
+        routings = out.routings
         aux = torch.stack([r.balance_loss for r in routings]).mean() if routings else logits.new_zeros(())
         return ModelOutput(logits, sides, aux, [r.usage for r in routings])
 
@@ -98,6 +90,22 @@ def freeze_batch_norms(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def _scaled(x: torch.Tensor, scale: tuple[int, int]) -> torch.Tensor:
+    """The image at num/den of its size (whole-number arithmetic, so a traced graph keeps it)."""
+    num, den = scale
+    if num == den:
+        return x
+    h, w = x.shape[-2:]
+    return F.interpolate(x, size=(h * num // den, w * num // den), mode="bilinear", align_corners=False)
+
+
+def _heads_into_decoder(state_dict, prefix, *args) -> None:
+    """Checkpoints written before decoders were pluggable keep the MoE decoder's heads at the
+    top level (head.*, side_heads.*); they live in the decoder now. Renamed on load."""
+    for key in [k for k in state_dict if k.startswith((prefix + "head.", prefix + "side_heads."))]:
+        state_dict[prefix + "decoder." + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def build_model(cfg: ModelConfig) -> CamoDetector:

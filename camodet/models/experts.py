@@ -1,18 +1,24 @@
 """Expert types of the mixture-of-experts block. Each maps C -> C channels at the
 same resolution and is built only from ops that export to ONNX (no FFT)."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def conv_norm_act(cin: int, cout: int, k: int = 3, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_norm_act(
+    cin: int, cout: int, k: "int | tuple[int, int]" = 3, dilation: int = 1, groups: int = 1
+) -> nn.Sequential:
+    """A 'same' conv (k square, or (kh, kw)), GroupNorm and GELU."""
     # GroupNorm, not BatchNorm: stage 2 often runs at micro-batch 2, where batch statistics are noise.
+    # Up to 8 groups that divide the channels (min(8, cout) wherever cout is a multiple of 8 or below it).
+    kh, kw = (k, k) if isinstance(k, int) else k
+    padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
     return nn.Sequential(
-        nn.Conv2d(
-            cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, groups=groups, bias=False
-        ),
-        nn.GroupNorm(min(8, cout), cout),
+        nn.Conv2d(cin, cout, (kh, kw), padding=padding, dilation=dilation, groups=groups, bias=False),
+        nn.GroupNorm(math.gcd(8, cout), cout),
         nn.GELU(),
     )
 

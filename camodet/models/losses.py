@@ -1,5 +1,5 @@
 """Structure loss (weighted BCE + weighted IoU on logits, as in F3Net/SINet-V2),
-deep supervision and the MoE balance term.
+deep supervision, the MoE balance term and ZoomNet's uncertainty-aware term.
 
 What the loss derives from the mask alone (the boundary weight and its sums) is
 computed once per step in a `MaskTarget` and shared by the main output and every
@@ -78,6 +78,12 @@ def structure_loss(logits: torch.Tensor, mask: "torch.Tensor | MaskTarget") -> t
     return (wbce + wiou).mean()
 
 
+def uncertainty_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ZoomNet's uncertainty-aware loss: mean of 1 - (2p - 1)^2, 1 where p = 0.5 and 0 at p = 0 or
+    1, so it pushes the ambiguous pixels of a prediction towards a decision."""
+    return (1 - (2 * torch.sigmoid(logits.float()) - 1).square()).mean()
+
+
 @dataclass(frozen=True)
 class LossSettings:
     """How the terms of the training loss are weighed: a new term gets its weight here."""
@@ -85,6 +91,7 @@ class LossSettings:
     side_weights: tuple[float, ...] = ()  # deep supervision: one weight per side output
     moe_weight: float = 0.01  # the MoE balance term
     boundary_gain: float = BOUNDARY_GAIN  # structure loss: boundary pixels weigh up to 1 + this
+    uncertainty_weight: float = 0.0  # ZoomNet's uncertainty-aware term on the main output (0: off)
 
     @classmethod
     def for_model(cls, model, moe_weight: float, boundary_gain: float = BOUNDARY_GAIN) -> "LossSettings":
@@ -105,6 +112,10 @@ def total_loss(output, mask: torch.Tensor, settings: LossSettings):
         side = sum(w * structure_loss(s, target) for w, s in zip(side_weights, output.side_logits))
         total = total + side
         parts["side"] = side.detach()
+    if settings.uncertainty_weight > 0:
+        u = uncertainty_loss(output.logits)
+        total = total + settings.uncertainty_weight * u
+        parts["uncertainty"] = u.detach()
     if output.aux_loss is not None and moe_weight > 0:
         total = total + moe_weight * output.aux_loss.float()
         parts["moe_balance"] = output.aux_loss.detach()

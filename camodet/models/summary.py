@@ -3,6 +3,7 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .decoders import describe_decoder
 from .detector import CamoDetector
 
 
@@ -11,17 +12,14 @@ def count(module) -> int:
 
 
 def summarise(model: CamoDetector, img_size: int) -> dict:
-    """Parameters by part (backbone, experts, routers, decoder, heads) and the
-    feature shapes at `img_size`."""
-    experts = sum(count(b.experts) for b in model.decoder.moe.values())
-    routers = sum(count(b.router) for b in model.decoder.moe.values())
-    parts = {
-        "backbone": count(model.backbone),
-        "decoder (without experts)": count(model.decoder) - experts - routers,
-        "experts": experts,
-        "routers": routers,
-        "heads": count(model.head) + count(model.side_heads),
-    }
+    """Parameters by part (backbone, decoder; the moe decoder's experts and routers apart) and
+    GFLOPs of one forward pass at `img_size`."""
+    blocks = list(getattr(model.decoder, "moe", {}).values())
+    experts = sum(count(b.experts) for b in blocks)
+    routers = sum(count(b.router) for b in blocks)
+    parts = {"backbone": count(model.backbone), "decoder": count(model.decoder) - experts - routers}
+    if blocks:
+        parts["experts"], parts["routers"] = experts, routers
     parts["total"] = sum(parts.values())
     was_training = model.training
     model.eval()
@@ -37,14 +35,17 @@ def summarise(model: CamoDetector, img_size: int) -> dict:
         "gflops": full.get_total_flops() / 1e9,
         "backbone_gflops": bare.get_total_flops() / 1e9,
         "img_size": img_size,
-        "moe_blocks": len(model.decoder.moe),
-        "num_experts": model.cfg.num_experts,
+        "decoder": model.cfg.decoder,
+        "decoder_words": describe_decoder(model.cfg),
+        "moe_blocks": len(blocks),
+        "num_experts": model.cfg.num_experts if blocks else 0,
     }
 
 
 def format_summary(s: dict, backbone: str) -> str:
+    experts = f", {s['num_experts']} experts x {s['moe_blocks']} MoE blocks" if s["moe_blocks"] else ""
     lines = [
-        f"camodet model: {backbone}, {s['num_experts']} experts x {s['moe_blocks']} MoE blocks, "
+        f"camodet model: {backbone}, --decoder {s['decoder']} ({s['decoder_words']}){experts}, "
         f"input {s['img_size']}x{s['img_size']}"
     ]
     for k, v in s["params"].items():

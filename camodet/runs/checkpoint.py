@@ -15,7 +15,10 @@ from .errors import CheckpointError
 from .folder import BEST, LAST, NUMBERED
 
 FORMAT = "camodet-checkpoint-v1"
-ARCH_KEYS = ("backbone", "num_experts", "top_k", "gating", "decoder_channels", "deep_supervision")
+ARCH_KEYS = ("backbone", "decoder", "num_experts", "top_k", "gating", "decoder_channels", "deep_supervision")
+# What a checkpoint written before a setting existed was trained with.
+ARCH_DEFAULTS = {"decoder": "moe"}
+MOE_KEYS = ("num_experts", "top_k", "gating")
 
 
 def _umask() -> int:
@@ -90,14 +93,20 @@ def load_checkpoint(path: str, mmap: bool = False) -> dict:
 
 
 def arch_of(model_cfg: dict) -> dict:
-    """The settings that decide the shapes of a model's tensors."""
-    return {k: model_cfg.get(k) for k in ARCH_KEYS}
+    """The settings that decide the shapes of a model's tensors (the experts' only for the moe
+    decoder, the one that has them)."""
+    arch = {k: model_cfg.get(k, ARCH_DEFAULTS.get(k)) for k in ARCH_KEYS}
+    if arch["decoder"] != "moe":
+        arch = {k: v for k, v in arch.items() if k not in MOE_KEYS}
+    return arch
 
 
 def check_arch(ckpt: dict, model_cfg: dict, path: str) -> None:
-    saved = ckpt.get("config", {}).get("model", {})
+    saved = arch_of(ckpt.get("config", {}).get("model", {}))
     want = arch_of(model_cfg)
-    diff = [f"{k}={saved.get(k)!r} (this run: {want[k]!r})" for k in ARCH_KEYS if saved.get(k) != want[k]]
+    diff = [
+        f"{k}={saved.get(k)!r} (this run: {want.get(k)!r})" for k in ARCH_KEYS if saved.get(k) != want.get(k)
+    ]
     if diff:
         raise CheckpointError(
             f"{path} is another architecture: {', '.join(diff)}; match those settings, "

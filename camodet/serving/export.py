@@ -32,7 +32,6 @@ from .quantize import (
 ONNX_FILE, ONNX_FP16_FILE = "model.onnx", "model_fp16.onnx"
 ONNX_TOLERANCE = 1e-3
 FP16_TOLERANCE = 2e-2  # fp16 compute against fp32 PyTorch: probabilities to about two decimals
-STRIDE = 32  # the graph takes any height and width that are multiples of this, >= 2 strides
 
 
 class ExportError(RuntimeError):
@@ -42,7 +41,7 @@ class ExportError(RuntimeError):
 class StaticSamePadConv(torch.nn.Module):
     """timm's Conv2dSame (TensorFlow's 'same' padding, in tf_efficientnet_* and others) pads by a
     function of the input size, and torch.export then reasons symbolically about every shape after
-    it: minutes for tf_efficientnet_lite0. The graph only takes sizes that are multiples of STRIDE,
+    it: minutes for tf_efficientnet_lite0. The graph only takes sizes that are multiples of the stride,
     so each such conv sees a size that is a multiple of its own stride, where the padding is a
     constant: (k - 1) * d + 1 - s, split as timm splits it. Exact for every size the graph accepts
     (the ONNX check runs a second, non-square size)."""
@@ -266,6 +265,7 @@ def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: b
             "mean": [v * 255.0 for v in predictor.norm.mean],
             "std": [v * 255.0 for v in predictor.norm.std],
             "size": [predictor.img_size, predictor.img_size],
+            "multiple_of": model.stride,  # the graph takes heights and widths that are multiples of this
         },
         "output": "probability map (N, 1, H, W) at the input size; resize to the image's size",
     }
@@ -289,15 +289,17 @@ def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: b
 
 
 def export_onnx(model: torch.nn.Module, img_size: int, path: str) -> float:
-    """Export with dynamic batch, height and width (multiples of STRIDE, at least two), then
-    compare with fp32 PyTorch in onnxruntime; returns the max abs difference of the probabilities
-    (raises above the tolerance)."""
+    """Export with dynamic batch, height and width (multiples of the model's stride, at least two),
+    then compare with fp32 PyTorch in onnxruntime; returns the max abs difference of the
+    probabilities (raises above the tolerance)."""
     onnx_runtime()
     traced = ProbabilityHead(with_static_padding(model)).eval()
-    example = torch.randn(2, 3, img_size, img_size)
+    stride = model.stride
+    side = max(img_size, 2 * stride)  # the example must lie in the ranges it declares
+    example = torch.randn(2, 3, side, side)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    rows, cols = (torch.export.Dim(n, min=2, max=8192 // STRIDE) for n in ("height_strides", "width_strides"))
-    trace_to_onnx(traced, example, path, {"image": {0: batch, 2: STRIDE * rows, 3: STRIDE * cols}})
+    rows, cols = (torch.export.Dim(n, min=2, max=8192 // stride) for n in ("height_strides", "width_strides"))
+    trace_to_onnx(traced, example, path, {"image": {0: batch, 2: stride * rows, 3: stride * cols}})
     return check_against_pytorch(model, img_size, path, ONNX_TOLERANCE)
 
 
@@ -330,7 +332,7 @@ def check_against_pytorch(model: torch.nn.Module, img_size: int, path: str, tole
     head = ProbabilityHead(model).eval()
     session = onnx_runtime().InferenceSession(path, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for n, (h, w) in ((1, (img_size, img_size)), (3, (img_size, img_size + 2 * STRIDE))):
+    for n, (h, w) in ((1, (img_size, img_size)), (3, (img_size, img_size + 2 * model.stride))):
         x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(n))
         with torch.no_grad():
             want = head(x).numpy()

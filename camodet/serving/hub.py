@@ -10,7 +10,8 @@ import tempfile
 
 import yaml
 
-from .export_format import EXPORT_CONFIG, EXPORT_WEIGHTS, read_export
+from ..models.decoders import describe_decoder
+from .export_format import EXPORT_CONFIG, EXPORT_WEIGHTS, model_config, read_export
 from .fetch import REPO_ID, HubError, hub_client
 
 README = "README.md"
@@ -234,7 +235,7 @@ def model_card(
         "",
         f"A camouflaged object detector (binary segmentation: the hidden animal or object against "
         f"its background) trained with camodet: timm backbone `{model.get('backbone')}`, "
-        f"{decoder_words(model.get('num_experts'))}, input {size}x{size}.",
+        f"{describe_decoder(model_config(model))}, input {size}x{size}.",
         "",
     ]
     if results:
@@ -277,13 +278,6 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
-
-
-def decoder_words(num_experts) -> str:
-    """The decoder as the card names it: one expert per block is a plain top-down decoder."""
-    if num_experts == 1:
-        return "a top-down multi-scale decoder (one expert per block: no mixture of experts)"
-    return f"a mixture-of-experts decoder with {num_experts} experts"
 
 
 def _round(values) -> str:

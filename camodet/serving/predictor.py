@@ -75,7 +75,7 @@ class Predictor:
         self.device = device
         self.tta = tta
         self.dtype = amp_dtype("auto" if amp else "off", device)  # the CPU runs fp32
-        self.stride = 32
+        self.stride = getattr(model, "stride", 32)  # input sides the model takes: multiples of this
 
     @classmethod
     def load(
@@ -158,10 +158,12 @@ class OnnxPredictor(Predictor):
     returns probabilities, turned back into logits so that resizing, TTA and thresholds are
     the Predictor's own. The export's config.json gives the size and the normalisation."""
 
-    def __init__(self, session, graph: str, img_size: int, norm: Normalization, tta: TTA = TTA()):
+    def __init__(
+        self, session, graph: str, img_size: int, norm: Normalization, tta: TTA = TTA(), stride: int = 32
+    ):
         self.session, self.graph = session, graph
         self.model, self.norm, self.img_size, self.tta = None, norm, img_size, tta
-        self.device, self.dtype, self.stride = torch.device("cpu"), None, 32
+        self.device, self.dtype, self.stride = torch.device("cpu"), None, stride
 
     @classmethod
     def load_graph(cls, path: str, tta: TTA = TTA()) -> "OnnxPredictor":
@@ -186,7 +188,8 @@ class OnnxPredictor(Predictor):
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        return cls(session, graph, int(cfg["img_size"]), export_normalization(cfg), tta)
+        stride = int(cfg.get("input", {}).get("multiple_of", 32))
+        return cls(session, graph, int(cfg["img_size"]), export_normalization(cfg), tta, stride)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -141,9 +141,9 @@ def plan_command(
 
     from ..data.splits import split_train_val, training_samples
     from ..engine.measure import MEMORY_KINDS, measure_candidates
-    from ..models import check_backbone
+    from ..models import check_model
 
-    check_backbone(cfg.model.backbone, cfg.data.img_size)
+    check_model(cfg.model, cfg.data.img_size)
     on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
     if gpu_memory:
         budget = parse_memory(gpu_memory)

@@ -27,7 +27,7 @@ def test_forward_backward(backbone, gating):
     assert len(out.expert_usage) == len(model.decoder.moe) >= 1
     loss = out.logits.mean() + sum(s.mean() for s in out.side_logits) + out.aux_loss
     loss.backward()
-    assert model.head[0].weight.grad.abs().sum() > 0
+    assert model.decoder.head[0].weight.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
 
 
