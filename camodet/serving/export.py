@@ -3,7 +3,6 @@ no training state) and, optionally, an ONNX graph checked against PyTorch."""
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -134,7 +133,7 @@ def export(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
     try:
-        info = write_export(predictor, checkpoint, staging, weights, onnx or bool(int8), fp16)
+        info = write_export(predictor, checkpoint, staging, onnx or bool(int8), fp16)
         if int8:
             info["int8"] = add_int8(predictor, staging, calibration, int8)
             info["files"].append(ONNX_INT8_FILE)
@@ -210,40 +209,32 @@ def share(path: str, mode: int) -> None:
 
 
 def source_epoch(path: str) -> int | None:
-    """The last completed epoch of the weights in a checkpoint or an export folder (None when
-    the file does not say)."""
+    """The last completed epoch of the weights in a checkpoint, an export folder or one of its
+    ONNX graphs (None when the file does not say)."""
+    if path.endswith(".onnx"):
+        path = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         with open(os.path.join(path, EXPORT_CONFIG)) as fh:
             return json.load(fh).get("epoch")
     return load_checkpoint(path, mmap=True).get("epoch")
 
 
-def weights_fingerprint(state: dict) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes: the same weights give the same
-    value from a checkpoint, an export folder or a model on any device."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def provenance(name: str, local: str, predictor, weights: str) -> dict:
+def provenance(name: str, local: str, predictor) -> dict:
     """What an evaluation scored, for its metrics.json: the model as given (`local`: where it
-    lies on disk), its epoch, the weights asked for and their fingerprint, which `camodet push`
-    matches against the weights it uploads."""
+    lies on disk), its epoch, the set of weights used ('ema' or 'raw', auto resolved) and their
+    fingerprint, which `camodet push` matches against the weights it uploads (an ONNX graph's
+    own fingerprint instead: an int8 graph's results are not the weights')."""
+    used = predictor.identity()
     return {
         "model": os.path.abspath(name) if os.path.exists(name) else name,
         "epoch": source_epoch(local),
-        "weights": weights,
-        "weights_sha256": weights_fingerprint(predictor.model.state_dict()),
-        "tta": str(predictor.tta),
+        **{k: used[k] for k in ("weights", "weights_sha256", "graph_sha256", "tta") if k in used},
     }
 
 
-def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: bool, fp16: bool) -> dict:
-    """The export's files in `out_dir` (an empty folder)."""
+def write_export(predictor, checkpoint: str, out_dir: str, onnx: bool, fp16: bool) -> dict:
+    """The export's files in `out_dir` (an empty folder); config.json names the one set of weights
+    it holds, 'ema' or 'raw' (auto resolved), as the Predictor loaded them."""
     from safetensors.torch import save_file
 
     model = predictor.model
@@ -258,7 +249,7 @@ def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: b
         "img_size": predictor.img_size,
         "source": os.path.abspath(checkpoint),
         "epoch": source_epoch(checkpoint),
-        "weights": weights,
+        "weights": predictor.weights,
         # the backbone's own statistics, as the weights were trained with (0..255 scale)
         "input": {
             "layout": "NCHW RGB, (pixel 0..255 - mean) / std",
