@@ -8,8 +8,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 
 from .. import __version__
 from ..runs.checkpoint import load_checkpoint
+from ..staging import disk_full_message, is_disk_full, make_staging, share, swap_in
 from .export_format import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 from .predictor import Predictor
 from .quantize import (
@@ -125,21 +124,21 @@ def export(
     The folder holds exactly what this export wrote: it is built in a hidden sibling and swapped
     in whole once every file is written and checked; an existing export folder is replaced (a
     folder holding anything else is refused); on any failure (an int8 graph below its agreement
-    threshold included) `out_dir` is left as it was."""
+    threshold and a full disk included) `out_dir` is left as it was."""
     check_replaceable(out_dir)
     calibration = int8.images() if int8 else None
     predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
+    staging = make_staging(out_dir)
     try:
         info = write_export(predictor, checkpoint, staging, onnx or bool(int8), fp16)
         if int8:
             info["int8"] = add_int8(predictor, staging, calibration, int8)
             info["files"].append(ONNX_INT8_FILE)
         swap_in(staging, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(e):
+            raise ExportError(disk_full_message(out_dir, "the export")) from None
         raise
     return info
 
@@ -179,33 +178,6 @@ def check_replaceable(out_dir: str) -> None:
             f"{out_dir}: holds {foreign[0]}, which is not part of an export (an export replaces the "
             f"folder whole); pick a new folder or move it out"
         )
-
-
-def swap_in(staging: str, out_dir: str) -> None:
-    """Put the finished `staging` folder at `out_dir`; an old export there is renamed away first
-    and deleted only once the new one is in place."""
-    share(staging, 0o777)  # mkdtemp's 0700
-    out_dir, old = os.path.abspath(out_dir), None
-    if os.path.lexists(out_dir):
-        # a unique name beside it, so the rename stays on one file system
-        name = f".{os.path.basename(out_dir)}.old-{uuid.uuid4().hex[:8]}"
-        old = os.path.join(os.path.dirname(out_dir), name)
-        os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:
-        if old:
-            os.rename(old, out_dir)
-        raise
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def share(path: str, mode: int) -> None:
-    """`mode` less the umask, as a plain file or folder gets: an export is meant to be shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
 
 
 def source_epoch(path: str) -> int | None:
@@ -358,6 +330,8 @@ def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: str, dyn
                 external_data=False,
             )
     except Exception as e:
+        if is_disk_full(e):  # not the model's fault: export() says what to do
+            raise
         first = (str(e).strip().splitlines() or [""])[0]
         raise ExportError(
             f"{path}: torch.onnx.export could not convert this model ({type(e).__name__}: {first}); "

@@ -229,6 +229,33 @@ def test_an_export_holds_one_set_of_weights_and_says_which(tiny_checkpoint, synt
     assert json.load(open(tmp_path / "copy" / "config.json"))["weights"] == "ema"
 
 
+def test_a_full_disk_during_a_reexport_leaves_the_previous_export(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import safetensors.torch
+
+    out = tmp_path / "deploy"
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 0
+    before = _tree(out)
+    photo = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    want = Predictor.load(str(out)).predict(photo)
+
+    def disk_full(state, path, *args, **kwargs):
+        open(path, "wb").write(b"the first bytes")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    capsys.readouterr()
+    assert main(["export", str(tiny_checkpoint), str(out), "--weights", "raw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: no space left on the disk holding {tmp_path}" in err[0], err
+    assert "free space" in err[0]
+    assert _tree(out) == before and os.listdir(tmp_path) == ["deploy"]  # no temp folder left
+    np.testing.assert_array_equal(Predictor.load(str(out)).predict(photo), want)
+
+
 @pytest.mark.slow
 def test_evaluating_an_onnx_graph_records_the_graph_it_scored(onnx_export, synth_root, tmp_path):
     """The graph, not the safetensors weights beside it, is what was scored (an int8 graph scores
