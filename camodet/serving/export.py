@@ -24,6 +24,7 @@ from .quantize import (
     ONNX_INT8_FILE,
     Int8Settings,
     QuantizeError,
+    split_images,
     write_int8,
 )
 
@@ -97,17 +98,33 @@ class Int8Request:
     settings: Int8Settings = Int8Settings()
 
     def images(self) -> list[str]:
-        """The calibration photos; a pattern or folder that holds none is refused before any work."""
-        from ..data.io import IMAGE_EXTS
+        """The calibration photos, checked before any work: the flags' ranges, and the photos the
+        quantiser will read (at least two, each one decodable), which it reads after the fp32
+        trace (a minute or more)."""
+        from ..data.io import IMAGE_EXTS, DataError, read_image
         from .predict import expand_inputs
 
         if self.count < 1:
             raise ExportError(f"--calibration-count must be at least 1 (got {self.count})")
+        if not 0 < self.min_agreement <= 1:  # nan too: no agreement would reach it
+            raise ExportError(
+                f"--min-agreement must be above 0 and at most 1 (got {self.min_agreement:g}): it is the "
+                f"lowest mean IoU between the int8 and fp32 graphs' masks (default {DEFAULT_MIN_AGREEMENT})"
+            )
         paths, problems = expand_inputs(list(self.calibration))
         if problems:
             item, why = problems[0]
             raise ExportError(f"--calibration {item}: {why}; give a folder or glob of photos")
-        return [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
+        photos = [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
+        try:
+            calibration, held = split_images(photos, self.count)
+            for path in held + calibration:
+                read_image(path)
+        except QuantizeError as e:
+            raise ExportError(str(e)) from None
+        except DataError as e:
+            raise ExportError(f"--calibration: {e.reason}; remove it or calibrate on other photos") from None
+        return photos
 
 
 def export(
