@@ -252,7 +252,7 @@ def _predict(args) -> int:
             args.batch_size,
             args.num_workers,
             args.skip_existing,
-            shard,
+            d,
         )
         parts = gather_objects(r, d)
         written, existing = sum(p["written"] for p in parts), sum(p["existing"] for p in parts)
