@@ -163,7 +163,7 @@ def _evaluate(args) -> int:
         tta = TTA.parse(args.tta)
         local = resolve(args.checkpoint)
         predictor = load_predictor(local, weights=args.weights, device=str(device), tta=tta)
-        scored = provenance(args.checkpoint, local, predictor, args.weights)
+        scored = provenance(args.checkpoint, local, predictor)
         results = evaluate(
             predictor,
             args.dataset_path,
@@ -252,7 +252,7 @@ def _predict(args) -> int:
             args.batch_size,
             args.num_workers,
             args.skip_existing,
-            shard,
+            d,
         )
         parts = gather_objects(r, d)
         written, existing = sum(p["written"] for p in parts), sum(p["existing"] for p in parts)

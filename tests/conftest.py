@@ -66,6 +66,15 @@ def truncate(path) -> None:
     open(path, "wb").write(data[: len(data) // 3])
 
 
+def files_under(root) -> dict[str, bytes]:
+    """{path relative to root: bytes} of every file below root."""
+    return {
+        os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+        for d, _, fs in os.walk(root)
+        for f in fs
+    }
+
+
 def real_samples_dir():
     return REAL_SAMPLES if os.path.isdir(REAL_SAMPLES) else None
 

@@ -211,7 +211,7 @@ def test_four_benchmarks_check_train_and_evaluate(benchmarks, tmp_path, capsys):
         == 0
     )
     results = json.load(open(tmp_path / "eval" / "metrics.json"))
-    assert results.pop("_scored")["weights"] == "auto"  # what was scored, beside the rows
+    assert results.pop("_scored")["weights"] == "raw"  # the set scored (no EMA), beside the rows
     # the fixture's COD10K test images are all of the Aquatic super-class: its row follows COD10K's
     want = {n: c[2] for n, c in BENCHMARK_COUNTS.items()} | {"COD10K-Aquatic": BENCHMARK_COUNTS["COD10K"][2]}
     assert {name: r["images"] for name, r in results.items()} == want

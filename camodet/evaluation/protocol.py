@@ -3,6 +3,7 @@ model (`evaluate`) or from prediction maps already on disk (`evaluate_preds_dir`
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -13,12 +14,15 @@ from tqdm import tqdm
 from ..data.dataset import CODDataset, collate
 from ..data.io import IMAGE_EXTS, MASK_EXTS, DataError, read_grey, read_mask
 from ..data.layouts import Sample, distinct_roots, gather
-from ..launch import Dist, Shard, gather_objects
+from ..launch import Dist, Shard, barrier, broadcast_object, gather_objects
+from ..staging import disk_full_message, is_disk_full, make_staging, swap_in
 from .metrics import VARIANTS, to_uint8
 from .paper import DatasetScorer, score_sample
 from .workers import MetricWorkers
 from .worst import WorstImages
 
+# written last into a --save-preds folder: it marks one that a later run may replace whole
+PREDS_RECORD, PREDS_FORMAT = "maps.json", "camodet-preds-v1"
 TABLE_COLUMNS = ("Sm", "wFm", "meanEm", "maxEm", "adpEm", "meanFm", "maxFm", "adpFm", "MAE", "IoU", "Dice")
 
 
@@ -72,9 +76,57 @@ def evaluate(
     per COD10K super-class after COD10K. normalise: per-map min-max first (saved maps stay raw);
     curves: a dict to fill with each row's curves (Evaluator.curves); worst: offered every image;
     workers: processes for the metrics; d: the launch, whose processes each score their share
-    (Shard) and send the per-image states to rank 0, which alone gets the rows ({} elsewhere)."""
-    results: dict = {}
+    (Shard) and send the per-image states to rank 0, which alone gets the rows ({} elsewhere).
+    save_preds: a folder that gets this run's maps whole (DIR/<dataset>/<stem>.png): they are
+    written beside it and swapped in at the end, so a failed run leaves it as it was and a later
+    run leaves none of an earlier one's maps; a folder holding anything else is refused."""
     sets = split_by_dataset(dataset_paths)
+    run = (predictor, sets, batch_size, num_workers, normalise, curves, worst, workers, d)
+    if not save_preds:
+        return _evaluate_sets(*run, None)
+    check_preds_folder(save_preds)
+    staging = broadcast_object(make_staging(save_preds) if d.is_main else None, d)
+    try:
+        results = _evaluate_sets(*run, staging)
+        barrier(d)  # every process's maps are in
+        if d.is_main:
+            _write_preds_record(staging, sets)
+            swap_in(staging, save_preds)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(e):
+            raise DataError(f"--save-preds {disk_full_message(save_preds, 'the maps')}") from None
+        raise
+    return results
+
+
+def check_preds_folder(folder: str) -> None:
+    """Refuse, before any work, a --save-preds path that a run may not replace whole: a file, or a
+    folder holding anything but an earlier run's maps (it would be lost in the swap)."""
+    if not os.path.lexists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise DataError(
+            f"--save-preds {folder}: exists and is not a folder; give a folder for DIR/<dataset>/<stem>.png"
+        )
+    entries = sorted(os.listdir(folder))
+    if entries and PREDS_RECORD not in entries:
+        raise DataError(
+            f"--save-preds {folder}: holds {entries[0]}, not maps that camodet evaluate saved (no "
+            f"{PREDS_RECORD}); the folder is replaced whole, so pick a new one or empty it"
+        )
+
+
+def _write_preds_record(folder: str, sets: dict) -> None:
+    with open(os.path.join(folder, PREDS_RECORD), "w") as fh:
+        json.dump({"format": PREDS_FORMAT, "rows": {name: len(g) for name, g in sets.items()}}, fh, indent=2)
+
+
+def _evaluate_sets(
+    predictor, sets, batch_size, num_workers, normalise, curves, worst, workers, d, save_preds
+) -> dict:
+    """evaluate's rows, the maps saved under `save_preds` (a folder of this run's, or None)."""
+    results: dict = {}
     mine_worst = WorstImages(worst.k) if worst is not None else None
     with MetricWorkers(workers) as pool:
         for name, group in sets.items():

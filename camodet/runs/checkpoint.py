@@ -164,17 +164,25 @@ def model_weights(ckpt: dict, which: str = "auto", path: str = "the checkpoint")
     """The one place that picks a checkpoint's weights. auto: what its run validated with (the
     EMA weights of an EMA run, whichever file of the run it is); raw: the trained weights without
     EMA (what a resume continues from); ema: the EMA weights."""
+    if weights_choice(ckpt, which, path) == "ema":
+        return ckpt[EMA]
+    return ckpt.get(RAW, ckpt[MODEL])
+
+
+def weights_choice(ckpt: dict, which: str = "auto", path: str = "the checkpoint") -> str:
+    """'ema' or 'raw': the set of weights `which` picks in this checkpoint (auto resolved), which is
+    what an evaluation or an export records as used."""
     if which == "auto":
         # EMA first: an older last.pth of an EMA run holds the raw weights under MODEL.
-        return ckpt.get(EMA, ckpt[MODEL])
+        return "ema" if EMA in ckpt else "raw"
     if which == "raw":
-        return ckpt.get(RAW, ckpt[MODEL])
+        return "raw"
     if which == "ema":
         if EMA not in ckpt:
             raise CheckpointError(
                 f"{path} has no EMA weights (trained without --use-ema); use --weights raw", "foreign"
             )
-        return ckpt[EMA]
+        return "ema"
     raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)} (got {which!r})")
 
 

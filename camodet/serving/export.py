@@ -3,14 +3,11 @@ no training state) and, optionally, an ONNX graph checked against PyTorch."""
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +15,7 @@ import torch
 
 from .. import __version__
 from ..runs.checkpoint import load_checkpoint
+from ..staging import disk_full_message, is_disk_full, make_staging, share, swap_in
 from .export_format import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 from .predictor import Predictor
 from .quantize import (
@@ -26,6 +24,7 @@ from .quantize import (
     ONNX_INT8_FILE,
     Int8Settings,
     QuantizeError,
+    split_images,
     write_int8,
 )
 
@@ -99,17 +98,33 @@ class Int8Request:
     settings: Int8Settings = Int8Settings()
 
     def images(self) -> list[str]:
-        """The calibration photos; a pattern or folder that holds none is refused before any work."""
-        from ..data.io import IMAGE_EXTS
+        """The calibration photos, checked before any work: the flags' ranges, and the photos the
+        quantiser will read (at least two, each one decodable), which it reads after the fp32
+        trace (a minute or more)."""
+        from ..data.io import IMAGE_EXTS, DataError, read_image
         from .predict import expand_inputs
 
         if self.count < 1:
             raise ExportError(f"--calibration-count must be at least 1 (got {self.count})")
+        if not 0 < self.min_agreement <= 1:  # nan too: no agreement would reach it
+            raise ExportError(
+                f"--min-agreement must be above 0 and at most 1 (got {self.min_agreement:g}): it is the "
+                f"lowest mean IoU between the int8 and fp32 graphs' masks (default {DEFAULT_MIN_AGREEMENT})"
+            )
         paths, problems = expand_inputs(list(self.calibration))
         if problems:
             item, why = problems[0]
             raise ExportError(f"--calibration {item}: {why}; give a folder or glob of photos")
-        return [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
+        photos = [p for p in paths if p.lower().endswith(IMAGE_EXTS)]
+        try:
+            calibration, held = split_images(photos, self.count)
+            for path in held + calibration:
+                read_image(path)
+        except QuantizeError as e:
+            raise ExportError(str(e)) from None
+        except DataError as e:
+            raise ExportError(f"--calibration: {e.reason}; remove it or calibrate on other photos") from None
+        return photos
 
 
 def export(
@@ -126,21 +141,21 @@ def export(
     The folder holds exactly what this export wrote: it is built in a hidden sibling and swapped
     in whole once every file is written and checked; an existing export folder is replaced (a
     folder holding anything else is refused); on any failure (an int8 graph below its agreement
-    threshold included) `out_dir` is left as it was."""
+    threshold and a full disk included) `out_dir` is left as it was."""
     check_replaceable(out_dir)
     calibration = int8.images() if int8 else None
     predictor = Predictor.load(checkpoint, weights=weights, device="cpu")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
+    staging = make_staging(out_dir)
     try:
-        info = write_export(predictor, checkpoint, staging, weights, onnx or bool(int8), fp16)
+        info = write_export(predictor, checkpoint, staging, onnx or bool(int8), fp16)
         if int8:
             info["int8"] = add_int8(predictor, staging, calibration, int8)
             info["files"].append(ONNX_INT8_FILE)
         swap_in(staging, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(e):
+            raise ExportError(disk_full_message(out_dir, "the export")) from None
         raise
     return info
 
@@ -182,68 +197,33 @@ def check_replaceable(out_dir: str) -> None:
         )
 
 
-def swap_in(staging: str, out_dir: str) -> None:
-    """Put the finished `staging` folder at `out_dir`; an old export there is renamed away first
-    and deleted only once the new one is in place."""
-    share(staging, 0o777)  # mkdtemp's 0700
-    out_dir, old = os.path.abspath(out_dir), None
-    if os.path.lexists(out_dir):
-        # a unique name beside it, so the rename stays on one file system
-        name = f".{os.path.basename(out_dir)}.old-{uuid.uuid4().hex[:8]}"
-        old = os.path.join(os.path.dirname(out_dir), name)
-        os.rename(out_dir, old)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:
-        if old:
-            os.rename(old, out_dir)
-        raise
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def share(path: str, mode: int) -> None:
-    """`mode` less the umask, as a plain file or folder gets: an export is meant to be shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
-
-
 def source_epoch(path: str) -> int | None:
-    """The last completed epoch of the weights in a checkpoint or an export folder (None when
-    the file does not say)."""
+    """The last completed epoch of the weights in a checkpoint, an export folder or one of its
+    ONNX graphs (None when the file does not say)."""
+    if path.endswith(".onnx"):
+        path = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         with open(os.path.join(path, EXPORT_CONFIG)) as fh:
             return json.load(fh).get("epoch")
     return load_checkpoint(path, mmap=True).get("epoch")
 
 
-def weights_fingerprint(state: dict) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes: the same weights give the same
-    value from a checkpoint, an export folder or a model on any device."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def provenance(name: str, local: str, predictor, weights: str) -> dict:
+def provenance(name: str, local: str, predictor) -> dict:
     """What an evaluation scored, for its metrics.json: the model as given (`local`: where it
-    lies on disk), its epoch, the weights asked for and their fingerprint, which `camodet push`
-    matches against the weights it uploads."""
+    lies on disk), its epoch, the set of weights used ('ema' or 'raw', auto resolved) and their
+    fingerprint, which `camodet push` matches against the weights it uploads (an ONNX graph's
+    own fingerprint instead: an int8 graph's results are not the weights')."""
+    used = predictor.identity()
     return {
         "model": os.path.abspath(name) if os.path.exists(name) else name,
         "epoch": source_epoch(local),
-        "weights": weights,
-        "weights_sha256": weights_fingerprint(predictor.model.state_dict()),
-        "tta": str(predictor.tta),
+        **{k: used[k] for k in ("weights", "weights_sha256", "graph_sha256", "tta") if k in used},
     }
 
 
-def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: bool, fp16: bool) -> dict:
-    """The export's files in `out_dir` (an empty folder)."""
+def write_export(predictor, checkpoint: str, out_dir: str, onnx: bool, fp16: bool) -> dict:
+    """The export's files in `out_dir` (an empty folder); config.json names the one set of weights
+    it holds, 'ema' or 'raw' (auto resolved), as the Predictor loaded them."""
     from safetensors.torch import save_file
 
     model = predictor.model
@@ -258,7 +238,7 @@ def write_export(predictor, checkpoint: str, out_dir: str, weights: str, onnx: b
         "img_size": predictor.img_size,
         "source": os.path.abspath(checkpoint),
         "epoch": source_epoch(checkpoint),
-        "weights": weights,
+        "weights": predictor.weights,
         # the backbone's own statistics, as the weights were trained with (0..255 scale)
         "input": {
             "layout": "NCHW RGB, (pixel 0..255 - mean) / std",
@@ -367,6 +347,8 @@ def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: str, dyn
                 external_data=False,
             )
     except Exception as e:
+        if is_disk_full(e):  # not the model's fault: export() says what to do
+            raise
         first = (str(e).strip().splitlines() or [""])[0]
         raise ExportError(
             f"{path}: torch.onnx.export could not convert this model ({type(e).__name__}: {first}); "

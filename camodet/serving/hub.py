@@ -11,7 +11,7 @@ import tempfile
 import yaml
 
 from ..models.decoders import describe_decoder
-from .export_format import EXPORT_CONFIG, EXPORT_WEIGHTS, model_config, read_export
+from .export_format import EXPORT_CONFIG, EXPORT_WEIGHTS, model_config, read_export, weights_fingerprint
 from .fetch import REPO_ID, HubError, hub_client
 
 README = "README.md"
@@ -65,10 +65,8 @@ def push(
 
 
 def staged_fingerprint(stage: str) -> str:
-    """The fingerprint of the weights about to be uploaded (export.weights_fingerprint)."""
+    """The fingerprint of the weights about to be uploaded (export_format.weights_fingerprint)."""
     from safetensors.torch import load_file
-
-    from .export import weights_fingerprint
 
     return weights_fingerprint(load_file(os.path.join(stage, EXPORT_WEIGHTS)))
 

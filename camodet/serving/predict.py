@@ -1,8 +1,11 @@
 """`camodet predict`: masks for your own photos. For each readable input, at its
-original size: a binary mask, the probability map, an overlay and an RGBA cut-out."""
+original size: a binary mask, the probability map, an overlay and an RGBA cut-out; OUT/manifest.json
+says which input each output belongs to and what made them."""
 
 import glob
+import json
 import os
+import tempfile
 import time
 
 import cv2
@@ -12,11 +15,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..config import ConfigError
 from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..data.normalization import Normalization
 from ..data.transforms import resize
 from ..evaluation.metrics import to_uint8
-from ..launch import Shard
+from ..launch import Dist, Shard, broadcast_object
+from ..staging import share
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
 TINT = np.array([255, 64, 0], dtype=np.float32)  # overlay colour (orange): visible on green and brown scenes
@@ -75,11 +80,12 @@ def collate_files(items: list[dict]) -> list[dict]:
     return items
 
 
-def unique_names(names: list[str]) -> list[str]:
+def unique_names(names: list[str], reserved: set[str] = frozenset()) -> list[str]:
     """The names, each repeat given the first free numeric suffix ('x', 'x_2', 'x_3'), so no two
     outputs share a name (also the clips' folders in video.py). An input's own name is never
-    handed to another's repeat: 'x', 'x', 'x_2' -> 'x', 'x_3', 'x_2'."""
-    taken, seen, out = set(names), set(), []
+    handed to another's repeat: 'x', 'x', 'x_2' -> 'x', 'x_3', 'x_2'; `reserved` names (earlier
+    runs' outputs) count as repeats."""
+    taken, seen, out = set(names) | reserved, set(reserved), []
     for name in names:
         if name in seen:
             n = 2
@@ -92,9 +98,9 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def unique_stems(paths: list[str]) -> list[str]:
-    """File stems, with a numeric suffix where two inputs share one."""
-    return unique_names([os.path.splitext(os.path.basename(p))[0] for p in paths])
+def unique_stems(paths: list[str], reserved: set[str] = frozenset()) -> list[str]:
+    """File stems, with a numeric suffix where two inputs share one, or one is reserved."""
+    return unique_names([os.path.splitext(os.path.basename(p))[0] for p in paths], reserved)
 
 
 def output_paths(out_dir: str, stem: str) -> list[str]:
@@ -139,6 +145,130 @@ def cutout_image(image: np.ndarray, prob: np.ndarray, mask: np.ndarray) -> np.nd
     return np.dstack([image, to_uint8(prob * mask)])
 
 
+MANIFEST, MANIFEST_FORMAT = "manifest.json", "camodet-predict-v1"
+
+
+class Manifest:
+    """OUT/manifest.json: each input's output name, keyed to the input's absolute path with its
+    size and mtime (an input changed since is not done), and the settings that made them. Names
+    stay with their inputs over reruns whatever else is listed. Saved whole (temp + os.replace)
+    before a run writes any output, holding every input of the run: outputs are written whole
+    too, so a killed run leaves nothing it does not account for, and an input is done when its
+    entry is current and its four files are there."""
+
+    def __init__(self, folder: str, settings: dict, inputs: dict[str, dict]):
+        self.folder, self.settings, self.inputs = folder, settings, inputs
+
+    @classmethod
+    def open(cls, folder: str, settings: dict) -> "Manifest":
+        """The folder's manifest (a new one for a new folder). Refused: a folder holding outputs
+        of other settings, or outputs that no manifest accounts for."""
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"--out {folder}: exists and is not a folder; pick another output folder")
+        path = os.path.join(folder, MANIFEST)
+        record = {"settings": settings, "inputs": {}}
+        if os.path.isfile(path):
+            try:
+                with open(path) as fh:
+                    record = json.load(fh)
+                whole = isinstance(record.get("settings"), dict) and isinstance(record.get("inputs"), dict)
+                found = record.get("format") if whole else None
+            except (OSError, ValueError, AttributeError):
+                found = None
+            if found != MANIFEST_FORMAT:
+                raise ConfigError(f"{path}: not a camodet predict manifest; predict into a new --out folder")
+        manifest = cls(folder, settings, record["inputs"])
+        manifest.refuse_other(record["settings"])
+        manifest.refuse_unaccounted_outputs()
+        return manifest
+
+    def refuse_other(self, settings: dict) -> None:
+        for key in sorted(set(settings) | set(self.settings)):
+            there, now = settings.get(key), self.settings.get(key)
+            if there != now:
+                raise ConfigError(
+                    f"{self.folder}: holds the outputs of another model or settings ({key} {there!r} "
+                    f"there, {now!r} now; see {MANIFEST}); predict into a new --out folder, or rerun "
+                    f"with those settings"
+                )
+
+    def refuse_unaccounted_outputs(self) -> None:
+        stems = {entry["stem"] for entry in self.inputs.values()}
+        for sub in OUTPUTS:
+            folder = os.path.join(self.folder, sub)
+            names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            for name in names:  # hidden ones are partial writes, never outputs
+                if not name.startswith(".") and os.path.splitext(name)[0] not in stems:
+                    raise ConfigError(
+                        f"{self.folder}: holds {sub}/{name}, an output that no {MANIFEST} accounts for "
+                        f"(an older camodet's, or put there by hand); predict into a new --out folder "
+                        f"or move the old outputs out"
+                    )
+
+    def plan(self, paths: list[str]) -> tuple[list[str], list[bool]]:
+        """(each input's output stem, whether its outputs are there and current), saved: an input
+        keeps the stem of earlier runs, a new one gets a name no other input has had; the old
+        outputs of an input changed since are removed first."""
+        keys = [os.path.abspath(p) for p in paths]
+        new = list(dict.fromkeys(k for k in keys if k not in self.inputs))
+        reserved = {entry["stem"] for entry in self.inputs.values()}
+        for key, stem in zip(new, unique_stems(new, reserved)):
+            self.inputs[key] = {"stem": stem}
+        done = []
+        for key in keys:
+            entry, now = self.inputs[key], input_signature(key)
+            files = output_paths(self.folder, entry["stem"])
+            current = {k: entry.get(k) for k in now} == now
+            if not current:
+                for f in files:
+                    if os.path.exists(f):
+                        os.remove(f)
+            done.append(current and all(map(os.path.exists, files)))
+            entry.update(now)
+        self.save()
+        return [self.inputs[k]["stem"] for k in keys], done
+
+    def save(self) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        record = {"format": MANIFEST_FORMAT, "settings": self.settings, "inputs": self.inputs}
+        fd, partial = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            share(partial, 0o666)  # mkstemp's 0600
+            os.replace(partial, os.path.join(self.folder, MANIFEST))
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+
+
+def input_signature(path: str) -> dict:
+    """Size and mtime: an input whose file changed since its outputs were written is not done."""
+    try:
+        st = os.stat(path)
+    except OSError:  # gone since it was listed: reported when it is read
+        return {"size": None, "mtime_ns": None}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def plan_outputs(out_dir: str, paths: list[str], settings: dict, d: Dist) -> tuple[list[str], list[bool]]:
+    """Manifest.plan, by rank 0 alone (one writer of the manifest); every process gets its plan,
+    or its refusal."""
+    plan = None
+    if d.is_main:
+        try:
+            plan = Manifest.open(out_dir, settings).plan(paths)
+        except ConfigError as e:
+            plan = str(e)
+    plan = broadcast_object(plan, d)
+    if isinstance(plan, str):
+        raise ConfigError(plan)
+    return plan
+
+
 def predict_files(
     predictor,
     inputs: list[str],
@@ -147,20 +277,20 @@ def predict_files(
     batch_size: int = 4,
     num_workers: int = 2,
     skip_existing: bool = False,
-    shard: Shard = Shard(),
+    d: Dist = Dist(),
 ) -> dict:
     """Run over every input (this process's share of them: blocks of a batch, so the batches
     are a single process's); returns counts, timing and the inputs that could not be read.
-    skip_existing: inputs whose four outputs are all there are not predicted again."""
+    skip_existing: inputs whose four outputs are there and current are not predicted again.
+    The outputs are named and recorded in OUT/manifest.json (see Manifest) before any is written;
+    a folder holding outputs of another model or settings is refused."""
     paths, listed = expand_inputs(inputs)
-    problems = listed if shard.rank == 0 else []  # every process lists the inputs; one reports it
+    problems = listed if d.is_main else []  # every process lists the inputs; one reports it
+    stems, done = plan_outputs(out_dir, paths, {**predictor.identity(), "threshold": threshold}, d)
     for sub in OUTPUTS:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    stems = unique_stems(paths)  # over every input, so each process names its files as one process would
-    mine = shard.indices(len(paths), batch_size)
-    todo = [
-        i for i in mine if not (skip_existing and all(map(os.path.exists, output_paths(out_dir, stems[i]))))
-    ]
+    mine = Shard.of(d).indices(len(paths), batch_size)
+    todo = [i for i in mine if not (skip_existing and done[i])]
     loader = DataLoader(
         ImageFiles([paths[i] for i in todo], predictor.img_size, predictor.norm),
         batch_size=batch_size,

@@ -14,8 +14,16 @@ from ..data.normalization import IMAGENET, Normalization
 from ..data.transforms import resize
 from ..models import build_model
 from ..models.device import amp_dtype, resolve_device
-from ..runs.checkpoint import load_checkpoint, model_weights
-from .export_format import export_normalization, model_config, read_export
+from ..runs.checkpoint import load_checkpoint, model_weights, weights_choice
+from .export_format import (
+    check_weights_request,
+    export_normalization,
+    file_fingerprint,
+    held_weights,
+    model_config,
+    read_export,
+    weights_fingerprint,
+)
 from .fetch import HubError, is_hub_id, resolve
 
 
@@ -56,7 +64,8 @@ class TTA:
 
 class Predictor:
     """A model ready to predict: input normalisation, size, device, TTA and precision.
-    Build it with Predictor.load(checkpoint or export folder)."""
+    Build it with Predictor.load(checkpoint or export folder). `weights`: the set the model
+    holds, 'ema' or 'raw' (None: unknown, an older export's), which every record names."""
 
     def __init__(
         self,
@@ -66,8 +75,10 @@ class Predictor:
         tta: TTA = TTA(),
         amp: bool = True,
         norm: Normalization | None = None,
+        weights: str | None = None,
     ):
         self.model = model.eval().to(device)
+        self.weights = weights
         # the statistics the weights were trained with (default: the model's own)
         self.norm = norm or getattr(model, "normalization", IMAGENET)
         self.model.normalization = self.norm
@@ -89,23 +100,36 @@ class Predictor:
     ) -> "Predictor":
         """A training checkpoint or an export folder. weights: 'auto' (what the run validated
         with: the EMA weights of an EMA run, in last.pth as in best_model.pth), 'ema' or 'raw'.
+        An export folder holds one set of weights: asking it for another one is refused.
         runtime 'onnx' (or a path to one of an export's .onnx graphs, fp32, fp16 or int8): the
         graph in ONNX Runtime on the CPU instead of PyTorch; the folder's model.onnx by default."""
         if runtime == "onnx" or str(path).endswith(".onnx"):
-            return OnnxPredictor.load_graph(path, tta)
+            return OnnxPredictor.load_graph(path, tta, weights)
         if os.path.isdir(path):
             cfg, state = read_export(path)
+            check_weights_request(path, cfg, weights)
             mcfg, img_size = model_config(cfg["model"]), int(cfg["img_size"])
-            norm = export_normalization(cfg)
+            norm, held = export_normalization(cfg), held_weights(cfg)
         else:
             ckpt = load_checkpoint(path)
             norm = Normalization.of_checkpoint(ckpt)
             cfg = ckpt.get("config", {})
             mcfg, img_size = model_config(cfg.get("model", {})), int(cfg.get("data", {}).get("img_size", 384))
-            state = model_weights(ckpt, weights, path)
+            state, held = model_weights(ckpt, weights, path), weights_choice(ckpt, weights, path)
         model = build_model(mcfg)
         model.load_state_dict(state)
-        return cls(model, img_size, resolve_device(device), tta, amp, norm)
+        return cls(model, img_size, resolve_device(device), tta, amp, norm, held)
+
+    def identity(self) -> dict:
+        """What decides this predictor's outputs, for the records that name what made them (the
+        weights' fingerprint among it: the same weights from a checkpoint or an export match)."""
+        return {
+            "weights": self.weights,
+            "weights_sha256": weights_fingerprint(self.model.state_dict()),
+            "tta": str(self.tta),
+            "img_size": self.img_size,
+            "runtime": "torch",
+        }
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -159,15 +183,24 @@ class OnnxPredictor(Predictor):
     the Predictor's own. The export's config.json gives the size and the normalisation."""
 
     def __init__(
-        self, session, graph: str, img_size: int, norm: Normalization, tta: TTA = TTA(), stride: int = 32
+        self,
+        session,
+        graph: str,
+        img_size: int,
+        norm: Normalization,
+        tta: TTA = TTA(),
+        stride: int = 32,
+        weights: str | None = None,
     ):
         self.session, self.graph = session, graph
         self.model, self.norm, self.img_size, self.tta = None, norm, img_size, tta
         self.device, self.dtype, self.stride = torch.device("cpu"), None, stride
+        self.weights = weights
 
     @classmethod
-    def load_graph(cls, path: str, tta: TTA = TTA()) -> "OnnxPredictor":
-        """An export folder (its model.onnx) or one of its .onnx files."""
+    def load_graph(cls, path: str, tta: TTA = TTA(), weights: str = "auto") -> "OnnxPredictor":
+        """An export folder (its model.onnx) or one of its .onnx files; weights as for an export
+        folder (the graphs are of the weights it holds)."""
         import json
 
         graph = os.path.join(path, "model.onnx") if os.path.isdir(path) else path
@@ -184,12 +217,25 @@ class OnnxPredictor(Predictor):
             raise ConfigError("--runtime onnx needs onnxruntime: pip install 'camodet[export]'") from None
         with open(config_path) as fh:
             cfg = json.load(fh)
+        check_weights_request(folder, cfg, weights)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         stride = int(cfg.get("input", {}).get("multiple_of", 32))
-        return cls(session, graph, int(cfg["img_size"]), export_normalization(cfg), tta, stride)
+        norm, held = export_normalization(cfg), held_weights(cfg)
+        return cls(session, graph, int(cfg["img_size"]), norm, tta, stride, held)
+
+    def identity(self) -> dict:
+        """As Predictor's, with the graph's own fingerprint: an int8 graph of the same weights
+        gives other outputs."""
+        return {
+            "weights": self.weights,
+            "graph_sha256": file_fingerprint(self.graph),
+            "tta": str(self.tta),
+            "img_size": self.img_size,
+            "runtime": "onnx",
+        }
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ from camodet.data.normalization import IMAGENET
 from camodet.evaluation.metrics import Evaluator, to_uint8
 from camodet.evaluation.protocol import evaluate, evaluate_preds_dir, split_by_dataset
 
+from ..conftest import files_under
+
 
 def test_original_resolution_differs_from_training_resolution(tiny_checkpoint, synth_root, tmp_path):
     p = Predictor.load(str(tiny_checkpoint))
@@ -247,7 +249,7 @@ def test_each_folder_is_a_row_and_every_saved_map_is_read_back(tmp_path):
     preds = tmp_path / "preds"
     direct = evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(preds))
     assert {row: r["images"] for row, r in direct.items()} == {"camouflage_hard": 5, "camo_easy": 5}
-    assert sum(len(files) for _, _, files in os.walk(preds)) == 10
+    assert sum(f.endswith(".png") for _, _, files in os.walk(preds) for f in files) == 10
     again = evaluate_preds_dir(str(preds), roots)
     for row in direct:
         for k in ("Sm", "wFm", "MAE", "IoU"):
@@ -292,3 +294,47 @@ def test_names_that_differ_only_in_case_are_refused(tmp_path):
         shutil.copy(os.path.join(root, sub, "img0" + ext), os.path.join(root, sub, "IMG0" + ext))
     with pytest.raises(DataError, match=r"Imgs/img0.jpg: same name as IMG0.jpg but for case; .* rename one"):
         split_by_dataset([root])
+
+
+class _InvertedPredictor(_ImagePredictor):
+    """Another stand-in model (other maps), whose second batch fails as an unreadable image would."""
+
+    calls = 0
+
+    def probabilities(self, batch, sizes):
+        self.calls += 1
+        if self.calls == 2:
+            raise DataError("img2.jpg: unreadable image")
+        return [1 - p for p in super().probabilities(batch, sizes)]
+
+
+def test_saved_maps_are_one_runs_whole(tiny_checkpoint, tmp_path, capsys):
+    """--save-preds DIR holds one run's maps: a run that fails midway leaves DIR as it was, a run
+    of other rows replaces it whole (no earlier row's maps are left for --preds-dir to score), and
+    a folder holding other files, or a file, is refused in one line before it is touched."""
+    roots = [_flat_set(tmp_path / "camouflage_hard", 1), _flat_set(tmp_path / "camo_easy", 2)]
+    preds = tmp_path / "preds"
+    evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(preds))
+    before = files_under(preds)
+    with pytest.raises(DataError, match="img2.jpg: unreadable image"):
+        evaluate(_InvertedPredictor(), roots, batch_size=2, num_workers=0, save_preds=str(preds))
+    assert files_under(preds) == before
+    assert sorted(os.listdir(tmp_path)) == ["camo_easy", "camouflage_hard", "preds"]  # no temp folder left
+    evaluate(_ImagePredictor(), roots[1:], num_workers=0, save_preds=str(preds))
+    assert sorted(os.listdir(preds)) == ["camo_easy", "maps.json"]
+    with pytest.raises(DataError, match="no camouflage_hard/ subfolder"):
+        evaluate_preds_dir(str(preds), roots)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=f"--save-preds {mine}: holds notes.txt, not maps that camodet"):
+        evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(mine))
+    assert files_under(mine) == {"notes.txt": b"mine"}
+    afile = tmp_path / "maps.png"
+    afile.write_bytes(b"a file")
+    capsys.readouterr()
+    args = ["evaluate", str(tiny_checkpoint), "--dataset-path", roots[0], "--save-preds", str(afile)]
+    assert main([*args, "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--save-preds {afile}: exists and is not a folder" in err[0], err
+    assert afile.read_bytes() == b"a file"

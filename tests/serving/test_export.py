@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -177,3 +178,98 @@ def test_fp16_alone_writes_only_the_half_graph(tiny_checkpoint, onnx_export, tmp
     assert main(["export", str(tiny_checkpoint), str(out), "--fp16"]) == 0
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "model_fp16.onnx"]
     assert "the fp16 graph within" in capsys.readouterr().out
+
+
+def test_an_export_holds_one_set_of_weights_and_says_which(tiny_checkpoint, synth_root, tmp_path, capsys):
+    """tiny_checkpoint is an EMA run: auto exports (and scores) the EMA weights and records 'ema';
+    asking that export for the raw weights, which it does not hold, is refused in one line by
+    evaluate, predict and a re-export, where the EMA weights were scored or copied under the name
+    'raw'. What metrics.json and config.json record is the set that was used."""
+    from safetensors.torch import load_file
+
+    from camodet.serving.export_format import weights_fingerprint
+
+    ema, raw = tmp_path / "ema", tmp_path / "raw"
+    assert main(["export", str(tiny_checkpoint), str(ema)]) == 0
+    assert main(["export", str(tiny_checkpoint), str(raw), "--weights", "raw"]) == 0
+    assert json.load(open(ema / "config.json"))["weights"] == "ema"
+    assert json.load(open(raw / "config.json"))["weights"] == "raw"
+    capsys.readouterr()
+    data = ["--dataset-path", synth_root, "--num-workers", "0"]
+    photo = os.path.join(synth_root, "Test", "Image")
+    refused = [
+        (["evaluate", str(ema), *data, "--weights", "raw", "--out", str(tmp_path / "e")], "ema", "raw"),
+        (["predict", str(ema), photo, "--out", str(tmp_path / "p"), "--weights", "raw"], "ema", "raw"),
+        (["export", str(ema), str(tmp_path / "x"), "--weights", "raw"], "ema", "raw"),
+        (["export", str(raw), str(tmp_path / "x"), "--weights", "ema"], "raw", "ema"),
+    ]
+    for cmd, held, asked in refused:
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"holds one set of weights, the {held} ones; --weights {asked}" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["ema", "raw"]  # nothing written
+    assert Predictor.load(str(ema), weights="ema").weights == "ema"  # the very set it holds is fine
+
+    def scored(model: str, *weights: str) -> dict:
+        out = tmp_path / f"eval-{len(os.listdir(tmp_path))}"
+        assert main(["evaluate", model, *data, "--out", str(out), *weights]) == 0
+        return json.load(open(out / "metrics.json"))
+
+    from_export = scored(str(raw), "--weights", "raw")
+    from_checkpoint = scored(str(tiny_checkpoint), "--weights", "raw")
+    assert from_export["_scored"]["weights"] == from_checkpoint["_scored"]["weights"] == "raw"
+    raw_sha = weights_fingerprint(load_file(raw / "model.safetensors"))
+    assert from_export["_scored"]["weights_sha256"] == from_checkpoint["_scored"]["weights_sha256"] == raw_sha
+    assert from_export["COD10K"] == from_checkpoint["COD10K"]
+    auto = scored(str(ema))["_scored"]
+    ema_sha = weights_fingerprint(load_file(ema / "model.safetensors"))
+    assert auto["weights"] == "ema" and auto["weights_sha256"] == ema_sha
+    assert ema_sha != raw_sha  # the EMA and raw weights differ, so the test can tell them apart
+    assert main(["export", str(ema), str(tmp_path / "copy")]) == 0
+    assert json.load(open(tmp_path / "copy" / "config.json"))["weights"] == "ema"
+
+
+def test_a_full_disk_during_a_reexport_leaves_the_previous_export(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    import safetensors.torch
+
+    out = tmp_path / "deploy"
+    assert main(["export", str(tiny_checkpoint), str(out)]) == 0
+    before = _tree(out)
+    photo = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    want = Predictor.load(str(out)).predict(photo)
+
+    def disk_full(state, path, *args, **kwargs):
+        open(path, "wb").write(b"the first bytes")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    capsys.readouterr()
+    assert main(["export", str(tiny_checkpoint), str(out), "--weights", "raw"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: no space left on the disk holding {tmp_path}" in err[0], err
+    assert "free space" in err[0]
+    assert _tree(out) == before and os.listdir(tmp_path) == ["deploy"]  # no temp folder left
+    np.testing.assert_array_equal(Predictor.load(str(out)).predict(photo), want)
+
+
+@pytest.mark.slow
+def test_evaluating_an_onnx_graph_records_the_graph_it_scored(onnx_export, synth_root, tmp_path):
+    """The graph, not the safetensors weights beside it, is what was scored (an int8 graph scores
+    otherwise), so the record names the graph's fingerprint and no weights' one for push to match."""
+    from camodet.serving.export_format import file_fingerprint
+
+    graph = str(onnx_export / "model_fp16.onnx")
+    args = ["evaluate", graph, "--dataset-path", synth_root, "--num-workers", "0", "--out", str(tmp_path)]
+    assert main(args) == 0
+    scored = json.load(open(tmp_path / "metrics.json"))["_scored"]
+    assert scored == {
+        "model": graph,
+        "epoch": 1,
+        "weights": "ema",
+        "graph_sha256": file_fingerprint(graph),
+        "tta": "none",
+    }

@@ -397,7 +397,7 @@ def test_hub_model_downloads_and_problems_are_one_line(tiny_checkpoint, hub_at, 
 def test_evaluate_records_which_weights_it_scored(run_with_results, tmp_path):
     from safetensors.torch import load_file
 
-    from camodet.serving.export import weights_fingerprint
+    from camodet.serving.export_format import weights_fingerprint
 
     scored = json.load(open(run_with_results / "eval" / "metrics.json"))["_scored"]
     checkpoint = run_with_results / "best_model.pth"
@@ -405,7 +405,7 @@ def test_evaluate_records_which_weights_it_scored(run_with_results, tmp_path):
     assert scored == {
         "model": str(checkpoint),
         "epoch": 1,
-        "weights": "auto",
+        "weights": "ema",
         "tta": "none",
         "weights_sha256": weights_fingerprint(load_file(tmp_path / "export" / "model.safetensors")),
     }

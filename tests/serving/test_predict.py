@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -7,7 +8,7 @@ from PIL import Image
 from camodet.cli import main
 from camodet.serving.predict import expand_inputs, expand_patterns, unique_stems
 
-from ..conftest import real_samples_dir
+from ..conftest import files_under, real_samples_dir
 
 
 @pytest.mark.skipif(real_samples_dir() is None, reason="needs ../shared/data/real_camo_samples")
@@ -93,3 +94,74 @@ def test_patterns_expand_to_sorted_matches_and_unmatched_ones_stay(tmp_path):
     assert got == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), str(literal), missing]
     assert expand_patterns([str(tmp_path / "f*")]) == [str(tmp_path / "f*")]  # folders only on request
     assert expand_patterns([str(tmp_path / "f*")], folders=True) == [str(tmp_path / "frames")]
+
+
+def _photo(path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+
+
+def test_outputs_stay_keyed_to_their_inputs_over_reruns(tiny_checkpoint, tmp_path, capsys):
+    """camA/0001.jpg and camB/0001.jpg are named 0001 and 0001_2; a rerun with cam0/0001.jpg added
+    (listed first) named cam0 '0001', found that name's files and skipped it, camA's mask under
+    cam0's name. Names stay with their inputs, a new input gets a free name, and exactly the
+    inputs not done (new, or changed since) are predicted."""
+    cams, out = tmp_path / "cams", tmp_path / "out"
+    for seed, cam in enumerate(("camA", "camB", "cam0")):
+        _photo(cams / cam / "0001.jpg", seed)
+
+    def predict(*args, out=out):
+        return main(
+            ["predict", str(tiny_checkpoint), *map(str, args), "--out", str(out), "--num-workers", "0"]
+        )
+
+    assert predict(cams / "camA" / "0001.jpg", cams / "camB" / "0001.jpg") == 0
+    first = files_under(out)
+    assert sorted(os.listdir(out / "masks")) == ["0001.png", "0001_2.png"]
+    capsys.readouterr()
+    assert predict(cams / "*" / "0001.jpg", "--skip-existing") == 0
+    assert "cutouts of 1 of 3 images" in capsys.readouterr().out
+    manifest = json.load(open(out / "manifest.json"))
+    stems = {os.path.relpath(k, cams): v["stem"] for k, v in manifest["inputs"].items()}
+    assert stems == {"camA/0001.jpg": "0001", "camB/0001.jpg": "0001_2", "cam0/0001.jpg": "0001_3"}
+    assert manifest["settings"]["weights"] == "ema"  # what auto took from this EMA run
+    assert all(files_under(out)[f] == data for f, data in first.items() if f != "manifest.json")
+    assert predict(cams / "cam0" / "0001.jpg", out=tmp_path / "alone") == 0  # cam0's outputs are its own
+    alone = (tmp_path / "alone" / "probs" / "0001.png").read_bytes()
+    assert (out / "probs" / "0001_3.png").read_bytes() == alone
+    _photo(cams / "camA" / "0001.jpg", 7)  # a new picture under an old name is not done
+    capsys.readouterr()
+    assert predict(cams / "*" / "0001.jpg", "--skip-existing") == 0
+    assert "cutouts of 1 of 3 images" in capsys.readouterr().out
+    assert (out / "masks" / "0001_2.png").read_bytes() == first["masks/0001_2.png"]
+    assert (out / "probs" / "0001.png").read_bytes() != first["probs/0001.png"]
+
+
+def test_a_rerun_that_would_mix_outputs_is_refused(tiny_checkpoint, tmp_path, capsys):
+    """Outputs of another threshold, TTA or set of weights, or outputs no manifest accounts for
+    (an older camodet's, or put there by hand), would be skipped as done or sit beside this run's."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    for seed in range(2):
+        _photo(src / f"p{seed}.jpg", seed)
+    predict = ["predict", str(tiny_checkpoint), str(src), "--out", str(out), "--num-workers", "0"]
+    assert main(predict) == 0
+    before = files_under(out)
+    for extra, says in (
+        (["--threshold", "0.3"], "threshold 0.5 there, 0.3 now"),
+        (["--tta", "flip"], "tta 'none' there, 'flip' now"),
+        (["--weights", "raw"], "weights 'ema' there, 'raw' now"),
+    ):
+        for skip in ([], ["--skip-existing"]):
+            capsys.readouterr()
+            assert main([*predict, *extra, *skip]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"holds the outputs of another model or settings ({says};" in err[0]
+            assert files_under(out) == before
+    (out / "masks" / "stray.png").write_bytes(before["masks/p0.png"])
+    assert main([*predict, "--skip-existing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds masks/stray.png, an output that no manifest.json accounts for" in err[0]
+    os.remove(out / "masks" / "stray.png")
+    os.remove(out / "manifest.json")  # the folder an older camodet wrote
+    assert main([*predict, "--skip-existing"]) == 2
+    assert "an output that no manifest.json accounts for" in capsys.readouterr().err

@@ -72,12 +72,16 @@ def test_int8_below_the_threshold_is_refused_and_the_folder_kept(
     out = tmp_path / "export"
     shutil.copytree(int8_export, out)
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    import camodet.serving.quantize as quantize_module
+
     monkeypatch.setattr(export_module, "export_onnx", traced_already(onnx_export))
+    monkeypatch.setattr(quantize_module, "mask_iou", lambda a, b: 0.9)  # every held mask 0.9 apart
     images = os.path.join(synth_root, "Train", "Image")
     args = ["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", images]
-    assert main([*args, "--calibration-count", "4", "--min-agreement", "1.01"]) == 2
+    assert main([*args, "--calibration-count", "4", "--min-agreement", "0.95"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--min-agreement 1.01" in err and "nothing was written" in err
+    assert len(err.splitlines()) == 1 and "mean IoU 0.9000" in err and "--min-agreement 0.95" in err
+    assert "nothing was written" in err
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
     assert sorted(os.listdir(tmp_path)) == ["export"]  # no staging folder left beside it
 
@@ -90,6 +94,41 @@ def test_int8_flags_are_checked_before_any_work(tiny_checkpoint, tmp_path, capsy
         main(["export", str(tiny_checkpoint), str(out), "--int8", "--calibration", str(tmp_path / "no")]) == 2
     )
     assert "no such file" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_calibration_photos_and_the_agreement_are_checked_before_any_tracing(
+    tiny_checkpoint, synth_root, tmp_path, capsys, monkeypatch
+):
+    """One photo, an unreadable one, or a --min-agreement outside (0, 1] was refused only after the
+    fp32 trace (a minute or more of CPU), or not at all; each is one line before the model loads."""
+    import camodet.serving.export as export_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded or traced before the flags were checked")
+
+    monkeypatch.setattr(export_module, "export_onnx", no_work)
+    monkeypatch.setattr(export_module.Predictor, "load", no_work)
+    one, some = tmp_path / "one", tmp_path / "some"
+    one.mkdir()
+    some.mkdir()
+    photos = os.path.join(synth_root, "Train", "Image")
+    for name in sorted(os.listdir(photos))[:3]:
+        shutil.copy(os.path.join(photos, name), some / name)
+    shutil.copy(os.path.join(photos, name), one / name)
+    (some / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "export"
+    int8 = ["export", str(tiny_checkpoint), str(out), "--int8", "--calibration"]
+    for args, says in (
+        ([str(one)], "--calibration: found 1 image(s), need at least 2"),
+        ([str(some)], f"--calibration: {some / 'broken.jpg'}: unreadable image"),
+        ([str(some), "--min-agreement", "0"], "--min-agreement must be above 0 and at most 1 (got 0)"),
+        ([str(some), "--min-agreement", "1.01"], "--min-agreement must be above 0 and at most 1 (got 1.01)"),
+        ([str(some), "--min-agreement", "nan"], "--min-agreement must be above 0 and at most 1 (got nan)"),
+    ):
+        assert main([*int8, *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert sorted(os.listdir(tmp_path)) == ["one", "some"]
 
 
 def test_held_images_never_calibrate():

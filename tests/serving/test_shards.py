@@ -15,7 +15,7 @@ from camodet.cli import main
 from camodet.evaluation.metrics import Evaluator, score_image
 from camodet.launch import Shard
 
-from ..conftest import PYTHON
+from ..conftest import PYTHON, files_under
 
 
 def torchrun(port: int, *args: str) -> subprocess.CompletedProcess:
@@ -59,14 +59,6 @@ def test_states_added_in_order_give_the_single_evaluators_numbers():
         merged.extend(states[i])
     assert merged.results() == alone.results()
     assert all(np.array_equal(merged.curves()[k], alone.curves()[k]) for k in alone.curves())
-
-
-def files_under(root) -> dict[str, bytes]:
-    return {
-        os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-        for d, _, fs in os.walk(root)
-        for f in fs
-    }
 
 
 @pytest.mark.slow
