@@ -158,7 +158,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str, base: TrainConfig) -> "SearchSpace":
-        return cls(load_yaml(path), base)
+        return cls(load_yaml(path, "--space"), base)
 
     @property
     def fingerprint(self) -> str:

@@ -182,12 +182,12 @@ def make_pruner(opts: SweepOptions, epochs: int):
 
     if opts.pruner == "none":
         return optuna.pruners.NopPruner()
+    # Optuna's steps are camodet's epochs, numbered from 1 (the epoch a report is made after), and
+    # both pruners first judge a trial at step W: after it has completed its W warmup epochs.
+    warmup = min(opts.prune_warmup, epochs)  # Hyperband refuses a first rung beyond the last epoch
     if opts.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, opts.prune_warmup), max_resource=epochs)
-    # Optuna's steps are epochs here: n_warmup_steps=W lets a trial train W epochs before judging it.
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=opts.prune_startup, n_warmup_steps=opts.prune_warmup - 1
-    )
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=opts.prune_startup, n_warmup_steps=warmup)
 
 
 def requeue(study, number: int | None) -> bool:

@@ -244,3 +244,26 @@ def test_two_workers_share_one_study_on_a_postgresql_server(postgres_url, synth_
     trials = trials_of(out, "shared", postgres_url)
     assert sorted((t.number, t.state.name) for t in trials) == [(0, "COMPLETE"), (1, "COMPLETE")]
     assert len({t.user_attrs["run_dir"] for t in trials}) == 2
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_prune_warmup_lets_every_trial_train_that_many_epochs(pruner):
+    """--prune-warmup 2: no trial is judged before it has completed 2 epochs (Optuna's steps are
+    camodet's epochs, numbered from 1), whichever pruner judges it."""
+    from camodet.tune.sweep import SweepOptions, make_pruner
+
+    opts = SweepOptions("out", "sqlite://", "s", trials=1, pruner=pruner, prune_startup=0, prune_warmup=2)
+    study = optuna.create_study(
+        direction="maximize", pruner=make_pruner(opts, epochs=6), sampler=optuna.samplers.RandomSampler(0)
+    )
+    for _ in range(4):  # trials that learn, at every epoch
+        good = study.ask()
+        for epoch in range(1, 7):
+            good.report(0.9, epoch)
+        study.tell(good, 0.9)
+    lagging = study.ask()
+    lagging.report(0.0, 1)
+    assert not lagging.should_prune()  # after epoch 1 of a warmup of 2
+    if pruner == "median":  # the median pruner judges every epoch from the warmup's end on
+        lagging.report(0.0, 2)
+        assert lagging.should_prune()
