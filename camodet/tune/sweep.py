@@ -24,7 +24,7 @@ from ..launch import Dist, broadcast_object
 from ..runs import history
 from ..runs.folder import BEST_METRIC, RunFolder
 from .space import SearchSpace, apply
-from .study import RUN_DIR, SETTINGS, default_storage, open_study, retry_callback
+from .study import RUN_DIR, SETTINGS, base_settings, default_storage, open_study, retry_callback
 
 log = logging.getLogger("camodet")
 
@@ -247,7 +247,8 @@ def run_sweep(
     if opts.storage == default_storage(opts.out_dir):  # the SQLite file's folder must exist first
         os.makedirs(opts.out_dir, exist_ok=True)
     sampler, pruner = make_sampler(opts), make_pruner(opts, base.stages.epochs)
-    study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat)
+    shared = base_settings(base, space)  # what the study's other workers must train with
+    study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat, shared)
     os.makedirs(opts.out_dir, exist_ok=True)
     runner = TrialRunner(base, space, opts.out_dir, d)
     # Outside a trial's training (loading data, asking Optuna), SIGTERM stops the sweep as Ctrl-C does.

@@ -267,3 +267,23 @@ def test_prune_warmup_lets_every_trial_train_that_many_epochs(pruner):
     if pruner == "median":  # the median pruner judges every epoch from the warmup's end on
         lagging.report(0.0, 2)
         assert lagging.should_prune()
+
+
+def test_a_worker_with_other_train_flags_is_refused_by_the_study(synth_root, tmp_path, capsys, monkeypatch):
+    """The study records the train flags it was started with (those that change what a trial
+    computes): a worker with others is refused before it joins; one that differs only in flags that
+    change nothing (--num-workers, logging) joins. (The trials' training is left out here.)"""
+    monkeypatch.setattr("camodet.tune.sweep.TrialRunner.__call__", lambda self, trial: 0.5)
+    out = tmp_path / "sweep"
+    args = [*sweep_args(synth_root, out, write_space(tmp_path / "space.yaml")), "--trials", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    bigger = [*args[: args.index("--img-size") + 1], "96", *args[args.index("--img-size") + 2 :]]
+    assert main([*bigger, "--seed", "7"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("camodet: error: --study camodet in ") and "other train flags" in error
+    assert "--img-size (96 here, 64 in the study)" in error and "(also --seed);" in error
+    assert "a new --study name" in error
+    assert len(trials_of(out)) == 1  # nothing joined
+    assert main([*args, "--num-workers", "1", "--tensorboard", "--image-every", "2"]) == 0
+    assert len(trials_of(out)) == 2
