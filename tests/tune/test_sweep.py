@@ -287,3 +287,41 @@ def test_a_worker_with_other_train_flags_is_refused_by_the_study(synth_root, tmp
     assert len(trials_of(out)) == 1  # nothing joined
     assert main([*args, "--num-workers", "1", "--tensorboard", "--image-every", "2"]) == 0
     assert len(trials_of(out)) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_that_trial_resumed_by_the_next_sweep_and_nothing_rerun(
+    synth_root, tmp_path
+):
+    """kill -9 (a lost node, the OOM killer) inside a trial, after a finished one: the worker's
+    heartbeat stops, and the same sweep command run again fails the silent trial and queues it
+    with its settings and folder, resumes it from its last.pth, and trains nothing twice."""
+    out = tmp_path / "sweep"
+    args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
+    args += ["--heartbeat", "1"]  # silent for 2 s: stale
+    first = worker([*args, "--trials", "2"])
+    metrics = out / "trials" / "trial_0001" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
+        assert time.monotonic() < deadline, "trial 1 never finished its first epoch"
+        time.sleep(0.2)
+    first.kill()  # SIGKILL: no handler runs, nothing is queued by the worker itself
+    log = first.communicate(timeout=60)[0].decode()
+    assert first.returncode == -signal.SIGKILL, log
+    finished = out / "trials" / "trial_0000"
+    before = {f: os.stat(finished / f).st_mtime_ns for f in os.listdir(finished)}
+    assert [t.state.name for t in trials_of(out)] == ["COMPLETE", "RUNNING"]  # until someone notices
+
+    again = worker([*args, "--trials", "1"])
+    log = again.communicate(timeout=600)[0].decode()
+    assert again.returncode == 0, log
+    states = {t.number: (t.state.name, os.path.basename(t.user_attrs["run_dir"])) for t in trials_of(out)}
+    assert states == {
+        0: ("COMPLETE", "trial_0000"),  # finished before the kill: not run again
+        1: ("FAIL", "trial_0001"),  # the killed attempt, failed by the next worker
+        2: ("COMPLETE", "trial_0001"),  # its retry, resumed in the same folder
+    }
+    assert "trial 2: resuming" in log and "(1 epoch(s) trained by an earlier attempt)" in log
+    assert epochs_in(out / "trials" / "trial_0001") == [1, 2]  # epoch 1 was not trained again
+    assert {f: os.stat(finished / f).st_mtime_ns for f in os.listdir(finished)} == before
+    assert sorted(os.listdir(out / "trials")) == ["trial_0000", "trial_0001"]
