@@ -325,3 +325,41 @@ def test_a_worker_killed_mid_trial_has_that_trial_resumed_by_the_next_sweep_and_
     assert epochs_in(out / "trials" / "trial_0001") == [1, 2]  # epoch 1 was not trained again
     assert {f: os.stat(finished / f).st_mtime_ns for f in os.listdir(finished)} == before
     assert sorted(os.listdir(out / "trials")) == ["trial_0000", "trial_0001"]
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_mid_training_ends_the_worker_in_one_line_and_the_next_sweep_resumes_it(
+    synth_root, tmp_path
+):
+    """The training images become unreadable inside a trial, after its first epoch (a network
+    share gone): the worker ends with the error in one line, no traceback, and queues the trial
+    again; once the files are back, the same sweep command resumes it from its last.pth."""
+    data = tmp_path / "COD10K-v3"
+    shutil.copytree(synth_root, data)
+    out = tmp_path / "sweep"
+    args = sweep_args(str(data), out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
+    first = worker([*args, "--trials", "1"])
+    metrics = out / "trials" / "trial_0000" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
+        assert time.monotonic() < deadline, "trial 0 never finished its first epoch"
+        time.sleep(0.1)
+    images = sorted(glob.glob(str(data / "Train" / "Image" / "*")))
+    kept = {path: open(path, "rb").read() for path in images}
+    for path in images:
+        open(path, "wb").write(b"not an image")
+    log = first.communicate(timeout=300)[0].decode()
+    assert first.returncode == 2, log
+    assert "Traceback" not in log, log
+    (error,) = [line for line in log.splitlines() if "unreadable image" in line]  # said once
+    assert error.startswith("camodet: error: ") and "Train/Image/" in error
+    assert "trial 0 failed and is queued again: the same sweep command resumes it from its last.pth" in log
+    for path, content in kept.items():
+        open(path, "wb").write(content)
+
+    again = worker([*args, "--trials", "1"])
+    log = again.communicate(timeout=600)[0].decode()
+    assert again.returncode == 0, log
+    states = {t.number: (t.state.name, os.path.basename(t.user_attrs["run_dir"])) for t in trials_of(out)}
+    assert states == {0: ("FAIL", "trial_0000"), 1: ("COMPLETE", "trial_0000")}
+    assert "trial 1: resuming" in log and epochs_in(out / "trials" / "trial_0000") == [1, 2]
