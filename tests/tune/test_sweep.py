@@ -59,6 +59,15 @@ def worker(args, **kw) -> subprocess.Popen:
     )
 
 
+def wait_for_first_epoch(proc: subprocess.Popen, out, trial: int) -> None:
+    """Until the worker `proc` has recorded trial `trial`'s first epoch (its last.pth is written)."""
+    metrics = out / "trials" / f"trial_{trial:04d}" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and proc.poll() is None:
+        assert time.monotonic() < deadline, f"trial {trial} never finished its first epoch"
+        time.sleep(0.1)
+
+
 def test_bad_input_is_refused_before_anything_trains(synth_root, tmp_path, capsys):
     out = tmp_path / "sweep"
     space = write_space(tmp_path / "space.yaml")
@@ -113,11 +122,7 @@ def test_a_sweep_stopped_mid_trial_resumes_it_and_runs_nothing_twice(synth_root,
     out = tmp_path / "sweep"
     args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
     first = worker([*args, "--trials", "1"])
-    metrics = out / "trials" / "trial_0000" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
-        assert time.monotonic() < deadline, "trial 0 never finished its first epoch"
-        time.sleep(0.2)
+    wait_for_first_epoch(first, out, 0)
     first.send_signal(signal.SIGTERM)  # as a scheduler ends a job: inside trial 0, after epoch 1
     log = first.communicate(timeout=300)[0].decode()
     assert first.returncode == 128 + signal.SIGTERM, log
@@ -300,11 +305,7 @@ def test_a_worker_killed_mid_trial_has_that_trial_resumed_by_the_next_sweep_and_
     args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
     args += ["--heartbeat", "1"]  # silent for 2 s: stale
     first = worker([*args, "--trials", "2"])
-    metrics = out / "trials" / "trial_0001" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
-        assert time.monotonic() < deadline, "trial 1 never finished its first epoch"
-        time.sleep(0.2)
+    wait_for_first_epoch(first, out, 1)
     first.kill()  # SIGKILL: no handler runs, nothing is queued by the worker itself
     log = first.communicate(timeout=60)[0].decode()
     assert first.returncode == -signal.SIGKILL, log
@@ -339,11 +340,7 @@ def test_a_trial_that_raises_mid_training_ends_the_worker_in_one_line_and_the_ne
     out = tmp_path / "sweep"
     args = sweep_args(str(data), out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
     first = worker([*args, "--trials", "1"])
-    metrics = out / "trials" / "trial_0000" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
-        assert time.monotonic() < deadline, "trial 0 never finished its first epoch"
-        time.sleep(0.1)
+    wait_for_first_epoch(first, out, 0)
     images = sorted(glob.glob(str(data / "Train" / "Image" / "*")))
     kept = {path: open(path, "rb").read() for path in images}
     for path in images:
