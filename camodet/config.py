@@ -403,16 +403,17 @@ def _find_field(section: str | None, key: str):
     return None
 
 
-def load_yaml(path: str) -> dict:
+def load_yaml(path: str, flag: str = "--config") -> dict:
+    """The mapping a YAML file holds; `flag` is the option that named the file, for the messages."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist; check the --config path")
+        raise ConfigError(f"{flag} file {path} does not exist; check the {flag} path")
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{flag} file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(f"{flag} file {path} must hold a mapping of settings, not {type(data).__name__}")
     return data
 
 

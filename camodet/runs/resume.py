@@ -53,20 +53,29 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def changed_settings(saved: dict, current: dict) -> list[str]:
-    """'key: old -> new' for every hyperparameter that differs between two config dicts."""
+def is_hyperparameter(key: str) -> bool:
+    """Whether the dotted setting `key` changes what a run computes."""
+    return key not in NOT_HYPERPARAMETERS and key.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """The dotted hyperparameters that differ between two config dicts (nested or flat), in the
+    current config's order, then those only the saved one has."""
     a, b = flat(saved), flat(current)
     # A setting added after the checkpoint was written, now at its default (which is what the older
     # version did), changes nothing: resuming such a checkpoint stays exact.
     defaults = flat(TrainConfig().to_dict())
     return [
-        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-        for k in sorted(set(a) | set(b))
-        if k not in NOT_HYPERPARAMETERS
-        and k.split(".")[0] not in NOT_HYPERPARAMETER_SECTIONS
-        and a.get(k) != b.get(k)
-        and not (k not in a and b.get(k) == defaults.get(k))
+        k
+        for k in [*b, *(k for k in a if k not in b)]
+        if is_hyperparameter(k) and a.get(k) != b.get(k) and not (k not in a and b.get(k) == defaults.get(k))
     ]
+
+
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """'key: old -> new' for every hyperparameter that differs between two config dicts."""
+    a, b = flat(saved), flat(current)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(changed_keys(saved, current))]
 
 
 def resume_changes(ckpt: dict, cfg: TrainConfig, world: int, autocast: str) -> list[str]:

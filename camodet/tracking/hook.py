@@ -1,7 +1,9 @@
 """TrackerHook: the trainer's hook that forwards the run to --tracker wandb/mlflow. It reads
 what the run already records (config, metrics.jsonl's epoch records and events), so the
 trackers hold the same fields as the file. Rank 0 only; the trackers' run ids are kept in
-RUN/trackers.json so that a --resume-from continues the same tracked runs."""
+RUN/trackers.json so that a --resume-from in the same folder continues the same tracked runs,
+while a resume into another folder (a fork: the seed workflow's warm restart) starts its own,
+linked to the one it came from by the tags camodet.parent_run and camodet.parent_folder."""
 
 import functools
 import json
@@ -14,6 +16,8 @@ from ..runs.folder import TRACKERS, RunFolder
 from .trackers import MlflowTracker, TrackerUnavailable, WandbTracker, flat_numbers, one_line
 
 log = logging.getLogger("camodet")
+
+PARENT_RUN, PARENT_FOLDER = "camodet.parent_run", "camodet.parent_folder"  # a fork's tags
 
 
 class TrackerHook:
@@ -36,22 +40,26 @@ class TrackerHook:
         return self
 
     def start(self, name: str):
-        """One tracker, continuing its earlier run where the resumed checkpoint's folder names
-        one; None (and one warning) when it cannot start."""
+        """One tracker: on a resume in place, continuing the run this folder's trackers.json names;
+        otherwise a new run, tagged with the run it was forked from when the resumed checkpoint
+        lies in another folder. None (and one warning) when it cannot start."""
         cfg, folder = self.cfg, self.folder.path
-        run_id = previous_ids(cfg.run.resume_from).get(name, {}).get("run_id")
+        resumed = cfg.run.resume_from if cfg.run.resume_from != "auto" else None
+        earlier = previous_ids(resumed).get(name, {})
+        in_place = self.folder.holds(resumed)
+        run_id = earlier.get("run_id") if in_place else None
+        tags = fork_tags(resumed, earlier) if resumed and not in_place else {}
         run_name = os.path.basename(os.path.abspath(folder))
         try:
             if name == "mlflow":
-                tracker = MlflowTracker(folder, cfg.run.tracking_uri, run_id, run_name, cfg.to_dict())
+                tracker = MlflowTracker(folder, cfg.run.tracking_uri, run_id, run_name, cfg.to_dict(), tags)
             else:
-                tracker = WandbTracker(folder, run_id, run_name, cfg.to_dict())
-        except TrackerUnavailable as e:
-            log.warning(f"--tracker {name}: could not start ({e}); training goes on without it")
+                tracker = WandbTracker(folder, run_id, run_name, cfg.to_dict(), tags)
+        except Exception as e:  # TrackerUnavailable, or any failure of its first calls: not the run's
+            reason = str(e) if isinstance(e, TrackerUnavailable) else one_line(e)
+            log.warning(f"--tracker {name}: could not start ({reason}); training goes on without it")
             return None
-        log.info(
-            f"--tracker {name}: {'continuing' if run_id else 'logging to'} run {tracker.ids()['run_id']}"
-        )
+        log.info(f"--tracker {name}: {started(tracker, run_id, tags)}")
         return tracker
 
     def after_epoch(self, trainer, result) -> None:
@@ -84,10 +92,35 @@ class TrackerHook:
         self.send(self.state.epoch)
         status = "failed" if exc_type else "interrupted" if self.state.interrupted else "finished"
         if status == "finished":
-            with tempfile.TemporaryDirectory() as tmp:
-                found = final_artefacts(self.folder, tmp)
-                self.each(lambda t: t.artefacts(*found))
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    found = final_artefacts(self.folder, tmp)
+                    self.each(lambda t: t.artefacts(*found))
+            except Exception as e:  # the artefacts are the trackers', never the run's result
+                log.warning(f"--tracker: skipped the artefacts ({one_line(e)})")
         self.each(lambda t: t.finish(status))
+
+
+def started(tracker, run_id: str | None, tags: dict) -> str:
+    """What a tracker's start did, for the log: continued its run, forked one, or a new run."""
+    new = tracker.ids()["run_id"]
+    if tracker.continued:
+        return f"continuing run {new}"
+    if run_id:
+        return f"logging to run {new} (the store no longer holds run {run_id})"
+    if tags:
+        parent = f"run {tags[PARENT_RUN]} of " if PARENT_RUN in tags else ""
+        return f"logging to run {new}, a fork of {parent}{tags[PARENT_FOLDER]}"
+    return f"logging to run {new}"
+
+
+def fork_tags(resume_from: str, earlier: dict) -> dict:
+    """The link of a fork's new run to where it came from: the resumed checkpoint's folder, and
+    the run this tracker logged that folder to (where it did)."""
+    tags = {PARENT_FOLDER: os.path.dirname(os.path.abspath(resume_from))}
+    if earlier.get("run_id"):
+        tags[PARENT_RUN] = earlier["run_id"]
+    return tags
 
 
 def previous_ids(resume_from: str | None) -> dict:

@@ -3,9 +3,11 @@ log the epoch's metrics, log events, and finish with the artefacts. Offline by d
 W&B in offline mode (WANDB_MODE=offline unless the user set it), MLflow to a SQLite store in
 the run folder (unless --tracking-uri or MLFLOW_TRACKING_URI says otherwise)."""
 
+import contextlib
 import json
 import os
 import pathlib
+import sqlite3
 import uuid
 
 TRACKERS = ("wandb", "mlflow")
@@ -36,11 +38,20 @@ def flat_numbers(record: dict, prefix: str = "") -> dict[str, float]:
 
 class MlflowTracker:
     """One MLflow run through MlflowClient (no global active run, so nothing leaks into the
-    user's own mlflow calls); params once, metrics with the epoch as step."""
+    user's own mlflow calls); params once, metrics with the epoch as step. `tags` (a fork's link
+    to its parent run) go on a new run."""
 
     name = "mlflow"
 
-    def __init__(self, folder: str, uri: str | None, run_id: str | None, run_name: str, config: dict):
+    def __init__(
+        self,
+        folder: str,
+        uri: str | None,
+        run_id: str | None,
+        run_name: str,
+        config: dict,
+        tags: dict | None = None,
+    ):
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Metric, Param
@@ -52,13 +63,24 @@ class MlflowTracker:
         try:
             self.client = client = MlflowClient(tracking_uri=self.uri)
             self.run_id = self.continue_run(run_id) if run_id else None
+            self.continued = self.run_id is not None
             if self.run_id is None:
-                self.run_id = client.create_run(self.experiment(folder), run_name=run_name).info.run_id
+                self.run_id = client.create_run(
+                    self.experiment(folder), run_name=run_name, tags=tags or None
+                ).info.run_id
                 params = [Param(k, str(v)[:6000]) for k, v in flat_config(config).items()]
                 client.log_batch(self.run_id, params=params)
+            self.keep_artefacts_in(folder)
+            client.log_dict(self.run_id, config, "config.json")
         except Exception as e:  # a bad URI or an unreachable server surfaces as many types
             raise TrackerUnavailable(f"mlflow at {self.uri}: {one_line(e)}") from None
-        client.log_dict(self.run_id, config, "config.json")
+
+    def local_store(self) -> str | None:
+        """The SQLite file of a store whose artefacts camodet keeps in the run folder; None where
+        MLFLOW_TRACKING_URI or a server decides where they go."""
+        if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+            return self.uri[len("sqlite:///") :]
+        return None
 
     def experiment(self, folder: str) -> str:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT)
@@ -66,11 +88,22 @@ class MlflowTracker:
         if found is not None:
             return found.experiment_id
         # a local store keeps its artefacts beside it, not in ./mlruns of wherever training started
-        local = self.uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI")
-        where = (
-            pathlib.Path(os.path.abspath(os.path.join(folder, MLFLOW_ARTIFACTS))).as_uri() if local else None
-        )
+        where = artefact_root(folder) if self.local_store() else None
         return self.client.create_experiment(name, artifact_location=where)
+
+    def keep_artefacts_in(self, folder: str) -> None:
+        """Point a local store's run at FOLDER/mlflow-artifacts/RUN_ID/artifacts, the folder as it
+        is now: MLflow keeps the absolute location a run was created with, which after the folder
+        was renamed or moved to another machine is the old path (maybe not writable there), and in
+        a store shared by several folders is the first folder's."""
+        store = self.local_store()
+        wanted = f"{artefact_root(folder)}/{self.run_id}/artifacts"
+        if store is None or self.client.get_run(self.run_id).info.artifact_uri == wanted:
+            return
+        # MLflow has no call that moves a run's artefact location; the column is its schema's own.
+        with contextlib.closing(sqlite3.connect(store, timeout=60)) as db, db:
+            db.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (wanted, self.run_id))
+        forget_artefact_repository(self.run_id)
 
     def continue_run(self, run_id: str) -> str | None:
         """The run a resumed training logs into (None when the store no longer holds it)."""
@@ -113,11 +146,14 @@ class MlflowTracker:
 
 class WandbTracker:
     """One W&B run (offline unless WANDB_MODE says otherwise) in RUN/wandb; a resumed training
-    continues the run of the same id. Charts use the epoch as their x axis."""
+    continues the run of the same id. Charts use the epoch as their x axis. `tags` (a fork's link
+    to its parent run) go into a new run's config."""
 
     name = "wandb"
 
-    def __init__(self, folder: str, run_id: str | None, run_name: str, config: dict):
+    def __init__(
+        self, folder: str, run_id: str | None, run_name: str, config: dict, tags: dict | None = None
+    ):
         try:
             import wandb
         except ImportError:
@@ -132,13 +168,14 @@ class WandbTracker:
                 id=run_id or uuid.uuid4().hex[:8],
                 resume="allow",
                 dir=os.path.abspath(folder),
-                config=config,
+                config={**config, **(tags or {})},
                 settings=wandb.Settings(quiet=True, console="off"),
                 reinit="create_new",
             )
+            self.run.define_metric("*", step_metric="epoch")
         except Exception as e:
             raise TrackerUnavailable(f"wandb: {one_line(e)}") from None
-        self.run.define_metric("*", step_metric="epoch")
+        self.continued = run_id is not None  # the same id: at sync, the same W&B run
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.run.log({**metrics, "epoch": epoch})
@@ -163,6 +200,21 @@ class WandbTracker:
 
     def ids(self) -> dict:
         return {"run_id": self.run.id, "dir": self.run.dir}
+
+
+def artefact_root(folder: str) -> str:
+    """The file URI of the folder's MLflow artefacts, as the folder is now."""
+    return pathlib.Path(os.path.abspath(os.path.join(folder, MLFLOW_ARTIFACTS))).as_uri()
+
+
+def forget_artefact_repository(run_id: str) -> None:
+    """Drop MLflow's in-process cache of the run's artefact repository (keyed by run id), which
+    would still write to the run's earlier location."""
+    try:
+        from mlflow.tracking._tracking_service import utils
+    except ImportError:
+        return
+    getattr(utils, "_artifact_repos_cache", {}).pop(run_id, None)
 
 
 def flat_config(config: dict, prefix: str = "") -> dict:

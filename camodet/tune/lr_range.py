@@ -62,13 +62,24 @@ class RangeResult:
 
     @property
     def suggested(self) -> float:
-        """The steepest descent; on a curve with no descent, the edge before the loss climbs."""
+        """The steepest descent; on a curve with no descent, the edge before the loss climbs (the
+        range's end where it never climbs)."""
         return self.steepest if self.edge is None else self.edge
+
+    @property
+    def climb_beyond_range(self) -> bool:
+        """A flat curve whose loss never climbs (nor diverges) within the range: its edge is only
+        the range's end, a lower bound of the real one."""
+        return self.edge is not None and self.diverged_at is None and self.edge == self.lrs[-1]
 
     @property
     def rule(self) -> str:
         """Which rule gave the suggestion, in words."""
-        return "steepest descent of the smoothed loss" if self.edge is None else "edge before the loss climbs"
+        if self.edge is None:
+            return "steepest descent of the smoothed loss"
+        if self.climb_beyond_range:
+            return "end of the range (the loss never climbed in it)"
+        return "edge before the loss climbs"
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "safe": self.safe, "flag": self.flag, "suggested": self.suggested}
@@ -114,6 +125,13 @@ def suggest(
     return steepest, lrs[lowest], edge
 
 
+def diverges(losses: list[float]) -> bool:
+    """Whether the curve's last step ends the range: its loss is not finite, or (once the average
+    has settled for five steps) the smoothed loss is DIVERGED times its minimum."""
+    smoothed = smooth([x if math.isfinite(x) else math.inf for x in losses])
+    return not math.isfinite(losses[-1]) or (len(losses) > 5 and smoothed[-1] > DIVERGED * min(smoothed))
+
+
 def endless_batches(loader, epoch: int):
     """The stage's loader, epoch after epoch in the trainer's order, for as many steps as asked."""
     while True:
@@ -151,8 +169,7 @@ def sweep_lrs(trainer, lrs: list[float], on_step=lambda i, lr, loss: None) -> tu
         tried.append(lr)
         losses.append(value)
         on_step(i, lr, value)
-        smoothed = smooth(losses)
-        if not math.isfinite(value) or (i >= 5 and smoothed[-1] > DIVERGED * min(smoothed)):
+        if diverges(losses):
             break
     return tried, losses
 
@@ -185,7 +202,7 @@ def range_test(cfg: TrainConfig, steps: int, start_lr: float, end_lr: float, on_
         stage = trainer.stage
     finite = [x if math.isfinite(x) else float("inf") for x in losses]
     smoothed = smooth(finite)
-    diverged = tried[-1] if len(tried) < steps else None
+    diverged = tried[-1] if diverges(losses) else None  # the last step included
     kept = len(tried) - 1 if diverged is not None else len(tried)  # the diverged point is not a candidate
     steepest, minimum, edge = suggest(tried[:kept], smoothed[:kept], finite[:kept])
     return RangeResult(stage, epoch, tried, losses, smoothed, steepest, minimum, edge, diverged, seconds)
@@ -204,9 +221,18 @@ def describe(result: RangeResult) -> str:
         rule = (
             f"  the smoothed loss never falls {FLAT:.0%} below where it started (these weights are "
             f"already trained for this stage), so its steepest descent ({result.steepest:.3g}) is noise\n"
-            f"  last LR before the loss (running median) climbs {RISE:.0%}: {result.edge:.3g}  "
-            f"<- suggested {result.flag}\n"
         )
+        if result.climb_beyond_range:
+            rule += (
+                f"  the loss (running median) never climbs {RISE:.0%} up to LR {result.lrs[-1]:.3g}: the "
+                f"range is too short to find the edge (raise --end-lr); until then the range's end: "
+                f"{result.edge:.3g}  <- suggested {result.flag}\n"
+            )
+        else:
+            rule += (
+                f"  last LR before the loss (running median) climbs {RISE:.0%}: {result.edge:.3g}  "
+                f"<- suggested {result.flag}\n"
+            )
     return (
         f"stage {result.stage} (epoch {result.epoch}), {len(result.lrs)} steps in "
         f"{result.seconds:.0f} s: {end}\n"

@@ -141,8 +141,9 @@ def parse_dimension(name: str, spec, base: TrainConfig) -> Dimension:
 
 
 class SearchSpace:
-    """The parsed space: dimensions in file order, and the space as a canonical text (a study
-    records it; a study of another space under the same name is refused)."""
+    """The parsed space: dimensions in file order, the dotted settings they search, and the space
+    as a canonical text (a study records it; a study of another space under the same name is
+    refused)."""
 
     def __init__(self, raw: dict, base: TrainConfig):
         if not raw:
@@ -151,14 +152,14 @@ class SearchSpace:
             )
         self.raw = raw
         self.dimensions = [parse_dimension(str(k), v, base) for k, v in raw.items()]
-        searched = [n for d in self.dimensions for n in (d.searched() if d.named else [d.name])]
-        twice = sorted({n for n in searched if searched.count(n) > 1})
+        self.searched = [n for d in self.dimensions for n in (d.searched() if d.named else [d.name])]
+        twice = sorted({n for n in self.searched if self.searched.count(n) > 1})
         if twice:
             raise ConfigError(f"search space: {', '.join(twice)} searched twice; keep one entry per setting")
 
     @classmethod
     def load(cls, path: str, base: TrainConfig) -> "SearchSpace":
-        return cls(load_yaml(path), base)
+        return cls(load_yaml(path, "--space"), base)
 
     @property
     def fingerprint(self) -> str:

@@ -1,5 +1,6 @@
 """A sweep's Optuna storage and study: opened with clear one-line errors (an address that cannot be
-reached, a study of another search space under the same name) before anything trains, and with
+reached, a study of another search space or of other train flags under the same name) before
+anything trains, and with
 Optuna's heartbeat, so that a trial whose worker vanished (a lost node, kill -9) is marked failed
 by the next worker and queued again with the same settings (it then resumes from its last.pth)."""
 
@@ -12,6 +13,7 @@ from ..config import ConfigError
 
 SPACE_ATTR = "camodet_space"  # the search space a study was created with (canonical JSON)
 COMMAND_ATTR = "camodet_train_flags"  # the base train flags, for the best trial's command
+BASE_ATTR = "camodet_base"  # the base config's settings that change what a trial computes (JSON)
 RUN_DIR, SETTINGS = "run_dir", "settings"  # trial attributes (a retried trial inherits them)
 MAX_RETRIES = 3  # a trial interrupted this many times is left failed
 SCHEMA_RACE_TRIES = 4  # openings of a new server database while another worker creates its tables
@@ -102,8 +104,52 @@ def space_difference(recorded: str, wanted: str) -> str:
     return ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
 
 
-def check_existing(storage, name: str, url: str, fingerprint: str) -> bool:
-    """Whether study `name` exists; refused when it searches another space (left as it is)."""
+def base_settings(base, space) -> str:
+    """What every trial of a study shares besides its own settings, as canonical JSON: the base
+    configuration's settings that change what a run computes (not --num-workers, logging, ...),
+    less those the space searches."""
+    from ..runs.resume import flat, is_hyperparameter
+
+    searched = set(space.searched)
+    kept = {k: v for k, v in flat(base.to_dict()).items() if is_hyperparameter(k) and k not in searched}
+    return json.dumps(kept, default=str)
+
+
+def setting_flag(name: str) -> str:
+    """The train flag of a dotted setting (the name itself where this version has no such setting)."""
+    from ..config import _flag
+    from .space import setting
+
+    try:
+        return _flag(setting(name)[1])
+    except ConfigError:
+        return name
+
+
+def check_base(existing, name: str, url: str, wanted: str) -> None:
+    """Refuse a worker whose base settings differ from those the study was started with; a study
+    that recorded none (an older camodet's) takes this worker's."""
+    from ..runs.resume import changed_keys
+
+    recorded = existing.user_attrs.get(BASE_ATTR)
+    if recorded is None:
+        existing.set_user_attr(BASE_ATTR, wanted)
+        return
+    old, new = json.loads(recorded), json.loads(wanted)
+    changed = changed_keys(old, new)
+    if changed:
+        first, others = changed[0], [setting_flag(k) for k in changed[1:4]] + ["..."] * (len(changed) > 4)
+        more = f" (also {', '.join(others)})" if others else ""
+        raise ConfigError(
+            f"--study {name} in {shown(url)} was started with other train flags: {setting_flag(first)} "
+            f"({new.get(first)} here, {old.get(first)} in the study){more}; run this worker with the flags "
+            f"the study was started with, or give a new --study name (the existing study is left as it is)"
+        )
+
+
+def check_existing(storage, name: str, url: str, fingerprint: str, base: str | None = None) -> bool:
+    """Whether study `name` exists; refused when it searches another space or was started with other
+    base settings (`base`, when given), and left as it is."""
     import optuna
 
     try:
@@ -129,16 +175,28 @@ def check_existing(storage, name: str, url: str, fingerprint: str) -> bool:
             f"{space_difference(recorded, fingerprint)}); use the --space it was started with, or a new "
             f"--study name (the existing study is left as it is)"
         )
+    if base is not None:
+        check_base(existing, name, url, base)
     return True
 
 
-def open_study(url: str, name: str, space, sampler, pruner, train_flags: list[str], heartbeat: float):
-    """The study, created on first use with the space and the base train flags recorded."""
+def open_study(
+    url: str,
+    name: str,
+    space,
+    sampler,
+    pruner,
+    train_flags: list[str],
+    heartbeat: float,
+    base: str | None = None,
+):
+    """The study, created on first use with the space, the base train flags and the base settings
+    (`base`: base_settings()) recorded."""
     import optuna
 
     with creating(url):
         storage = open_storage(url, heartbeat)
-        existed = check_existing(storage, name, url, space.fingerprint)
+        existed = check_existing(storage, name, url, space.fingerprint, base)
         study = optuna.create_study(
             study_name=name,
             storage=storage,
@@ -148,6 +206,8 @@ def open_study(url: str, name: str, space, sampler, pruner, train_flags: list[st
             load_if_exists=True,
         )
         if not existed:
+            if base is not None:  # before the space: a worker that sees the space sees this too
+                study.set_user_attr(BASE_ATTR, base)
             study.set_user_attr(SPACE_ATTR, space.fingerprint)
             study.set_user_attr(COMMAND_ATTR, train_flags)
     return study

@@ -4,15 +4,19 @@ can stop hopeless trials early.
 
 Interruption: Ctrl-C or SIGTERM inside a trial stops its training as `train` does (a resumable
 last.pth); the trial is marked failed and queued again with the same settings and folder, and the
-next `camodet sweep` (on any worker) resumes it from that last.pth. A worker that vanished (kill -9,
-a lost node) stops sending Optuna's heartbeat: the next worker marks its trial failed and queues it
-the same way. Optuna's storage hands each queued or new trial to exactly one worker.
+next `camodet sweep` (on any worker) resumes it from that last.pth. So is a trial whose training
+raised an error that is no result (an unreadable file, a full disk; divergence is a result): the
+worker ends with the error in one line, and after at most MAX_RETRIES attempts the trial is left
+failed. A worker that vanished (kill -9, a lost node) stops sending Optuna's heartbeat: the next
+worker marks its trial failed and queues it the same way. Optuna's storage hands each queued or new
+trial to exactly one worker.
 
 Under torchrun or srun one worker is several processes and each trial one multi-process run: rank 0
 talks to Optuna and announces each trial's settings, and every rank trains it (DDP on the launch's
 process group, which the trials share); the pruner's verdict reaches the other ranks as a stop
 request does, so they stop at the same epoch."""
 
+import contextlib
 import logging
 import math
 import os
@@ -24,7 +28,7 @@ from ..launch import Dist, broadcast_object
 from ..runs import history
 from ..runs.folder import BEST_METRIC, RunFolder
 from .space import SearchSpace, apply
-from .study import RUN_DIR, SETTINGS, default_storage, open_study, retry_callback
+from .study import MAX_RETRIES, RUN_DIR, SETTINGS, base_settings, default_storage, open_study, retry_callback
 
 log = logging.getLogger("camodet")
 
@@ -125,7 +129,7 @@ class TrialRunner:
     def __init__(self, base: TrainConfig, space: SearchSpace, out_dir: str, d: Dist = Dist()):
         self.base, self.space, self.d = base, space, d
         self.trials_dir = os.path.join(out_dir, "trials")
-        self.current: int | None = None  # the trial this worker runs now
+        self.current: int | None = None  # the trial this worker runs, or that stopped unfinished
 
     def configure(self, trial) -> TrainConfig:
         """The trial's settings (a retried trial keeps its own) and folder, announced to the
@@ -148,11 +152,30 @@ class TrialRunner:
         return cfg
 
     def __call__(self, trial) -> float:
+        """The trial's result; `current` stays set when it stops without one (a signal, an error),
+        so that it is queued again."""
+        import optuna
+
+        from ..engine.guard import DivergenceError
+
+        self.current = trial.number
+        try:
+            iou = self.train(trial)
+        except optuna.TrialPruned:
+            self.current = None  # a result: the trial is done
+            raise
+        except DivergenceError:
+            self.current = None
+            log.warning(f"trial {trial.number} diverged: recorded as failed (a result); the sweep goes on")
+            raise
+        self.current = None
+        return iou
+
+    def train(self, trial) -> float:
         import optuna
 
         from ..engine.trainer import Trainer
 
-        self.current = trial.number
         cfg = self.configure(trial)
         log.info(f"trial {trial.number}: {trial.user_attrs[SETTINGS]} in {cfg.run.checkpoint_dir}")
         trainer = Trainer(cfg)
@@ -182,12 +205,12 @@ def make_pruner(opts: SweepOptions, epochs: int):
 
     if opts.pruner == "none":
         return optuna.pruners.NopPruner()
+    # Optuna's steps are camodet's epochs, numbered from 1 (the epoch a report is made after), and
+    # both pruners first judge a trial at step W: after it has completed its W warmup epochs.
+    warmup = min(opts.prune_warmup, epochs)  # Hyperband refuses a first rung beyond the last epoch
     if opts.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, opts.prune_warmup), max_resource=epochs)
-    # Optuna's steps are epochs here: n_warmup_steps=W lets a trial train W epochs before judging it.
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=opts.prune_startup, n_warmup_steps=opts.prune_warmup - 1
-    )
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=opts.prune_startup, n_warmup_steps=warmup)
 
 
 def requeue(study, number: int | None) -> bool:
@@ -201,7 +224,13 @@ def requeue(study, number: int | None) -> bool:
     if trial is None or trial.state != optuna.trial.TrialState.FAIL:
         return False
     retry_callback()(study, trial)
-    return True
+    return len(trial.system_attrs.get("retry_history", [])) < MAX_RETRIES  # the callback's own rule
+
+
+def retried(queued: bool) -> str:
+    if queued:
+        return "is queued again: the same sweep command resumes it from its last.pth"
+    return f"is left failed: it was tried {MAX_RETRIES + 1} times"
 
 
 def raise_on_sigterm(signum, frame):
@@ -221,6 +250,27 @@ def follow(base: TrainConfig, d: Dist) -> None:
             continue
         if state.interrupted and state.interrupted != PRUNED:
             raise SweepStopped(state.interrupted)
+
+
+class NoTrialFailure(logging.Filter):
+    """Optuna's report of a failed trial (its error with the traceback, then its value): the sweep
+    says it in one line of its own (a diverged trial, a stopped or failed one) and the error itself
+    reaches the user once, from the command (one line, or in full for a bug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Trial ") and " failed with " in message)
+
+
+@contextlib.contextmanager
+def no_optuna_trial_failures():
+    optimize_log = logging.getLogger("optuna.study._optimize")  # where Optuna reports each trial
+    quiet = NoTrialFailure()
+    optimize_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        optimize_log.removeFilter(quiet)
 
 
 def run_sweep(
@@ -247,19 +297,25 @@ def run_sweep(
     if opts.storage == default_storage(opts.out_dir):  # the SQLite file's folder must exist first
         os.makedirs(opts.out_dir, exist_ok=True)
     sampler, pruner = make_sampler(opts), make_pruner(opts, base.stages.epochs)
-    study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat)
+    shared = base_settings(base, space)  # what the study's other workers must train with
+    study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat, shared)
     os.makedirs(opts.out_dir, exist_ok=True)
     runner = TrialRunner(base, space, opts.out_dir, d)
     # Outside a trial's training (loading data, asking Optuna), SIGTERM stops the sweep as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         # A diverged trial is a result (this setting does not train), not a reason to stop the sweep.
-        study.optimize(runner, n_trials=opts.trials, catch=(DivergenceError,), gc_after_trial=True)
+        with no_optuna_trial_failures():
+            study.optimize(runner, n_trials=opts.trials, catch=(DivergenceError,), gc_after_trial=True)
         broadcast_object(None, d)  # no more trials: the other processes return
     except (SweepStopped, KeyboardInterrupt) as e:
         queued = requeue(study, runner.current)
         name = e.args[0] if isinstance(e, SweepStopped) and e.args else "SIGINT"
         raise SweepStopped(name, runner.current if queued else None) from None
+    except Exception:  # the trial's error, for the command to report (one line, or in full for a bug)
+        if runner.current is not None:
+            log.warning(f"trial {runner.current} failed and {retried(requeue(study, runner.current))}")
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     return study

@@ -85,3 +85,45 @@ def test_range_test_from_a_checkpoint_suggests_a_tried_lr_and_changes_nothing(
     suggested = yaml.safe_load(open(out / "lr_range.yaml"))["optim"]["stage2_lr"]
     assert suggested == pytest.approx(curve["suggested"], rel=1e-2)
     assert "suggested --stage2-lr" in printed and f"--stage2-lr {suggested:g}" in printed
+
+
+class ScratchTrainer:
+    """What range_test asks of the trainer before the LR sweep: the stage the run trains next."""
+
+    def __init__(self, cfg):
+        self.first_epoch, self.stage, self.plan = 1, 1, type("Plan", (), {"epochs": 2})()
+
+    def before_train(self):
+        pass
+
+    def enter_stage(self, epoch):
+        pass
+
+
+def range_test_on(curve, monkeypatch, steps=40):
+    """range_test with the sweep's losses given by `curve(lrs)` (the trainer's steps left out)."""
+    from camodet.config import TrainConfig
+    from camodet.tune import lr_range
+
+    monkeypatch.setattr("camodet.engine.trainer.Trainer", ScratchTrainer)
+    monkeypatch.setattr(lr_range, "sweep_lrs", lambda trainer, lrs, on_step: (lrs, curve(lrs)))
+    return lr_range.range_test(TrainConfig(), steps, 1e-6, 1.0)
+
+
+def test_a_loss_that_diverges_on_the_last_step_is_reported_as_diverged(monkeypatch):
+    # falling, then the very last step's loss explodes: the sweep stops there with every step tried
+    result = range_test_on(lambda lrs: [1.0 - 0.01 * i for i in range(len(lrs) - 1)] + [1e3], monkeypatch)
+    assert len(result.lrs) == 40 and result.diverged_at == result.lrs[-1]
+    said = describe(result)
+    assert f"the loss diverged at LR {result.lrs[-1]:.3g}" in said and "did not diverge" not in said
+
+
+def test_a_flat_curve_that_never_climbs_says_the_range_was_too_short(monkeypatch):
+    """Weights already trained for the stage, and an --end-lr below where the loss starts to climb:
+    the range's end is no edge, and the message says to raise --end-lr."""
+    result = range_test_on(lambda lrs: [1.0 + 0.02 * math.sin(7 * i) for i in range(len(lrs))], monkeypatch)
+    assert result.diverged_at is None and result.edge == result.lrs[-1]
+    assert result.suggested == result.lrs[-1] and "end of the range" in result.rule
+    said = describe(result)
+    assert "never climbs" in said and "the range is too short" in said and "raise --end-lr" in said
+    assert "last LR before the loss" not in said

@@ -91,3 +91,13 @@ def test_train_command_replaces_the_searched_flags():
         "camodet", "train", "--dataset-path", "a", "b", "--stage2-lr", "2e-4", "--img-size", "64",
         "--lr", "0.000316228", "--use-ema", "--stage1-epochs", "2",
     ]  # fmt: skip
+
+
+def test_a_missing_or_unreadable_space_file_names_the_space_flag(tmp_path):
+    missing = r"^--space file .*nope.yaml does not exist; check the --space path$"
+    with pytest.raises(ConfigError, match=missing) as e:
+        SearchSpace.load(str(tmp_path / "nope.yaml"), base())
+    assert "--config" not in str(e.value)
+    (tmp_path / "list.yaml").write_text("- optim.lr\n")
+    with pytest.raises(ConfigError, match=r"^--space file .*list.yaml must hold a mapping"):
+        SearchSpace.load(str(tmp_path / "list.yaml"), base())

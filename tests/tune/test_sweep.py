@@ -59,6 +59,15 @@ def worker(args, **kw) -> subprocess.Popen:
     )
 
 
+def wait_for_first_epoch(proc: subprocess.Popen, out, trial: int) -> None:
+    """Until the worker `proc` has recorded trial `trial`'s first epoch (its last.pth is written)."""
+    metrics = out / "trials" / f"trial_{trial:04d}" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and proc.poll() is None:
+        assert time.monotonic() < deadline, f"trial {trial} never finished its first epoch"
+        time.sleep(0.1)
+
+
 def test_bad_input_is_refused_before_anything_trains(synth_root, tmp_path, capsys):
     out = tmp_path / "sweep"
     space = write_space(tmp_path / "space.yaml")
@@ -113,11 +122,7 @@ def test_a_sweep_stopped_mid_trial_resumes_it_and_runs_nothing_twice(synth_root,
     out = tmp_path / "sweep"
     args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
     first = worker([*args, "--trials", "1"])
-    metrics = out / "trials" / "trial_0000" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and '"type": "epoch"' in metrics.read_text()) and first.poll() is None:
-        assert time.monotonic() < deadline, "trial 0 never finished its first epoch"
-        time.sleep(0.2)
+    wait_for_first_epoch(first, out, 0)
     first.send_signal(signal.SIGTERM)  # as a scheduler ends a job: inside trial 0, after epoch 1
     log = first.communicate(timeout=300)[0].decode()
     assert first.returncode == 128 + signal.SIGTERM, log
@@ -244,3 +249,114 @@ def test_two_workers_share_one_study_on_a_postgresql_server(postgres_url, synth_
     trials = trials_of(out, "shared", postgres_url)
     assert sorted((t.number, t.state.name) for t in trials) == [(0, "COMPLETE"), (1, "COMPLETE")]
     assert len({t.user_attrs["run_dir"] for t in trials}) == 2
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_prune_warmup_lets_every_trial_train_that_many_epochs(pruner):
+    """--prune-warmup 2: no trial is judged before it has completed 2 epochs (Optuna's steps are
+    camodet's epochs, numbered from 1), whichever pruner judges it."""
+    from camodet.tune.sweep import SweepOptions, make_pruner
+
+    opts = SweepOptions("out", "sqlite://", "s", trials=1, pruner=pruner, prune_startup=0, prune_warmup=2)
+    study = optuna.create_study(
+        direction="maximize", pruner=make_pruner(opts, epochs=6), sampler=optuna.samplers.RandomSampler(0)
+    )
+    for _ in range(4):  # trials that learn, at every epoch
+        good = study.ask()
+        for epoch in range(1, 7):
+            good.report(0.9, epoch)
+        study.tell(good, 0.9)
+    lagging = study.ask()
+    lagging.report(0.0, 1)
+    assert not lagging.should_prune()  # after epoch 1 of a warmup of 2
+    if pruner == "median":  # the median pruner judges every epoch from the warmup's end on
+        lagging.report(0.0, 2)
+        assert lagging.should_prune()
+
+
+def test_a_worker_with_other_train_flags_is_refused_by_the_study(synth_root, tmp_path, capsys, monkeypatch):
+    """The study records the train flags it was started with (those that change what a trial
+    computes): a worker with others is refused before it joins; one that differs only in flags that
+    change nothing (--num-workers, logging) joins. (The trials' training is left out here.)"""
+    monkeypatch.setattr("camodet.tune.sweep.TrialRunner.__call__", lambda self, trial: 0.5)
+    out = tmp_path / "sweep"
+    args = [*sweep_args(synth_root, out, write_space(tmp_path / "space.yaml")), "--trials", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    bigger = [*args[: args.index("--img-size") + 1], "96", *args[args.index("--img-size") + 2 :]]
+    assert main([*bigger, "--seed", "7"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("camodet: error: --study camodet in ") and "other train flags" in error
+    assert "--img-size (96 here, 64 in the study)" in error and "(also --seed);" in error
+    assert "a new --study name" in error
+    assert len(trials_of(out)) == 1  # nothing joined
+    assert main([*args, "--num-workers", "1", "--tensorboard", "--image-every", "2"]) == 0
+    assert len(trials_of(out)) == 2
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_has_that_trial_resumed_by_the_next_sweep_and_nothing_rerun(
+    synth_root, tmp_path
+):
+    """kill -9 (a lost node, the OOM killer) inside a trial, after a finished one: the worker's
+    heartbeat stops, and the same sweep command run again fails the silent trial and queues it
+    with its settings and folder, resumes it from its last.pth, and trains nothing twice."""
+    out = tmp_path / "sweep"
+    args = sweep_args(synth_root, out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
+    args += ["--heartbeat", "1"]  # silent for 2 s: stale
+    first = worker([*args, "--trials", "2"])
+    wait_for_first_epoch(first, out, 1)
+    first.kill()  # SIGKILL: no handler runs, nothing is queued by the worker itself
+    log = first.communicate(timeout=60)[0].decode()
+    assert first.returncode == -signal.SIGKILL, log
+    finished = out / "trials" / "trial_0000"
+    before = {f: os.stat(finished / f).st_mtime_ns for f in os.listdir(finished)}
+    assert [t.state.name for t in trials_of(out)] == ["COMPLETE", "RUNNING"]  # until someone notices
+
+    again = worker([*args, "--trials", "1"])
+    log = again.communicate(timeout=600)[0].decode()
+    assert again.returncode == 0, log
+    states = {t.number: (t.state.name, os.path.basename(t.user_attrs["run_dir"])) for t in trials_of(out)}
+    assert states == {
+        0: ("COMPLETE", "trial_0000"),  # finished before the kill: not run again
+        1: ("FAIL", "trial_0001"),  # the killed attempt, failed by the next worker
+        2: ("COMPLETE", "trial_0001"),  # its retry, resumed in the same folder
+    }
+    assert "trial 2: resuming" in log and "(1 epoch(s) trained by an earlier attempt)" in log
+    assert epochs_in(out / "trials" / "trial_0001") == [1, 2]  # epoch 1 was not trained again
+    assert {f: os.stat(finished / f).st_mtime_ns for f in os.listdir(finished)} == before
+    assert sorted(os.listdir(out / "trials")) == ["trial_0000", "trial_0001"]
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_mid_training_ends_the_worker_in_one_line_and_the_next_sweep_resumes_it(
+    synth_root, tmp_path
+):
+    """The training images become unreadable inside a trial, after its first epoch (a network
+    share gone): the worker ends with the error in one line, no traceback, and queues the trial
+    again; once the files are back, the same sweep command resumes it from its last.pth."""
+    data = tmp_path / "COD10K-v3"
+    shutil.copytree(synth_root, data)
+    out = tmp_path / "sweep"
+    args = sweep_args(str(data), out, write_space(tmp_path / "space.yaml"), epochs=2, stage1=1)
+    first = worker([*args, "--trials", "1"])
+    wait_for_first_epoch(first, out, 0)
+    images = sorted(glob.glob(str(data / "Train" / "Image" / "*")))
+    kept = {path: open(path, "rb").read() for path in images}
+    for path in images:
+        open(path, "wb").write(b"not an image")
+    log = first.communicate(timeout=300)[0].decode()
+    assert first.returncode == 2, log
+    assert "Traceback" not in log, log
+    (error,) = [line for line in log.splitlines() if "unreadable image" in line]  # said once
+    assert error.startswith("camodet: error: ") and "Train/Image/" in error
+    assert "trial 0 failed and is queued again: the same sweep command resumes it from its last.pth" in log
+    for path, content in kept.items():
+        open(path, "wb").write(content)
+
+    again = worker([*args, "--trials", "1"])
+    log = again.communicate(timeout=600)[0].decode()
+    assert again.returncode == 0, log
+    states = {t.number: (t.state.name, os.path.basename(t.user_attrs["run_dir"])) for t in trials_of(out)}
+    assert states == {0: ("FAIL", "trial_0000"), 1: ("COMPLETE", "trial_0000")}
+    assert "trial 1: resuming" in log and epochs_in(out / "trials" / "trial_0000") == [1, 2]
