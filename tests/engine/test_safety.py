@@ -1,5 +1,6 @@
 """Fault injection: each test fails if the protection it names is removed."""
 
+import errno
 import glob
 import math
 import os
@@ -301,3 +302,45 @@ def test_another_tools_weights_are_named_with_the_way_out(synth_root, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"camodet: error: {foreign}: not a camodet checkpoint") and "\n" not in err
         assert err.endswith("go to --pretrained-path)")
+
+
+def test_a_full_disk_mid_run_keeps_the_previous_checkpoints_and_resumes(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    # Saves of tiny_args: epoch 1 writes last.pth (1) and best_model.pth (2); epoch 2's last.pth is the 3rd.
+    import camodet.runs.checkpoint as checkpoint
+
+    real_save, saves = torch.save, [0]
+
+    def save_until_the_disk_fills(obj, fh, *args, **kwargs):
+        saves[0] += 1
+        if saves[0] == 3:
+            fh.write(b"PK\x03\x04 the start of a checkpoint")  # some bytes reach the disk first
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
+    run = tmp_path / "run"
+    assert main(["train", *tiny_args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"camodet: error: could not write {run / 'last.pth'}"), err
+    assert (
+        "No space left on device" in err[0]
+        and "free" in err[0]
+        and f"--resume-from {run / 'last.pth'}" in err[0]
+    )
+    assert sorted(os.listdir(run)) == [
+        "best_model.pth",
+        "config.yaml",
+        "last.pth",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
+    assert (
+        load_checkpoint(run / "last.pth")["epoch"] == 1
+        and load_checkpoint(run / "best_model.pth")["epoch"] == 1
+    )
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)  # space freed
+    assert main(["train", *tiny_args, "--resume-from", str(run / "last.pth")]) == 0
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    assert [e["epoch"] for e in events(run, "epoch")] == [1, 2]
