@@ -803,6 +803,7 @@ USAGE_ERRORS = {
     "camodet.serving.export": "ExportError",
     "camodet.serving.fetch": "HubError",
     "camodet.serving.app": "AppError",
+    "camodet.launch": "ProcessFailure",
 }
 DIVERGED_ERRORS = {"camodet.engine.guard": "DivergenceError"}
 

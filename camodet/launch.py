@@ -11,12 +11,30 @@ threads."""
 
 import os
 import re
+import signal
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from .models.device import resolve_device
+
+
+class ProcessFailure(RuntimeError):
+    """A process this command runs beside or started (a metric worker, a data-loader worker,
+    another process of the launch) died or failed; the message names it and what to do."""
+
+
+def exit_status(code: int | None) -> str:
+    """How a child process ended, from its exit code (negative: the signal that ended it)."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)
