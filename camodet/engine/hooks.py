@@ -77,22 +77,23 @@ class Checkpointer:
                 atomic_save(last, folder.best)
 
 
+def where_to_resume(last: str) -> str:
+    """What a run that failed says about going on once the cause is fixed: from the last.pth
+    on disk (whichever epoch it holds; a failed save left the previous one), else from scratch."""
+    if not os.path.isfile(last):
+        return "no epoch was saved yet: then run it again"
+    return f"then --resume-from {last} continues after epoch {load_checkpoint(last, mmap=True)['epoch']}"
+
+
 @contextlib.contextmanager
 def resume_hint_on_write_error(last: str):
-    """A checkpoint write that failed (atomic_save left the file as it was) says where the run
-    can go on from once the cause is fixed: the last.pth on disk, whichever epoch it holds."""
+    """A checkpoint write that failed (atomic_save left the file as it was) says where to go on from."""
     try:
         yield
     except CheckpointError as e:
         if e.kind != "write":
             raise
-        if os.path.isfile(last):
-            then = (
-                f"then --resume-from {last} continues after epoch {load_checkpoint(last, mmap=True)['epoch']}"
-            )
-        else:
-            then = "no epoch was saved yet: then run again"
-        raise CheckpointError(f"{e}; {then}", "write") from None
+        raise CheckpointError(f"{e}; {where_to_resume(last)}", "write") from None
 
 
 class MetricsLogger:

@@ -4,6 +4,7 @@ import errno
 import glob
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -344,3 +345,61 @@ def test_a_full_disk_mid_run_keeps_the_previous_checkpoints_and_resumes(
     assert main(["train", *tiny_args, "--resume-from", str(run / "last.pth")]) == 0
     assert load_checkpoint(run / "last.pth")["epoch"] == 2
     assert [e["epoch"] for e in events(run, "epoch")] == [1, 2]
+
+
+@pytest.mark.parametrize("fault", ["kill", "corrupt"])
+def test_a_loader_worker_killed_or_raising_mid_epoch_ends_the_run_in_one_line_and_resumes(
+    synth_root, tmp_path, monkeypatch, capsys, fault
+):
+    """The loader worker of epoch 2 (a fork of this process, so it runs the patched dataset)
+    gets SIGKILL, as from the out-of-memory killer, or meets an image that has just become
+    unreadable, at its 9th sample (of 19): epoch 1's last.pth stays and the run goes on from it."""
+    import shutil
+
+    import camodet.data.dataset as dataset
+    from camodet.data.dataset import index_seed
+
+    from ..conftest import tiny_flags, truncate
+
+    root = tmp_path / "COD10K-v3"
+    shutil.copytree(synth_root, root)
+    run = tmp_path / "run"
+    args = ["train", *tiny_flags(str(root), run), "--num-workers", "1"]
+    real_getitem, fetched, spoilt = dataset.CODDataset.__getitem__, [0], []
+
+    def getitem(self, key):
+        index, seed = key if self.train else (key, None)
+        if seed == index_seed(1, 2, index):  # epoch 2 of seed 1 (tiny_flags)
+            fetched[0] += 1  # in the worker: a fresh fork of this process each epoch
+            if fetched[0] == 9 and fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fetched[0] == 9:
+                spoilt.append(self.samples[index].image)
+                truncate(spoilt[-1])
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(dataset.CODDataset, "__getitem__", getitem)
+    started = time.monotonic()
+    assert main(args) == 2
+    assert time.monotonic() - started < 120
+    err = capsys.readouterr().err.strip().splitlines()
+    said = {
+        "kill": r"DataLoader worker \(pid.*\d+\) (is killed by signal: Killed|exited unexpectedly): "
+        r"the out-of-memory killer .*--num-workers",
+        "corrupt": r"Train/Image/.*\.jpg: unreadable image .*; replace it or use --skip-bad-files$",
+    }[fault]
+    assert len(err) == 1 and re.search(said, err[0]), err
+    if fault == "kill":
+        assert err[0].endswith(f"then --resume-from {run / 'last.pth'} continues after epoch 1")
+    assert not [f for f in os.listdir(run) if f.startswith(".")]
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1 and [e["epoch"] for e in events(run, "epoch")] == [
+        1
+    ]
+    for f in glob.glob(str(root / "Train" / "Image" / "*")):  # the file replaced, as the message says
+        shutil.copy(os.path.join(synth_root, "Train", "Image", os.path.basename(f)), f)
+    monkeypatch.undo()
+    assert main([*args, "--resume-from", "auto"]) == 0
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2 and [e["epoch"] for e in events(run, "epoch")] == [
+        1,
+        2,
+    ]
