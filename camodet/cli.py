@@ -149,7 +149,10 @@ def _evaluate(args) -> int:
 
     curves: dict | None = {} if args.curves else None
     worst = WorstImages(args.worst) if args.worst is not None else None
-    d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
+    # under torchrun or srun: this process's share, on its own GPU
+    d, device = start(
+        args.device, rerun="evaluate writes nothing before the end: run it again once the cause is fixed."
+    )
     if args.preds_dir:
         results = evaluate_preds_dir(
             args.preds_dir, args.dataset_path, args.minmax, curves, worst, args.workers, d
@@ -234,7 +237,10 @@ def _predict(args) -> int:
     images = [i for i in inputs if i not in videos and i not in folders]
     from .launch import Shard, gather_objects, shutdown, start
 
-    d, device = start(args.device)  # under torchrun or srun: this process's share, on its own GPU
+    # under torchrun or srun: this process's share, on its own GPU
+    d, device = start(
+        args.device, rerun="The outputs written so far stay: --skip-existing does only the rest."
+    )
     predictor = load_predictor(
         args.checkpoint,
         weights=args.weights,
@@ -803,6 +809,7 @@ USAGE_ERRORS = {
     "camodet.serving.export": "ExportError",
     "camodet.serving.fetch": "HubError",
     "camodet.serving.app": "AppError",
+    "camodet.launch": "ProcessFailure",
 }
 DIVERGED_ERRORS = {"camodet.engine.guard": "DivergenceError"}
 

@@ -7,16 +7,39 @@ consecutive inputs in their stable sorted order, dealt round-robin, so every inp
 one share. With the block a batch, each process forms the batches one process would have formed,
 so every image gets the same numbers; videos and frame sequences are dealt whole (block 1 over
 clips). start() is their per-process setup: its own GPU (LOCAL_RANK), or its part of the CPU's
-threads."""
+threads, and the watch (PeerWatch) that ends them all when one of them goes."""
 
+import atexit
+import contextlib
+import datetime
 import os
 import re
-from dataclasses import dataclass
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 
 from .models.device import resolve_device
+
+
+class ProcessFailure(RuntimeError):
+    """A process this command runs beside or started (a metric worker, a data-loader worker,
+    another process of the launch) died or failed; the message names it and what to do."""
+
+
+def exit_status(code: int | None) -> str:
+    """How a child process ended, from its exit code (negative: the signal that ended it)."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)
@@ -28,6 +51,8 @@ class Dist:
     local_rank: int = 0
     local_world: int = 1  # processes on this node
     launcher: str = "single"  # single | torchrun | srun
+    # sharded predict and evaluate: the thread that watches the other processes (start())
+    watch: "PeerWatch | None" = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -121,7 +146,8 @@ def gather_objects(obj, d: Dist) -> list:
     if not d.enabled:
         return [obj]
     out = [None] * d.world
-    dist.all_gather_object(out, obj)
+    with _peers_watched(d):
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -130,18 +156,137 @@ def broadcast_object(obj, d: Dist):
     if not d.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with _peers_watched(d):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def barrier(d: Dist) -> None:
     if d.enabled:
-        dist.barrier()
+        with _peers_watched(d):
+            dist.barrier()
 
 
 def shutdown(d: Dist) -> None:
+    if d.watch is not None:
+        d.watch.close()
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _peers_watched(d: Dist):
+    """A collective that fails because a process has gone: the watch, which sees the same broken
+    connection, names the process and ends this one; the collective's own error is left to it."""
+    try:
+        yield
+    except RuntimeError:
+        if d.watch is not None:
+            d.watch.thread.join(PEER_TIMEOUT.total_seconds() + 10)
+        raise
+
+
+# Sharded predict and evaluate watch each other: a process that dies (kill -9, the out-of-memory
+# killer) or fails ends them all within seconds, in one line naming it, whatever they are doing.
+# The simpler ways fall short: a short timeout on the process group would also end a healthy
+# launch, whose collectives wait for the slowest process (a long video ends one process's share
+# long after the others); torchrun's agent ends the processes of its own node when one dies, but
+# srun starts them without an agent, and another node's agent knows nothing of it; gloo notices a
+# process that has gone only at the next collective, maybe a whole share of the inputs later, and
+# NCCL not before its own timeout. So a thread on each process, with a small gloo group of its
+# own, tells process 0 every HEARTBEAT_S that it is there (and whether it is done), and process 0
+# answers everyone; a process that has gone breaks its connection at once (one that hangs shows
+# after PEER_TIMEOUT), process 0 names it and tells the others, and each ends with EXIT_PEER_LOST.
+HEARTBEAT_S = 1.0
+PEER_TIMEOUT = datetime.timedelta(seconds=60)
+EXIT_PEER_LOST = 2  # the CLI's exit code for a failure the user acts on
+WORKING, DONE = 0, 1  # what a process says of itself
+GO, STOP = -1, -2  # process 0's answer to everyone; a rank (>= 0): that process has gone
+ANSWER_TIMEOUT = datetime.timedelta(seconds=5)  # for the others to hear which one has gone
+
+
+class PeerWatch:
+    """The watch of one process of a sharded launch (see above). `close()` once the work is
+    through (every process calls it): the watch ends when every process has. A process that
+    exits otherwise (an error) lets its watch finish the round it is in first, as gloo aborts
+    the process when it is torn down with a message still on its way."""
+
+    def __init__(self, d: Dist, rerun: str):
+        self.d, self.rerun = d, rerun
+        self.group = dist.new_group(backend="gloo", timeout=PEER_TIMEOUT)
+        self.done, self.leaving = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="camodet-peers", daemon=True)
+        self.thread.start()
+        atexit.register(self._leave)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+        atexit.unregister(self._leave)
+        dist.destroy_process_group(self.group)
+
+    def _leave(self) -> None:
+        self.leaving.set()
+        self.thread.join(2 * PEER_TIMEOUT.total_seconds())
+
+    def _watch(self) -> None:
+        # Process 0 waits for the others' word all the time (so it sees a broken connection at
+        # once); the others speak every HEARTBEAT_S, and as fast as they can once done.
+        while not self.leaving.is_set() and self._round() != STOP:
+            if not self.d.is_main and not self.done.is_set():
+                self.leaving.wait(HEARTBEAT_S)
+
+    def _round(self) -> int:
+        return self._hear_everyone() if self.d.is_main else self._report()
+
+    def _hear_everyone(self) -> int:
+        """Process 0: every other process's word, then the answer to each of them."""
+        others = range(1, self.d.world)
+        words = {r: torch.zeros(1, dtype=torch.int64) for r in others}
+        gone = [r for r in others if not self._exchange(dist.irecv, words[r], r)]
+        done = self.done.is_set() and all(int(words[r]) == DONE for r in others)
+        answer = gone[0] if gone else STOP if done else GO
+        if gone:  # said first: torchrun's agent may end this process as soon as it sees one gone
+            self._say(f"process {gone[0]} of {self.d.world} of this launch stopped before the end")
+        for r in others:
+            if r not in gone:
+                self._exchange(
+                    dist.isend, torch.tensor([answer]), r, ANSWER_TIMEOUT if gone else PEER_TIMEOUT
+                )
+        if gone:
+            os._exit(EXIT_PEER_LOST)
+        return answer
+
+    def _report(self) -> int:
+        """Any other process: its word to process 0, and process 0's answer (an answer naming
+        another process: process 0 has said so, and this one just ends)."""
+        word = torch.tensor([DONE if self.done.is_set() else WORKING])
+        answer = torch.zeros(1, dtype=torch.int64)
+        # longer than process 0 waits for a silent process: its answer naming that one comes first
+        if not (
+            self._exchange(dist.isend, word, 0) and self._exchange(dist.irecv, answer, 0, 2 * PEER_TIMEOUT)
+        ):
+            self._say(f"process 0 of {self.d.world} of this launch stopped before the end")
+            os._exit(EXIT_PEER_LOST)
+        if int(answer) >= 0:
+            os._exit(EXIT_PEER_LOST)
+        return int(answer)
+
+    def _exchange(
+        self, op, tensor: torch.Tensor, peer: int, timeout: datetime.timedelta = PEER_TIMEOUT
+    ) -> bool:
+        """Send or receive one number; False when the peer has gone (a broken connection) or is silent."""
+        try:
+            return bool(op(tensor, peer, group=self.group).wait(timeout))
+        except RuntimeError:
+            return False
+
+    def _say(self, what: str) -> None:
+        sys.stderr.write(
+            f"camodet: error: {what} (it failed, as its own message says, or was killed); ending "
+            f"this one too. {self.rerun}\n"
+        )
+        sys.stderr.flush()
 
 
 @dataclass(frozen=True)
@@ -161,10 +306,12 @@ class Shard:
         return [i for i in range(count) if (i // block) % self.world == self.rank]
 
 
-def start(device: str) -> tuple[Dist, torch.device]:
+def start(device: str, rerun: str = "") -> tuple[Dist, torch.device]:
     """Join the launch (a process group when there are several processes: gloo on the CPU)
     and pick this process's device; on the CPU the processes of a node split its cores, as
-    `torch` would otherwise give each of them all of them and they would fight over them."""
+    `torch` would otherwise give each of them all of them and they would fight over them.
+    Several processes watch each other (PeerWatch; shutdown() ends the watch); `rerun`: what
+    its one line says the user can do after one of them went."""
     d = init("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     own = own_device(device, d)
     if d.enabled and own.type == "cpu":
@@ -174,4 +321,6 @@ def start(device: str) -> tuple[Dist, torch.device]:
         import cv2
 
         cv2.setNumThreads(threads)
+    if d.enabled:
+        d = replace(d, watch=PeerWatch(d, rerun))
     return d, own

@@ -4,13 +4,16 @@ appends the epoch's record to metrics.jsonl and TensorBoard; the ConsoleReporter
 epoch's line and any new advice. The Trainer calls `after_epoch(trainer, result)` on each, in
 that order, on rank 0. RunHistory is the run's metrics.jsonl, kept in memory for the advice."""
 
+import contextlib
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 from ..runs import history
-from ..runs.checkpoint import atomic_save
+from ..runs.checkpoint import atomic_save, load_checkpoint
+from ..runs.errors import CheckpointError
 from ..runs.folder import BEST_METRIC
 from ..runs.health import new_advice
 from .monitor import peak_memory_mb
@@ -49,14 +52,16 @@ class RunHistory:
 
 
 class Checkpointer:
-    """last.pth every epoch (and at a stop inside one), keep-last copies, best_model.pth on a new best."""
+    """last.pth every epoch (and at a stop inside one), keep-last copies, best_model.pth on a new best.
+    A write that fails (a full disk) ends the run saying which file and how to go on from there."""
 
     def save(self, trainer, path: str, progress: EpochProgress | None = None) -> dict:
         started = time.monotonic()
         ckpt = trainer.checkpoint.state_dict(
             trainer.stage, progress.to_dict() if progress is not None else None
         )
-        atomic_save(ckpt, path)
+        with resume_hint_on_write_error(trainer.folder.last):
+            atomic_save(ckpt, path)
         stop = trainer.stop  # what --time-limit keeps back for a save:
         stop.save_seconds = max(stop.save_seconds, time.monotonic() - started)
         return ckpt
@@ -65,10 +70,30 @@ class Checkpointer:
         folder, keep = trainer.folder, trainer.cfg.run.keep_last
         trainer.watchdog.beat(f"saving checkpoints of epoch {result.epoch}")
         last = self.save(trainer, folder.last)
-        if keep > 0:
-            folder.keep_last(result.epoch, keep, functools.partial(atomic_save, last))
-        if result.improved:
-            atomic_save(last, folder.best)
+        with resume_hint_on_write_error(folder.last):
+            if keep > 0:
+                folder.keep_last(result.epoch, keep, functools.partial(atomic_save, last))
+            if result.improved:
+                atomic_save(last, folder.best)
+
+
+def where_to_resume(last: str) -> str:
+    """What a run that failed says about going on once the cause is fixed: from the last.pth
+    on disk (whichever epoch it holds; a failed save left the previous one), else from scratch."""
+    if not os.path.isfile(last):
+        return "no epoch was saved yet: then run it again"
+    return f"then --resume-from {last} continues after epoch {load_checkpoint(last, mmap=True)['epoch']}"
+
+
+@contextlib.contextmanager
+def resume_hint_on_write_error(last: str):
+    """A checkpoint write that failed (atomic_save left the file as it was) says where to go on from."""
+    try:
+        yield
+    except CheckpointError as e:
+        if e.kind != "write":
+            raise
+        raise CheckpointError(f"{e}; {where_to_resume(last)}", "write") from None
 
 
 class MetricsLogger:

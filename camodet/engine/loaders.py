@@ -1,8 +1,10 @@
 """Samplers and loaders: data order and augmentation are pure functions of
 (seed, epoch, index), split across processes."""
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import TrainConfig
 from ..data.dataset import CODDataset, collate, index_seed
 from ..data.normalization import Normalization
+from ..launch import ProcessFailure
 from ..models import backbone_normalization
 from ..runs.checkpoint import load_checkpoint
 
@@ -28,6 +31,34 @@ def input_normalization(cfg: TrainConfig, resume_ckpt: dict | None = None) -> No
         norm, source = backbone_normalization(cfg.model.backbone), f"{cfg.model.backbone}'s pretrained config"
     log.info(f"input normalisation: {norm} ({source})")
     return norm
+
+
+# How torch's DataLoader words the RuntimeError of a worker that died: "DataLoader worker (pid
+# 12) is killed by signal: Killed." from its SIGCHLD handler, "DataLoader worker (pid(s) 12)
+# exited unexpectedly" when it finds the worker gone first; SIGKILL reads as either.
+TORCH_WORKER_DIED = "DataLoader worker (pid"
+KILLED = ("signal: Killed", "exited unexpectedly")
+
+
+@contextlib.contextmanager
+def loader_worker_failures(then: Callable[[], str]):
+    """A data-loader worker that dies (the out-of-memory killer, kill -9) ends the run in one
+    line, `then()` saying where to go on from. torch raises a plain RuntimeError for it, from its
+    SIGCHLD handler wherever the main thread is (a step, validation, a save), so it is told by
+    torch's words; a worker whose code raises comes back as that error (a DataError: one line)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not str(e).startswith(TORCH_WORKER_DIED):
+            raise
+        what = str(e).strip().splitlines()[0].rstrip(". ")
+        fix = (
+            "the out-of-memory killer ends processes so; lower --num-workers (each holds prefetched "
+            "batches) or --batch-size, or give the machine more memory"
+            if any(k in what for k in KILLED)
+            else "--num-workers 0 loads the data in this process, where the cause shows"
+        )
+        raise ProcessFailure(f"{what}: {fix}; {then()}") from None
 
 
 # On the CPU the model's compute threads use every core; a loader worker takes its cycles from

@@ -40,9 +40,16 @@ from ..runs.resume import open_resume, settle_best
 from ..tracking.hook import TrackerHook
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
-from .hooks import Checkpointer, ConsoleReporter, EpochResult, MetricsLogger, RunHistory
+from .hooks import Checkpointer, ConsoleReporter, EpochResult, MetricsLogger, RunHistory, where_to_resume
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
-from .loaders import EpochSampler, input_normalization, resolve_workers, train_loader, val_loader
+from .loaders import (
+    EpochSampler,
+    input_normalization,
+    loader_worker_failures,
+    resolve_workers,
+    train_loader,
+    val_loader,
+)
 from .monitor import TensorBoard
 from .optim import build_optimizer, set_lrs
 from .schedule import Plan, make_plan, uncertainty_weight
@@ -157,7 +164,8 @@ class Trainer:
     def run(self) -> RunState:
         """The loop: for each epoch, enter its stage, train the pass (rolling back on
         divergence), end the epoch (validate, best, hooks: save, record, report), stop if asked."""
-        with self.stop, self.watchdog, self.tb, self.trackers:
+        dead_worker = loader_worker_failures(functools.partial(where_to_resume, self.folder.last))
+        with dead_worker, self.stop, self.watchdog, self.tb, self.trackers:
             self.before_train()
             for epoch in range(self.first_epoch, self.plan.epochs + 1):
                 self.watchdog.beat(f"start of epoch {epoch}")

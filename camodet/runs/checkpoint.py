@@ -3,6 +3,7 @@
 training state objects saved under the file's keys and restored from them, each with its
 own state_dict/load_state_dict (in the manner of torchtitan's CheckpointManager)."""
 
+import errno
 import math
 import os
 import pickle
@@ -29,11 +30,14 @@ def _umask() -> int:
 
 def atomic_save(obj: dict, path: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`: a crash
-    at any point leaves either the old file or the new one, never a torn one."""
+    at any point leaves either the old file or the new one, never a torn one. A write that
+    fails (a full disk, no permission) removes its temp file and raises a CheckpointError that
+    names the file and the fix."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
         # mkstemp makes the file private (0600) and os.replace keeps that: give it the mode any
         # other file written here gets, so a team's shared run folder stays readable.
         os.fchmod(fd, 0o666 & ~_umask())
@@ -43,14 +47,10 @@ def atomic_save(obj: dict, path: str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise CheckpointError(
-                f"could not write {path} ({e.strerror or e}); the previous file "
-                f"is untouched; free disk space or fix permissions",
-                "write",
-            ) from None
+            raise CheckpointError(write_failure(path, e), "write") from None
         raise
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -60,6 +60,18 @@ def atomic_save(obj: dict, path: str) -> None:
             os.close(dir_fd)
     except OSError:
         pass  # some filesystems cannot fsync a directory; the rename itself is atomic
+
+
+def write_failure(path: str, e: OSError) -> str:
+    """Why `path` could not be written, and the fix, in one line."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"the disk (or quota) holding {folder} is full: free space there"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"{folder} is not writable: fix its permissions or write elsewhere"
+    else:
+        fix = "free disk space or fix permissions"
+    return f"could not write {path} ({e.strerror or e}); the previous file is untouched; {fix}"
 
 
 def load_checkpoint(path: str, mmap: bool = False) -> dict:

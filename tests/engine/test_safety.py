@@ -1,8 +1,10 @@
 """Fault injection: each test fails if the protection it names is removed."""
 
+import errno
 import glob
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,3 +303,103 @@ def test_another_tools_weights_are_named_with_the_way_out(synth_root, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"camodet: error: {foreign}: not a camodet checkpoint") and "\n" not in err
         assert err.endswith("go to --pretrained-path)")
+
+
+def test_a_full_disk_mid_run_keeps_the_previous_checkpoints_and_resumes(
+    tiny_args, tmp_path, monkeypatch, capsys
+):
+    # Saves of tiny_args: epoch 1 writes last.pth (1) and best_model.pth (2); epoch 2's last.pth is the 3rd.
+    import camodet.runs.checkpoint as checkpoint
+
+    real_save, saves = torch.save, [0]
+
+    def save_until_the_disk_fills(obj, fh, *args, **kwargs):
+        saves[0] += 1
+        if saves[0] == 3:
+            fh.write(b"PK\x03\x04 the start of a checkpoint")  # some bytes reach the disk first
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
+    run = tmp_path / "run"
+    assert main(["train", *tiny_args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"camodet: error: could not write {run / 'last.pth'}"), err
+    assert (
+        "No space left on device" in err[0]
+        and "free" in err[0]
+        and f"--resume-from {run / 'last.pth'}" in err[0]
+    )
+    assert sorted(os.listdir(run)) == [
+        "best_model.pth",
+        "config.yaml",
+        "last.pth",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
+    assert (
+        load_checkpoint(run / "last.pth")["epoch"] == 1
+        and load_checkpoint(run / "best_model.pth")["epoch"] == 1
+    )
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)  # space freed
+    assert main(["train", *tiny_args, "--resume-from", str(run / "last.pth")]) == 0
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2
+    assert [e["epoch"] for e in events(run, "epoch")] == [1, 2]
+
+
+@pytest.mark.parametrize("fault", ["kill", "corrupt"])
+def test_a_loader_worker_killed_or_raising_mid_epoch_ends_the_run_in_one_line_and_resumes(
+    synth_root, tmp_path, monkeypatch, capsys, fault
+):
+    """The loader worker of epoch 2 (a fork of this process, so it runs the patched dataset)
+    gets SIGKILL, as from the out-of-memory killer, or meets an image that has just become
+    unreadable, at its 9th sample (of 19): epoch 1's last.pth stays and the run goes on from it."""
+    import shutil
+
+    import camodet.data.dataset as dataset
+    from camodet.data.dataset import index_seed
+
+    from ..conftest import tiny_flags, truncate
+
+    root = tmp_path / "COD10K-v3"
+    shutil.copytree(synth_root, root)
+    run = tmp_path / "run"
+    args = ["train", *tiny_flags(str(root), run), "--num-workers", "1"]
+    real_getitem, fetched, spoilt = dataset.CODDataset.__getitem__, [0], []
+
+    def getitem(self, key):
+        index, seed = key if self.train else (key, None)
+        if seed == index_seed(1, 2, index):  # epoch 2 of seed 1 (tiny_flags)
+            fetched[0] += 1  # in the worker: a fresh fork of this process each epoch
+            if fetched[0] == 9 and fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fetched[0] == 9:
+                spoilt.append(self.samples[index].image)
+                truncate(spoilt[-1])
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(dataset.CODDataset, "__getitem__", getitem)
+    started = time.monotonic()
+    assert main(args) == 2
+    assert time.monotonic() - started < 120
+    err = capsys.readouterr().err.strip().splitlines()
+    said = {
+        "kill": r"DataLoader worker \(pid.*\d+\) (is killed by signal: Killed|exited unexpectedly): "
+        r"the out-of-memory killer .*--num-workers",
+        "corrupt": r"Train/Image/.*\.jpg: unreadable image .*; replace it or use --skip-bad-files$",
+    }[fault]
+    assert len(err) == 1 and re.search(said, err[0]), err
+    if fault == "kill":
+        assert err[0].endswith(f"then --resume-from {run / 'last.pth'} continues after epoch 1")
+    assert not [f for f in os.listdir(run) if f.startswith(".")]
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1 and [e["epoch"] for e in events(run, "epoch")] == [
+        1
+    ]
+    for f in glob.glob(str(root / "Train" / "Image" / "*")):  # the file replaced, as the message says
+        shutil.copy(os.path.join(synth_root, "Train", "Image", os.path.basename(f)), f)
+    monkeypatch.undo()
+    assert main([*args, "--resume-from", "auto"]) == 0
+    assert load_checkpoint(run / "last.pth")["epoch"] == 2 and [e["epoch"] for e in events(run, "epoch")] == [
+        1,
+        2,
+    ]

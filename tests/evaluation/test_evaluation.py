@@ -338,3 +338,65 @@ def test_saved_maps_are_one_runs_whole(tiny_checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--save-preds {afile}: exists and is not a folder" in err[0], err
     assert afile.read_bytes() == b"a file"
+
+
+# evaluate with the metric function replaced by one that, in the worker scoring image FAULT_AT,
+# kills its own process (the out-of-memory killer's SIGKILL) or raises (a bug in the metric code).
+METRIC_FAULT = """
+import os, signal, sys
+import camodet.evaluation.protocol as protocol
+from camodet.cli import main
+
+real = protocol._score_map
+
+def faulty_score_map(pred, gt, name, normalise):
+    if name == os.environ["FAULT_AT"]:
+        if os.environ["FAULT"] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise ValueError("the metric code broke")
+    return real(pred, gt, name, normalise)
+
+protocol._score_map = faulty_score_map  # also in each spawned worker, which runs this file first
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fault, says",
+    [
+        ("kill", r"metric worker \d \(pid \d+\) was killed by SIGKILL while scoring; .*fewer --workers"),
+        ("raise", r"metric worker \d \(pid \d+\) failed: ValueError: the metric code broke; --workers 0"),
+    ],
+)
+def test_a_metric_worker_that_dies_or_raises_ends_evaluate_with_one_line(
+    tiny_checkpoint, synth_root, tmp_path, fault, says
+):
+    import re
+    import subprocess
+    import sys
+
+    script = tmp_path / "metric_fault.py"
+    script.write_text(METRIC_FAULT)
+    third = split_by_dataset([synth_root])["COD10K"][2].name
+    preds, out = tmp_path / "preds", tmp_path / "out"
+    args = ["evaluate", str(tiny_checkpoint), "--dataset-path", synth_root, "--num-workers", "0"]
+    args += ["--batch-size", "2", "--workers", "2", "--save-preds", str(preds), "--out", str(out)]
+    env = {**os.environ, "FAULT": fault, "FAULT_AT": third}
+    # a lost task used to leave evaluate waiting for ever: the timeout fails the test
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and re.search(says, err[0]), proc.stderr[-3000:]
+    assert not out.exists()  # no table from part of the images
+    for f in os.listdir(preds / "COD10K"):  # the maps it saved are whole
+        Image.open(preds / "COD10K" / f).load()
+    if fault == "raise":
+        return
+    env["FAULT_AT"] = "none"  # the memory is back: the rerun scores every image
+    again = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.load(open(out / "metrics.json"))["COD10K"]["images"] == 6

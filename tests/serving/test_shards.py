@@ -145,3 +145,67 @@ def test_skip_existing_after_a_killed_run_does_only_the_rest(tiny_checkpoint, sy
     )
     assert all(os.stat(out / "masks" / f).st_mtime_ns == kept[f] for f in complete)
     assert len([f for f in os.listdir(out / "masks") if not f.startswith(".")]) == 24
+
+
+# predict with write_outputs replaced: at its 2nd image, the process FAULT_RANK kills itself (the
+# out-of-memory killer's SIGKILL) while the other one is in the middle of a long share.
+RANK_FAULT = """
+import os, signal, sys, time
+import camodet.serving.predict as predict
+from camodet.cli import main
+
+real, calls = predict.write_outputs, [0]
+
+def write_outputs(*args):
+    calls[0] += 1
+    if calls[0] == 2 and os.environ["RANK"] == os.environ["FAULT_RANK"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if calls[0] == 2:
+        time.sleep(600)  # a share that would take ten minutes more
+    return real(*args)
+
+predict.write_outputs = write_outputs
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_run_ends_the_others_at_once_and_skip_existing_does_the_rest(
+    tiny_checkpoint, synth_root, tmp_path, capsys
+):
+    """Two processes started as srun starts them, without torchrun's agent to end the others."""
+    script = tmp_path / "rank_fault.py"
+    script.write_text(RANK_FAULT)
+    images, out = os.path.join(synth_root, "Train", "Image"), tmp_path / "out"
+    cmd = [PYTHON, str(script), "predict", str(tiny_checkpoint), images, "--out", str(out)]
+    cmd += ["--batch-size", "1", "--num-workers", "0"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FAULT_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    env.update(MASTER_PORT="29575", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    ranks = [
+        subprocess.Popen(
+            cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True
+        )
+        for r in range(2)
+    ]
+    try:  # without the watch, process 0 went on with its share (and then waited in a collective)
+        errs = [p.communicate(timeout=120)[1] for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()  # a no-op for a process that has ended
+    assert [p.returncode for p in ranks] == [2, -signal.SIGKILL], errs
+    assert errs[0].strip().splitlines() == [
+        "camodet: error: process 1 of 2 of this launch stopped before the end (it failed, as its own "
+        "message says, or was killed); ending this one too. The outputs written so far stay: "
+        "--skip-existing does only the rest."
+    ]
+    complete = {
+        f: os.stat(out / "masks" / f).st_mtime_ns
+        for f in os.listdir(out / "masks")
+        if not f.startswith(".") and (out / "cutouts" / f).exists()
+    }
+    assert len(complete) == 2  # each process's first image
+    for f in complete:
+        Image.open(out / "masks" / f).load()
+    assert main(["predict", str(tiny_checkpoint), images, "--out", str(out), "--skip-existing"]) == 0
+    assert "wrote masks, probs, overlays and cutouts of 22 of 24" in capsys.readouterr().out
+    assert all(os.stat(out / "masks" / f).st_mtime_ns == mtime for f, mtime in complete.items())

@@ -86,6 +86,7 @@ class ZoomDecoder(Decoder):
         self.add_side_heads(c, len(self.levels) - 1 if cfg.deep_supervision else 0)
 
     def forward(self, pyramids: list[list[torch.Tensor]]) -> DecoderOutput:
+        """Merge the three scales per level, then decode from the deepest level up."""
         small, main, large = ([lat(p[i]) for lat, i in zip(self.lateral, self.levels)] for p in pyramids)
         fused = [self.run(m, s, x, b) for m, s, x, b in zip(self.merge, small, main, large)]
         x, decoded = None, []
