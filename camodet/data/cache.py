@@ -8,6 +8,8 @@ import logging
 import os
 import shutil
 from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 import cv2
@@ -52,6 +54,22 @@ def _write_one(job) -> str | None:
     return None
 
 
+def _write_all(jobs: list, workers: int) -> list[str | None]:
+    """_write_one over the jobs, in `workers` forked processes (0: here). A process pool, not
+    multiprocessing.Pool: Pool replaces a worker the out-of-memory killer ends and waits for its
+    lost task for ever, where the executor stops with BrokenProcessPool, said here in one line."""
+    if workers <= 0:
+        return [_write_one(j) for j in jobs]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            return list(pool.map(_write_one, jobs, chunksize=8))
+    except BrokenProcessPool:
+        raise DataError(
+            f"cache: a process writing the cache died (the out-of-memory killer, or killed); nothing was "
+            f"kept: run again with fewer --num-workers (they write the cache: {workers} now) or more memory"
+        ) from None
+
+
 def cached_samples(
     samples: list[Sample], img_size: int, cache_dir: str, workers: int, skip_bad_files: bool = False
 ) -> list[Sample]:
@@ -65,11 +83,11 @@ def cached_samples(
         side = int(round(img_size * HEADROOM))
         jobs = [(i, s, side, tmp) for i, s in enumerate(samples)]
         log.info(f"cache: writing {len(samples)} pre-resized samples to {folder} (once)")
-        if workers > 0:
-            with get_context("fork").Pool(workers) as pool:
-                errors = pool.map(_write_one, jobs, chunksize=8)
-        else:
-            errors = [_write_one(j) for j in jobs]
+        try:
+            errors = _write_all(jobs, workers)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written cache is left to be read
+            raise
         bad = [e for e in errors if e]
         if bad and not skip_bad_files:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -6,9 +6,12 @@ texture boundary. Written in the COD10K-v3 layout, deterministic per seed."""
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 from PIL import Image
+
+from .io import DataError
 
 
 def oriented_texture(
@@ -106,8 +109,14 @@ def write_dataset(
         for sub in ("Image", "GT_Object"):
             os.makedirs(os.path.join(root, split, sub), exist_ok=True)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_sample, *zip(*jobs), chunksize=4))
+        try:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(_write_sample, *zip(*jobs), chunksize=4))
+        except BrokenProcessPool:
+            raise DataError(
+                f"synth: a process writing images died (the out-of-memory killer, or killed); the "
+                f"images written so far in {root} are whole: run again (fewer --workers: {workers} now)"
+            ) from None
     else:
         for job in jobs:
             _write_sample(*job)

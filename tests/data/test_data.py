@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -196,6 +197,53 @@ def test_flip_augmentation_is_the_plain_view_or_its_mirror(synth_root):
     assert seen == {True, False}
     full = CODDataset(samples, 48, train=True)[(3, [0])]["image"]
     assert not (full == plain["image"]).all() and not (full == plain["image"].flip(-1)).all()
+
+
+_KILL = {}  # what the writer processes of the next test inherit (they are forked)
+
+
+def _cache_writer_dying_on_the_third(job):
+    if os.getpid() != _KILL["parent"] and job[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _KILL["real"](job)
+
+
+def _synth_writer_dying_on_the_third(*job):
+    if os.getpid() != _KILL["parent"] and job[2] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _KILL["real"](*job)
+
+
+@pytest.mark.parametrize("kind", ["cache", "synth"])
+def test_a_killed_writer_process_is_one_line_and_leaves_no_half_cache(
+    kind, synth_root, tmp_path, monkeypatch
+):
+    """The processes that write a cache (--cache with workers) or a synthetic set (synth --workers):
+    one killed mid-way (the out-of-memory killer) ends the command in one line, within seconds,
+    and no half-written cache is left for the next run to read."""
+    import time
+
+    import camodet.data.cache as cache
+    import camodet.data.synth as synth
+    from camodet.data.io import DataError
+    from camodet.data.layouts import gather
+
+    module, name, dying = (
+        (cache, "_write_one", _cache_writer_dying_on_the_third)
+        if kind == "cache"
+        else (synth, "_write_sample", _synth_writer_dying_on_the_third)
+    )
+    _KILL.update(parent=os.getpid(), real=getattr(module, name))
+    monkeypatch.setattr(module, name, dying)
+    t = time.monotonic()
+    with pytest.raises(DataError, match="died .*out-of-memory killer"):
+        if kind == "cache":
+            cache.cached_samples(gather([synth_root], "train")[:12], 32, str(tmp_path / "c"), workers=2)
+        else:
+            synth.write_dataset(str(tmp_path / "s"), 12, 0, seed=0, size_range=(32, 48), workers=2)
+    assert time.monotonic() - t < 60
+    if kind == "cache":
+        assert os.listdir(tmp_path / "c") == []  # the temp folder is gone, no index to read
 
 
 def test_cache_written_once_and_read_back(synth_root, tmp_path):
