@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from multiprocessing import get_context
 
 import cv2
