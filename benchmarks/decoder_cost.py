@@ -52,7 +52,12 @@ def main(argv=None) -> int:
         data = quality_camo.split_tree(pairs, val, os.path.join(tmp, "camo"))
         for _ in range(a.repeats):
             for name, flags in variants.items():
-                cfg = quality_real.recipe_config(quality_real.recipe_flags(opts, data, weights, extra=flags))
+                # a variant may name another backbone: its own ImageNet weights then
+                words = shlex.split(flags)
+                backbone = words[words.index("--backbone") + 1] if "--backbone" in words else a.backbone
+                own = argparse.Namespace(**{**vars(opts), "backbone": backbone})
+                mine = quality_real.lite_weights(backbone)
+                cfg = quality_real.recipe_config(quality_real.recipe_flags(own, data, mine, extra=flags))
                 costs[name].append(quality_real.calibrate(cfg, data, steps=a.steps))
                 c1, c2 = costs[name][-1]
                 print(f"{name}: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms", flush=True)
