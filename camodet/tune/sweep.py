@@ -145,6 +145,8 @@ class TrialRunner:
         return iou
 
     def train(self, trial) -> float:
+        """Train the trial's run (resumed from its last.pth when it was queued again), reporting
+        every epoch to the pruner; its best validation IoU."""
         import optuna
 
         from ..engine.trainer import Trainer
