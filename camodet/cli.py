@@ -206,6 +206,10 @@ def _report(o: ReportOptions, call: Call) -> int:
 
 # -- inference ----------------------------------------------------------------------------------
 
+# What the one line says when one of several processes went (launch.PeerWatch)
+EVALUATE_RERUN = "evaluate writes nothing before the end: run it again once the cause is fixed."
+PREDICT_RERUN = "The outputs written so far stay: --skip-existing does only the rest."
+
 
 def _evaluate(o: EvaluateOptions, call: Call) -> int:
     from .evaluation.protocol import evaluate, evaluate_preds_dir, report_results
@@ -217,7 +221,7 @@ def _evaluate(o: EvaluateOptions, call: Call) -> int:
     curves: dict | None = {} if o.curves else None
     worst = WorstImages(o.worst) if o.worst is not None else None
     # under torchrun or srun: this process's share, on its own GPU
-    d, device = start(o.inference.device, rerun="evaluate writes nothing before the end: run it again.")
+    d, device = start(o.inference.device, rerun=EVALUATE_RERUN)
     if o.preds_dir:
         results = evaluate_preds_dir(o, curves, worst, d)
         scored = {"preds_dir": os.path.abspath(o.preds_dir)}
@@ -252,9 +256,7 @@ def _predict(o: PredictOptions, call: Call) -> int:
     folders = [i for i in inputs if o.frames and os.path.isdir(i)]
     images = [i for i in inputs if i not in videos and i not in folders]
     # under torchrun or srun: this process's share, on its own GPU
-    d, device = start(
-        o.inference.device, rerun="The outputs written so far stay: --skip-existing does the rest."
-    )
+    d, device = start(o.inference.device, rerun=PREDICT_RERUN)
     inf = o.inference
     predictor = load_predictor(
         o.checkpoint, weights=inf.weights, device=str(device), tta=TTA.parse(inf.tta), runtime=o.runtime
@@ -393,12 +395,20 @@ def parse(argv: list[str]):
 
 
 def reference() -> str:
-    """The CLI reference: one table per command, every option with its default and help."""
+    """The CLI reference: a table per command, every option with its default, range and help
+    (the commands that take train's options list only their own beside them)."""
     from .fields import reference_table
 
-    return "\n\n".join(
-        f"### camodet {c.name}\n\n{c.help}\n\n{reference_table(c.options)}" for c in COMMANDS if c.options
-    )
+    parts = []
+    for c in (c for c in COMMANDS if c.options):
+        takes_train = c.options is not TrainConfig and any(
+            leaf.path[0] == "train" for leaf in leaves(c.options)
+        )
+        whole = takes_train and len([leaf for leaf in leaves(c.options) if leaf.path[0] == "train"]) > 20
+        also = "Every option of `camodet train`, and:\n\n" if whole else ""
+        table = reference_table(c.options, leave_out="train" if whole else None)
+        parts.append(f"### camodet {c.name}\n\n{c.help}.\n\n{also}{table}")
+    return "\n\n".join(parts)
 
 
 def main(argv=None) -> int:

@@ -77,14 +77,14 @@ def section(cls, *, only: tuple | None = None, flatten: bool = False, **defaults
 
 
 def workers(value) -> "int | str":
-    """--num-workers: a count, or 'auto' (resolved for the device where the command runs)."""
+    """a count, or auto (resolved for the device where the command runs)"""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     return int(value)
 
 
 def device_name(value) -> str:
-    """--device: auto, cpu, cuda, cuda:N or mps (whether this machine has it is checked apart)."""
+    """auto, cpu, cuda, cuda:N or mps (whether this machine has it is checked apart)"""
     text = str(value).strip().lower()
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
         raise ValueError(text)
@@ -471,32 +471,31 @@ def add_version(parser: argparse.ArgumentParser, version: str) -> None:
 # -- the reference ------------------------------------------------------------------------------
 
 
-def reference_table(cls) -> str:
-    """A Markdown table of every option of `cls`: its flag (or positional name), default and help."""
-    rows = ["| option | default | what it does |", "|---|---|---|"]
+def reference_table(cls, leave_out: str | None = None) -> str:
+    """A Markdown table of every option of `cls`: its flag (or positional name), default, what it
+    allows and its help. `leave_out`: a section whose options another table lists."""
+    rows = ["| option | default | allowed | what it does |", "|---|---|---|---|"]
+    defaults = cls()
     for leaf in leaves(cls):
-        f = leaf.field
-        default = get(cls(), leaf.path)
-        if f.metadata.get("positional"):
-            name = f"`{f.metadata.get('metavar') or f.name.upper()}`"
+        if leave_out and leaf.path[0] == leave_out:
+            continue
+        f, meta = leaf.field, leaf.field.metadata
+        default = get(defaults, leaf.path)
+        if meta.get("positional"):
+            name = f"`{meta.get('metavar') or f.name.upper()}`"
         elif base_type(f.type) is bool:
             name = f"`{flag_of(f)}` / `--no-{flag_of(f)[2:]}`"
         else:
             name = f"`{flag_of(f)}`"
-        for alias in f.metadata["aliases"]:
-            name += f", `{alias}`"
-        shown = (
-            "(required)"
-            if f.metadata.get("required") or (f.metadata.get("positional") and default is None)
-            else (
-                ""
-                if default is None or default == []
-                else f"`{default if not isinstance(default, list) else ' '.join(map(str, default))}`"
-            )
-        )
-        text = f.metadata["help"].replace("|", "\\|")
-        choices = f.metadata.get("choices")
-        if choices and "{" not in text:
-            text += f" (one of {', '.join(choices)})"
-        rows.append(f"| {name} | {shown} | {text} |")
+        name += "".join(f", `{alias}`" for alias in meta["aliases"])
+        required = meta.get("required") or (meta.get("positional") and default is None)
+        if required:
+            shown = "(required)"
+        elif default is None or default == []:
+            shown = ""
+        else:
+            shown = f"`{' '.join(map(str, default)) if isinstance(default, list) else default}`"
+        bounds = any(meta.get(k) is not None for k in ("min", "max", "above", "below", "multiple_of"))
+        allowed = ", ".join(meta["choices"]) if meta.get("choices") else range_words(meta) if bounds else ""
+        rows.append(f"| {name} | {shown} | {allowed} | {meta['help'].replace('|', '/')} |")
     return "\n".join(rows)
