@@ -111,7 +111,7 @@ def main():
     import torch
 
     from camodet.data.synth import write_dataset
-    from camodet.engine.loaders import resolve_workers
+    from camodet.launch import resolve_workers
 
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "COD10K-v3")

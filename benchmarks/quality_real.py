@@ -52,8 +52,10 @@ from camodet.config import DataConfig, TrainConfig, from_args  # noqa: E402
 from camodet.data.dataset import CODDataset, collate, load_pair  # noqa: E402
 from camodet.data.splits import training_samples  # noqa: E402
 from camodet.evaluation.protocol import evaluate  # noqa: E402
+from camodet.fields import make  # noqa: E402
 from camodet.models import build_model  # noqa: E402
 from camodet.models.losses import LossSettings, total_loss  # noqa: E402
+from camodet.options import EvaluateOptions  # noqa: E402
 from camodet.runs import history  # noqa: E402
 from camodet.serving.predictor import TTA, Predictor  # noqa: E402
 
@@ -217,11 +219,17 @@ def run_recipe(
 def scores(a, predictor: Predictor, data: str) -> dict:
     """The protocol's metrics of one trained model, and again with --tta when given (the same
     weights: test-time augmentation costs no training)."""
-    out = {"results": evaluate(predictor, [data], batch_size=16, num_workers=0)}
+    out = {
+        "results": evaluate(
+            predictor, make(EvaluateOptions, dataset_path=[data], batch_size=16, num_workers=0)
+        )
+    }
     if a.tta:
         plain, predictor.tta = predictor.tta, TTA.parse(a.tta)
         try:
-            out["results_tta"] = evaluate(predictor, [data], batch_size=16, num_workers=0)
+            out["results_tta"] = evaluate(
+                predictor, make(EvaluateOptions, dataset_path=[data], batch_size=16, num_workers=0)
+            )
         finally:
             predictor.tta = plain  # the caller's predictor is left as it came
     return out

@@ -1,18 +1,44 @@
-"""`camodet` subcommands. Training flags are generated from the config dataclasses."""
+"""`camodet` subcommands. Each is an options dataclass (options.py; train's is TrainConfig) and a
+handler that takes it; every parser is generated from the dataclasses (fields.add_options), so a
+flag is declared once, with its help, type, choices and range. Heavy modules load inside the
+handlers, after the cheap checks."""
 
 import argparse
-import functools
 import json
 import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import __version__
-from .config import ConfigError, add_arguments, from_args
+from .config import TrainConfig
+from .errors import CamodetError
+from .fields import add_options, add_version, leaves, options_from_args
+from .options import (
+    AppOptions,
+    DataCheckOptions,
+    EvaluateOptions,
+    ExportOptions,
+    InspectOptions,
+    PlanOptions,
+    PredictOptions,
+    PushOptions,
+    ReportOptions,
+    SummaryOptions,
+    SweepOptions,
+    SynthOptions,
+    TuneLROptions,
+)
 
-EXIT_USAGE = 2
-EXIT_DIVERGED = 3
+
+@dataclass(frozen=True)
+class Call:
+    """How a command was invoked: its words after `camodet`, and the settings typed on them."""
+
+    argv: list[str]
+    typed: frozenset
 
 
 def program() -> list[str]:
@@ -39,8 +65,10 @@ def resume_command(argv: list[str], last: str) -> str:
     return shlex.join([*program(), *kept, "--resume-from", last])
 
 
-def _train(args) -> int:
-    cfg = from_args(args)
+# -- training -----------------------------------------------------------------------------------
+
+
+def _train(cfg: TrainConfig, call: Call) -> int:
     cfg.validate()
     from .runs.folder import RunFolder
 
@@ -64,7 +92,7 @@ def _train(args) -> int:
     if state.interrupted:
         print(
             f"stopped by {state.interrupted}: resumable checkpoint {last}; continue exactly with:\n"
-            f"  {resume_command(args.argv, last)}",
+            f"  {resume_command(call.argv, last)}",
             file=sys.stderr,
         )
         return stopped_exit_code(state.interrupted)
@@ -85,25 +113,49 @@ def _train(args) -> int:
     return 0
 
 
-def _synth(args) -> int:
+def _plan(o: PlanOptions, call: Call) -> int:
+    has_data = bool(o.train.data.dataset_path or o.train.data.images)
+    o.train.validate(check_paths=has_data)
+    from .tune.memory_plan import plan_command
+
+    return plan_command(o, has_data)
+
+
+def _tune_lr(o: TuneLROptions, call: Call) -> int:
+    o.train.validate()
+    o.test.validate()
+    from .runs.folder import RunFolder
+
+    if o.train.run.resume_from == "auto":
+        o.train.run.resume_from = RunFolder(o.train.run.checkpoint_dir).auto_resume()
+    from .models import check_model
+    from .tune.lr_range import lr_range_command
+
+    check_model(o.train.model, o.train.data.img_size)
+    return lr_range_command(o, call.argv[2:], program())  # the train flags come after `tune lr`
+
+
+def _sweep(o: SweepOptions, call: Call) -> int:
+    from .tune.sweep import sweep_command
+
+    return sweep_command(o, call.typed, call.argv[1:], program())
+
+
+# -- data and models ----------------------------------------------------------------------------
+
+
+def _synth(o: SynthOptions, call: Call) -> int:
     from .data.synth import write_dataset
 
-    if args.train < 1 or args.test < 0:
-        raise ConfigError("synth needs --train >= 1 and --test >= 0")
-    if not 32 <= args.min_size <= args.max_size:
-        raise ConfigError(
-            f"synth sizes must satisfy 32 <= --min-size <= --max-size (got {args.min_size}, {args.max_size})"
-        )
-    if args.workers < 0:
-        raise ConfigError(f"synth --workers must be 0 (one per core) or more (got {args.workers})")
+    o.validate()
     info = write_dataset(
-        args.out,
-        args.train,
-        args.test,
-        seed=args.seed,
-        noncam_every=args.noncam_every,
-        size_range=(args.min_size, args.max_size),
-        workers=args.workers or os.cpu_count(),
+        o.out,
+        o.train,
+        o.test,
+        seed=o.seed,
+        noncam_every=o.noncam_every,
+        size_range=(o.min_size, o.max_size),
+        workers=o.workers or os.cpu_count(),
     )
     print(
         f"wrote a COD10K-v3-layout synthetic dataset to {info['root']}: {info['train']} train, "
@@ -112,181 +164,113 @@ def _synth(args) -> int:
     return 0
 
 
-def _data_check(args) -> int:
+def _data_check(o: DataCheckOptions, call: Call) -> int:
     from .data.check import check_dataset, format_report
 
-    report = check_dataset(args.path, decode=not args.headers_only)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    report = check_dataset(o.path, decode=not o.headers_only)
+    print(json.dumps(report, indent=2) if o.json else format_report(report))
     return 1 if report["problems"] else 0
 
 
-def _model_summary(args) -> int:
+def _model_summary(o: SummaryOptions, call: Call) -> int:
     from .models import build_model, check_model
     from .models.summary import format_summary, summarise
 
-    cfg = from_args(args)
+    cfg = o.train
     cfg.validate(check_paths=False)
     check_model(cfg.model, cfg.data.img_size)
     s = summarise(build_model(cfg.model), cfg.data.img_size)
-    print(json.dumps(s, indent=2) if args.json else format_summary(s, cfg.model.backbone))
+    print(json.dumps(s, indent=2) if o.json else format_summary(s, cfg.model.backbone))
     return 0
 
 
-def _evaluate(args) -> int:
-    from .evaluation.paper import format_latex, scaling_note
-    from .evaluation.protocol import evaluate, evaluate_preds_dir, format_table, write_results
+def _inspect(o: InspectOptions, call: Call) -> int:
+    from .runs.inspection import format_inspection, inspect_checkpoint
+
+    report = inspect_checkpoint(o.checkpoint)
+    print(json.dumps(report, indent=2, default=str) if o.json else format_inspection(report))
+    return report["exit_code"]
+
+
+def _report(o: ReportOptions, call: Call) -> int:
+    import functools
+
+    from .evaluation.report import write_report
+    from .serving.predictor import Predictor
+
+    load = functools.partial(Predictor.load, device="cpu") if o.predictions else None
+    path = write_report(o.run_dir, load)
+    print(f"wrote {path} and the plots in {os.path.join(o.run_dir, 'report')}/")
+    return 0
+
+
+# -- inference ----------------------------------------------------------------------------------
+
+# What the one line says when one of several processes went (launch.PeerWatch)
+EVALUATE_RERUN = "evaluate writes nothing before the end: run it again once the cause is fixed."
+PREDICT_RERUN = "The outputs written so far stay: --skip-existing does only the rest."
+
+
+def _evaluate(o: EvaluateOptions, call: Call) -> int:
+    from .evaluation.protocol import evaluate, evaluate_preds_dir, report_results
     from .evaluation.worst import WorstImages
-
-    if (args.checkpoint is None) == (args.preds_dir is None):
-        raise ConfigError("evaluate needs a checkpoint (or export folder) or --preds-dir DIR, not both")
-    if args.curves and not args.out:
-        raise ConfigError("--curves writes files: add --out DIR (the curves go to DIR/curves/)")
-    if args.worst is not None and not args.out:
-        raise ConfigError("--worst writes a panel: add --out DIR (it goes to DIR/worst.png)")
-    if args.workers < 0:
-        raise ConfigError(f"--workers {args.workers}: give the number of metric processes (0: none)")
     from .launch import shutdown, start
+    from .serving.fetch import model_name
 
-    curves: dict | None = {} if args.curves else None
-    worst = WorstImages(args.worst) if args.worst is not None else None
+    o.validate()
+    curves: dict | None = {} if o.curves else None
+    worst = WorstImages(o.worst) if o.worst is not None else None
     # under torchrun or srun: this process's share, on its own GPU
-    d, device = start(
-        args.device, rerun="evaluate writes nothing before the end: run it again once the cause is fixed."
-    )
-    if args.preds_dir:
-        results = evaluate_preds_dir(
-            args.preds_dir, args.dataset_path, args.minmax, curves, worst, args.workers, d
-        )
-        scored = {"preds_dir": os.path.abspath(args.preds_dir)}
+    d, device = start(o.inference.device, rerun=EVALUATE_RERUN)
+    if o.preds_dir:
+        results = evaluate_preds_dir(o, curves, worst, d)
+        scored = {"preds_dir": os.path.abspath(o.preds_dir)}
     else:
         from .serving.export import provenance
         from .serving.fetch import resolve
         from .serving.predictor import TTA, load_predictor
 
-        tta = TTA.parse(args.tta)
-        local = resolve(args.checkpoint)
-        predictor = load_predictor(local, weights=args.weights, device=str(device), tta=tta)
-        scored = provenance(args.checkpoint, local, predictor)
-        results = evaluate(
-            predictor,
-            args.dataset_path,
-            args.batch_size,
-            args.num_workers,
-            args.save_preds,
-            args.minmax,
-            curves,
-            worst,
-            args.workers,
-            d,
-        )
-        if args.save_preds and d.is_main:
-            print(f"wrote probability maps to {args.save_preds}/<dataset>/<stem>.png")
+        local = resolve(o.checkpoint)
+        inf = o.inference
+        predictor = load_predictor(local, weights=inf.weights, device=str(device), tta=TTA.parse(inf.tta))
+        scored = provenance(o.checkpoint, local, predictor)
+        results = evaluate(predictor, o, curves, worst, d)
+        if o.save_preds and d.is_main:
+            print(f"wrote probability maps to {o.save_preds}/<dataset>/<stem>.png")
     shutdown(d)
-    if not d.is_main:  # rank 0 holds every process's scores and prints the table
-        return 0
-    note = scaling_note(args.minmax)
-    method = args.method or method_name(args.checkpoint or args.preds_dir)
-    print(format_latex(results, method, note) if args.format == "latex" else format_table(results, note))
-    if args.out:
-        write_results(results, args.out, note, scored)
-        print(f"wrote metrics.json, metrics.csv and metrics.md to {args.out}")
-        if args.format == "latex":
-            with open(os.path.join(args.out, "metrics.tex"), "w") as fh:
-                fh.write(format_latex(results, method, note) + "\n")
-            print(f"wrote metrics.tex to {args.out}")
-    if curves is not None:
-        from .evaluation.curves import plot_curves, save_curves
-        from .evaluation.paper import is_super_row
-
-        folder = os.path.join(args.out, "curves")
-        files = save_curves(curves, folder, method)
-        files += plot_curves({k: v for k, v in curves.items() if not is_super_row(k)}, folder, method)
-        print(f"wrote {len(files)} curve files to {folder}/ (<row>.npz, curves.npy, pr.png, fm.png, em.png)")
-    if worst is not None:
-        print(f"\nthe {len(worst.items())} images with the lowest IoU:\n{worst.table()}")
-        print(f"wrote {worst.save(args.out)} (image | ground truth | prediction) and worst.json")
+    if d.is_main:  # rank 0 holds every process's scores and prints the table
+        method = o.method or model_name(o.checkpoint or o.preds_dir)
+        report_results(o, results, scored, method, curves, worst)
     return 0
 
 
-def method_name(source: str) -> str:
-    """The name a table or plot gives the model: its run or export folder (a checkpoint in 'runs/x/'
-    -> 'x'), the predictions folder, or a Hub id's model name ('user/camo-model' -> 'camo-model')."""
-    from .serving.fetch import is_hub_id
-
-    if is_hub_id(source):
-        return source.split("/", 1)[1]
-    path = os.path.abspath(source)
-    return os.path.basename(path if os.path.isdir(path) else os.path.dirname(path)) or "camodet"
-
-
-def _predict(args) -> int:
-    from .serving.predict import expand_patterns, predict_files
-    from .serving.predictor import TTA, load_predictor
-    from .serving.video import is_video, predict_clips
-
-    if not 0.0 < args.threshold < 1.0:
-        raise ConfigError(f"--threshold must be between 0 and 1 (got {args.threshold})")
-    if args.smooth < 1 or args.fps <= 0:
-        raise ConfigError(
-            f"--smooth must be at least 1 frame and --fps positive (got {args.smooth}, {args.fps})"
-        )
-    # a pattern's matches are sorted like the inputs named one by one ('clips/*.mp4' are videos)
-    inputs = expand_patterns(args.inputs, folders=args.frames)
-    videos = [i for i in inputs if os.path.isfile(i) and is_video(i)]
-    folders = [i for i in inputs if args.frames and os.path.isdir(i)]
-    images = [i for i in inputs if i not in videos and i not in folders]
+def _predict(o: PredictOptions, call: Call) -> int:
     from .launch import Shard, gather_objects, shutdown, start
+    from .serving.predict import describe_files, expand_patterns, predict_files
+    from .serving.predictor import TTA, load_predictor
+    from .serving.video import describe_clip, is_video, predict_clips
 
+    # a pattern's matches are sorted like the inputs named one by one ('clips/*.mp4' are videos)
+    inputs = expand_patterns(o.inputs, folders=o.frames)
+    videos = [i for i in inputs if os.path.isfile(i) and is_video(i)]
+    folders = [i for i in inputs if o.frames and os.path.isdir(i)]
+    images = [i for i in inputs if i not in videos and i not in folders]
     # under torchrun or srun: this process's share, on its own GPU
-    d, device = start(
-        args.device, rerun="The outputs written so far stay: --skip-existing does only the rest."
-    )
+    d, device = start(o.inference.device, rerun=PREDICT_RERUN)
+    inf = o.inference
     predictor = load_predictor(
-        args.checkpoint,
-        weights=args.weights,
-        device=str(device),
-        tta=TTA.parse(args.tta),
-        runtime=args.runtime,
+        o.checkpoint, weights=inf.weights, device=str(device), tta=TTA.parse(inf.tta), runtime=o.runtime
     )
-    shard, lines, problems = Shard.of(d), [], []
+    lines, problems = [], []
     if images:
-        r = predict_files(
-            predictor,
-            images,
-            args.out,
-            args.threshold,
-            args.batch_size,
-            args.num_workers,
-            args.skip_existing,
-            d,
-        )
-        parts = gather_objects(r, d)
-        written, existing = sum(p["written"] for p in parts), sum(p["existing"] for p in parts)
-        lines.append(
-            f"wrote masks, probs, overlays and cutouts of {written} of {r['inputs']} images "
-            f"to {args.out} ({sum(p['images_per_s'] for p in parts):.1f} images/s"
-            + (f" in {d.world} processes" if d.enabled else "")
-            + ")"
-            + (f"; {existing} already there (--skip-existing)" if existing else "")
-        )
+        parts = gather_objects(predict_files(predictor, images, o, d), d)
+        lines.append(describe_files(parts, o.out, d.world if d.enabled else 1))
         problems += [item for p in parts for item in p["problems"]]
     if videos or folders:
-        clips, bad = predict_clips(
-            predictor,
-            videos,
-            folders,
-            args.out,
-            args.fps,
-            args.skip_existing,
-            shard,
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-            smooth=args.smooth,
-            save_frames=args.save_frames,
-        )
-        for rank, (done, failed) in enumerate(gather_objects((clips, bad), d)):
+        clips = predict_clips(predictor, videos, folders, o, Shard.of(d))
+        for rank, (done, failed) in enumerate(gather_objects(clips, d)):
             lines += [
-                _clip_line(c, args.save_frames) + (f" [process {rank}]" if d.enabled else "") for c in done
+                describe_clip(c, o.save_frames) + (f" [process {rank}]" if d.enabled else "") for c in done
             ]
             problems += failed
     shutdown(d)
@@ -297,546 +281,150 @@ def _predict(args) -> int:
     return 1 if problems else 0
 
 
-def _clip_line(c: dict, save_frames: bool) -> str:
-    w, h = c["size"]
-    return (
-        f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
-        f"{os.path.dirname(c['files'][0])}/mask.mp4, overlay.mp4"
-        + (", masks/, probs/" if save_frames else "")
-        + f" ({c['frames_per_s']:.1f} frames/s)"
-        + (
-            f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
-            f"the last row or column repeated)"
-            if c["video_size"] != c["size"]
-            else ""
-        )
-    )
+def _export(o: ExportOptions, call: Call) -> int:
+    from .serving.export import Int8Request, describe_export, export
 
-
-def _export(args) -> int:
-    from .serving.export import Int8Request, export
-
-    if args.int8 != bool(args.calibration):
-        raise ConfigError("--int8 and --calibration IMAGES go together (the photos calibrate the int8 graph)")
-    int8 = (
-        Int8Request(tuple(args.calibration), args.calibration_count, args.min_agreement)
-        if args.int8
-        else None
-    )
-    onnx = args.onnx or args.int8
-    info = export(args.checkpoint, args.out_dir, weights=args.weights, onnx=onnx, fp16=args.fp16, int8=int8)
-    print(
-        f"wrote {', '.join(info['files'])} to {args.out_dir}"
-        + (f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}" if onnx else "")
-        + (f"; the fp16 graph within {info['onnx_fp16_max_abs_diff']:.1e}" if args.fp16 else "")
-    )
-    if int8:
-        q = info["int8"]
-        print(
-            f"int8: {q['method']} quantisation ({q['settings']}) calibrated on {q['calibration_images']} "
-            f"images; on {q['held_images']} held images its masks agree with the fp32 graph's at mean IoU "
-            f"{q['agreement_mean_iou']:.4f} (lowest {q['agreement_min_iou']:.4f}, threshold "
-            f"{q['min_agreement']:g}); batch 1 at {q['input_size'][0]} px, {q['threads']} threads: fp32 "
-            f"{q['fp32_images_per_s']:.1f} images/s, int8 {q['int8_images_per_s']:.1f} images/s "
-            f"({q['speedup']:.2f}x)"
-        )
+    o.validate()
+    int8 = Int8Request(tuple(o.calibration), o.calibration_count, o.min_agreement) if o.int8 else None
+    onnx = o.onnx or o.int8
+    info = export(o.checkpoint, o.out_dir, weights=o.inference.weights, onnx=onnx, fp16=o.fp16, int8=int8)
+    print(describe_export(info, o.out_dir))
     return 0
 
 
-def _push(args) -> int:
+def _push(o: PushOptions, call: Call) -> int:
     from .serving.hub import push
 
-    info = push(
-        args.source,
-        args.repo_id,
-        token=args.token,
-        private=args.private,
-        results=args.results,
-        datasets=args.datasets,
-        license=args.license,
-        endpoint=args.endpoint,
-    )
+    info = push(o)
     for line in info["left_off"]:
         print(line, file=sys.stderr)
     print(
         f"pushed {', '.join(info['files'])} to {info['repo_url']} ({info['commit_url']}); "
-        f"load it with Predictor.from_pretrained({args.repo_id!r}) or 'camodet predict {args.repo_id} ...'"
+        f"load it with Predictor.from_pretrained({o.repo_id!r}) or 'camodet predict {o.repo_id} ...'"
     )
     return 0
 
 
-def _app(args) -> int:
+def _app(o: AppOptions, call: Call) -> int:
     from .serving.app import launch
+    from .serving.fetch import model_name
     from .serving.predictor import load_predictor
 
-    predictor = load_predictor(args.model, weights=args.weights, device=args.device)
-    launch(predictor, args.title or method_name(args.model), host=args.host, port=args.port)
+    predictor = load_predictor(o.model, weights=o.inference.weights, device=o.inference.device)
+    launch(predictor, o.title or model_name(o.model), host=o.host, port=o.port)
     return 0
 
 
-def _inspect(args) -> int:
-    from .runs.inspection import format_inspection, inspect_checkpoint
-
-    report = inspect_checkpoint(args.checkpoint)
-    print(json.dumps(report, indent=2, default=str) if args.json else format_inspection(report))
-    return report["exit_code"]
-
-
-def _plan(args) -> int:
-    cfg = from_args(args)
-    has_data = bool(cfg.data.dataset_path or cfg.data.images)
-    cfg.validate(check_paths=has_data)
-    if args.effective_batch < 1:
-        raise ConfigError(f"--effective-batch must be at least 1 (got {args.effective_batch})")
-    from .tune.memory_plan import plan_command
-
-    return plan_command(
-        cfg,
-        has_data,
-        args.gpu_memory,
-        args.candidates,
-        args.steps,
-        args.effective_batch,
-        args.lr_scaling,
-        args.num_images,
-        args.out_dir,
-    )
-
-
-def _tune_lr(args) -> int:
-    cfg = from_args(args)
-    cfg.validate()
-    if not 0 < args.start_lr < args.end_lr:
-        raise ConfigError(
-            f"--start-lr ({args.start_lr:g}) must be positive and below --end-lr ({args.end_lr:g})"
-        )
-    if args.steps < 10:
-        raise ConfigError(f"--steps must be at least 10 for a curve (got {args.steps})")
-    from .runs.folder import RunFolder
-
-    if cfg.run.resume_from == "auto":
-        cfg.run.resume_from = RunFolder(cfg.run.checkpoint_dir).auto_resume()
-    from .models import check_model
-    from .tune.lr_range import lr_range_command
-
-    check_model(cfg.model, cfg.data.img_size)
-    train_argv = args.argv[2:]  # after `tune lr`
-    return lr_range_command(cfg, args.steps, args.start_lr, args.end_lr, args.out, train_argv, program())
-
-
-def _sweep(args) -> int:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise ConfigError("camodet sweep needs Optuna: pip install 'camodet[tune]'") from None
-    from .tune.study import default_storage
-
-    storage = args.storage or default_storage(args.out)
-    if args.summary:
-        from .tune.summary import summary_command
-
-        return summary_command(storage, args.study, args.out, program())
-    if not args.space:
-        raise ConfigError("sweep needs --space SPACE.yaml (or --summary to show a sweep's results)")
-    for typed, why in (
-        ("run.checkpoint_dir", "each trial's run folder is OUT/trials/trial_N"),
-        (
-            "run.resume_from",
-            "a sweep resumes its own trials; start every trial from weights with --init-from",
-        ),
-    ):
-        if typed in vars(args):
-            raise ConfigError(f"sweep: leave out --{typed.split('.')[1].replace('_', '-')}: {why}")
-    cfg = from_args(args)
-    cfg.validate()
-    if cfg.data.val_fraction == 0:
-        raise ConfigError("sweep: trials are judged by validation IoU; --val-fraction must be above 0")
-    if args.trials < 1 or args.prune_warmup < 1 or args.prune_startup < 0 or args.heartbeat < 1:
-        raise ConfigError(
-            "sweep: --trials, --prune-warmup and --heartbeat must be at least 1, --prune-startup >= 0"
-        )
-    from .models import check_model
-    from .tune.space import SearchSpace
-    from .tune.sweep import SweepOptions, sweep_command
-
-    check_model(cfg.model, cfg.data.img_size)
-    space = SearchSpace.load(args.space, cfg)
-    opts = SweepOptions(
-        args.out,
-        storage,
-        args.study,
-        args.trials,
-        args.pruner,
-        args.sampler,
-        args.sampler_seed,
-        args.prune_startup,
-        args.prune_warmup,
-        args.heartbeat,
-    )
-    return sweep_command(cfg, space, opts, args.argv, program())
-
-
-def _report(args) -> int:
-    from .evaluation.report import write_report
-    from .serving.predictor import Predictor
-
-    load = None if args.no_predictions else functools.partial(Predictor.load, device="cpu")
-    path = write_report(args.run_dir, load)
-    print(f"wrote {path} and the plots in {os.path.join(args.run_dir, 'report')}/")
+def _help(o, call: Call) -> int:
+    print(reference())
     return 0
 
 
-def _inference_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
-    p.add_argument(
-        "--weights",
-        choices=["auto", "ema", "raw"],
-        default="auto",
-        help="auto: what the run validated with (the EMA weights of an EMA run, in any of its checkpoints)",
-    )
-    p.add_argument(
-        "--tta", nargs="+", metavar="SPEC", help="test-time augmentation: flip and/or scales=0.75,1,1.25"
-    )
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
+# -- the commands -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its words, its options class, its handler and its one-line help (by default
+    the options class's, whose docstring begins "`camodet NAME`: what it does.")."""
+
+    name: str
+    options: type | None
+    run: Callable
+    text: str = ""
+
+    @property
+    def help(self) -> str:
+        if self.text:
+            return self.text
+        first = " ".join(self.options.__doc__.strip().split("\n\n")[0].split())
+        return first.split(": ", 1)[1].rstrip(".") if first.startswith("`") else first
+
+
+COMMANDS = (
+    Command("train", TrainConfig, _train, "train a detector (two stages)"),
+    Command("synth", SynthOptions, _synth),
+    Command("data check", DataCheckOptions, _data_check),
+    Command("evaluate", EvaluateOptions, _evaluate),
+    Command("predict", PredictOptions, _predict),
+    Command("export", ExportOptions, _export),
+    Command("push", PushOptions, _push),
+    Command("app", AppOptions, _app),
+    Command("plan", PlanOptions, _plan),
+    Command("tune lr", TuneLROptions, _tune_lr),
+    Command("sweep", SweepOptions, _sweep),
+    Command("report", ReportOptions, _report),
+    Command("inspect", InspectOptions, _inspect),
+    Command("model summary", SummaryOptions, _model_summary),
+    Command("help", None, _help, "the reference of every command's options, as README's tables"),
+)
+GROUPS = {"data": "dataset tools", "model": "model tools", "tune": "measure settings: the LR range test"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every subcommand and its flags; train's come from the config dataclasses."""
-    from .serving.quantize import DEFAULT_CALIBRATION_COUNT, DEFAULT_MIN_AGREEMENT
-
+    """Every subcommand's parser, generated from its options class."""
     p = argparse.ArgumentParser(
         prog="camodet", description="Camouflaged object detection: train, evaluate, ship."
     )
-    p.add_argument("--version", action="version", version=f"camodet {__version__}")
+    add_version(p, f"camodet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a detector (two stages)")
-    add_arguments(t)
-    t.set_defaults(func=_train)
-
-    s = sub.add_parser("synth", help="write a synthetic camouflage dataset (COD10K-v3 layout)")
-    s.add_argument("out", help="output folder")
-    s.add_argument("--train", type=int, default=200, help="training images")
-    s.add_argument("--test", type=int, default=50, help="test images")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument(
-        "--noncam-every", type=int, default=10, help="every N-th image is a NonCAM background (0: none)"
-    )
-    s.add_argument("--min-size", type=int, default=160)
-    s.add_argument("--max-size", type=int, default=320)
-    s.add_argument("--workers", type=int, default=0, help="processes that generate images (0: one per core)")
-    s.set_defaults(func=_synth)
-
-    dgrp = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    c = dgrp.add_parser("check", help="report layout, counts, sizes and bad files")
-    c.add_argument("path")
-    c.add_argument("--headers-only", action="store_true", help="do not decode every file")
-    c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_data_check)
-
-    e = sub.add_parser("evaluate", help="the field's metrics on test splits, at original resolution")
-    e.add_argument(
-        "checkpoint", nargs="?", help="checkpoint, export folder or Hub id (omit with --preds-dir)"
-    )
-    e.add_argument("--dataset-path", nargs="+", required=True)
-    e.add_argument("--out", help="folder for metrics.json/.csv/.md")
-    e.add_argument("--save-preds", help="write 8-bit probability maps as DIR/<dataset>/<stem>.png")
-    e.add_argument("--preds-dir", help="score existing maps in DIR/<dataset>/<stem>.png instead of a model")
-    e.add_argument(
-        "--curves",
-        action="store_true",
-        help="save PR, F- and E-measure curves (256 thresholds) and their plots in OUT/curves/",
-    )
-    e.add_argument(
-        "--format",
-        choices=["markdown", "latex"],
-        default="markdown",
-        help="latex: S-alpha, weighted F, mean E, MAE to 3 decimals, as papers print them",
-    )
-    e.add_argument(
-        "--minmax",
-        action="store_true",
-        help="min-max normalise each map before every metric (for papers that do); "
-        "stated in the table's legend",
-    )
-    e.add_argument("--method", help="name of the model in tables and plots (default: its folder's name)")
-    e.add_argument(
-        "--worst",
-        type=int,
-        metavar="K",
-        help="show the K images with the lowest IoU (image | ground truth | prediction) in OUT/worst.png",
-    )
-    e.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="processes for the metrics (their CPU work at original resolution dominates); "
-        "the table is the one of a single process. Under torchrun/srun each process scores its share",
-    )
-    _inference_flags(e, batch_size=8)
-    e.set_defaults(func=_evaluate)
-
-    pr = sub.add_parser(
-        "predict",
-        help="masks, probability maps, overlays and cut-outs for your images; "
-        "mask and overlay videos for videos and frame folders",
-    )
-    pr.add_argument("checkpoint", help="checkpoint, export folder or Hub model id (user/name)")
-    pr.add_argument("inputs", nargs="+", help="image or video files, folders or glob patterns")
-    pr.add_argument("--out", required=True, help="output folder (masks/, probs/, overlays/, cutouts/)")
-    pr.add_argument("--threshold", type=float, default=0.5, help="probability that counts as object")
-    pr.add_argument(
-        "--frames",
-        action="store_true",
-        help="treat each folder as video frames in frame-number order (one clip per sequence)",
-    )
-    pr.add_argument(
-        "--fps", type=float, default=25.0, help="frame rate of the videos made from --frames folders"
-    )
-    pr.add_argument(
-        "--smooth",
-        type=int,
-        default=1,
-        metavar="K",
-        help="videos: average each frame's probabilities with its neighbours over K frames",
-    )
-    pr.add_argument(
-        "--save-frames",
-        action="store_true",
-        help="videos: also write masks/ and probs/ PNGs per frame beside the videos",
-    )
-    pr.add_argument(
-        "--runtime",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="onnx: run an export folder's model.onnx in ONNX Runtime on the CPU (or name one of its "
-        "graphs, e.g. DIR/model_int8.onnx, as the model; a .onnx model always runs in ONNX Runtime)",
-    )
-    pr.add_argument(
-        "--skip-existing",
-        action="store_true",
-        help="leave inputs whose outputs are already in --out (files are written whole, under a "
-        "temporary name first): a rerun after an interrupted run does only the rest",
-    )
-    _inference_flags(pr, batch_size=4)
-    pr.set_defaults(func=_predict)
-
-    x = sub.add_parser("export", help="model.safetensors + config.json (and --onnx model.onnx)")
-    x.add_argument("checkpoint")
-    x.add_argument("out_dir")
-    x.add_argument(
-        "--onnx",
-        action="store_true",
-        help="also write model.onnx (pip install 'camodet[export]'); dynamic batch, height "
-        "and width (multiples of 32)",
-    )
-    x.add_argument(
-        "--fp16",
-        action="store_true",
-        help="also write model_fp16.onnx: half-precision weights and compute for GPUs, float32 in and out",
-    )
-    x.add_argument(
-        "--int8",
-        action="store_true",
-        help="also write model_int8.onnx for CPUs: ONNX Runtime's static quantisation calibrated on "
-        "--calibration photos, refused below --min-agreement with the fp32 graph (implies --onnx)",
-    )
-    x.add_argument(
-        "--calibration", nargs="+", metavar="IMAGES", help="--int8: folder(s), glob(s) or files of photos"
-    )
-    x.add_argument(
-        "--calibration-count",
-        type=int,
-        default=DEFAULT_CALIBRATION_COUNT,
-        help="--int8: photos to calibrate on (others are held out to check the graph)",
-    )
-    x.add_argument(
-        "--min-agreement",
-        type=float,
-        default=DEFAULT_MIN_AGREEMENT,
-        help="--int8: lowest mean IoU between the int8 and fp32 graphs' masks on held photos",
-    )
-    x.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
-    x.set_defaults(func=_export)
-
-    hp = sub.add_parser(
-        "push",
-        help="publish a model on the Hugging Face Hub: model.safetensors, "
-        "config.json and a model card (pip install 'camodet[hub]')",
-    )
-    hp.add_argument("source", help="checkpoint, run folder (its best checkpoint) or export folder")
-    hp.add_argument("repo_id", help="user/name on the Hub (created if missing)")
-    hp.add_argument(
-        "--results",
-        help="folder (or metrics.json) of 'camodet evaluate --out' for the card's "
-        "table (default: one found beside the run)",
-    )
-    hp.add_argument(
-        "--datasets", nargs="+", help="datasets named in the card's metadata (default: the table's)"
-    )
-    hp.add_argument("--license", help="license in the card's metadata, e.g. mit or cc-by-nc-4.0")
-    hp.add_argument("--private", action="store_true", help="create the repository private")
-    hp.add_argument("--token", help="Hub token (default: HF_TOKEN or 'hf auth login')")
-    hp.add_argument("--endpoint", help="Hub address (default: HF_ENDPOINT or huggingface.co)")
-    hp.set_defaults(func=_push)
-
-    ap = sub.add_parser(
-        "app",
-        help="web demo on localhost: drop a photo, see mask, overlay and cut-out "
-        "(pip install 'camodet[app]')",
-    )
-    ap.add_argument("model", help="checkpoint, export folder or Hub model id (user/name)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--title", help="name shown on the page (default: the model's folder or id)")
-    ap.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto")
-    ap.add_argument("--device", default="auto")
-    ap.set_defaults(func=_app)
-
-    pl = sub.add_parser(
-        "plan",
-        help="measure steps, then choose micro-batch, accumulation and LR "
-        "(three profiles, each a YAML for train --config)",
-    )
-    add_arguments(pl)
-    pl.add_argument("--gpu-memory", help="memory budget, e.g. 16GB (default: the GPU's, or the CPU's RAM)")
-    pl.add_argument("--effective-batch", type=int, default=16, help="images per optimizer step to reach")
-    pl.add_argument(
-        "--lr-scaling",
-        choices=["linear", "sqrt"],
-        default="linear",
-        help="scale the configured LRs with the effective batch: linear or square root",
-    )
-    pl.add_argument(
-        "--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="micro-batches to try"
-    )
-    pl.add_argument("--steps", type=int, default=2, help="timed steps per measurement (after one warm-up)")
-    pl.add_argument(
-        "--num-images", type=int, default=3600, help="training images when no --dataset-path is given"
-    )
-    pl.add_argument("--out-dir", default="plans", help="where the three YAML files go")
-    pl.set_defaults(func=_plan)
-
-    tune = sub.add_parser("tune", help="measure settings: the LR range test").add_subparsers(
-        dest="tune_command", required=True
-    )
-    tl = tune.add_parser(
-        "lr",
-        help="LR range test from the run's weights in the stage it would train next: suggested LR, "
-        "plot and YAML (nothing in the run folder changes)",
-    )
-    add_arguments(tl)
-    tl.add_argument(
-        "--steps", type=int, default=100, help="optimizer steps of the test (fewer if it diverges)"
-    )
-    tl.add_argument("--start-lr", type=float, default=1e-7, help="LR of the first step")
-    tl.add_argument("--end-lr", type=float, default=1.0, help="LR of the last step")
-    tl.add_argument("--out", default="lr_range", help="folder for lr_range.png, .yaml and .json")
-    tl.set_defaults(func=_tune_lr)
-
-    sw = sub.add_parser(
-        "sweep",
-        help="hyperparameter search with Optuna: each trial a training run, pruned on validation IoU "
-        "(pip install 'camodet[tune]')",
-    )
-    add_arguments(sw)
-    sw.add_argument(
-        "--space", help="YAML search space: dotted settings -> {low, high, log} or a list of choices"
-    )
-    sw.add_argument("--trials", type=int, default=10, help="trials this worker runs")
-    sw.add_argument(
-        "--out", default="sweep", help="sweep folder: trials/trial_N run folders, sweep.db, summary.html"
-    )
-    sw.add_argument(
-        "--storage",
-        help="Optuna storage URL (default: sqlite:///OUT/sweep.db; postgresql://... for several machines)",
-    )
-    sw.add_argument("--study", default="camodet", help="study name in the storage")
-    sw.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
-    sw.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
-    sw.add_argument("--sampler-seed", type=int, help="seed of the sampler (leave unset with several workers)")
-    sw.add_argument(
-        "--prune-startup", type=int, default=3, help="trials that finish before the median pruner acts"
-    )
-    sw.add_argument(
-        "--prune-warmup", type=int, default=1, help="epochs every trial trains before it can be pruned"
-    )
-    sw.add_argument(
-        "--heartbeat",
-        type=int,
-        default=60,
-        help="seconds between a worker's heartbeats; a trial silent for two is failed and queued again",
-    )
-    sw.add_argument(
-        "--summary", action="store_true", help="print the trials and the best command, write summary.html"
-    )
-    sw.set_defaults(func=_sweep)
-
-    rp = sub.add_parser("report", help="report.html (curves, events, advice, predictions) for a run folder")
-    rp.add_argument("run_dir")
-    rp.add_argument("--no-predictions", action="store_true", help="skip the grid of validation predictions")
-    rp.set_defaults(func=_report)
-
-    i = sub.add_parser(
-        "inspect",
-        help="verify a checkpoint: position, metrics, config, NaN/Inf tensors "
-        "(exit 0 clean, 1 non-finite, 2 unreadable)",
-    )
-    i.add_argument("checkpoint")
-    i.add_argument("--json", action="store_true")
-    i.set_defaults(func=_inspect)
-
-    mgrp = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
-    m = mgrp.add_parser(
-        "summary", help="parameters by part and GFLOPs of the model that train builds from these flags"
-    )
-    add_arguments(m, only={"model", "data.img_size"})
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(func=_model_summary)
+    groups: dict = {}
+    for command in COMMANDS:
+        words = command.name.split()
+        where = sub
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = sub.add_parser(words[0], help=GROUPS[words[0]])
+                groups[words[0]] = group.add_subparsers(dest=f"{words[0]}_command", required=True)
+            where = groups[words[0]]
+        q = where.add_parser(words[-1], help=command.help, description=command.help)
+        if command.options is not None:
+            add_options(q, command.options)
+        q.set_defaults(command_spec=command)
     return p
 
 
-# The errors that end a command with one line instead of a traceback, by the module that defines
-# each: looked up among the modules already loaded, since an error can only have been raised by
-# a loaded module, and importing them all up front (timm among them) costs seconds per command.
-USAGE_ERRORS = {
-    "camodet.config": "ConfigError",
-    "camodet.data.io": "DataError",
-    "camodet.runs.errors": "CheckpointError",
-    "camodet.models.backbone": "BackboneError",
-    "camodet.serving.export": "ExportError",
-    "camodet.serving.fetch": "HubError",
-    "camodet.serving.app": "AppError",
-    "camodet.launch": "ProcessFailure",
-}
-DIVERGED_ERRORS = {"camodet.engine.guard": "DivergenceError"}
+def parse(argv: list[str]):
+    """(command, its options, the settings typed) of a command line."""
+    args = build_parser().parse_args(argv)
+    command = args.command_spec
+    if command.options is None:
+        return command, None, frozenset()
+    typed = frozenset(vars(args)) & {leaf.dest for leaf in leaves(command.options)}
+    return command, options_from_args(command.options, args, "camodet " + command.name), typed
 
 
-def _exit_code(e: Exception) -> int | None:
-    """EXIT_USAGE or EXIT_DIVERGED for an expected failure, None for a bug (shown in full)."""
-    for errors, code in ((USAGE_ERRORS, EXIT_USAGE), (DIVERGED_ERRORS, EXIT_DIVERGED)):
-        loaded = tuple(getattr(sys.modules[m], name) for m, name in errors.items() if m in sys.modules)
-        if isinstance(e, loaded):
-            return code
-    return None
+def reference() -> str:
+    """The CLI reference: a table per command, every option with its default, range and help
+    (the commands that take train's options list only their own beside them)."""
+    from .fields import reference_table
+
+    parts = []
+    for c in (c for c in COMMANDS if c.options):
+        takes_train = c.options is not TrainConfig and any(
+            leaf.path[0] == "train" for leaf in leaves(c.options)
+        )
+        whole = takes_train and len([leaf for leaf in leaves(c.options) if leaf.path[0] == "train"]) > 20
+        also = "Every option of `camodet train`, and:\n\n" if whole else ""
+        table = reference_table(c.options, leave_out="train" if whole else None)
+        parts.append(f"### camodet {c.name}\n\n{c.help}.\n\n{also}{table}")
+    return "\n\n".join(parts)
 
 
 def main(argv=None) -> int:
-    """Run one subcommand; expected failures print one line and return an exit code."""
+    """Run one subcommand; expected failures print one line and return their exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     try:
-        return args.func(args)
-    except Exception as e:
-        code = _exit_code(e)
-        if code is None:
-            raise
+        command, options, typed = parse(argv)
+        if options is not None:
+            from .models.device import check_devices  # every --device, once, before any work
+
+            check_devices(options)
+        return command.run(options, Call(argv, typed))
+    except CamodetError as e:
         print(f"camodet: error: {e}", file=sys.stderr)
-        return code
+        return e.exit_code
     except KeyboardInterrupt:
         print("camodet: interrupted", file=sys.stderr)
         return 130

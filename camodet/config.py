@@ -4,55 +4,39 @@ and the ``config.yaml`` written into every run folder.
 No torch here: validation that needs a backbone lives in ``camodet.models``.
 """
 
-import argparse
 import dataclasses
 import os
-import types
+import signal
 import typing
 from dataclasses import dataclass, field
-from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value that makes no sense; the message is one line."""
-
-
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str, flag: str = "--time-limit") -> float:
-    """'8h45m', '90m', '1.5h', '3600s' or a plain number of seconds -> seconds."""
-    import re
-
-    t = str(text).strip().lower().replace(" ", "")
-    parts = re.fullmatch(r"((\d+(\.\d+)?)[dhms])+", t)
-    if parts:
-        seconds = sum(float(v) * _DURATION_UNITS[u] for v, _, u in re.findall(r"(\d+(\.\d+)?)([dhms])", t))
-    else:
-        try:
-            seconds = float(t)
-        except ValueError:
-            seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(f"{flag} {text!r}: give a positive duration such as 8h45m, 90m or 3600s")
-    return seconds
+from .errors import ConfigError
+from .fields import (
+    add_options,
+    check_fields,
+    device_name,
+    merge_into,
+    opt,
+    options_from_args,
+    parse_duration,
+    workers,
+)
 
 
-def opt(default, help: str, flag: str | None = None, choices=None, **extra):
-    """A config field with its CLI help (and optionally flag name / choices)."""
-    meta = {"help": help, "flag": flag, "choices": choices, **extra}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def signal_name(value) -> str:
+    """a signal name such as USR1, USR2 or TERM"""
+    name = str(value).upper().removeprefix("SIG")
+    if f"SIG{name}" not in signal.Signals.__members__:
+        raise ValueError(value)
+    return str(value)
 
 
-def workers(value) -> "int | str":
-    """--num-workers: a count, or 'auto' (resolved for the device where the run starts)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    return int(value)
+def duration(value) -> str:
+    """a positive duration such as 8h45m, 90m or 3600s"""
+    parse_duration(value)  # ConfigError is a ValueError: said with the field's flag
+    return str(value)
 
 
 @dataclass
@@ -66,14 +50,16 @@ class DataConfig:
     )
     images: str | None = opt(None, "image folder (with --masks) instead of a dataset root")
     masks: str | None = opt(None, "mask folder paired with --images")
-    img_size: int = opt(384, "training/inference side length in pixels")
+    img_size: int = opt(384, "training/inference side length in pixels", min=32)
     augment: str = opt(
         "full",
         "training augmentation: full (random crop of 0.6-1 of the area, rotation up to 15 degrees, "
         "flip, colour jitter) or flip (the whole image, flipped at random: nothing else)",
         choices=["full", "flip"],
     )
-    val_fraction: float = opt(0.1, "fraction of training images held out for validation (seeded)")
+    val_fraction: float = opt(
+        0.1, "fraction of training images held out for validation (seeded)", min=0, below=1
+    )
     include_noncam: bool = opt(False, "COD10K: also use NonCAM images (the field uses CAM only)")
     skip_bad_files: bool = opt(False, "skip unreadable or unmatched files instead of stopping")
     num_workers: workers = opt(
@@ -81,6 +67,7 @@ class DataConfig:
         "data-loader worker processes, or auto: on a GPU the cores "
         "less one (up to 16); on the CPU none where the compute "
         "threads need every core (see camodet/engine/loaders.py)",
+        min=0,
     )
     cache: bool = opt(False, "decode and pre-resize the dataset once into --cache-dir; later runs read that")
     cache_dir: str | None = opt(None, "cache folder (default: ~/.cache/camodet)")
@@ -107,11 +94,11 @@ class ModelConfig:
     # One expert (a plain residual block, no routing) by default: on real photos at an equal budget
     # 4 experts gained nothing over one (benchmarks/RESULTS.md, quality_real.py). --num-experts N turns it on.
     num_experts: int = opt(
-        1, "number of experts in each mixture-of-experts block (1: no routing; moe decoder)"
+        1, "number of experts in each mixture-of-experts block (1: no routing; moe decoder)", min=1
     )
-    top_k: int = opt(2, "experts chosen per image with --gating topk (ignored with one expert)")
+    top_k: int = opt(2, "experts chosen per image with --gating topk (ignored with one expert)", min=1)
     gating: str = opt("topk", "router gating", choices=["topk", "dense"])
-    decoder_channels: int = opt(64, "channels of the decoder")
+    decoder_channels: int = opt(64, "channels of the decoder", multiple_of=8, min=8)
     deep_supervision: bool = opt(False, "train side outputs at coarser decoder scales")
     backbone_norm: str = opt(
         "train",
@@ -126,35 +113,39 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer, batch, LR schedule, precision and EMA."""
 
-    batch_size: int = opt(8, "stage-1 micro-batch size per process")
-    stage2_batch_size: int | None = opt(None, "stage-2 micro-batch size (default: --batch-size)")
-    accumulation_steps: int = opt(1, "micro-batches per optimizer step")
-    lr: float = opt(4e-4, "stage-1 peak learning rate")
-    stage2_lr: float | None = opt(None, "stage-2 peak learning rate (default: --lr)")
-    min_lr: float = opt(1e-5, "learning rate at the last step of each stage")
+    batch_size: int = opt(8, "stage-1 micro-batch size per process", min=1)
+    stage2_batch_size: int | None = opt(None, "stage-2 micro-batch size (default: --batch-size)", min=1)
+    accumulation_steps: int = opt(1, "micro-batches per optimizer step", min=1)
+    lr: float = opt(4e-4, "stage-1 peak learning rate", above=0)
+    stage2_lr: float | None = opt(None, "stage-2 peak learning rate (default: --lr)", above=0)
+    min_lr: float = opt(1e-5, "learning rate at the last step of each stage", min=0)
     scheduler: str = opt(
         "cosine", "learning-rate schedule after warmup", choices=["cosine", "constant", "step"]
     )
-    warmup_epochs: float = opt(0.0, "linear warmup at the start of each stage, in epochs")
-    weight_decay: float = opt(0.01, "AdamW weight decay (never on norms and biases)")
-    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
-    backbone_lr_mult: float = opt(0.1, "backbone LR as a multiple of the stage LR")
-    moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss")
+    warmup_epochs: float = opt(0.0, "linear warmup at the start of each stage, in epochs", min=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on norms and biases)", min=0)
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)", min=0)
+    backbone_lr_mult: float = opt(0.1, "backbone LR as a multiple of the stage LR", min=0)
+    moe_loss_weight: float = opt(0.01, "weight of the mixture-of-experts load-balancing loss", min=0)
     boundary_gain: float = opt(
-        5.0, "structure loss: a pixel at the mask's boundary weighs up to 1 + this (0: plain BCE + IoU)"
+        5.0,
+        "structure loss: a pixel at the mask's boundary weighs up to 1 + this (0: plain BCE + IoU)",
+        min=0,
     )
     uncertainty_loss_weight: float = opt(
         0.0,
         "ZoomNet's uncertainty-aware loss, mean 1 - (2p - 1)^2, which pushes probabilities away from "
         "0.5: its weight at the last epoch, reached by a cosine ramp from 0 at the first (0: off)",
+        min=0,
     )
     use_ema: bool = opt(False, "keep an exponential moving average of the weights")
-    ema_decay: float = opt(0.999, "EMA decay per optimizer step")
+    ema_decay: float = opt(0.999, "EMA decay per optimizer step", above=0, below=1)
     amp: str = opt(
         "auto",
         "mixed precision: auto = bf16 on Ampere and newer GPUs, fp16 with a grad scaler "
         "on older ones (T4, P100, V100), off on the CPU",
         choices=["auto", "bf16", "fp16", "off"],
+        aliases={"--no-amp": "off"},  # the reference workflow's spelling of --amp off
     )
 
 
@@ -162,11 +153,11 @@ class OptimConfig:
 class StageConfig:
     """Stage 1 (frozen backbone) and stage 2 (progressive unfreezing) lengths."""
 
-    epochs: int = opt(120, "total epochs over both stages")
-    stage1_epochs: int = opt(30, "epochs with the backbone frozen (stage 1)")
+    epochs: int = opt(120, "total epochs over both stages", above=0)
+    stage1_epochs: int = opt(30, "epochs with the backbone frozen (stage 1)", min=0)
     skip_stage1: bool = opt(False, "start in stage 2")
     progressive_unfreeze: bool = opt(False, "stage 2 unfreezes backbone stages deepest-first")
-    unfreeze_warmup_epochs: float = opt(1.0, "LR warmup of a newly unfrozen backbone stage, in epochs")
+    unfreeze_warmup_epochs: float = opt(1.0, "LR warmup of a newly unfrozen backbone stage, in epochs", min=0)
 
 
 @dataclass
@@ -188,22 +179,25 @@ class RunConfig:
     )
     seed: int = opt(42, "random seed (data split, order, augmentation, init)")
     use_ddp: bool = opt(False, "accepted for compatibility; torchrun's environment decides")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    keep_last: int = opt(0, "also keep epoch_N.pth for the last K epochs (0 = only last.pth and best)")
-    log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates")
+    device: device_name = opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    keep_last: int = opt(0, "also keep epoch_N.pth for the last K epochs (0 = only last.pth and best)", min=0)
+    log_every: int = opt(20, "optimizer steps between progress-bar and TensorBoard step updates", min=1)
     tensorboard: bool = opt(True, "write TensorBoard logs to RUN/tensorboard (needs the tensorboard package)")
-    image_every: int = opt(5, "epochs between TensorBoard panels of validation predictions (0 = never)")
+    image_every: int = opt(
+        5, "epochs between TensorBoard panels of validation predictions (0 = never)", min=0
+    )
     tracker: list[str] = opt(
         [],
         "experiment tracker(s) to log to, wandb and/or mlflow (repeat the flag or list both): config, "
         "epoch records, events, the final export and report; offline by default (W&B offline mode, "
         "MLflow to RUN/mlflow.db)",
         nargs="+",
+        choices=["wandb", "mlflow"],
     )
     tracking_uri: str | None = opt(
         None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db)"
     )
-    preempt_signal: str = opt(
+    preempt_signal: signal_name = opt(
         "USR1",
         "signal a scheduler sends ahead of preemption (SLURM: --signal=USR1@120): "
         "like SIGTERM the run saves its position and stops, with exit code 75",
@@ -213,7 +207,7 @@ class RunConfig:
         "under SLURM, requeue the job (scontrol requeue) after saving on the "
         "preemption signal or SIGTERM; with --resume-from auto it continues",
     )
-    time_limit: str | None = opt(
+    time_limit: typing.Optional[duration] = opt(  # noqa: UP045 (a parser function has no | None)
         None,
         "wall time this command may take, e.g. 8h45m (a notebook's hard limit): "
         "the run stops by itself early enough to finish its step and write a "
@@ -239,9 +233,11 @@ class SpeedConfig:
 class SafetyConfig:
     """The divergence guard, rollbacks and the stall watchdog."""
 
-    max_rollbacks: int = opt(3, "rollbacks to the last good state before the run stops as diverged")
-    rollback_lr_factor: float = opt(0.5, "LR multiplier applied at each rollback")
-    max_nonfinite_steps: int = opt(3, "non-finite steps within 100 optimizer steps that trigger a rollback")
+    max_rollbacks: int = opt(3, "rollbacks to the last good state before the run stops as diverged", min=0)
+    rollback_lr_factor: float = opt(0.5, "LR multiplier applied at each rollback", above=0, below=1)
+    max_nonfinite_steps: int = opt(
+        3, "non-finite steps within 100 optimizer steps that trigger a rollback", min=1
+    )
     spike_factor: float = opt(
         10.0, "a step loss this many times the running median triggers a rollback (0 disables)"
     )
@@ -249,6 +245,7 @@ class SafetyConfig:
         900.0,
         "seconds without a finished optimizer step before the watchdog dumps "
         "stacks and stops the run (0 disables)",
+        min=0,
     )
 
 
@@ -291,130 +288,9 @@ class TrainConfig:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
-def _base_type(tp):
-    """int for Optional[int]; list for list[str]."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    return origin or tp
-
-
-def _flag(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "text"}.get(tp, tp.__name__)
-
-
-def _coerce(value, f: dataclasses.Field, source: str):
-    """The one gate every value passes, typed on the command line or read from YAML (or a
-    saved config): its type, and for fields with choices, one of them. Errors are one line
-    naming the flag, where the value came from and what is allowed."""
-    tp = _base_type(f.type)
-    where = f"{_flag(f)}: {value!r}" + ("" if source == "the command line" else f" in {source}")
-    if value is None:
-        if _is_optional(f.type):
-            return None
-        raise ConfigError(f"{_flag(f)}: needs a value in {source} (got an empty one)")
-    if tp is list:
-        return [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{where} is not true or false")
-    if callable(tp) and not isinstance(tp, type):  # a parser function such as workers()
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} is not valid: {tp.__doc__.strip().splitlines()[0]}") from None
-    if tp in (int, float):
-        number = _number(value)
-        if number is None or (tp is int and isinstance(number, float) and not number.is_integer()):
-            raise ConfigError(
-                f"{_flag(f)}: cannot read {value!r} from {source} as {tp.__name__} "
-                f"(expected {_type_name(tp)})"
-            )
-        return tp(number)
-    choices = f.metadata.get("choices")
-    if choices and isinstance(value, bool) and {"on", "off"} <= set(choices):
-        # YAML 1.1 reads unquoted on/off/yes/no as booleans: `channels_last: on` means "on".
-        value = "on" if value else "off"
-    if choices and isinstance(value, bool) and "off" in choices and not value:
-        value = "off"  # `amp: off` in YAML
-    if choices and value not in choices:
-        raise ConfigError(f"{where} is not one of {', '.join(choices)}")
-    return str(value)
-
-
-def _number(value):
-    """int or float from a number or its text; None for anything else. YAML's true/false would
-    pass int() as 1/0, and int(3.7) would quietly be 3: both are refused by the caller."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    for parse in (int, float):
-        try:
-            return parse(str(value).strip())
-        except ValueError:
-            pass
-    return None
-
-
-def _is_optional(tp) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-
-
 def merge(cfg: TrainConfig, updates: dict, source: str) -> TrainConfig:
     """Apply a nested {section: {field: value}} (or flat {field: value}) dict onto cfg."""
-    flat = {}
-    for key, val in (updates or {}).items():
-        if key in SECTIONS and isinstance(val, dict):
-            for k, v in val.items():
-                flat[(key, k)] = v
-        else:
-            flat[(None, key)] = val
-    for (section, key), val in flat.items():
-        key = key.replace("-", "_")
-        target = _find_field(section, key)
-        if target is None:
-            where = f"{section}.{key}" if section else key
-            raise ConfigError(f"unknown setting {where!r} in {source}; see 'camodet train --help'")
-        sec_name, f = target
-        setattr(getattr(cfg, sec_name), f.name, _coerce(val, f, source))
-    return cfg
-
-
-def _find_field(section: str | None, key: str):
-    for sec_name, sec_type in SECTIONS.items():
-        if section not in (None, sec_name):
-            continue
-        for f in dataclasses.fields(sec_type):
-            if f.name == key:
-                return sec_name, f
-    return None
-
-
-def load_yaml(path: str, flag: str = "--config") -> dict:
-    """The mapping a YAML file holds; `flag` is the option that named the file, for the messages."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{flag} file {path} does not exist; check the {flag} path")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{flag} file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{flag} file {path} must hold a mapping of settings, not {type(data).__name__}")
-    return data
+    return merge_into(cfg, updates, source, "camodet train")
 
 
 def save_yaml(cfg: TrainConfig, path: str) -> None:
@@ -422,156 +298,51 @@ def save_yaml(cfg: TrainConfig, path: str) -> None:
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser, only: "set[str] | None" = None) -> None:
-    """Generate one flag per config field; defaults are suppressed so that only
-    flags the user typed override YAML and defaults. `only`: the sections ('model') and
-    fields ('data.img_size') a command reads, when it reads part of the config."""
-    parser.add_argument("--config", help="YAML file of settings (CLI flags override it)")
-    for sec_name, sec_type in SECTIONS.items():
-        group = parser.add_argument_group(sec_name)
-        for f in dataclasses.fields(sec_type):
-            if only is not None and sec_name not in only and f"{sec_name}.{f.name}" not in only:
-                continue
-            tp = _base_type(f.type)
-            kw: dict[str, Any] = dict(
-                dest=f"{sec_name}.{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"]
-            )
-            if tp is bool:
-                kw["action"] = argparse.BooleanOptionalAction
-            else:
-                # Text here, typed and checked by _coerce: flags and YAML share one validation path.
-                kw["type"] = str
-                if f.metadata.get("nargs"):
-                    kw["nargs"] = f.metadata["nargs"]
-                    kw["action"] = "extend"
-                choices = f.metadata.get("choices")
-                kw["metavar"] = (
-                    "{" + ",".join(choices) + "}" if choices else f.name.upper() if tp is not list else "PATH"
-                )
-            group.add_argument(_flag(f), **kw)
-    if only is not None:
-        return
-    # --no-amp is the reference workflow's spelling of --amp off.
-    parser.add_argument(
-        "--no-amp",
-        dest="optim.amp",
-        action="store_const",
-        const="off",
-        default=argparse.SUPPRESS,
-        help="disable mixed precision (same as --amp off)",
-    )
+def add_arguments(parser) -> None:
+    """train's flags, one per TrainConfig field (the generator every command's parser uses)."""
+    add_options(parser, TrainConfig)
 
 
-def from_args(args: argparse.Namespace) -> TrainConfig:
+def from_args(args) -> TrainConfig:
     """Defaults, then the YAML file, then the flags the user typed."""
-    cfg = TrainConfig()
-    if getattr(args, "config", None):
-        merge(cfg, load_yaml(args.config), source=args.config)
-    nested: dict[str, dict] = {}
-    for key, val in vars(args).items():
-        if "." in key:
-            sec, name = key.split(".", 1)
-            nested.setdefault(sec, {})[name] = val
-    return merge(cfg, nested, source="the command line")
+    return options_from_args(TrainConfig, args, "camodet train")
 
 
 def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
-    """Refuse settings that make no sense together, in one line naming the flag and
-    the fix, before anything is loaded; `check_paths` also checks that data paths exist."""
+    """Refuse settings that make no sense together, in one line naming the flag and the fix,
+    before anything is loaded (each setting's own type, choices and range are the gate's:
+    camodet/fields.py); `check_paths` also checks that data paths exist."""
     d, m, o, s, r = cfg.data, cfg.model, cfg.optim, cfg.stages, cfg.run
 
     def need(ok: bool, msg: str):
         if not ok:
             raise ConfigError(msg)
 
-    for section in (d, m, o, s, r, cfg.safety, cfg.speed):  # configs built in Python skip _coerce
-        for f in dataclasses.fields(section):
-            choices = f.metadata.get("choices")
-            value = getattr(section, f.name)
-            need(
-                not choices or value in choices,
-                f"{_flag(f)}: {value!r} is not one of {', '.join(choices or [])}",
-            )
-    need(s.epochs > 0, f"--epochs must be positive (got {s.epochs})")
-    need(s.stage1_epochs >= 0, f"--stage1-epochs must be >= 0 (got {s.stage1_epochs})")
+    check_fields(cfg)  # a config built in Python has not passed the gate's choices and ranges
     need(
         s.stage1_epochs <= s.epochs,
         f"--stage1-epochs ({s.stage1_epochs}) exceeds --epochs ({s.epochs}), which counts both stages; "
         f"raise --epochs or lower --stage1-epochs",
     )
-    need(s.unfreeze_warmup_epochs >= 0, "--unfreeze-warmup-epochs must be >= 0")
-    need(o.accumulation_steps >= 1, f"--accumulation-steps must be at least 1 (got {o.accumulation_steps})")
-    need(o.batch_size >= 1, f"--batch-size must be at least 1 (got {o.batch_size})")
-    need(
-        o.stage2_batch_size is None or o.stage2_batch_size >= 1,
-        f"--stage2-batch-size must be at least 1 (got {o.stage2_batch_size})",
-    )
-    need(o.lr > 0, f"--lr must be positive (got {o.lr})")
-    need(o.stage2_lr is None or o.stage2_lr > 0, f"--stage2-lr must be positive (got {o.stage2_lr})")
-    need(o.min_lr >= 0, f"--min-lr must be >= 0 (got {o.min_lr})")
     for name, peak in (("--lr", o.lr), ("--stage2-lr", cfg.stage2_lr)):
         need(
             o.min_lr <= peak,
             f"--min-lr ({o.min_lr:g}) is above {name} ({peak:g}); the schedule "
             f"would rise instead of decay: lower --min-lr",
         )
-    need(o.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {o.warmup_epochs})")
-    need(o.grad_clip >= 0, f"--grad-clip must be >= 0 (got {o.grad_clip})")
-    need(o.weight_decay >= 0, f"--weight-decay must be >= 0 (got {o.weight_decay})")
-    need(o.boundary_gain >= 0, f"--boundary-gain must be >= 0 (got {o.boundary_gain})")
-    need(
-        o.uncertainty_loss_weight >= 0,
-        f"--uncertainty-loss-weight must be >= 0 (got {o.uncertainty_loss_weight})",
-    )
-    need(o.backbone_lr_mult >= 0, f"--backbone-lr-mult must be >= 0 (got {o.backbone_lr_mult})")
-    need(0.0 < o.ema_decay < 1.0, f"--ema-decay must be between 0 and 1 (got {o.ema_decay})")
-    need(m.num_experts >= 1, f"--num-experts must be at least 1 (got {m.num_experts})")
     need(
         m.num_experts == 1 or m.decoder == "moe",
         f"--num-experts {m.num_experts}: experts are the moe decoder's; --decoder {m.decoder} has none "
         f"(drop --num-experts or use --decoder moe)",
     )
     need(
-        1 <= m.top_k <= m.num_experts or (m.num_experts == 1 and m.top_k >= 1),
+        m.top_k <= m.num_experts or m.num_experts == 1,
         f"--top-k ({m.top_k}) must be between 1 and --num-experts ({m.num_experts})",
     )
+    # one setting, but a range of two pieces: off, or a factor above 1
     need(
-        m.decoder_channels >= 8 and m.decoder_channels % 8 == 0,
-        f"--decoder-channels must be a positive multiple of 8 (got {m.decoder_channels})",
-    )
-    need(d.img_size >= 32, f"--img-size must be at least 32 (got {d.img_size})")
-    need(0.0 <= d.val_fraction < 1.0, f"--val-fraction must be in [0, 1) (got {d.val_fraction})")
-    need(
-        d.num_workers == "auto" or d.num_workers >= 0,
-        f"--num-workers must be >= 0 or auto (got {d.num_workers})",
-    )
-    need(r.keep_last >= 0, f"--keep-last must be >= 0 (got {r.keep_last})")
-    sf = cfg.safety
-    need(sf.max_rollbacks >= 0, f"--max-rollbacks must be >= 0 (got {sf.max_rollbacks})")
-    need(
-        0.0 < sf.rollback_lr_factor < 1.0,
-        f"--rollback-lr-factor must be between 0 and 1 (got {sf.rollback_lr_factor})",
-    )
-    need(
-        sf.max_nonfinite_steps >= 1,
-        f"--max-nonfinite-steps must be at least 1 (got {sf.max_nonfinite_steps})",
-    )
-    need(
-        sf.spike_factor == 0 or sf.spike_factor > 1,
-        f"--spike-factor must be 0 (off) or above 1 (got {sf.spike_factor})",
-    )
-    need(sf.stall_timeout >= 0, f"--stall-timeout must be >= 0 seconds (got {sf.stall_timeout})")
-    need(r.image_every >= 0, f"--image-every must be >= 0 (got {r.image_every})")
-    need(r.log_every >= 1, f"--log-every must be at least 1 (got {r.log_every})")
-    for name in r.tracker:
-        need(name in ("wandb", "mlflow"), f"--tracker {name!r} is not one of wandb, mlflow")
-    if r.time_limit is not None:
-        parse_duration(r.time_limit)
-    import signal
-
-    need(
-        f"SIG{r.preempt_signal.upper().removeprefix('SIG')}" in signal.Signals.__members__,
-        f"--preempt-signal {r.preempt_signal!r} is not a signal name; use e.g. USR1, USR2 or TERM",
+        cfg.safety.spike_factor == 0 or cfg.safety.spike_factor > 1,
+        f"--spike-factor must be 0 (off) or above 1 (got {cfg.safety.spike_factor})",
     )
     need((d.images is None) == (d.masks is None), "--images and --masks must be given together")
     need(

@@ -22,12 +22,39 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.distributed as dist
 
+from .errors import CamodetError
 from .models.device import resolve_device
 
 
-class ProcessFailure(RuntimeError):
+class ProcessFailure(CamodetError, RuntimeError):
     """A process this command runs beside or started (a metric worker, a data-loader worker,
     another process of the launch) died or failed; the message names it and what to do."""
+
+
+# On the CPU the model's compute threads use every core; a loader worker takes its cycles from
+# them. It pays only where preparing a batch costs more than 1/(cores - 1) of a step, which
+# needs many cores; with few, the main process prepares batches between steps.
+CPU_WORKERS_FROM_CORES = 8
+GPU_MAX_WORKERS = 16
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as a container or taskset sets it),
+    shared among the processes torchrun started on this node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def resolve_workers(setting: "int | str", device_type: str, cores: int | None = None) -> int:
+    """--num-workers: a number as given; auto = on a GPU, the cores less one for the main process
+    (up to 16); on the CPU, none below 8 cores (measured on 2: benchmarks/epoch_time.py), then
+    one per 8 cores."""
+    if setting != "auto":
+        return int(setting)
+    cores = usable_cores() if cores is None else cores
+    if device_type == "cuda":
+        return max(1, min(GPU_MAX_WORKERS, cores - 1))
+    return cores // CPU_WORKERS_FROM_CORES
 
 
 def exit_status(code: int | None) -> str:

@@ -5,7 +5,8 @@ import sys
 
 import yaml
 
-from camodet.cli import main, method_name
+from camodet.cli import main
+from camodet.serving.fetch import model_name
 
 from .conftest import truncate
 
@@ -22,10 +23,10 @@ def test_entry_points_agree():
 
 
 def test_method_name_of_runs_exports_and_hub_ids(tmp_path):
-    assert method_name("user/camo-model") == "camo-model"  # a Hub id names the model, not its owner
+    assert model_name("user/camo-model") == "camo-model"  # a Hub id names the model, not its owner
     (tmp_path / "run").mkdir()
-    assert method_name(str(tmp_path / "run" / "best_model.pth")) == "run"
-    assert method_name(str(tmp_path / "run")) == "run"
+    assert model_name(str(tmp_path / "run" / "best_model.pth")) == "run"
+    assert model_name(str(tmp_path / "run")) == "run"
 
 
 def test_synth_and_data_check(tmp_path, capsys):

@@ -3,7 +3,9 @@ import argparse
 import pytest
 
 from camodet.cli import build_parser
-from camodet.config import ConfigError, TrainConfig, add_arguments, from_args, load_yaml, save_yaml
+from camodet.config import TrainConfig, add_arguments, from_args, save_yaml
+from camodet.errors import ConfigError
+from camodet.fields import load_yaml
 
 REFERENCE = """train --dataset-path {data} --checkpoint-dir runs/batch8
     --resume-from {ckpt} --skip-stage1

@@ -153,7 +153,10 @@ def test_no_import_circles_between_camodet_modules():
 # own package and those below it. Evaluation sits below serving (serving publishes and draws with
 # its metrics), tracking above serving (it exports the finished run), the engine above tracking.
 LAYERS = (
+    "errors",
+    "fields",
     "config",
+    "options",
     "data",
     "models",
     "runs",

@@ -4,11 +4,13 @@ RGBA, CMYK, 16-bit, EXIF-rotated. Every failure names the file."""
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import CamodetError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg", ".gif")
 
 
-class DataError(ValueError):
+class DataError(CamodetError, ValueError):
     """A dataset problem; the message names the file and the way out. `reason` is the
     message without the way out, for callers that offer their own (or need none); a
     `skippable` problem's way out is --skip-bad-files."""

@@ -8,9 +8,13 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..errors import EXIT_DIVERGED, CamodetError
 
-class DivergenceError(RuntimeError):
+
+class DivergenceError(CamodetError, RuntimeError):
     """Training diverged more often than --max-rollbacks allows; the message says what to change."""
+
+    exit_code = EXIT_DIVERGED
 
 
 STEP, OVERFLOW, SKIP, ROLLBACK = "step", "overflow", "skip", "rollback"

@@ -3,7 +3,6 @@
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -59,32 +58,6 @@ def loader_worker_failures(then: Callable[[], str]):
             else "--num-workers 0 loads the data in this process, where the cause shows"
         )
         raise ProcessFailure(f"{what}: {fix}; {then()}") from None
-
-
-# On the CPU the model's compute threads use every core; a loader worker takes its cycles from
-# them. It pays only where preparing a batch costs more than 1/(cores - 1) of a step, which
-# needs many cores; with few, the main process prepares batches between steps.
-CPU_WORKERS_FROM_CORES = 8
-GPU_MAX_WORKERS = 16
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, as a container or taskset sets it),
-    shared among the processes torchrun started on this node."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def resolve_workers(setting: "int | str", device_type: str, cores: int | None = None) -> int:
-    """--num-workers: a number as given; auto = on a GPU, the cores less one for the main process
-    (up to 16); on the CPU, none below 8 cores (measured on 2: benchmarks/epoch_time.py), then
-    one per 8 cores."""
-    if setting != "auto":
-        return int(setting)
-    cores = usable_cores() if cores is None else cores
-    if device_type == "cuda":
-        return max(1, min(GPU_MAX_WORKERS, cores - 1))
-    return cores // CPU_WORKERS_FROM_CORES
 
 
 class EpochSampler(Sampler):

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..config import TrainConfig, parse_duration, save_yaml
+from ..config import TrainConfig, save_yaml
 from ..data.cache import cached_samples, default_cache_dir
 from ..data.dataset import CODDataset
 from ..data.splits import readable_samples, split_train_val, training_samples
 from ..evaluation.metrics import Evaluator, mean_records, to_uint8
-from ..launch import own_device
+from ..fields import parse_duration
+from ..launch import own_device, resolve_workers
 from ..models import build_model
 from ..models.device import amp_dtype, autocast_name, tune_kernels
 from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
@@ -46,7 +47,6 @@ from .loaders import (
     EpochSampler,
     input_normalization,
     loader_worker_failures,
-    resolve_workers,
     train_loader,
     val_loader,
 )

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from ..data.dataset import CODDataset, collate
 from ..data.io import IMAGE_EXTS, MASK_EXTS, DataError, read_grey, read_mask
 from ..data.layouts import Sample, distinct_roots, gather
-from ..launch import Dist, Shard, barrier, broadcast_object, gather_objects
+from ..launch import Dist, Shard, barrier, broadcast_object, gather_objects, resolve_workers
+from ..options import EvaluateOptions
 from ..staging import disk_full_message, is_disk_full, make_staging, swap_in
 from .metrics import VARIANTS, to_uint8
 from .paper import DatasetScorer, score_sample
@@ -62,26 +63,24 @@ def _refuse_case_twins(group: list[Sample]) -> None:
 
 def evaluate(
     predictor,
-    dataset_paths: list[str],
-    batch_size: int = 8,
-    num_workers: int = 2,
-    save_preds: str | None = None,
-    normalise: bool = False,
+    opts: EvaluateOptions,
     curves: dict | None = None,
     worst: WorstImages | None = None,
-    workers: int = 0,
     d: Dist = Dist(),
 ) -> dict:
-    """{row: metrics}, predictions resized to each GT's original size; a row per dataset, and
-    per COD10K super-class after COD10K. normalise: per-map min-max first (saved maps stay raw);
-    curves: a dict to fill with each row's curves (Evaluator.curves); worst: offered every image;
-    workers: processes for the metrics; d: the launch, whose processes each score their share
-    (Shard) and send the per-image states to rank 0, which alone gets the rows ({} elsewhere).
-    save_preds: a folder that gets this run's maps whole (DIR/<dataset>/<stem>.png): they are
+    """{row: metrics} of opts.dataset_path's test splits, predictions resized to each GT's original
+    size; a row per dataset, and per COD10K super-class after COD10K. opts.minmax: per-map min-max
+    first (saved maps stay raw); opts.workers: processes for the metrics; opts.inference: batch
+    size and loader workers. curves: a dict to fill with each row's curves (Evaluator.curves);
+    worst: offered every image; d: the launch, whose processes each score their share (Shard) and
+    send the per-image states to rank 0, which alone gets the rows ({} elsewhere).
+    opts.save_preds: a folder that gets this run's maps whole (DIR/<dataset>/<stem>.png): they are
     written beside it and swapped in at the end, so a failed run leaves it as it was and a later
     run leaves none of an earlier one's maps; a folder holding anything else is refused."""
-    sets = split_by_dataset(dataset_paths)
-    run = (predictor, sets, batch_size, num_workers, normalise, curves, worst, workers, d)
+    save_preds, inf = opts.save_preds, opts.inference
+    loaders = resolve_workers(inf.num_workers, predictor.device.type)
+    sets = split_by_dataset(opts.dataset_path)
+    run = (predictor, sets, inf.batch_size, loaders, opts.minmax, curves, worst, opts.workers, d)
     if not save_preds:
         return _evaluate_sets(*run, None)
     check_preds_folder(save_preds)
@@ -221,20 +220,15 @@ def save_map(pred: np.ndarray, path: str) -> None:
 
 
 def evaluate_preds_dir(
-    preds_dir: str,
-    dataset_paths: list[str],
-    normalise: bool = False,
-    curves: dict | None = None,
-    worst: WorstImages | None = None,
-    workers: int = 0,
-    d: Dist = Dist(),
+    opts: EvaluateOptions, curves: dict | None = None, worst: WorstImages | None = None, d: Dist = Dist()
 ) -> dict:
-    """Score prediction maps already on disk (DIR/<dataset>/<stem>.png, or DIR/<stem>.png
-    for a single dataset) against the test GTs; maps of another size are resized to the
-    GT's, as PySODEvalToolkit does. Rows, normalise, curves, workers and d as in `evaluate`."""
+    """Score prediction maps already on disk (opts.preds_dir: DIR/<dataset>/<stem>.png, or
+    DIR/<stem>.png for a single dataset) against the test GTs; maps of another size are resized to
+    the GT's, as PySODEvalToolkit does. Rows, minmax, curves, workers and d as in `evaluate`."""
+    preds_dir, normalise, workers = opts.preds_dir, opts.minmax, opts.workers
     if not os.path.isdir(preds_dir):
         raise DataError(f"--preds-dir {preds_dir}: no such folder")
-    sets = split_by_dataset(dataset_paths)
+    sets = split_by_dataset(opts.dataset_path)
     results: dict = {}
     mine_worst = WorstImages(worst.k) if worst is not None else None
     with MetricWorkers(workers) as pool:
@@ -322,3 +316,33 @@ def write_results(results: dict, out_dir: str, note: str = "", scored: dict | No
             fh.write(name + "," + ",".join(f"{r[c]:.6f}" for c in TABLE_COLUMNS) + f",{r['images']}\n")
     with open(os.path.join(out_dir, "metrics.md"), "w") as fh:
         fh.write(format_table(results, note) + "\n")
+
+
+def report_results(
+    opts: EvaluateOptions, results: dict, scored: dict, method: str, curves: dict | None, worst
+) -> None:
+    """What `camodet evaluate` shows and writes of its rows: the table (Markdown or LaTeX), and
+    with --out the metrics files, the curves and the worst images."""
+    from .paper import format_latex, scaling_note
+
+    note = scaling_note(opts.minmax)
+    latex = opts.format == "latex"
+    print(format_latex(results, method, note) if latex else format_table(results, note))
+    if opts.out:
+        write_results(results, opts.out, note, scored)
+        print(f"wrote metrics.json, metrics.csv and metrics.md to {opts.out}")
+        if latex:
+            with open(os.path.join(opts.out, "metrics.tex"), "w") as fh:
+                fh.write(format_latex(results, method, note) + "\n")
+            print(f"wrote metrics.tex to {opts.out}")
+    if curves is not None:
+        from .curves import plot_curves, save_curves
+        from .paper import is_super_row
+
+        folder = os.path.join(opts.out, "curves")
+        files = save_curves(curves, folder, method)
+        files += plot_curves({k: v for k, v in curves.items() if not is_super_row(k)}, folder, method)
+        print(f"wrote {len(files)} curve files to {folder}/ (<row>.npz, curves.npy, pr.png, fm.png, em.png)")
+    if worst is not None:
+        print(f"\nthe {len(worst.items())} images with the lowest IoU:\n{worst.table()}")
+        print(f"wrote {worst.save(opts.out)} (image | ground truth | prediction) and worst.json")

@@ -10,7 +10,8 @@ import os
 import numpy as np
 import yaml
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
+from ..errors import ConfigError
 from ..runs import history
 from ..runs.folder import BEST_METRIC, CONFIG, METRICS, RunFolder
 from ..runs.health import new_advice

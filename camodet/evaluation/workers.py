@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..launch import ProcessFailure, exit_status
 
 IN_FLIGHT_PER_WORKER = 4  # enough to keep a worker busy while the model makes the next maps

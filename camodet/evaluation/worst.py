@@ -10,9 +10,9 @@ import os
 import cv2
 import numpy as np
 
-from ..config import ConfigError
 from ..data.io import read_image, read_mask
 from ..data.layouts import Sample
+from ..errors import ConfigError
 from .panels import triptych
 
 CAPTION = 22  # pixels of the caption strip above each row

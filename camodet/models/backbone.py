@@ -10,15 +10,16 @@ import tempfile
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..config import ModelConfig
 from ..data.normalization import IMAGENET, Normalization
+from ..errors import CamodetError, ConfigError
 from .timm_lib import timm
 from .weights import WeightsMismatch, describe, to_timm_keys
 
 log = logging.getLogger("camodet")
 
 
-class BackboneError(ValueError):
+class BackboneError(CamodetError, ValueError):
     """A backbone or its weights cannot be used; the message says how to proceed."""
 
 

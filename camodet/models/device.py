@@ -2,6 +2,37 @@
 
 import torch
 
+from ..errors import ConfigError
+from ..fields import base_type, device_name, get, leaves
+
+
+def devices_here() -> list[str]:
+    """The devices this machine has, as --device names them."""
+    names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names + ["cpu"]
+
+
+def check_device(name: str) -> None:
+    """--device NAME exists on this machine; one line naming the flag and the devices there are
+    otherwise (a notebook whose GPU is off, a typo, cuda:3 on a machine with one GPU)."""
+    here = devices_here()
+    if name in ("auto", "cpu") or name in here or (name == "cuda" and "cuda:0" in here):
+        return
+    if name.startswith("cuda") and not any(d.startswith("cuda") for d in here):
+        why = "this machine has no CUDA GPU (or this torch has no CUDA)"
+    else:
+        why = "this machine has no such device"
+    raise ConfigError(f"--device {name}: {why}; the devices here are {', '.join(here)} (or auto)")
+
+
+def check_devices(options) -> None:
+    """Every --device of a command's options, checked once, before the command does anything."""
+    for leaf in leaves(type(options)):
+        if base_type(leaf.field.type) is device_name:
+            check_device(get(options, leaf.path))
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> the GPU when there is one, else the CPU; anything else as torch reads it."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..options import WEIGHT_CHOICES
 from .errors import CheckpointError
 from .folder import BEST, LAST, NUMBERED
 
@@ -169,7 +170,6 @@ OPTIMIZER, SCALER, RNG, GUARD, POSITION = (
     "guard",
     "position",
 )
-WEIGHT_CHOICES = ("auto", "ema", "raw")
 
 
 def model_weights(ckpt: dict, which: str = "auto", path: str = "the checkpoint") -> dict:

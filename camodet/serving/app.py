@@ -10,12 +10,13 @@ import weakref
 
 import numpy as np
 
+from ..errors import CamodetError
 from .predict import cutout_image, overlay_image
 
 DEFAULT_PORT = 7860
 
 
-class AppError(RuntimeError):
+class AppError(CamodetError, RuntimeError):
     """The demo cannot start; the message says what to install or change."""
 
 

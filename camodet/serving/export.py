@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..errors import CamodetError
 from ..runs.checkpoint import load_checkpoint
 from ..staging import disk_full_message, is_disk_full, make_staging, share, swap_in
 from .export_format import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
@@ -33,7 +34,7 @@ ONNX_TOLERANCE = 1e-3
 FP16_TOLERANCE = 2e-2  # fp16 compute against fp32 PyTorch: probabilities to about two decimals
 
 
-class ExportError(RuntimeError):
+class ExportError(CamodetError, RuntimeError):
     """Exporting failed; the message says what is missing."""
 
 
@@ -357,3 +358,24 @@ def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: str, dyn
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
+
+
+def describe_export(info: dict, out_dir: str) -> str:
+    """What `camodet export` wrote, how closely its graphs match PyTorch, and the int8 graph's
+    agreement and speed."""
+    text = f"wrote {', '.join(info['files'])} to {out_dir}"
+    if "onnx_max_abs_diff" in info:
+        text += f"; ONNX Runtime matches PyTorch within {info['onnx_max_abs_diff']:.1e}"
+    if "onnx_fp16_max_abs_diff" in info:
+        text += f"; the fp16 graph within {info['onnx_fp16_max_abs_diff']:.1e}"
+    q = info.get("int8")
+    if q:
+        text += (
+            f"\nint8: {q['method']} quantisation ({q['settings']}) calibrated on {q['calibration_images']} "
+            f"images; on {q['held_images']} held images its masks agree with the fp32 graph's at mean IoU "
+            f"{q['agreement_mean_iou']:.4f} (lowest {q['agreement_min_iou']:.4f}, threshold "
+            f"{q['min_agreement']:g}); batch 1 at {q['input_size'][0]} px, {q['threads']} threads: fp32 "
+            f"{q['fp32_images_per_s']:.1f} images/s, int8 {q['int8_images_per_s']:.1f} images/s "
+            f"({q['speedup']:.2f}x)"
+        )
+    return text

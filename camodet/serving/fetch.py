@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+from ..errors import CamodetError
 from .export_format import EXPORT_CONFIG, EXPORT_FORMAT, EXPORT_WEIGHTS
 
 # 'user/name': what the Hub accepts as a model id (letters, digits, '-', '_', '.'; 96 at most)
@@ -14,7 +15,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _LOCAL_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".json", ".onnx")
 
 
-class HubError(RuntimeError):
+class HubError(CamodetError, RuntimeError):
     """Publishing or fetching a model failed; the message names the model and the way out."""
 
 
@@ -102,3 +103,12 @@ def check_hub_config(name: str, path: str) -> None:
             f"{name}: not a camodet model (its config.json has format {found!r}, not {EXPORT_FORMAT!r}); "
             f"publish one with 'camodet push', or pass a local export folder"
         )
+
+
+def model_name(source: str) -> str:
+    """The name a table or plot gives a model: its run or export folder (a checkpoint in 'runs/x/'
+    -> 'x'), a predictions folder, or a Hub id's model name ('user/camo-model' -> 'camo-model')."""
+    if is_hub_id(source):
+        return source.split("/", 1)[1]
+    path = os.path.abspath(source)
+    return os.path.basename(path if os.path.isdir(path) else os.path.dirname(path)) or "camodet"

@@ -11,6 +11,7 @@ import tempfile
 import yaml
 
 from ..models.decoders import describe_decoder
+from ..options import PushOptions
 from .export_format import EXPORT_CONFIG, EXPORT_WEIGHTS, model_config, read_export, weights_fingerprint
 from .fetch import REPO_ID, HubError, hub_client
 
@@ -18,20 +19,10 @@ README = "README.md"
 HUB_FILES = [EXPORT_WEIGHTS, EXPORT_CONFIG, README]
 
 
-def push(
-    source: str,
-    repo_id: str,
-    *,
-    token: str | None = None,
-    private: bool = False,
-    results: str | None = None,
-    datasets: list[str] | None = None,
-    license: str | None = None,
-    endpoint: str | None = None,
-    message: str | None = None,
-) -> dict:
-    """Export `source` (checkpoint, run folder or export folder), write the model card and
-    upload the three files to `repo_id`; returns the repo URL, the commit URL and the files."""
+def push(opts: PushOptions, message: str | None = None) -> dict:
+    """Export opts.source (checkpoint, run folder or export folder), write the model card and
+    upload the three files to opts.repo_id; returns the repo URL, the commit URL and the files."""
+    source, repo_id, results, datasets = opts.source, opts.repo_id, opts.results, opts.datasets
     if not REPO_ID.match(repo_id):
         raise HubError(f"{repo_id!r} is not a Hub model id; use user/name (or org/name)")
     hub = hub_client()
@@ -44,14 +35,14 @@ def push(
         table, left_off = find_results(source, results, staged_fingerprint(stage))
         # a COD10K super-class row ('COD10K-Aquatic') is a slice of COD10K, not a dataset the Hub knows
         found = [name for name in table[0] if not is_super_row(name)] if table else []
-        card = model_card(repo_id, config, table, datasets or found, license)
+        card = model_card(repo_id, config, table, datasets or found, opts.license)
         with open(os.path.join(stage, README), "w") as fh:
             fh.write(card)
-        api = hub.HfApi(endpoint=endpoint, token=token)
-        if token is None and api.token is None and hub.get_token() is None:
+        api = hub.HfApi(endpoint=opts.endpoint, token=opts.token)
+        if opts.token is None and api.token is None and hub.get_token() is None:
             raise HubError("not logged in to the Hugging Face Hub: run 'hf auth login' or set HF_TOKEN")
         try:
-            repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            repo = api.create_repo(repo_id, private=opts.private, exist_ok=True, repo_type="model")
             commit = api.upload_folder(
                 folder_path=stage,
                 repo_id=repo_id,

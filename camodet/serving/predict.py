@@ -15,12 +15,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..config import ConfigError
 from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..data.normalization import Normalization
 from ..data.transforms import resize
+from ..errors import ConfigError
 from ..evaluation.metrics import to_uint8
-from ..launch import Dist, Shard, broadcast_object
+from ..launch import Dist, Shard, broadcast_object, resolve_workers
+from ..options import PredictOptions
 from ..staging import share
 
 OUTPUTS = ("masks", "probs", "overlays", "cutouts")
@@ -269,21 +270,15 @@ def plan_outputs(out_dir: str, paths: list[str], settings: dict, d: Dist) -> tup
     return plan
 
 
-def predict_files(
-    predictor,
-    inputs: list[str],
-    out_dir: str,
-    threshold: float = 0.5,
-    batch_size: int = 4,
-    num_workers: int = 2,
-    skip_existing: bool = False,
-    d: Dist = Dist(),
-) -> dict:
+def predict_files(predictor, inputs: list[str], opts: PredictOptions, d: Dist = Dist()) -> dict:
     """Run over every input (this process's share of them: blocks of a batch, so the batches
-    are a single process's); returns counts, timing and the inputs that could not be read.
-    skip_existing: inputs whose four outputs are there and current are not predicted again.
-    The outputs are named and recorded in OUT/manifest.json (see Manifest) before any is written;
-    a folder holding outputs of another model or settings is refused."""
+    are a single process's) into opts.out; returns counts, timing and the inputs that could not be
+    read. opts.skip_existing: inputs whose four outputs are there and current are not predicted
+    again. The outputs are named and recorded in OUT/manifest.json (see Manifest) before any is
+    written; a folder holding outputs of another model or settings is refused."""
+    out_dir, threshold, skip_existing = opts.out, opts.threshold, opts.skip_existing
+    batch_size = opts.inference.batch_size
+    num_workers = resolve_workers(opts.inference.num_workers, predictor.device.type)
     paths, listed = expand_inputs(inputs)
     problems = listed if d.is_main else []  # every process lists the inputs; one reports it
     stems, done = plan_outputs(out_dir, paths, {**predictor.identity(), "threshold": threshold}, d)
@@ -317,3 +312,15 @@ def predict_files(
         "seconds": seconds,
         "images_per_s": done / max(seconds, 1e-9),
     }
+
+
+def describe_files(parts: list[dict], out_dir: str, processes: int) -> str:
+    """predict_files' outcome of every process, in one line."""
+    written, existing = sum(p["written"] for p in parts), sum(p["existing"] for p in parts)
+    return (
+        f"wrote masks, probs, overlays and cutouts of {written} of {parts[0]['inputs']} images "
+        f"to {out_dir} ({sum(p['images_per_s'] for p in parts):.1f} images/s"
+        + (f" in {processes} processes" if processes > 1 else "")
+        + ")"
+        + (f"; {existing} already there (--skip-existing)" if existing else "")
+    )

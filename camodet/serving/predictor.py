@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
 from ..data.io import read_image, rgb_of, rgb_of_array
 from ..data.normalization import IMAGENET, Normalization
 from ..data.transforms import resize
+from ..errors import ConfigError
 from ..models import build_model
 from ..models.device import amp_dtype, resolve_device
 from ..runs.checkpoint import load_checkpoint, model_weights, weights_choice

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import DEFAULT_CALIBRATION_COUNT, DEFAULT_MIN_AGREEMENT
+
 ONNX_INT8_FILE = "model_int8.onnx"
-DEFAULT_CALIBRATION_COUNT = 200
-DEFAULT_MIN_AGREEMENT = 0.97
 HELD_FRACTION, MAX_HELD = 0.2, 32  # photos kept out of calibration to check the int8 graph on
 
 

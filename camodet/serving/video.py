@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data.io import IMAGE_EXTS, DataError, read_image
 from ..evaluation.metrics import to_uint8
 from ..launch import Shard
+from ..options import PredictOptions
 from .predict import overlay_image, save_atomically, unique_names
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
@@ -277,20 +278,21 @@ def _then_none(it: Iterator) -> Iterator:
 
 
 def predict_clips(
-    predictor,
-    videos: list[str],
-    frame_folders: list[str],
-    out_dir: str,
-    fps: float,
-    skip_existing: bool = False,
-    shard: Shard = Shard(),
-    **options,
+    predictor, videos: list[str], frame_folders: list[str], opts: PredictOptions, shard: Shard = Shard()
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Every video file and frame folder (one clip per sequence), each clip into its own folder
-    (a numeric suffix where two share a name: day1/GOPR0001.MP4, day2/GOPR0001.MP4 -> GOPR0001,
-    GOPR0001_2); returns the clips' summaries and the inputs that could not be read, as
+    """Every video file and frame folder (one clip per sequence), each clip into its own folder of
+    opts.out (a numeric suffix where two share a name: day1/GOPR0001.MP4, day2/GOPR0001.MP4 ->
+    GOPR0001, GOPR0001_2); returns the clips' summaries and the inputs that could not be read, as
     [(input, why)], without stopping the others. shard: this process's clips, each whole;
-    skip_existing: clips whose two videos are there are not predicted again."""
+    opts.skip_existing: clips whose two videos are there are not predicted again; opts.fps: the
+    frame rate of frame folders; threshold, smoothing, batch and saved frames as opts says."""
+    out_dir, fps, skip_existing = opts.out, opts.fps, opts.skip_existing
+    options = dict(
+        threshold=opts.threshold,
+        batch_size=opts.inference.batch_size,
+        smooth=opts.smooth,
+        save_frames=opts.save_frames,
+    )
     problems, opened = [], []
     for source in [*videos, *frame_folders]:
         try:
@@ -315,3 +317,20 @@ def predict_clips(
             failed.add(source)
             problems.append((source, e.reason.removeprefix(f"{source}: ")))
     return done, problems
+
+
+def describe_clip(c: dict, save_frames: bool) -> str:
+    """One predicted clip, in one line: its frames, size and rate, and the files written."""
+    w, h = c["size"]
+    return (
+        f"{c['source']}: {c['frames']} frames, {w}x{h} at {c['fps']:g} fps -> "
+        f"{os.path.dirname(c['files'][0])}/mask.mp4, overlay.mp4"
+        + (", masks/, probs/" if save_frames else "")
+        + f" ({c['frames_per_s']:.1f} frames/s)"
+        + (
+            f"; the videos are {c['video_size'][0]}x{c['video_size'][1]} (MPEG-4 needs even sizes: "
+            f"the last row or column repeated)"
+            if c["video_size"] != c["size"]
+            else ""
+        )
+    )

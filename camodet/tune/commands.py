@@ -3,7 +3,7 @@ some flags dropped and some settings set (the LR range test's suggestion, a swee
 
 import shlex
 
-from ..config import _base_type, _flag
+from ..fields import base_type, flag_of
 from .space import setting
 
 
@@ -27,7 +27,7 @@ def setting_flags(settings: dict) -> list[str]:
     out = []
     for name, value in settings.items():
         f = setting(name)[1]
-        flag, kind = _flag(f), _base_type(f.type)
+        flag, kind = flag_of(f), base_type(f.type)
         if kind is bool:
             out.append(flag if value else "--no-" + flag[2:])
         elif kind is list:
@@ -38,7 +38,7 @@ def setting_flags(settings: dict) -> list[str]:
 
 
 def flags_of(settings: dict) -> set[str]:
-    return {_flag(setting(name)[1]) for name in settings}
+    return {flag_of(setting(name)[1]) for name in settings}
 
 
 def train_command(program: list[str], argv: list[str], settings: dict, drop: set[str] = frozenset()) -> str:

@@ -19,9 +19,10 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 
-from ..config import ConfigError, TrainConfig
-
-TUNE_LR_FLAGS = {"--steps", "--start-lr", "--end-lr", "--out"}  # the test's own, not train's
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..fields import flags
+from ..options import RangeTestSettings, TuneLROptions
 
 SMOOTHING = 0.95  # exponential moving average of the loss (torch-lr-finder's default, 1 - 0.05)
 DIVERGED = 4.0  # the smoothed loss this many times its minimum: the range ends (fastai's rule)
@@ -289,27 +290,22 @@ def write_outputs(result: RangeResult, out_dir: str) -> dict:
     return paths
 
 
-def lr_range_command(
-    cfg: TrainConfig,
-    steps: int,
-    start_lr: float,
-    end_lr: float,
-    out_dir: str,
-    argv: list[str],
-    program: list[str],
-) -> int:
+def lr_range_command(opts: TuneLROptions, argv: list[str], program: list[str]) -> int:
     """`camodet tune lr`: the test with progress lines, its outputs, and the `train` command
-    (`argv`: the train flags it was given) with the suggested LR."""
+    (`argv`: the flags it was given, less the test's own) with the suggested LR."""
     from .commands import train_command
 
     def progress(i: int, lr: float, loss: float) -> None:
         if (i + 1) % 10 == 0:
             print(f"  step {i + 1}/{steps}: LR {lr:.3g}, loss {loss:.4f}", flush=True)
 
-    result = range_test(cfg, steps, start_lr, end_lr, on_step=progress)
-    paths = write_outputs(result, out_dir)
+    t = opts.test
+    steps = t.steps
+    result = range_test(opts.train, t.steps, t.start_lr, t.end_lr, on_step=progress)
+    paths = write_outputs(result, t.out)
     key = "optim.lr" if result.stage == 1 else "optim.stage2_lr"
-    command = train_command(program, argv, {key: float(f"{result.suggested:.3g}")}, drop=TUNE_LR_FLAGS)
+    own = flags(RangeTestSettings)  # the test's own flags, not train's
+    command = train_command(program, argv, {key: float(f"{result.suggested:.3g}")}, drop=own)
     print(describe(result))
     print(f"wrote {paths['png']} (loss against LR), {paths['yaml']} (for train --config), {paths['json']}")
     print(f"train with it:\n  {command}")

@@ -6,7 +6,9 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..config import ConfigError, TrainConfig, save_yaml
+from ..config import TrainConfig, save_yaml
+from ..errors import ConfigError
+from ..options import PlanOptions, PlanSettings
 
 # Share of the memory budget kept free, per profile.
 PROFILES = {"conservative": 0.30, "balanced": 0.15, "fast": 0.05}
@@ -124,58 +126,23 @@ def parse_memory(text: str) -> float:
         raise ConfigError(f"--gpu-memory {text!r}: use a size like 16GB or 12000MB") from None
 
 
-def plan_command(
-    cfg: TrainConfig,
-    has_data: bool,
-    gpu_memory: str | None,
-    candidates: list[int],
-    steps: int,
-    effective_batch: int,
-    lr_scaling: str,
-    num_images: int,
-    out_dir: str,
-) -> int:
-    """`camodet plan`: measure real steps of `cfg`'s model for each candidate micro-batch, then
-    write one YAML per profile (conservative, balanced, fast) into `out_dir`."""
+def plan_command(opts: PlanOptions, has_data: bool) -> int:
+    """`camodet plan`: measure real steps of the model of opts.train for each candidate
+    micro-batch, then write one YAML per profile (conservative, balanced, fast) into opts.out_dir."""
     import torch
 
-    from ..data.splits import split_train_val, training_samples
     from ..engine.measure import MEMORY_KINDS, measure_candidates
     from ..models import check_model
 
+    cfg, p = opts.train, opts.plan
     check_model(cfg.model, cfg.data.img_size)
     on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
-    if gpu_memory:
-        budget = parse_memory(gpu_memory)
-    elif on_gpu:
-        budget = torch.cuda.get_device_properties(0).total_memory / 2**20
-    else:
-        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    images = (
-        len(
-            split_train_val(
-                training_samples(cfg.data, skip_bad_files=True), cfg.data.val_fraction, cfg.run.seed
-            )[0]
-        )
-        if has_data
-        else num_images
-    )
-
-    def show(m):
-        print(
-            f"measured stage {m['stage']}, micro-batch {m['batch']}: "
-            + (
-                f"failed ({m['error']})"
-                if "error" in m
-                else f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"
-            ),
-            flush=True,
-        )
-
+    budget = memory_budget(p.gpu_memory, on_gpu)
+    images = training_images(cfg) if has_data else p.num_images
     step_spec = {
         "model_cfg": dataclasses.asdict(cfg.model),
         "img_size": cfg.data.img_size,
-        "steps": steps,
+        "steps": p.steps,
         "grad_checkpointing": cfg.speed.grad_checkpointing,
         "device": "cuda" if on_gpu else "cpu",
         "amp": cfg.optim.amp,
@@ -184,23 +151,60 @@ def plan_command(
         "moe_loss_weight": cfg.optim.moe_loss_weight,
         "weight_decay": cfg.optim.weight_decay,
     }
-    measured = measure_candidates(step_spec, candidates, budget, show)
+    measured = measure_candidates(step_spec, p.candidates, budget, show_measurement)
     kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
     print(
         f"\nbudget {budget:.0f} MB ({'GPU' if on_gpu else 'CPU RAM'}; measured: "
         f"{MEMORY_KINDS.get(kind, kind)}), "
-        f"{images} training images, target effective batch {effective_batch}, LR rule {lr_scaling}\n"
+        f"{images} training images, target effective batch {p.effective_batch}, LR rule {p.lr_scaling}\n"
     )
+    write_profiles(cfg, p, measured, budget, kind, images)
+    return 0
+
+
+def memory_budget(gpu_memory: str | None, on_gpu: bool) -> float:
+    """MB to plan for: --gpu-memory, else the GPU's memory, else the machine's RAM."""
+    import torch
+
+    if gpu_memory:
+        return parse_memory(gpu_memory)
+    if on_gpu:
+        return torch.cuda.get_device_properties(0).total_memory / 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+def training_images(cfg: TrainConfig) -> int:
+    """How many images the run would train on (the training split, after validation is carved)."""
+    from ..data.splits import split_train_val, training_samples
+
+    samples = training_samples(cfg.data, skip_bad_files=True)
+    return len(split_train_val(samples, cfg.data.val_fraction, cfg.run.seed)[0])
+
+
+def show_measurement(m: dict) -> None:
+    print(
+        f"measured stage {m['stage']}, micro-batch {m['batch']}: "
+        + (
+            f"failed ({m['error']})"
+            if "error" in m
+            else f"{m['peak_mb']:.0f} MB, {m['s_per_step']:.2f} s/step"
+        ),
+        flush=True,
+    )
+
+
+def write_profiles(cfg: TrainConfig, p: PlanSettings, measured: list, budget: float, kind: str, images: int):
+    """plan-<profile>.yaml for each profile that fits: cfg with that profile's batches and LRs."""
     base = {
         "lr": cfg.optim.lr,
         "stage2_lr": cfg.stage2_lr,
         "base_batch1": cfg.optim.batch_size * cfg.optim.accumulation_steps,
         "base_batch2": cfg.stage2_batch_size * cfg.optim.accumulation_steps,
     }
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(p.out_dir, exist_ok=True)
     for profile, margin in PROFILES.items():
         try:
-            accum, plans = choose(measured, budget, margin, effective_batch, base, lr_scaling, images)
+            accum, plans = choose(measured, budget, margin, p.effective_batch, base, p.lr_scaling, images)
         except PlanError as e:
             print(f"{profile}: {e}")
             continue
@@ -212,7 +216,6 @@ def plan_command(
             lr=plans[0].lr,
             stage2_lr=plans[1].lr,
         )
-        path = os.path.join(out_dir, f"plan-{profile}.yaml")
+        path = os.path.join(p.out_dir, f"plan-{profile}.yaml")
         save_yaml(dataclasses.replace(cfg, optim=optim), path)
         print(format_plan(profile, accum, plans, kind, budget) + f"\n  -> {path}")
-    return 0

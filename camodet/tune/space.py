@@ -15,7 +15,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from ..config import SECTIONS, ConfigError, TrainConfig, _base_type, _find_field, _number, load_yaml, merge
+from ..config import TrainConfig, merge
+from ..errors import ConfigError
+from ..fields import _number, base_type, leaves, load_yaml
 
 RANGE_KEYS = {"low", "high", "log", "step"}
 
@@ -51,10 +53,13 @@ class Dimension:
         return dict(self.named[value]) if self.kind == "named" else {self.name: value}
 
 
+TRAIN_SETTINGS = {leaf.dest: leaf for leaf in leaves(TrainConfig)}  # by dotted name: optim.lr, ...
+
+
 def setting(name: str) -> tuple[str, dataclasses.Field]:
     """(section, field) of a dotted name; a one-line error naming it otherwise."""
-    section, _, key = name.partition(".")
-    target = _find_field(section, key.replace("-", "_")) if section in SECTIONS and key else None
+    leaf = TRAIN_SETTINGS.get(name.replace("-", "_"))
+    target = (leaf.path[0], leaf.field) if leaf is not None else None
     if target is None:
         raise ConfigError(
             f"search space: {name!r} is not a setting; use the config's dotted names such as optim.lr or "
@@ -73,7 +78,7 @@ def nested(settings: dict) -> dict:
 
 
 def apply(base: TrainConfig, settings: dict, source: str) -> TrainConfig:
-    """A copy of `base` with the settings applied through the config's one gate (merge/_coerce)."""
+    """A copy of `base` with the settings applied through the config's one gate (merge, fields.coerce)."""
     return merge(copy.deepcopy(base), nested(settings), source=source)
 
 
@@ -134,7 +139,7 @@ def parse_dimension(name: str, spec, base: TrainConfig) -> Dimension:
         return Dimension(name, "choice", choices=tuple(choices))
     if not isinstance(spec, dict):
         raise ConfigError(f"search space: {name}: give a range {{low: A, high: B}} or a list of choices")
-    dim = parse_range(name, spec, _base_type(f.type))
+    dim = parse_range(name, spec, base_type(f.type))
     for end in (dim.low, dim.high):
         check(base, {name: int(end) if dim.kind == "int" else end}, f"{name}={end:g}")
     return dim

@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 SPACE_ATTR = "camodet_space"  # the search space a study was created with (canonical JSON)
 COMMAND_ATTR = "camodet_train_flags"  # the base train flags, for the best trial's command
@@ -117,11 +117,11 @@ def base_settings(base, space) -> str:
 
 def setting_flag(name: str) -> str:
     """The train flag of a dotted setting (the name itself where this version has no such setting)."""
-    from ..config import _flag
+    from ..fields import flag_of
     from .space import setting
 
     try:
-        return _flag(setting(name)[1])
+        return flag_of(setting(name)[1])
     except ConfigError:
         return name
 

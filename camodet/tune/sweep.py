@@ -17,14 +17,18 @@ process group, which the trials share); the pruner's verdict reaches the other r
 request does, so they stop at the same epoch."""
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import signal
 from dataclasses import dataclass
 
-from ..config import ConfigError, TrainConfig
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..fields import flags
 from ..launch import Dist, broadcast_object
+from ..options import SweepOptions, SweepSettings
 from ..runs import history
 from ..runs.folder import BEST_METRIC, RunFolder
 from .space import SearchSpace, apply
@@ -32,42 +36,11 @@ from .study import MAX_RETRIES, RUN_DIR, SETTINGS, base_settings, default_storag
 
 log = logging.getLogger("camodet")
 
-# `camodet sweep`'s own flags: the rest of its command line is the trials' `train` flags
-SWEEP_FLAGS = {
-    "--space",
-    "--trials",
-    "--storage",
-    "--study",
-    "--out",
-    "--pruner",
-    "--sampler",
-    "--sampler-seed",
-    "--prune-startup",
-    "--prune-warmup",
-    "--heartbeat",
-    "--summary",
-}
 PRUNED = "pruned"  # the trainer's stop reason when the pruner gave up on a trial
 
 
 class SweepStopped(Exception):
     """The sweep was stopped by a signal (`args[0]`: its name); the running trial is queued again."""
-
-
-@dataclass
-class SweepOptions:
-    """How this worker searches: the study, the pruner and sampler, how many trials it runs."""
-
-    out_dir: str
-    storage: str
-    study: str
-    trials: int
-    pruner: str = "median"  # median | hyperband | none
-    sampler: str = "tpe"  # tpe | random
-    sampler_seed: int | None = None
-    prune_startup: int = 3  # trials that finish before the median pruner judges any
-    prune_warmup: int = 1  # epochs every trial trains before it can be pruned
-    heartbeat: float = 60.0
 
 
 class PruningReporter:
@@ -194,7 +167,7 @@ class TrialRunner:
         return state.best_iou
 
 
-def make_sampler(opts: SweepOptions):
+def make_sampler(opts: SweepSettings):
     import optuna
 
     if opts.sampler == "random":
@@ -202,7 +175,7 @@ def make_sampler(opts: SweepOptions):
     return optuna.samplers.TPESampler(seed=opts.sampler_seed)
 
 
-def make_pruner(opts: SweepOptions, epochs: int):
+def make_pruner(opts: SweepSettings, epochs: int):
     import optuna
 
     if opts.pruner == "none":
@@ -276,7 +249,7 @@ def no_optuna_trial_failures():
 
 
 def run_sweep(
-    base: TrainConfig, space: SearchSpace, opts: SweepOptions, train_flags: list[str], d: Dist = Dist()
+    base: TrainConfig, space: SearchSpace, opts: SweepSettings, train_flags: list[str], d: Dist = Dist()
 ):
     """Run `opts.trials` trials of the study in this worker (other workers may share it): in this
     process, or with the launch's other processes when `d` has several. Returns the study (None on
@@ -296,13 +269,13 @@ def run_sweep(
 
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if opts.storage == default_storage(opts.out_dir):  # the SQLite file's folder must exist first
-        os.makedirs(opts.out_dir, exist_ok=True)
+    if opts.storage == default_storage(opts.out):  # the SQLite file's folder must exist first
+        os.makedirs(opts.out, exist_ok=True)
     sampler, pruner = make_sampler(opts), make_pruner(opts, base.stages.epochs)
     shared = base_settings(base, space)  # what the study's other workers must train with
     study = open_study(opts.storage, opts.study, space, sampler, pruner, train_flags, opts.heartbeat, shared)
-    os.makedirs(opts.out_dir, exist_ok=True)
-    runner = TrialRunner(base, space, opts.out_dir, d)
+    os.makedirs(opts.out, exist_ok=True)
+    runner = TrialRunner(base, space, opts.out, d)
     # Outside a trial's training (loading data, asking Optuna), SIGTERM stops the sweep as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
@@ -323,12 +296,11 @@ def run_sweep(
     return study
 
 
-def sweep_command(
-    base: TrainConfig, space: SearchSpace, opts: SweepOptions, argv: list[str], program: list[str]
-):
-    """`camodet sweep` (argv: its command line after the program): the trials, in this process or
-    with the launch's others under torchrun/srun, then the summary; after a signal, the command
-    that continues and the stopped command's exit status."""
+def sweep_command(o: SweepOptions, typed: frozenset, argv: list[str], program: list[str]):
+    """`camodet sweep` (argv: its command line after the program): the checks that need no
+    training, then the trials, in this process or with the launch's others under torchrun/srun,
+    then the summary; after a signal, the command that continues and the stopped command's exit
+    status. `typed`: the settings typed on the command line (some are the sweep's to set)."""
     import shlex
     import sys
 
@@ -339,9 +311,14 @@ def sweep_command(
     from .commands import drop_flags
     from .summary import summary_command
 
+    opts = check_sweep(o, typed)
+    if opts.summary:
+        return summary_command(opts.storage, opts.study, opts.out, program)
+    base = o.train
+    space = SearchSpace.load(opts.space, base)
     d = init("cuda" if base.run.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        run_sweep(base, space, opts, drop_flags(argv[1:], SWEEP_FLAGS), d)
+        run_sweep(base, space, opts, drop_flags(argv[1:], flags(SweepSettings)), d)
     except SweepStopped as e:
         name, queued = e.args[0], e.args[1] if len(e.args) > 1 else None
         again = (
@@ -355,4 +332,34 @@ def sweep_command(
         return stopped_exit_code(name)
     finally:
         shutdown(d)
-    return summary_command(opts.storage, opts.study, opts.out_dir, program) if d.is_main else 0
+    return summary_command(opts.storage, opts.study, opts.out, program) if d.is_main else 0
+
+
+def check_sweep(o: SweepOptions, typed: frozenset) -> SweepSettings:
+    """The sweep's settings with the storage resolved, once what makes no sense is refused: no
+    Optuna, no --space, the flags a sweep sets itself, no validation to judge trials by."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("camodet sweep needs Optuna: pip install 'camodet[tune]'") from None
+    opts = dataclasses.replace(o.search, storage=o.search.storage or default_storage(o.search.out))
+    if opts.summary:
+        return opts
+    if not opts.space:
+        raise ConfigError("sweep needs --space SPACE.yaml (or --summary to show a sweep's results)")
+    for setting, why in (
+        ("run.checkpoint_dir", "each trial's run folder is OUT/trials/trial_N"),
+        (
+            "run.resume_from",
+            "a sweep resumes its own trials; start every trial from weights with --init-from",
+        ),
+    ):
+        if setting in typed:
+            raise ConfigError(f"sweep: leave out --{setting.split('.')[1].replace('_', '-')}: {why}")
+    o.train.validate()
+    if o.train.data.val_fraction == 0:
+        raise ConfigError("sweep: trials are judged by validation IoU; --val-fraction must be above 0")
+    from ..models import check_model
+
+    check_model(o.train.model, o.train.data.img_size)
+    return opts

@@ -16,7 +16,9 @@ from camodet.data.io import read_image
 from camodet.data.layouts import gather
 from camodet.data.normalization import IMAGENET, Normalization
 from camodet.data.transforms import resize
+from camodet.fields import make
 from camodet.models import backbone_normalization
+from camodet.options import EvaluateOptions
 from camodet.runs.checkpoint import load_checkpoint
 
 HALF = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -148,9 +150,12 @@ def test_lite0_trains_evaluates_predicts_and_exports_with_half(lite0_run, synth_
     from camodet.evaluation.protocol import evaluate
 
     p = Predictor.load(str(lite0_run / "best_model.pth"), device="cpu")
-    assert evaluate(p, [synth_root], num_workers=0)["COD10K"] == got
+    assert evaluate(p, make(EvaluateOptions, dataset_path=[synth_root], num_workers=0))["COD10K"] == got
     p.norm = IMAGENET
-    assert evaluate(p, [synth_root], num_workers=0)["COD10K"]["MAE"] != got["MAE"]
+    assert (
+        evaluate(p, make(EvaluateOptions, dataset_path=[synth_root], num_workers=0))["COD10K"]["MAE"]
+        != got["MAE"]
+    )
     # predict from the command line
     assert (
         main(

@@ -2,9 +2,10 @@
 
 import pytest
 
-from camodet.config import ConfigError, TrainConfig, merge, validate
-from camodet.engine.loaders import resolve_workers
+from camodet.config import TrainConfig, merge, validate
 from camodet.engine.timing import LoopClock
+from camodet.errors import ConfigError
+from camodet.launch import resolve_workers
 
 
 class FakeTime:
@@ -81,7 +82,7 @@ def test_explicit_workers_are_kept_and_auto_is_the_default(monkeypatch):
 
 def test_auto_workers_share_the_cores_among_local_processes(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    from camodet.engine import loaders
+    from camodet import launch
 
-    monkeypatch.setattr(loaders.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert resolve_workers("auto", "cuda") == 3  # 16 cores / 4 processes, less the main one

@@ -8,7 +8,9 @@ import torch
 from camodet import Predictor
 from camodet.cli import main
 from camodet.config import ModelConfig
+from camodet.fields import make
 from camodet.models import build_model
+from camodet.options import EvaluateOptions
 from camodet.runs import history
 from camodet.runs.checkpoint import load_checkpoint
 
@@ -233,7 +235,10 @@ def _iou_untrained_and_trained(root, tmp_path):
     )
     run(common, "--checkpoint-dir", str(tmp_path / "trained"), "--epochs", "10", "--stage1-epochs", "3")
     return [
-        evaluate(Predictor.load(str(tmp_path / r / "best_model.pth")), [root], num_workers=0)["COD10K"]["IoU"]
+        evaluate(
+            Predictor.load(str(tmp_path / r / "best_model.pth")),
+            make(EvaluateOptions, dataset_path=[root], num_workers=0),
+        )["COD10K"]["IoU"]
         for r in ("untrained", "trained")
     ]
 

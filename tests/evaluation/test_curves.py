@@ -8,6 +8,8 @@ from camodet.cli import main
 from camodet.data.io import read_mask
 from camodet.evaluation.curves import THRESHOLDS, load_curves
 from camodet.evaluation.protocol import evaluate_preds_dir, split_by_dataset
+from camodet.fields import make
+from camodet.options import EvaluateOptions
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def test_curves_files_agree_with_the_table(synth_root, preds, tmp_path, capsys):
     c = load_curves(str(folder / "COD10K.npz"))
     assert all(v.shape == (256,) for v in c.values())
     np.testing.assert_array_equal(c["thresholds"], THRESHOLDS)
-    r = evaluate_preds_dir(preds, [synth_root])["COD10K"]
+    r = evaluate_preds_dir(make(EvaluateOptions, preds_dir=preds, dataset_path=[synth_root]))["COD10K"]
     for curve, col in (("fmeasure", "Fm"), ("emeasure", "Em")):
         assert c[curve].max() == pytest.approx(r["max" + col])
         assert c[curve].mean() == pytest.approx(r["mean" + col])

@@ -15,13 +15,17 @@ from camodet.data.io import DataError, read_mask
 from camodet.data.normalization import IMAGENET
 from camodet.evaluation.metrics import Evaluator, to_uint8
 from camodet.evaluation.protocol import evaluate, evaluate_preds_dir, split_by_dataset
+from camodet.fields import make
+from camodet.options import EvaluateOptions
 
 from ..conftest import files_under
 
 
 def test_original_resolution_differs_from_training_resolution(tiny_checkpoint, synth_root, tmp_path):
     p = Predictor.load(str(tiny_checkpoint))
-    results = evaluate(p, [synth_root], num_workers=0, save_preds=str(tmp_path / "preds"))["COD10K"]
+    results = evaluate(
+        p, make(EvaluateOptions, dataset_path=[synth_root], num_workers=0, save_preds=str(tmp_path / "preds"))
+    )["COD10K"]
     samples = split_by_dataset([synth_root])["COD10K"]
     shapes = [read_mask(s.mask).shape for s in samples]
     assert any(h != w for h, w in shapes)  # synth images are not square
@@ -89,9 +93,13 @@ def test_preds_dir_problems_are_named(synth_root, tmp_path):
 
     (tmp_path / "preds" / "COD10K").mkdir(parents=True)
     with pytest.raises(DataError, match=r"no prediction for \d+ of \d+ COD10K test images \(first: "):
-        evaluate_preds_dir(str(tmp_path / "preds"), [synth_root])
+        evaluate_preds_dir(
+            make(EvaluateOptions, preds_dir=str(tmp_path / "preds"), dataset_path=[synth_root])
+        )
     with pytest.raises(DataError, match="no such folder"):
-        evaluate_preds_dir(str(tmp_path / "nothing"), [synth_root])
+        evaluate_preds_dir(
+            make(EvaluateOptions, preds_dir=str(tmp_path / "nothing"), dataset_path=[synth_root])
+        )
 
 
 def test_preds_of_another_size_are_resized_to_gt(synth_root, tmp_path):
@@ -99,7 +107,9 @@ def test_preds_of_another_size_are_resized_to_gt(synth_root, tmp_path):
     for s in samples:  # the GT itself, stored at half size: scores near perfect after resizing
         gt = read_mask(s.mask)
         Image.fromarray(gt).resize((gt.shape[1] // 2, gt.shape[0] // 2)).save(tmp_path / (s.name + ".png"))
-    r = evaluate_preds_dir(str(tmp_path), [synth_root])["COD10K"]
+    r = evaluate_preds_dir(make(EvaluateOptions, preds_dir=str(tmp_path), dataset_path=[synth_root]))[
+        "COD10K"
+    ]
     assert r["IoU"] > 0.9 and r["Sm"] > 0.9
 
 
@@ -203,7 +213,9 @@ def test_evaluation_table_is_golden(tmp_path, monkeypatch):
             Image.fromarray(np.clip(p, 0, 255).astype(np.uint8)).save(preds / name / (s.name + ".png"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation nudge from pysodmetrics either
-        results = evaluate_preds_dir(str(preds), [str(root), str(nc)])
+        results = evaluate_preds_dir(
+            make(EvaluateOptions, preds_dir=str(preds), dataset_path=[str(root), str(nc)])
+        )
     assert set(results) == set(GOLDEN)
     for name, want in GOLDEN.items():
         for k, v in want.items():
@@ -247,10 +259,12 @@ def test_each_folder_is_a_row_and_every_saved_map_is_read_back(tmp_path):
     saved maps, and --preds-dir scores the very maps `evaluate` scored."""
     roots = [_flat_set(tmp_path / "camouflage_hard", 1), _flat_set(tmp_path / "camo_easy", 2)]
     preds = tmp_path / "preds"
-    direct = evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(preds))
+    direct = evaluate(
+        _ImagePredictor(), make(EvaluateOptions, dataset_path=roots, num_workers=0, save_preds=str(preds))
+    )
     assert {row: r["images"] for row, r in direct.items()} == {"camouflage_hard": 5, "camo_easy": 5}
     assert sum(f.endswith(".png") for _, _, files in os.walk(preds) for f in files) == 10
-    again = evaluate_preds_dir(str(preds), roots)
+    again = evaluate_preds_dir(make(EvaluateOptions, preds_dir=str(preds), dataset_path=roots))
     for row in direct:
         for k in ("Sm", "wFm", "MAE", "IoU"):
             assert again[row][k] == pytest.approx(direct[row][k], abs=1e-9), (row, k)
@@ -270,7 +284,10 @@ def test_a_folder_named_like_a_super_class_row_is_refused(benchmarks, tmp_path):
     clash = str(tmp_path / "COD10K-Aquatic")  # a flat Image/GT_Object pair
     shutil.copytree(os.path.join(benchmarks["COD10K"], "Test"), clash)
     with pytest.raises(DataError, match="two result rows named COD10K-Aquatic"):
-        evaluate(_ImagePredictor(), [benchmarks["COD10K"], clash], num_workers=0)
+        evaluate(
+            _ImagePredictor(),
+            make(EvaluateOptions, dataset_path=[benchmarks["COD10K"], clash], num_workers=0),
+        )
 
 
 def test_two_maps_of_one_image_in_preds_dir_are_refused(tmp_path):
@@ -281,10 +298,15 @@ def test_two_maps_of_one_image_in_preds_dir_are_refused(tmp_path):
     for i in range(2):
         shutil.copy(os.path.join(root, "GT", f"img{i}.png"), preds / f"img{i}.png")
     (preds / "notes.txt").write_text("not a map")  # other files are not maps and are left alone
-    assert evaluate_preds_dir(str(tmp_path / "preds"), [root])["set"]["IoU"] == 1.0
+    assert (
+        evaluate_preds_dir(make(EvaluateOptions, preds_dir=str(tmp_path / "preds"), dataset_path=[root]))[
+            "set"
+        ]["IoU"]
+        == 1.0
+    )
     Image.new("L", (40, 30)).save(preds / "img0.jpg")
     with pytest.raises(DataError, match=r"set/img0.png: a second map of img0 \(beside img0.jpg\); keep one"):
-        evaluate_preds_dir(str(tmp_path / "preds"), [root])
+        evaluate_preds_dir(make(EvaluateOptions, preds_dir=str(tmp_path / "preds"), dataset_path=[root]))
 
 
 def test_names_that_differ_only_in_case_are_refused(tmp_path):
@@ -314,21 +336,30 @@ def test_saved_maps_are_one_runs_whole(tiny_checkpoint, tmp_path, capsys):
     a folder holding other files, or a file, is refused in one line before it is touched."""
     roots = [_flat_set(tmp_path / "camouflage_hard", 1), _flat_set(tmp_path / "camo_easy", 2)]
     preds = tmp_path / "preds"
-    evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(preds))
+    evaluate(
+        _ImagePredictor(), make(EvaluateOptions, dataset_path=roots, num_workers=0, save_preds=str(preds))
+    )
     before = files_under(preds)
     with pytest.raises(DataError, match="img2.jpg: unreadable image"):
-        evaluate(_InvertedPredictor(), roots, batch_size=2, num_workers=0, save_preds=str(preds))
+        evaluate(
+            _InvertedPredictor(),
+            make(EvaluateOptions, dataset_path=roots, batch_size=2, num_workers=0, save_preds=str(preds)),
+        )
     assert files_under(preds) == before
     assert sorted(os.listdir(tmp_path)) == ["camo_easy", "camouflage_hard", "preds"]  # no temp folder left
-    evaluate(_ImagePredictor(), roots[1:], num_workers=0, save_preds=str(preds))
+    evaluate(
+        _ImagePredictor(), make(EvaluateOptions, dataset_path=roots[1:], num_workers=0, save_preds=str(preds))
+    )
     assert sorted(os.listdir(preds)) == ["camo_easy", "maps.json"]
     with pytest.raises(DataError, match="no camouflage_hard/ subfolder"):
-        evaluate_preds_dir(str(preds), roots)
+        evaluate_preds_dir(make(EvaluateOptions, preds_dir=str(preds), dataset_path=roots))
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match=f"--save-preds {mine}: holds notes.txt, not maps that camodet"):
-        evaluate(_ImagePredictor(), roots, num_workers=0, save_preds=str(mine))
+        evaluate(
+            _ImagePredictor(), make(EvaluateOptions, dataset_path=roots, num_workers=0, save_preds=str(mine))
+        )
     assert files_under(mine) == {"notes.txt": b"mine"}
     afile = tmp_path / "maps.png"
     afile.write_bytes(b"a file")

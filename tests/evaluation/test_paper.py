@@ -9,6 +9,8 @@ from camodet.cli import main
 from camodet.data.io import read_mask
 from camodet.evaluation.paper import SUPER_CLASSES, format_latex, minmax, scaling_note, super_class
 from camodet.evaluation.protocol import evaluate_preds_dir, split_by_dataset
+from camodet.fields import make
+from camodet.options import EvaluateOptions
 
 from ..conftest import _write
 
@@ -56,7 +58,7 @@ def test_super_class_from_cod10k_names():
 
 def test_rows_per_super_class_score_their_own_images(cod_with_classes, tmp_path):
     root, preds = cod_with_classes
-    results = evaluate_preds_dir(preds, [root])
+    results = evaluate_preds_dir(make(EvaluateOptions, preds_dir=preds, dataset_path=[root]))
     assert list(results) == ["COD10K"] + [f"COD10K-{c}" for c in SUPER_CLASSES]
     assert results["COD10K"]["images"] == sum(CLASSES.values())  # NonCAM left out, as always
     for cls, count in CLASSES.items():
@@ -71,14 +73,18 @@ def test_rows_per_super_class_score_their_own_images(cod_with_classes, tmp_path)
             os.link(os.path.join(root, "Test", "Image", f), alone / "Image" / f)
             gt = stem + ".png"
             os.link(os.path.join(root, "Test", "GT_Object", gt), alone / "GT_Object" / gt)
-    only = evaluate_preds_dir(preds, [str(tmp_path / "COD10K-v3")])
+    only = evaluate_preds_dir(
+        make(EvaluateOptions, preds_dir=preds, dataset_path=[str(tmp_path / "COD10K-v3")])
+    )
     assert only["COD10K"] == results["COD10K-Aquatic"]
 
 
 def test_minmax_is_opt_in_and_stated(cod_with_classes, capsys):
     root, preds = cod_with_classes
-    plain = evaluate_preds_dir(preds, [root])["COD10K"]
-    norm = evaluate_preds_dir(preds, [root], normalise=True)["COD10K"]
+    plain = evaluate_preds_dir(make(EvaluateOptions, preds_dir=preds, dataset_path=[root]))["COD10K"]
+    norm = evaluate_preds_dir(make(EvaluateOptions, preds_dir=preds, dataset_path=[root], minmax=True))[
+        "COD10K"
+    ]
     # maps never reach 128 (0.5) unnormalised: IoU at 0.5 is 0 on the raw maps
     assert plain["IoU"] == 0 and norm["IoU"] > 0.3
     # pysodmetrics already rescales each map to its min..max, so its columns barely move

@@ -6,9 +6,9 @@ from PIL import Image
 
 from camodet import Predictor
 from camodet.cli import main
-from camodet.config import ConfigError
 from camodet.data.io import read_mask
 from camodet.data.layouts import Sample
+from camodet.errors import ConfigError
 from camodet.evaluation.metrics import binarise_gt, iou_dice, to_uint8
 from camodet.evaluation.protocol import split_by_dataset
 from camodet.evaluation.worst import CAPTION, WorstImages

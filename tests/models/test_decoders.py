@@ -15,11 +15,14 @@ import torch
 
 from camodet import Predictor
 from camodet.cli import main
-from camodet.config import DECODER_NAMES, ConfigError, ModelConfig
+from camodet.config import DECODER_NAMES, ModelConfig
+from camodet.errors import ConfigError
 from camodet.evaluation.protocol import evaluate
+from camodet.fields import make
 from camodet.models import build_model, check_model
 from camodet.models.decoders import DECODERS
 from camodet.models.losses import LossSettings, total_loss
+from camodet.options import EvaluateOptions
 from camodet.runs import history
 from camodet.runs.checkpoint import load_checkpoint
 from camodet.serving.predictor import TTA
@@ -168,8 +171,11 @@ def test_training_beats_the_untrained_model(trained, synth_root):
     untrained = Predictor(
         build_model(ModelConfig(**{**cfg["model"], "pretrained_path": None})), 64, torch.device("cpu")
     )
-    before = evaluate(untrained, [synth_root], num_workers=0)["COD10K"]
-    after = evaluate(Predictor.load(str(run_dir / "last.pth")), [synth_root], num_workers=0)["COD10K"]
+    before = evaluate(untrained, make(EvaluateOptions, dataset_path=[synth_root], num_workers=0))["COD10K"]
+    after = evaluate(
+        Predictor.load(str(run_dir / "last.pth")),
+        make(EvaluateOptions, dataset_path=[synth_root], num_workers=0),
+    )["COD10K"]
     assert after["IoU"] > before["IoU"] + 0.1 and after["MAE"] < before["MAE"], (decoder, before, after)
 
 

@@ -2,7 +2,8 @@ import pytest
 import timm
 import torch
 
-from camodet.config import ConfigError, ModelConfig
+from camodet.config import ModelConfig
+from camodet.errors import ConfigError
 from camodet.models import Backbone, BackboneError, build_model, check_backbone
 from camodet.models.backbone import assign_groups
 from camodet.models.moe import MoEBlock, route

@@ -7,7 +7,7 @@ from PIL import Image
 
 from camodet import TTA, Predictor
 from camodet.cli import main
-from camodet.config import ConfigError
+from camodet.errors import ConfigError
 from camodet.runs.checkpoint import CheckpointError
 
 from ..conftest import real_samples_dir

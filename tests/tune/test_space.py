@@ -5,7 +5,8 @@ import shlex
 
 import pytest
 
-from camodet.config import ConfigError, TrainConfig
+from camodet.config import TrainConfig
+from camodet.errors import ConfigError
 from camodet.tune.commands import drop_flags, train_command
 from camodet.tune.space import SearchSpace
 

@@ -255,9 +255,12 @@ def test_two_workers_share_one_study_on_a_postgresql_server(postgres_url, synth_
 def test_prune_warmup_lets_every_trial_train_that_many_epochs(pruner):
     """--prune-warmup 2: no trial is judged before it has completed 2 epochs (Optuna's steps are
     camodet's epochs, numbered from 1), whichever pruner judges it."""
-    from camodet.tune.sweep import SweepOptions, make_pruner
+    from camodet.options import SweepSettings
+    from camodet.tune.sweep import make_pruner
 
-    opts = SweepOptions("out", "sqlite://", "s", trials=1, pruner=pruner, prune_startup=0, prune_warmup=2)
+    opts = SweepSettings(
+        out="out", storage="sqlite://", study="s", trials=1, pruner=pruner, prune_startup=0, prune_warmup=2
+    )
     study = optuna.create_study(
         direction="maximize", pruner=make_pruner(opts, epochs=6), sampler=optuna.samplers.RandomSampler(0)
     )
