@@ -24,9 +24,6 @@ from ..evaluation.metrics import Evaluator, mean_records, to_uint8
 from ..launch import own_device
 from ..models import build_model
 from ..models.device import amp_dtype, autocast_name, tune_kernels
-from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
-from ..models.losses import LossSettings
-from ..models.timm_lib import timm
 from ..runs.checkpoint import (
     RunState,
     TrainingCheckpoint,
@@ -51,35 +48,14 @@ from .loaders import (
     val_loader,
 )
 from .monitor import TensorBoard
-from .optim import build_optimizer, set_lrs
+from .optim import set_lrs
 from .schedule import Plan, make_plan, uncertainty_weight
 from .state import EpochProgress, restore, snapshot
-from .step import TrainStep
+from .step import TrainStep, build_train_step
 from .timing import LoopClock
 from .watchdog import StallWatchdog, worker_init
 
 log = logging.getLogger("camodet")
-
-
-class CompiledOrEager:
-    """torch.compile'd forward that falls back to eager, once and with a message, where
-    compilation fails (errors surface at the first call, not at torch.compile)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module, self.compiled = module, torch.compile(module)
-
-    def __call__(self, x):
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except Exception as e:  # any backend failure: the run must not die for a speed-up
-                first_line = (str(e).strip().splitlines() or [""])[0][:160]
-                log.warning(
-                    f"--compile: torch.compile failed ({type(e).__name__}: {first_line}); "
-                    f"continuing without it"
-                )
-                self.compiled = None
-        return self.module(x)
 
 
 @dataclass
@@ -121,13 +97,13 @@ class Trainer:
     """One training run, built once from the config; `run()` is the loop. Its attributes are
     what a run holds (the table of contents):
 
-    cfg, d (the processes), device, dtype (autocast), workers, memory_format: where it runs;
+    cfg, d (the processes), device, dtype (autocast), workers: where it runs;
     folder (the run folder), history (metrics.jsonl); train_set, val_set: the data;
-    model, ema, optimizer, scaler, step (the train step), checkpoint (what a save holds);
-    plan (stages, trainable groups, LR), state (the counters a checkpoint carries), guard
-    (divergence); stop (signals, --time-limit), watchdog (stalls), tb (TensorBoard);
-    checkpointer + hooks: what ends an epoch; trackers (--tracker: W&B, MLflow). Entering a stage
-    sets frozen, stage, loader."""
+    step (the train step: build_train_step's), and its model, ema, optimizer, scaler;
+    checkpoint (what a save holds); plan (stages, trainable groups, LR), state (the counters a
+    checkpoint carries), guard (divergence); stop (signals, --time-limit), watchdog (stalls),
+    tb (TensorBoard); checkpointer + hooks: what ends an epoch; trackers (--tracker: W&B, MLflow).
+    Entering a stage sets frozen, stage, loader."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -140,18 +116,6 @@ class Trainer:
         self.plan = make_plan(cfg, self.model.backbone.num_groups, restart_epoch, self.state.schedule_start)
         self.state.schedule_start = self.plan.schedule_start
         self.open_history(restart_epoch, changes)
-        self.step = TrainStep(
-            self.model,
-            self.model,
-            self.model,
-            self.ema,
-            self.optimizer,
-            self.scaler,
-            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight, cfg.optim.boundary_gain),
-            self.device,
-            self.dtype,
-            self.memory_format,
-        )
         self.frozen, self.stage, self.loader_batch, self.loader = None, None, None, None
         self.first_epoch = self.position.epoch if self.position is not None else self.state.epoch + 1
         if self.first_epoch > self.plan.epochs:
@@ -256,7 +220,7 @@ class Trainer:
     def make_model(self, resume) -> None:
         """Model, then resume or initialise before anything copies its weights (EMA, DDP); a
         resume takes every weight from its checkpoint, so it never needs the network or the
-        weights file. Then optimizer, grad scaler, EMA and what a checkpoint holds."""
+        weights file. Then the train step (optimizer, grad scaler, EMA) and what a checkpoint holds."""
         cfg, d, device = self.cfg, self.d, self.device
         model_cfg = (
             dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
@@ -276,15 +240,10 @@ class Trainer:
                 f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)"
             )
         warn_random_backbone(cfg, d)
-        if cfg.speed.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        self.memory_format = device_memory_format(cfg.speed.channels_last, device)
-        self.model = model = model.to(memory_format=self.memory_format)
-        self.optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.ema = timm.utils.ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
+        self.step = step = build_train_step(cfg, model, device, self.dtype)
+        self.model, self.ema, self.optimizer, self.scaler = step.model, step.ema, step.optimizer, step.scaler
         self.checkpoint = TrainingCheckpoint(
-            model, self.ema, self.optimizer, self.scaler, self.state, self.guard, cfg.to_dict()
+            self.model, self.ema, self.optimizer, self.scaler, self.state, self.guard, cfg.to_dict()
         )
         self.position = None
 
@@ -351,10 +310,7 @@ class Trainer:
         if plan.frozen_groups(epoch) != self.frozen:
             self.frozen = plan.frozen_groups(epoch)
             self.model.set_frozen_groups(set(self.frozen))
-            self.step.wrapped = distributed.wrap(self.model, self.d, self.device)
-            self.step.forward = (
-                CompiledOrEager(self.step.wrapped) if self.cfg.speed.compile else self.step.wrapped
-            )
+            self.step.wrap(distributed.wrap(self.model, self.d, self.device))
             if self.stage is not None and plan.stage(epoch) == self.stage:
                 trainable = sorted(set(range(plan.num_groups)) - self.frozen)
                 self.say(f"epoch {epoch}: backbone groups {trainable} now train")

@@ -140,7 +140,7 @@ def plan_command(
     import torch
 
     from ..data.splits import split_train_val, training_samples
-    from ..engine.measure import MEMORY_KINDS, measure_candidates
+    from ..engine.measure import MEMORY_KINDS, measure_candidates, step_settings
     from ..models import check_model
 
     check_model(cfg.model, cfg.data.img_size)
@@ -172,17 +172,12 @@ def plan_command(
             flush=True,
         )
 
-    step_spec = {
+    step_spec = {  # the run's own training step (its optim and speed settings), as it would train
         "model_cfg": dataclasses.asdict(cfg.model),
         "img_size": cfg.data.img_size,
         "steps": steps,
-        "grad_checkpointing": cfg.speed.grad_checkpointing,
         "device": "cuda" if on_gpu else "cpu",
-        "amp": cfg.optim.amp,
-        "channels_last": cfg.speed.channels_last,
-        "compile": cfg.speed.compile,
-        "moe_loss_weight": cfg.optim.moe_loss_weight,
-        "weight_decay": cfg.optim.weight_decay,
+        **step_settings(cfg),
     }
     measured = measure_candidates(step_spec, candidates, budget, show)
     kind = next((m["memory"] for m in measured if "memory" in m), "unknown")
