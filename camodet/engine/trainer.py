@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,24 @@ class Outcome:
     step: int = 0
     files: list = dataclasses.field(default_factory=list)  # images of the windows that went wrong
     timing: dict | None = None  # LoopClock.summary() of the pass
+
+
+@dataclass
+class PassContext:
+    """What a pass over an epoch (EpochPass) works with besides its step, loader and progress;
+    the Trainer makes one per epoch (`Trainer.pass_context`)."""
+
+    plan: Plan  # each optimizer step's LR
+    state: RunState  # global_step, lr_scale
+    guard: DivergenceGuard  # each window's verdict
+    stop: StopRequest  # signals, --time-limit
+    watchdog: StallWatchdog  # heartbeats; the loader a stall report names
+    tb: TensorBoard
+    record: Callable[[dict], None]  # an event to metrics.jsonl
+    d: distributed.Dist
+    accumulation_steps: int
+    grad_clip: float
+    log_every: int  # optimizer steps between TensorBoard points
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
@@ -356,13 +375,14 @@ class Trainer:
                 self.cfg.optim.uncertainty_loss_weight, epoch, self.plan.epochs
             ),
         )
+        ctx = self.pass_context()
         while True:
-            outcome = train_one_epoch(self.step, self.loader, progress, self)
+            outcome = train_one_epoch(self.step, self.loader, progress, ctx)
             if outcome.action == "done":
                 outcome = self.check_finite(outcome, progress)
             if outcome.action != ROLLBACK:
                 break
-            roll_back(outcome, epoch, self, self.folder)
+            roll_back(outcome, epoch, self.state, self.cfg, self.plan, self.folder, self.record)
             progress = restore(good, *parts, self.state, self.device)
             self.guard.after_rollback()
         if outcome.action in ("done", "stopped"):  # norm statistics, as every rank validates and saves
@@ -372,6 +392,23 @@ class Trainer:
         if outcome.action == "done" and self.time_limit and len(self.val_set):
             outcome = self.check_time(outcome, progress)
         return progress, outcome
+
+    def pass_context(self) -> PassContext:
+        """What this epoch's pass works with, besides the step, the loader and the progress."""
+        optim = self.cfg.optim
+        return PassContext(
+            plan=self.plan,
+            state=self.state,
+            guard=self.guard,
+            stop=self.stop,
+            watchdog=self.watchdog,
+            tb=self.tb,
+            record=self.record,
+            d=self.d,
+            accumulation_steps=optim.accumulation_steps,
+            grad_clip=optim.grad_clip,
+            log_every=self.cfg.run.log_every,
+        )
 
     def check_finite(self, outcome: Outcome, progress: EpochProgress) -> Outcome:
         """A finished pass whose weights hold NaN/Inf (on any rank) is rolled back."""
@@ -498,9 +535,17 @@ def any_rank(flag: bool, d: distributed.Dist, device) -> bool:
     return distributed.all_reduce_mean(torch.tensor(float(flag), device=device), d).item() > 0
 
 
-def roll_back(outcome: Outcome, epoch: int, ctx, folder: RunFolder) -> None:
-    """Count the rollback and lower the LR, or stop the run when the budget is spent."""
-    state, cfg, record = ctx.state, ctx.cfg, ctx.record
+def roll_back(
+    outcome: Outcome,
+    epoch: int,
+    state: RunState,
+    cfg: TrainConfig,
+    plan: Plan,
+    folder: RunFolder,
+    record: Callable[[dict], None],
+) -> None:
+    """Count the rollback in `state` and lower its LR scale, or stop the run when the budget is
+    spent; either way the event goes to `record` (metrics.jsonl)."""
     state.rollbacks += 1
     state.rollback_files.append(sorted(set(outcome.files)))
     event = {
@@ -513,7 +558,7 @@ def roll_back(outcome: Outcome, epoch: int, ctx, folder: RunFolder) -> None:
     }
     if state.rollbacks > cfg.safety.max_rollbacks:
         record({"type": "diverged", **event})
-        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, ctx.plan, folder))
+        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, plan, folder))
     state.lr_scale *= cfg.safety.rollback_lr_factor
     record({"type": "rollback", **event, "lr_scale": state.lr_scale})
     log.warning(
@@ -580,11 +625,11 @@ class EpochPass:
     """The state of one pass over (the rest of) an epoch: the accumulation window being filled,
     the pass's counters, its progress bar and clock. `train_one_epoch` drives it."""
 
-    def __init__(self, step: TrainStep, loader, progress: EpochProgress, ctx):
+    def __init__(self, step: TrainStep, loader, progress: EpochProgress, ctx: PassContext):
         self.step, self.loader, self.progress, self.ctx = step, loader, progress, ctx
         self.epoch, device = progress.epoch, step.device
         step.wrapped.train()
-        self.accum = ctx.cfg.optim.accumulation_steps
+        self.accum = ctx.accumulation_steps
         self.micro_batch = loader.batch_size
         sampler = loader.sampler
         sampler.set_epoch(self.epoch, start=progress.micro_step * self.micro_batch)
@@ -640,7 +685,7 @@ class EpochPass:
         ctx, device = self.ctx, self.step.device
         # --time-limit: another step and the save must fit; the decision travels with this read.
         ctx.stop.out_of_time(2 * self.step_seconds)
-        grad_norm = self.step.gradient_norm(self.params, ctx.cfg.optim.grad_clip)
+        grad_norm = self.step.gradient_norm(self.params, ctx.grad_clip)
         check = [
             self.window_loss,
             grad_norm.float(),
@@ -675,7 +720,7 @@ class EpochPass:
         self.count(verdict, k, grad_v, files)
         ctx.watchdog.beat(f"epoch {self.epoch}, optimizer step {k + 1} of {self.steps_per_epoch}")
         self.step_seconds, self.step_started = time.monotonic() - self.step_started, time.monotonic()
-        if state.global_step % ctx.cfg.run.log_every == 0:
+        if state.global_step % ctx.log_every == 0:
             ctx.tb.step(state.global_step, loss_v, grad_v, step.optimizer)
             if self.bar.disable is False:
                 self.bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
@@ -709,10 +754,9 @@ class EpochPass:
         return outcome
 
 
-def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx) -> Outcome:
-    """The rest of one epoch, from `progress.micro_step`, for the Trainer `ctx`. One host
-    read per optimizer step: the guard's numbers (window loss, gradient norm, weight norm,
-    a stop request)."""
+def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: PassContext) -> Outcome:
+    """The rest of one epoch, from `progress.micro_step`. One host read per optimizer step: the
+    guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
     epoch_pass = EpochPass(step, loader, progress, ctx)
     outcome = None
     for i, batch in enumerate(epoch_pass.bar, start=progress.micro_step):
