@@ -10,7 +10,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +38,16 @@ from ..runs.resume import open_resume, settle_best
 from ..tracking.hook import TrackerHook
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
-from .hooks import Checkpointer, ConsoleReporter, EpochResult, MetricsLogger, RunHistory, where_to_resume
+from .hooks import (
+    Checkpointer,
+    ConsoleReporter,
+    EpochResult,
+    Hook,
+    MetricsLogger,
+    RunHistory,
+    hooks_around_training,
+    where_to_resume,
+)
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .loaders import (
     EpochSampler,
@@ -121,10 +130,10 @@ class Trainer:
     step (the train step: build_train_step's), and its model, ema, optimizer, scaler;
     checkpoint (what a save holds); plan (stages, trainable groups, LR), state (the counters a
     checkpoint carries), guard (divergence); stop (signals, --time-limit), watchdog (stalls),
-    tb (TensorBoard); checkpointer + hooks: what ends an epoch; trackers (--tracker: W&B, MLflow).
-    Entering a stage sets frozen, stage, loader."""
+    tb (TensorBoard); hooks: the trainer's own (checkpointer, metrics, console) then those given
+    (`hooks=`: trackers, a sweep's pruning). Entering a stage sets frozen, stage, loader."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.start_processes()
         resume = self.load_data()
@@ -142,13 +151,14 @@ class Trainer:
                 f"nothing to train: {cfg.run.resume_from} has finished all {self.plan.epochs} epochs; "
                 f"raise --epochs to train on (a warm restart)"
             )
-        self.open_monitors()
+        self.open_monitors(hooks)
 
     def run(self) -> RunState:
         """The loop: for each epoch, enter its stage, train the pass (rolling back on
         divergence), end the epoch (validate, best, hooks: save, record, report), stop if asked."""
         dead_worker = loader_worker_failures(functools.partial(where_to_resume, self.folder.last))
-        with dead_worker, self.stop, self.watchdog, self.tb, self.trackers:
+        hooks = hooks_around_training(self.hooks if self.d.is_main else (), self)
+        with dead_worker, self.stop, self.watchdog, self.tb, hooks:
             self.before_train()
             for epoch in range(self.first_epoch, self.plan.epochs + 1):
                 self.watchdog.beat(f"start of epoch {epoch}")
@@ -286,8 +296,9 @@ class Trainer:
             event = {"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from}
             self.record({**event, "changed": changes})
 
-    def open_monitors(self) -> None:
-        """TensorBoard, the stop request (signals, --time-limit), the stall watchdog and the hooks."""
+    def open_monitors(self, hooks: Sequence[Hook]) -> None:
+        """TensorBoard, the stop request (signals, --time-limit), the stall watchdog and the hooks:
+        the trainer's own, then `hooks`."""
         cfg, state = self.cfg, self.state
         self.tb = TensorBoard(
             cfg.run.tensorboard and self.d.is_main,
@@ -300,8 +311,7 @@ class Trainer:
         self.stop = StopRequest(self.time_limit, (self.preempt,))
         self.watchdog = StallWatchdog(cfg.safety.stall_timeout, self.folder.stall_report)
         self.checkpointer = Checkpointer()
-        self.trackers = TrackerHook(cfg, self.folder, self.history, state, self.d.is_main)
-        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict()), self.trackers]
+        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict()), *hooks]
 
     def record(self, event: dict) -> None:
         """Append an event to the run's history (rank 0)."""
@@ -501,10 +511,11 @@ class Trainer:
             distributed.shutdown(d)
 
 
-def train(cfg: TrainConfig) -> RunState:
+def train(cfg: TrainConfig, hooks: Sequence[Hook] = ()) -> RunState:
     """Train as `cfg` says, from scratch, a checkpoint (--resume-from, --init-from) or a
-    mid-epoch position; returns the run's counters (`interrupted` set when it stopped early)."""
-    return Trainer(cfg).run()
+    mid-epoch position, with its trackers (--tracker) and then `hooks`; returns the run's
+    counters (`interrupted` set when it stopped early)."""
+    return Trainer(cfg, hooks=[TrackerHook(), *hooks]).run()
 
 
 def warn_random_backbone(cfg: TrainConfig, d: distributed.Dist) -> None:
