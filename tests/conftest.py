@@ -60,6 +60,16 @@ def tiny_flags(synth_root, run_dir) -> list[str]:
     ]
 
 
+def tiny_config(synth_root, run_dir, **settings):
+    """tiny_flags as a validated TrainConfig, for tests that build the Trainer themselves;
+    `settings` by field name on top."""
+    from camodet.config import TrainConfig
+
+    flags = tiny_flags(synth_root, run_dir)
+    named = {flag[2:].replace("-", "_"): value for flag, value in zip(flags[::2], flags[1::2])}
+    return TrainConfig.from_dict({**named, **settings}).validate()
+
+
 def truncate(path) -> None:
     """Cut an image file to a third: its header survives (the listing passes it), its pixels do not."""
     data = open(path, "rb").read()

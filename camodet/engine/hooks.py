@@ -1,15 +1,19 @@
-"""What happens at the end of an epoch, one small object per concern (as detectron2's hooks):
-the Checkpointer writes last.pth, the keep-last copies and best_model.pth; the MetricsLogger
-appends the epoch's record to metrics.jsonl and TensorBoard; the ConsoleReporter prints the
-epoch's line and any new advice. The Trainer calls `after_epoch(trainer, result)` on each, in
-that order, on rank 0. RunHistory is the run's metrics.jsonl, kept in memory for the advice."""
+"""The trainer's hooks, one small object per concern (as detectron2's hooks). The Hook protocol
+is what the Trainer calls on each, on rank 0: `before_train`, `after_epoch`, `after_train`. The
+trainer's own hooks come first: the Checkpointer writes last.pth, the keep-last copies and
+best_model.pth; the MetricsLogger appends the epoch's record to metrics.jsonl and TensorBoard;
+the ConsoleReporter prints the epoch's line and any new advice. Those given to
+`Trainer(cfg, hooks=...)` (the trackers, a sweep's pruning) follow. RunHistory is the run's
+metrics.jsonl, kept in memory for the advice."""
 
 import contextlib
 import functools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..runs import history
 from ..runs.checkpoint import atomic_save, load_checkpoint
@@ -36,6 +40,39 @@ class EpochResult:
     validation_seconds: float
 
 
+class Hook(Protocol):
+    """What the Trainer calls on a hook, on rank 0 (the process that writes the run's files):
+    `before_train` once the run is built and its monitors started; `after_epoch` after each
+    epoch is validated, in the order the hooks were given; `after_train` as training ends, in
+    the reverse order (as nested `with` blocks), with the error that ends it (None when it
+    finished or stopped). A subclass overrides the points it needs; the others do nothing."""
+
+    def before_train(self, trainer) -> None:
+        return None
+
+    def after_epoch(self, trainer, result: EpochResult) -> None:
+        return None
+
+    def after_train(self, trainer, error: BaseException | None) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def hooks_around_training(hooks: Sequence[Hook], trainer):
+    """`before_train` on each hook in turn; on the way out `after_train` on each one started,
+    last first, with the error on its way out of the block (which goes on), or None."""
+    with contextlib.ExitStack() as started:
+        for hook in hooks:
+            hook.before_train(trainer)
+            started.push(functools.partial(_after_train, hook, trainer))
+        yield
+
+
+def _after_train(hook: Hook, trainer, exc_type, error, tb) -> bool:
+    hook.after_train(trainer, error)
+    return False  # the error, if any, goes on
+
+
 class RunHistory:
     """metrics.jsonl: every event appended on rank 0, and the records so far (earlier attempts
     in this folder included) for the health advice."""
@@ -51,7 +88,7 @@ class RunHistory:
             self.records.append(event)
 
 
-class Checkpointer:
+class Checkpointer(Hook):
     """last.pth every epoch (and at a stop inside one), keep-last copies, best_model.pth on a new best.
     A write that fails (a full disk) ends the run saying which file and how to go on from there."""
 
@@ -96,7 +133,7 @@ def resume_hint_on_write_error(last: str):
         raise CheckpointError(f"{e}; {where_to_resume(last)}", "write") from None
 
 
-class MetricsLogger:
+class MetricsLogger(Hook):
     """The epoch's record: to metrics.jsonl, to TensorBoard, and its prediction panel every
     --image-every epochs (and at the last)."""
 
@@ -140,7 +177,7 @@ class MetricsLogger:
         return record
 
 
-class ConsoleReporter:
+class ConsoleReporter(Hook):
     """The epoch's one line on the console, then the advice the history newly calls for."""
 
     def __init__(self, cfg_dict: dict):

@@ -1,7 +1,10 @@
 """Measure real training steps: seconds per micro-step and peak memory for one stage and
-micro-batch size. Run as a module in a fresh process per measurement, so that the CPU's
-peak RSS (which cannot be reset) belongs to that measurement alone."""
+micro-batch size, for `camodet plan` and the speed benchmarks. The step is the trainer's own
+(engine/step.py's build_train_step from a TrainConfig), never a copy of it. Run as a module in a
+fresh process per measurement, so that the CPU's peak RSS (which cannot be reset) belongs to that
+measurement alone."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,13 +12,11 @@ import time
 
 import torch
 
-from ..config import ModelConfig
+from ..config import TrainConfig
 from ..models import build_model
-from ..models.device import amp_dtype, memory_format, resolve_device, tune_kernels
-from ..models.losses import LossSettings
+from ..models.device import amp_dtype, resolve_device, tune_kernels
 from .monitor import peak_memory_mb
-from .optim import build_optimizer
-from .step import TrainStep
+from .step import TrainStep, build_train_step
 
 MEMORY_KINDS = {
     "cuda_card": "CUDA peak reserved by the allocator + CUDA context, on the card",
@@ -33,39 +34,40 @@ def cuda_card_peak_mb(device: torch.device) -> float:
     return (torch.cuda.max_memory_reserved(device) + outside_allocator) / 2**20
 
 
-def trainer_step(
-    model_cfg: dict,
-    stage: int,
-    grad_checkpointing: bool,
-    dev: torch.device,
-    amp: str,
-    channels_last: str,
-    compile: bool,
-    moe_loss_weight: float,
-    weight_decay: float,
-) -> TrainStep:
-    """The trainer's own step (its model set up for `stage`, optimizer, loss and grad scaler) on `dev`."""
-    cfg = ModelConfig(**{**model_cfg, "pretrained": False, "pretrained_path": None})
-    model = build_model(cfg).to(dev)
+def step_settings(cfg: TrainConfig) -> dict:
+    """The settings of `cfg` that decide its training step (its optim and speed sections), flat
+    by field name: what `camodet plan` passes to measure_step for the run it plans."""
+    return {**dataclasses.asdict(cfg.optim), **dataclasses.asdict(cfg.speed)}
+
+
+def step_config(model_cfg: dict, **settings) -> TrainConfig:
+    """The training config a measurement stands for: `model_cfg` with random weights (they cost
+    what trained ones do, and need no file or network), `settings` by field name (amp, compile,
+    grad_checkpointing, boundary_gain, use_ema, ...), the trainer's defaults for the rest."""
+    model = {**model_cfg, "pretrained": False, "pretrained_path": None}
+    return TrainConfig.from_dict({"model": model, **settings})
+
+
+def trainer_step(cfg: TrainConfig, stage: int, device: torch.device) -> TrainStep:
+    """The trainer's own step for `cfg` (build_train_step: its loss settings, optimizer groups,
+    grad scaler, EMA and compile wrapper) on `device`, the model set up for `stage`: stage 1 with
+    the backbone frozen, stage 2 all trainable (the most that progressive unfreezing trains)."""
+    model = build_model(cfg.model).to(device)
+    step = build_train_step(cfg, model, device, amp_dtype(cfg.optim.amp, device))
     if stage == 1:
-        model.set_frozen_groups(set(range(model.backbone.num_groups)))
-    model.set_grad_checkpointing(grad_checkpointing)
-    model.train()
-    fmt = memory_format(channels_last, dev)
-    model = model.to(memory_format=fmt)
-    dtype = amp_dtype(amp, dev)
-    return TrainStep(
-        model,
-        model,
-        torch.compile(model) if compile else model,
-        None,
-        build_optimizer(model, weight_decay, dev),
-        torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16),
-        LossSettings.for_model(model, moe_loss_weight),
-        dev,
-        dtype,
-        fmt,
-    )
+        step.model.set_frozen_groups(set(range(step.model.backbone.num_groups)))
+    step.wrapped.train()
+    return step
+
+
+def optimizer_step(step: TrainStep, batch: dict, grad_clip: float) -> None:
+    """One optimizer step on one micro-batch, as the trainer takes one: forward and backward, the
+    gradient norm (clipped), the update and the EMA's."""
+    step.backward(batch, 1.0)
+    step.gradient_norm(step.trainable(), grad_clip)
+    step.update()
+    if step.ema is not None:
+        step.ema.update(step.model)
 
 
 def measure_step(
@@ -73,35 +75,29 @@ def measure_step(
     img_size: int,
     batch: int,
     stage: int,
-    grad_checkpointing: bool = False,
     steps: int = 2,
     device: str = "auto",
-    amp: str = "auto",
-    channels_last: str = "auto",
-    compile: bool = False,
-    moe_loss_weight: float = 0.01,
-    weight_decay: float = 0.01,
+    **settings,
 ) -> dict:
     """Seconds per training step and peak memory of one stage at one micro-batch size, with the
-    trainer's step on random data (`steps` timed after warm-up)."""
+    trainer's step on random data (`steps` timed after warm-up). `settings`: the run's training
+    settings by field name (step_settings), the trainer's defaults for those not given."""
     dev = resolve_device(device)
     tune_kernels(dev)  # as the trainer does
     torch.manual_seed(0)
-    train_step = trainer_step(
-        model_cfg, stage, grad_checkpointing, dev, amp, channels_last, compile, moe_loss_weight, weight_decay
-    )
+    cfg = step_config(model_cfg, **settings)
+    train_step = trainer_step(cfg, stage, dev)
     batch_data = {
         "image": torch.randn(batch, 3, img_size, img_size, device=dev),
         "mask": (torch.rand(batch, 1, img_size, img_size, device=dev) > 0.7).float(),
     }
 
     def step():
-        train_step.backward(batch_data, 1.0)
-        train_step.update()
+        optimizer_step(train_step, batch_data, cfg.optim.grad_clip)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(2 if compile else 1):  # warm-up: allocator, optimizer state, compilation
+    for _ in range(2 if cfg.speed.compile else 1):  # warm-up: allocator, optimizer state, compilation
         step()
     t = time.perf_counter()
     for _ in range(steps):

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,6 @@ from ..fields import parse_duration
 from ..launch import own_device, resolve_workers
 from ..models import build_model
 from ..models.device import amp_dtype, autocast_name, tune_kernels
-from ..models.device import memory_format as device_memory_format  # the local name is the chosen format
-from ..models.losses import LossSettings
-from ..models.timm_lib import timm
 from ..runs.checkpoint import (
     RunState,
     TrainingCheckpoint,
@@ -41,7 +39,16 @@ from ..runs.resume import open_resume, settle_best
 from ..tracking.hook import TrackerHook
 from . import distributed
 from .guard import OVERFLOW, ROLLBACK, SKIP, STEP, DivergenceError, DivergenceGuard
-from .hooks import Checkpointer, ConsoleReporter, EpochResult, MetricsLogger, RunHistory, where_to_resume
+from .hooks import (
+    Checkpointer,
+    ConsoleReporter,
+    EpochResult,
+    Hook,
+    MetricsLogger,
+    RunHistory,
+    hooks_around_training,
+    where_to_resume,
+)
 from .interrupt import StopRequest, requeue_slurm_job, signal_number
 from .loaders import (
     EpochSampler,
@@ -51,35 +58,14 @@ from .loaders import (
     val_loader,
 )
 from .monitor import TensorBoard
-from .optim import build_optimizer, set_lrs
+from .optim import set_lrs
 from .schedule import Plan, make_plan, uncertainty_weight
 from .state import EpochProgress, restore, snapshot
-from .step import TrainStep
+from .step import TrainStep, build_train_step
 from .timing import LoopClock
 from .watchdog import StallWatchdog, worker_init
 
 log = logging.getLogger("camodet")
-
-
-class CompiledOrEager:
-    """torch.compile'd forward that falls back to eager, once and with a message, where
-    compilation fails (errors surface at the first call, not at torch.compile)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module, self.compiled = module, torch.compile(module)
-
-    def __call__(self, x):
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except Exception as e:  # any backend failure: the run must not die for a speed-up
-                first_line = (str(e).strip().splitlines() or [""])[0][:160]
-                log.warning(
-                    f"--compile: torch.compile failed ({type(e).__name__}: {first_line}); "
-                    f"continuing without it"
-                )
-                self.compiled = None
-        return self.module(x)
 
 
 @dataclass
@@ -91,6 +77,24 @@ class Outcome:
     step: int = 0
     files: list = dataclasses.field(default_factory=list)  # images of the windows that went wrong
     timing: dict | None = None  # LoopClock.summary() of the pass
+
+
+@dataclass
+class PassContext:
+    """What a pass over an epoch (EpochPass) works with besides its step, loader and progress;
+    the Trainer makes one per epoch (`Trainer.pass_context`)."""
+
+    plan: Plan  # each optimizer step's LR
+    state: RunState  # global_step, lr_scale
+    guard: DivergenceGuard  # each window's verdict
+    stop: StopRequest  # signals, --time-limit
+    watchdog: StallWatchdog  # heartbeats; the loader a stall report names
+    tb: TensorBoard
+    record: Callable[[dict], None]  # an event to metrics.jsonl
+    d: distributed.Dist
+    accumulation_steps: int
+    grad_clip: float
+    log_every: int  # optimizer steps between TensorBoard points
 
 
 def pick_device(name: str, d: distributed.Dist) -> torch.device:
@@ -121,15 +125,15 @@ class Trainer:
     """One training run, built once from the config; `run()` is the loop. Its attributes are
     what a run holds (the table of contents):
 
-    cfg, d (the processes), device, dtype (autocast), workers, memory_format: where it runs;
+    cfg, d (the processes), device, dtype (autocast), workers: where it runs;
     folder (the run folder), history (metrics.jsonl); train_set, val_set: the data;
-    model, ema, optimizer, scaler, step (the train step), checkpoint (what a save holds);
-    plan (stages, trainable groups, LR), state (the counters a checkpoint carries), guard
-    (divergence); stop (signals, --time-limit), watchdog (stalls), tb (TensorBoard);
-    checkpointer + hooks: what ends an epoch; trackers (--tracker: W&B, MLflow). Entering a stage
-    sets frozen, stage, loader."""
+    step (the train step: build_train_step's), and its model, ema, optimizer, scaler;
+    checkpoint (what a save holds); plan (stages, trainable groups, LR), state (the counters a
+    checkpoint carries), guard (divergence); stop (signals, --time-limit), watchdog (stalls),
+    tb (TensorBoard); hooks: the trainer's own (checkpointer, metrics, console) then those given
+    (`hooks=`: trackers, a sweep's pruning). Entering a stage sets frozen, stage, loader."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, hooks: Sequence[Hook] = ()):
         self.cfg = cfg
         self.start_processes()
         resume = self.load_data()
@@ -140,18 +144,6 @@ class Trainer:
         self.plan = make_plan(cfg, self.model.backbone.num_groups, restart_epoch, self.state.schedule_start)
         self.state.schedule_start = self.plan.schedule_start
         self.open_history(restart_epoch, changes)
-        self.step = TrainStep(
-            self.model,
-            self.model,
-            self.model,
-            self.ema,
-            self.optimizer,
-            self.scaler,
-            LossSettings.for_model(self.model, cfg.optim.moe_loss_weight, cfg.optim.boundary_gain),
-            self.device,
-            self.dtype,
-            self.memory_format,
-        )
         self.frozen, self.stage, self.loader_batch, self.loader = None, None, None, None
         self.first_epoch = self.position.epoch if self.position is not None else self.state.epoch + 1
         if self.first_epoch > self.plan.epochs:
@@ -159,13 +151,14 @@ class Trainer:
                 f"nothing to train: {cfg.run.resume_from} has finished all {self.plan.epochs} epochs; "
                 f"raise --epochs to train on (a warm restart)"
             )
-        self.open_monitors()
+        self.open_monitors(hooks)
 
     def run(self) -> RunState:
         """The loop: for each epoch, enter its stage, train the pass (rolling back on
         divergence), end the epoch (validate, best, hooks: save, record, report), stop if asked."""
         dead_worker = loader_worker_failures(functools.partial(where_to_resume, self.folder.last))
-        with dead_worker, self.stop, self.watchdog, self.tb, self.trackers:
+        hooks = hooks_around_training(self.hooks if self.d.is_main else (), self)
+        with dead_worker, self.stop, self.watchdog, self.tb, hooks:
             self.before_train()
             for epoch in range(self.first_epoch, self.plan.epochs + 1):
                 self.watchdog.beat(f"start of epoch {epoch}")
@@ -256,7 +249,7 @@ class Trainer:
     def make_model(self, resume) -> None:
         """Model, then resume or initialise before anything copies its weights (EMA, DDP); a
         resume takes every weight from its checkpoint, so it never needs the network or the
-        weights file. Then optimizer, grad scaler, EMA and what a checkpoint holds."""
+        weights file. Then the train step (optimizer, grad scaler, EMA) and what a checkpoint holds."""
         cfg, d, device = self.cfg, self.d, self.device
         model_cfg = (
             dataclasses.replace(cfg.model, pretrained=False, pretrained_path=None) if resume else cfg.model
@@ -276,15 +269,10 @@ class Trainer:
                 f"init-from {cfg.run.init_from}: loaded {loaded} of {total} tensors (name and shape match)"
             )
         warn_random_backbone(cfg, d)
-        if cfg.speed.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        self.memory_format = device_memory_format(cfg.speed.channels_last, device)
-        self.model = model = model.to(memory_format=self.memory_format)
-        self.optimizer = build_optimizer(model, cfg.optim.weight_decay, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.ema = timm.utils.ModelEmaV3(model, decay=cfg.optim.ema_decay) if cfg.optim.use_ema else None
+        self.step = step = build_train_step(cfg, model, device, self.dtype)
+        self.model, self.ema, self.optimizer, self.scaler = step.model, step.ema, step.optimizer, step.scaler
         self.checkpoint = TrainingCheckpoint(
-            model, self.ema, self.optimizer, self.scaler, self.state, self.guard, cfg.to_dict()
+            self.model, self.ema, self.optimizer, self.scaler, self.state, self.guard, cfg.to_dict()
         )
         self.position = None
 
@@ -308,8 +296,9 @@ class Trainer:
             event = {"type": "warm_restart", "epoch": restart_epoch, "from": cfg.run.resume_from}
             self.record({**event, "changed": changes})
 
-    def open_monitors(self) -> None:
-        """TensorBoard, the stop request (signals, --time-limit), the stall watchdog and the hooks."""
+    def open_monitors(self, hooks: Sequence[Hook]) -> None:
+        """TensorBoard, the stop request (signals, --time-limit), the stall watchdog and the hooks:
+        the trainer's own, then `hooks`."""
         cfg, state = self.cfg, self.state
         self.tb = TensorBoard(
             cfg.run.tensorboard and self.d.is_main,
@@ -322,8 +311,7 @@ class Trainer:
         self.stop = StopRequest(self.time_limit, (self.preempt,))
         self.watchdog = StallWatchdog(cfg.safety.stall_timeout, self.folder.stall_report)
         self.checkpointer = Checkpointer()
-        self.trackers = TrackerHook(cfg, self.folder, self.history, state, self.d.is_main)
-        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict()), self.trackers]
+        self.hooks = [self.checkpointer, MetricsLogger(), ConsoleReporter(cfg.to_dict()), *hooks]
 
     def record(self, event: dict) -> None:
         """Append an event to the run's history (rank 0)."""
@@ -351,10 +339,7 @@ class Trainer:
         if plan.frozen_groups(epoch) != self.frozen:
             self.frozen = plan.frozen_groups(epoch)
             self.model.set_frozen_groups(set(self.frozen))
-            self.step.wrapped = distributed.wrap(self.model, self.d, self.device)
-            self.step.forward = (
-                CompiledOrEager(self.step.wrapped) if self.cfg.speed.compile else self.step.wrapped
-            )
+            self.step.wrap(distributed.wrap(self.model, self.d, self.device))
             if self.stage is not None and plan.stage(epoch) == self.stage:
                 trainable = sorted(set(range(plan.num_groups)) - self.frozen)
                 self.say(f"epoch {epoch}: backbone groups {trainable} now train")
@@ -400,13 +385,14 @@ class Trainer:
                 self.cfg.optim.uncertainty_loss_weight, epoch, self.plan.epochs
             ),
         )
+        ctx = self.pass_context()
         while True:
-            outcome = train_one_epoch(self.step, self.loader, progress, self)
+            outcome = train_one_epoch(self.step, self.loader, progress, ctx)
             if outcome.action == "done":
                 outcome = self.check_finite(outcome, progress)
             if outcome.action != ROLLBACK:
                 break
-            roll_back(outcome, epoch, self, self.folder)
+            roll_back(outcome, epoch, self.state, self.cfg, self.plan, self.folder, self.record)
             progress = restore(good, *parts, self.state, self.device)
             self.guard.after_rollback()
         if outcome.action in ("done", "stopped"):  # norm statistics, as every rank validates and saves
@@ -416,6 +402,23 @@ class Trainer:
         if outcome.action == "done" and self.time_limit and len(self.val_set):
             outcome = self.check_time(outcome, progress)
         return progress, outcome
+
+    def pass_context(self) -> PassContext:
+        """What this epoch's pass works with, besides the step, the loader and the progress."""
+        optim = self.cfg.optim
+        return PassContext(
+            plan=self.plan,
+            state=self.state,
+            guard=self.guard,
+            stop=self.stop,
+            watchdog=self.watchdog,
+            tb=self.tb,
+            record=self.record,
+            d=self.d,
+            accumulation_steps=optim.accumulation_steps,
+            grad_clip=optim.grad_clip,
+            log_every=self.cfg.run.log_every,
+        )
 
     def check_finite(self, outcome: Outcome, progress: EpochProgress) -> Outcome:
         """A finished pass whose weights hold NaN/Inf (on any rank) is rolled back."""
@@ -508,10 +511,11 @@ class Trainer:
             distributed.shutdown(d)
 
 
-def train(cfg: TrainConfig) -> RunState:
+def train(cfg: TrainConfig, hooks: Sequence[Hook] = ()) -> RunState:
     """Train as `cfg` says, from scratch, a checkpoint (--resume-from, --init-from) or a
-    mid-epoch position; returns the run's counters (`interrupted` set when it stopped early)."""
-    return Trainer(cfg).run()
+    mid-epoch position, with its trackers (--tracker) and then `hooks`; returns the run's
+    counters (`interrupted` set when it stopped early)."""
+    return Trainer(cfg, hooks=[TrackerHook(), *hooks]).run()
 
 
 def warn_random_backbone(cfg: TrainConfig, d: distributed.Dist) -> None:
@@ -542,9 +546,17 @@ def any_rank(flag: bool, d: distributed.Dist, device) -> bool:
     return distributed.all_reduce_mean(torch.tensor(float(flag), device=device), d).item() > 0
 
 
-def roll_back(outcome: Outcome, epoch: int, ctx, folder: RunFolder) -> None:
-    """Count the rollback and lower the LR, or stop the run when the budget is spent."""
-    state, cfg, record = ctx.state, ctx.cfg, ctx.record
+def roll_back(
+    outcome: Outcome,
+    epoch: int,
+    state: RunState,
+    cfg: TrainConfig,
+    plan: Plan,
+    folder: RunFolder,
+    record: Callable[[dict], None],
+) -> None:
+    """Count the rollback in `state` and lower its LR scale, or stop the run when the budget is
+    spent; either way the event goes to `record` (metrics.jsonl)."""
     state.rollbacks += 1
     state.rollback_files.append(sorted(set(outcome.files)))
     event = {
@@ -557,7 +569,7 @@ def roll_back(outcome: Outcome, epoch: int, ctx, folder: RunFolder) -> None:
     }
     if state.rollbacks > cfg.safety.max_rollbacks:
         record({"type": "diverged", **event})
-        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, ctx.plan, folder))
+        raise DivergenceError(divergence_message(outcome, epoch, state, cfg, plan, folder))
     state.lr_scale *= cfg.safety.rollback_lr_factor
     record({"type": "rollback", **event, "lr_scale": state.lr_scale})
     log.warning(
@@ -624,11 +636,11 @@ class EpochPass:
     """The state of one pass over (the rest of) an epoch: the accumulation window being filled,
     the pass's counters, its progress bar and clock. `train_one_epoch` drives it."""
 
-    def __init__(self, step: TrainStep, loader, progress: EpochProgress, ctx):
+    def __init__(self, step: TrainStep, loader, progress: EpochProgress, ctx: PassContext):
         self.step, self.loader, self.progress, self.ctx = step, loader, progress, ctx
         self.epoch, device = progress.epoch, step.device
         step.wrapped.train()
-        self.accum = ctx.cfg.optim.accumulation_steps
+        self.accum = ctx.accumulation_steps
         self.micro_batch = loader.batch_size
         sampler = loader.sampler
         sampler.set_epoch(self.epoch, start=progress.micro_step * self.micro_batch)
@@ -684,7 +696,7 @@ class EpochPass:
         ctx, device = self.ctx, self.step.device
         # --time-limit: another step and the save must fit; the decision travels with this read.
         ctx.stop.out_of_time(2 * self.step_seconds)
-        grad_norm = self.step.gradient_norm(self.params, ctx.cfg.optim.grad_clip)
+        grad_norm = self.step.gradient_norm(self.params, ctx.grad_clip)
         check = [
             self.window_loss,
             grad_norm.float(),
@@ -719,7 +731,7 @@ class EpochPass:
         self.count(verdict, k, grad_v, files)
         ctx.watchdog.beat(f"epoch {self.epoch}, optimizer step {k + 1} of {self.steps_per_epoch}")
         self.step_seconds, self.step_started = time.monotonic() - self.step_started, time.monotonic()
-        if state.global_step % ctx.cfg.run.log_every == 0:
+        if state.global_step % ctx.log_every == 0:
             ctx.tb.step(state.global_step, loss_v, grad_v, step.optimizer)
             if self.bar.disable is False:
                 self.bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{progress.lr:.2e}")
@@ -753,10 +765,9 @@ class EpochPass:
         return outcome
 
 
-def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx) -> Outcome:
-    """The rest of one epoch, from `progress.micro_step`, for the Trainer `ctx`. One host
-    read per optimizer step: the guard's numbers (window loss, gradient norm, weight norm,
-    a stop request)."""
+def train_one_epoch(step: TrainStep, loader, progress: EpochProgress, ctx: PassContext) -> Outcome:
+    """The rest of one epoch, from `progress.micro_step`. One host read per optimizer step: the
+    guard's numbers (window loss, gradient norm, weight norm, a stop request)."""
     epoch_pass = EpochPass(step, loader, progress, ctx)
     outcome = None
     for i, batch in enumerate(epoch_pass.bar, start=progress.micro_step):

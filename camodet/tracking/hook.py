@@ -3,7 +3,8 @@ what the run already records (config, metrics.jsonl's epoch records and events),
 trackers hold the same fields as the file. Rank 0 only; the trackers' run ids are kept in
 RUN/trackers.json so that a --resume-from in the same folder continues the same tracked runs,
 while a resume into another folder (a fork: the seed workflow's warm restart) starts its own,
-linked to the one it came from by the tags camodet.parent_run and camodet.parent_folder."""
+linked to the one it came from by the tags camodet.parent_run and camodet.parent_folder.
+`camodet train` (engine.trainer.train) gives it to every run it trains, sweep trials included."""
 
 import functools
 import json
@@ -11,7 +12,6 @@ import logging
 import os
 import tempfile
 
-from ..config import TrainConfig
 from ..runs.folder import TRACKERS, RunFolder
 from .trackers import MlflowTracker, TrackerUnavailable, WandbTracker, flat_numbers, one_line
 
@@ -21,23 +21,28 @@ PARENT_RUN, PARENT_FOLDER = "camodet.parent_run", "camodet.parent_folder"  # a f
 
 
 class TrackerHook:
-    """Start the trackers on entering (continuing their runs after a resume), send each new
-    record of the run's history after every epoch, and on leaving send the rest, the final
-    artefacts (a finished run's export and HTML report) and the run's end status."""
+    """Start the trackers before training (continuing their runs after a resume), send each new
+    record of the run's history after every epoch, and after training send the rest, the final
+    artefacts (a finished run's export and HTML report) and the run's end status: the three
+    points of the engine's Hook protocol. The run's config, folder, history and counters are the
+    trainer's, taken as training starts."""
 
-    def __init__(self, cfg: TrainConfig, folder: RunFolder, history, state, is_main: bool):
-        self.cfg, self.folder, self.history, self.state = cfg, folder, history, state
-        self.active = bool(cfg.run.tracker) and is_main
+    def __init__(self):
         self.trackers: list = []
-        self.sent = history.loaded  # the records of earlier attempts went out with them
 
-    def __enter__(self) -> "TrackerHook":
-        if self.active:
+    def before_train(self, trainer) -> None:
+        self.cfg, self.folder, self.history, self.state = (
+            trainer.cfg,
+            trainer.folder,
+            trainer.history,
+            trainer.state,
+        )
+        self.sent = self.history.loaded  # the records of earlier attempts went out with them
+        if self.cfg.run.tracker:
             self.trackers = [t for t in map(self.start, self.cfg.run.tracker) if t is not None]
             if self.trackers:
                 with open(self.folder.file(TRACKERS), "w") as fh:
                     json.dump({t.name: t.ids() for t in self.trackers}, fh, indent=2)
-        return self
 
     def start(self, name: str):
         """One tracker: on a resume in place, continuing the run this folder's trackers.json names;
@@ -86,11 +91,11 @@ class TrackerHook:
                 log.warning(f"--tracker {tracker.name}: {one_line(e)}; no more logging to it in this run")
                 self.trackers.remove(tracker)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def after_train(self, trainer, error: BaseException | None) -> None:
         if not self.trackers:
             return
         self.send(self.state.epoch)
-        status = "failed" if exc_type else "interrupted" if self.state.interrupted else "finished"
+        status = "failed" if error is not None else "interrupted" if self.state.interrupted else "finished"
         if status == "finished":
             try:
                 with tempfile.TemporaryDirectory() as tmp:

@@ -131,7 +131,7 @@ def plan_command(opts: PlanOptions, has_data: bool) -> int:
     micro-batch, then write one YAML per profile (conservative, balanced, fast) into opts.out_dir."""
     import torch
 
-    from ..engine.measure import MEMORY_KINDS, measure_candidates
+    from ..engine.measure import MEMORY_KINDS, measure_candidates, step_settings
     from ..models import check_model
 
     cfg, p = opts.train, opts.plan
@@ -139,17 +139,12 @@ def plan_command(opts: PlanOptions, has_data: bool) -> int:
     on_gpu = torch.cuda.is_available() and cfg.run.device != "cpu"
     budget = memory_budget(p.gpu_memory, on_gpu)
     images = training_images(cfg) if has_data else p.num_images
-    step_spec = {
+    step_spec = {  # the run's own training step (its optim and speed settings), as it would train
         "model_cfg": dataclasses.asdict(cfg.model),
         "img_size": cfg.data.img_size,
         "steps": p.steps,
-        "grad_checkpointing": cfg.speed.grad_checkpointing,
         "device": "cuda" if on_gpu else "cpu",
-        "amp": cfg.optim.amp,
-        "channels_last": cfg.speed.channels_last,
-        "compile": cfg.speed.compile,
-        "moe_loss_weight": cfg.optim.moe_loss_weight,
-        "weight_decay": cfg.optim.weight_decay,
+        **step_settings(cfg),
     }
     measured = measure_candidates(step_spec, p.candidates, budget, show_measurement)
     kind = next((m["memory"] for m in measured if "memory" in m), "unknown")

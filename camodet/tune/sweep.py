@@ -25,6 +25,7 @@ import signal
 from dataclasses import dataclass
 
 from ..config import TrainConfig
+from ..engine.hooks import Hook
 from ..errors import ConfigError
 from ..fields import flags
 from ..launch import Dist, broadcast_object
@@ -43,8 +44,8 @@ class SweepStopped(Exception):
     """The sweep was stopped by a signal (`args[0]`: its name); the running trial is queued again."""
 
 
-class PruningReporter:
-    """Epoch hook (after the checkpoint and the record are written): the epoch's validation IoU to
+class PruningReporter(Hook):
+    """Epoch hook (after the checkpoint, the record and the trackers): the epoch's validation IoU to
     the trial; when the pruner gives up on it, the trainer is asked to stop as for a signal, so the
     run ends with its folder complete and consistent, on every rank."""
 
@@ -145,17 +146,15 @@ class TrialRunner:
         return iou
 
     def train(self, trial) -> float:
-        """Train the trial's run (resumed from its last.pth when it was queued again), reporting
-        every epoch to the pruner; its best validation IoU."""
+        """The trial trained (its pruning reported each epoch): its best validation IoU; a pruned,
+        stopped or unvalidated trial raises instead (TrialPruned, SweepStopped, ConfigError)."""
         import optuna
 
-        from ..engine.trainer import Trainer
+        from ..engine.trainer import train
 
         cfg = self.configure(trial)
         log.info(f"trial {trial.number}: {trial.user_attrs[SETTINGS]} in {cfg.run.checkpoint_dir}")
-        trainer = Trainer(cfg)
-        trainer.hooks.append(PruningReporter(trial))
-        state = trainer.run()
+        state = train(cfg, hooks=[PruningReporter(trial)])
         trial.set_user_attr("epochs", state.epoch)
         trial.set_user_attr("best_epoch", state.best_epoch)
         if state.interrupted == PRUNED:
@@ -216,11 +215,11 @@ def follow(base: TrainConfig, d: Dist) -> None:
     """A launch's other processes: train each trial rank 0 announces, until it announces none.
     A trial stopped by a signal stops them as it stops rank 0 (the trainer's ranks agree on it)."""
     from ..engine.guard import DivergenceError
-    from ..engine.trainer import Trainer
+    from ..engine.trainer import train
 
     while (plan := broadcast_object(None, d)) is not None:
         try:
-            state = Trainer(trial_config(base, plan)).run()
+            state = train(trial_config(base, plan))
         except DivergenceError:  # every rank diverges together; rank 0 records the trial as failed
             continue
         if state.interrupted and state.interrupted != PRUNED:

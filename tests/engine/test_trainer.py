@@ -8,13 +8,15 @@ import torch
 from camodet import Predictor
 from camodet.cli import main
 from camodet.config import ModelConfig
+from camodet.engine.hooks import Hook
+from camodet.engine.trainer import Trainer
 from camodet.fields import make
 from camodet.models import build_model
 from camodet.options import EvaluateOptions
 from camodet.runs import history
 from camodet.runs.checkpoint import load_checkpoint
 
-from ..conftest import truncate
+from ..conftest import tiny_config, truncate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -476,3 +478,44 @@ def test_every_checkpoint_of_an_ema_run_holds_what_validation_used(tiny_args, tm
     one_epoch = flag(tiny_args, "--epochs", "1")
     run(flag(one_epoch, "--checkpoint-dir", str(tmp_path / "next")), "--init-from", str(last))
     assert torch.equal(taken[0][name], ema[name])
+
+
+class Seen(Hook):
+    """A hook given to the trainer: what it was called with, in order (the other points stay no-ops)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def before_train(self, trainer):
+        self.calls.append(("before_train", trainer.state.epoch))
+
+    def after_epoch(self, trainer, result):
+        self.calls.append(("after_epoch", result.epoch, os.path.isfile(trainer.folder.last)))
+
+    def after_train(self, trainer, error):
+        self.calls.append(("after_train", error))
+
+
+class FailsAfterEpoch(Hook):
+    def after_epoch(self, trainer, result):
+        raise RuntimeError("a hook failed")
+
+
+def test_hooks_given_at_construction_see_the_run_from_start_to_end(synth_root, tmp_path):
+    """Trainer(cfg, hooks=...): each hook is called before training, after each epoch (once the
+    trainer's own hooks saved it) and after training, with the error that ended it, if any."""
+    seen = Seen()
+    state = Trainer(tiny_config(synth_root, tmp_path / "run"), hooks=[seen]).run()
+    assert state.epoch == 2 and not state.interrupted
+    assert seen.calls == [
+        ("before_train", 0),
+        ("after_epoch", 1, True),
+        ("after_epoch", 2, True),
+        ("after_train", None),
+    ]
+    seen = Seen()
+    with pytest.raises(RuntimeError, match="a hook failed"):
+        Trainer(tiny_config(synth_root, tmp_path / "failing"), hooks=[seen, FailsAfterEpoch()]).run()
+    assert seen.calls[:2] == [("before_train", 0), ("after_epoch", 1, True)] and len(seen.calls) == 3
+    point, error = seen.calls[2]
+    assert point == "after_train" and str(error) == "a hook failed"
