@@ -3,6 +3,7 @@ import torch
 from camodet.engine import measure
 from camodet.engine.step import CompiledOrEager
 from camodet.engine.trainer import Trainer
+from camodet.options import PlanOptions, PlanSettings
 from camodet.tune.memory_plan import plan_command
 
 from ..conftest import tiny_config
@@ -66,7 +67,10 @@ def test_the_step_plan_measures_is_the_step_the_trainer_trains(synth_root, tmp_p
         }
 
     monkeypatch.setattr(measure, "measure_in_subprocess", measured_elsewhere)
-    plan_command(cfg, True, "64GB", [2], 1, 8, "linear", 0, str(tmp_path / "plans"))
+    settings = PlanSettings(
+        gpu_memory="64GB", candidates=[2], steps=1, effective_batch=8, out_dir=str(tmp_path / "plans")
+    )
+    plan_command(PlanOptions(train=cfg, plan=settings), True)
     built, trainer_step = [], measure.trainer_step
     monkeypatch.setattr(measure, "trainer_step", lambda *a: built.append(a) or trainer_step(*a))
     measure.measure_step(**next(s for s in specs if s["stage"] == 1))
