@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     pairs = quality_camo.camo_pairs(a.camo)
     val = quality_camo.read_split(quality_camo.SPLIT_FILE, sorted(pairs))
     costs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    models: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = quality_camo.split_tree(pairs, val, os.path.join(tmp, "camo"))
         for _ in range(a.repeats):
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
                 mine = quality_real.lite_weights(backbone)
                 cfg = quality_real.recipe_config(quality_real.recipe_flags(own, data, mine, extra=flags))
                 costs[name].append(quality_real.calibrate(cfg, data, steps=a.steps))
+                if name not in models:  # parameters, FLOPs and inference speed, in the same rounds
+                    models[name] = quality_real.model_cost(cfg)
                 c1, c2 = costs[name][-1]
                 print(f"{name}: {c1 * 1e3:.1f} / {c2 * 1e3:.1f} ms", flush=True)
     share = a.stage1_epochs / a.reference_epochs
@@ -72,15 +75,22 @@ def main(argv=None) -> int:
         f"\n{a.backbone}, {a.threads} thread(s), {a.repeats} rounds of {a.steps} steps; budget: "
         f"{a.reference_epochs} epochs of {a.reference}\n"
     )
-    print("| variant | flags | stage 1 ms/img | stage 2 ms/img | x reference | epochs (stage 1) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | flags | params M | GFLOPs/img | infer img/s | stage 1 ms/img | stage 2 ms/img "
+        "| x reference | epochs (stage 1) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, flags in variants.items():
         c1, c2 = (statistics.mean(c[k] for c in costs[name]) for k in (0, 1))
         epochs = max(2, round(budget / epoch_cost(name)))
         stage1 = max(1, round(epochs * share)) if a.stage1_epochs else 0
         ratio = epoch_cost(name) / epoch_cost(a.reference)
         quoted = shlex.quote(flags) if flags else "(the recipe)"
-        print(f"| {name} | {quoted} | {c1 * 1e3:.1f} | {c2 * 1e3:.1f} | {ratio:.2f} | {epochs} ({stage1}) |")
+        m = models[name]
+        print(
+            f"| {name} | {quoted} | {m['params_m']:.2f} | {m['gflops']:.2f} | {m['infer_img_s']:.1f} | "
+            f"{c1 * 1e3:.1f} | {c2 * 1e3:.1f} | {ratio:.2f} | {epochs} ({stage1}) |"
+        )
     return 0
 
 

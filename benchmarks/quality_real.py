@@ -396,15 +396,16 @@ def report(runs: list[dict], a, budget: float, costs: dict | None = None) -> str
     if costs:
         lines += [
             "",
-            "| method | train flags | epochs (stage 1) | params M | GFLOPs/img | infer img/s "
+            "| method | train flags | epochs (planned stage 1) | params M | GFLOPs/img | infer img/s "
             "| train img per CPU-s |",
             "|---|---|---|---|---|---|---|",
         ]
         for method, c in costs.items():
             mine = [r for r in runs if r["method"] == method]
             per_cpu = statistics.mean(r["steps"] * r["batch"] / r["cost"] for r in mine) if mine else 0
+            epochs = mine[0]["epochs"] if mine else c["epochs"]  # as trained (flags may fix them)
             lines.append(
-                f"| {method} | `{c['flags'].strip()}` | {c['epochs']} ({c['stage1']}) | "
+                f"| {method} | `{c['flags'].strip()}` | {epochs} ({c['stage1']}) | "
                 f"{c['params_m']:.2f} | {c['gflops']:.2f} | {c['infer_img_s']:.1f} | {per_cpu:.2f} |"
             )
     lines += [

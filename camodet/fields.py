@@ -299,7 +299,8 @@ def check_value(f: dataclasses.Field, value) -> None:
     )
     if not ok or (isinstance(value, float) and math.isnan(value)):
         auto = " or auto" if base_type(f.type) is workers else ""
-        raise ConfigError(f"{flag_of(f)} must be {range_words(m)}{auto} (got {value})")
+        shown = f"{value:g}" if isinstance(value, float) else value
+        raise ConfigError(f"{flag_of(f)} must be {range_words(m)}{auto} (got {shown})")
 
 
 def range_words(m) -> str:

@@ -203,7 +203,8 @@ def test_onnx_export_matches_pytorch_and_the_folder_round_trips(trained, tmp_pat
 
     decoder, _, run_dir = trained
     out = tmp_path / "export"
-    assert main(["export", str(run_dir / "best_model.pth"), str(out), "--onnx"]) == 0
+    assert main(["export", str(run_dir / "best_model.pth"), str(out), "--onnx", "--fp16"]) == 0
+    assert (out / "model_fp16.onnx").is_file()  # checked against PyTorch by the export itself
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["decoder"] == decoder
     ckpt, folder = Predictor.load(str(run_dir / "best_model.pth")), Predictor.load(str(out))
@@ -259,3 +260,31 @@ def test_moe_checkpoints_from_before_decoders_load(tmp_path):
     fresh = tiny("moe", deep_supervision=True)
     fresh.load_state_dict(old)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_plan_and_video_work_with_the_multi_scale_decoder(trained, tmp_path, capsys):
+    """The zoom decoder runs the image at three scales: `camodet plan` measures its real step and
+    writes it into the profiles, and a video is predicted frame by frame at the model's stride."""
+    import cv2
+    import yaml
+
+    decoder, flags, run_dir = trained
+    if decoder != "zoom":
+        pytest.skip("the multi-scale decoder's paths; the others share the single-scale ones")
+    plan = [f for f in flags if f not in ("--keep-last",)]
+    plan[plan.index("--checkpoint-dir") + 1] = str(tmp_path / "plan_run")
+    args = ["plan", *plan, "--candidates", "2", "--steps", "1", "--out-dir", str(tmp_path / "plans")]
+    assert main(args) == 0
+    profile = yaml.safe_load((tmp_path / "plans" / "plan-balanced.yaml").read_text())
+    assert profile["model"]["decoder"] == "zoom"
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (90, 70))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        writer.write(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    writer.release()
+    capsys.readouterr()
+    assert main(["predict", str(run_dir / "best_model.pth"), str(clip), "--out", str(tmp_path / "v")]) == 0
+    assert "5 frames, 90x70" in capsys.readouterr().out
+    assert (tmp_path / "v" / "clip" / "mask.mp4").is_file()
