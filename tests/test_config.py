@@ -152,7 +152,9 @@ def test_flags_and_yaml_share_one_check(tmp_path):
         cfg.validate(check_paths=False)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "small.yaml", "cod-small.yaml", "cod-medium.yaml"])
+@pytest.mark.parametrize(
+    "name", ["demo.yaml", "small.yaml", "cod-small.yaml", "cod-medium.yaml", "cod-large.yaml"]
+)
 def test_shipped_configs_read_and_validate(name):
     import os
 
@@ -172,3 +174,12 @@ def test_shipped_configs_read_and_validate(name):
         for section in ("model", "optim"):
             assert getattr(cfg, section) == getattr(small, section)
         assert cfg.data.augment == small.data.augment and not cfg.stages.progressive_unfreeze
+    if name == "cod-large.yaml":  # the ladder's top rung: cod-medium.yaml with a larger backbone and image
+        medium = parse(["--config", path.replace("cod-large", "cod-medium")])
+        assert (cfg.model.backbone, cfg.model.decoder, cfg.data.img_size) == (
+            "tf_efficientnet_lite2",
+            "moe",
+            288,
+        )
+        assert cfg.optim == medium.optim and cfg.data.augment == medium.data.augment
+        assert (cfg.stages.epochs, cfg.stages.stage1_epochs) == (20, 4)  # about 4800 CPU-s on CAMO
