@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from . import __version__
 from .config import TrainConfig
 from .errors import CamodetError
-from .fields import add_options, add_version, leaves, options_from_args
+from .fields import add_options, add_version, leaves, options_from_args, reference
 from .options import (
     AppOptions,
     DataCheckOptions,
@@ -31,6 +30,7 @@ from .options import (
     SynthOptions,
     TuneLROptions,
 )
+from .runs.resume import program, resume_command
 
 
 @dataclass(frozen=True)
@@ -39,30 +39,6 @@ class Call:
 
     argv: list[str]
     typed: frozenset
-
-
-def program() -> list[str]:
-    """How this process was started, for a command the user can paste."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if name == "__main__.py":
-        return ["python", "-m", "camodet"]
-    if name.endswith(".py"):
-        return ["python", sys.argv[0]]
-    return ["camodet"]
-
-
-def resume_command(argv: list[str], last: str) -> str:
-    """The command that was run, continuing from `last`: --resume-from replaced (a warm
-    restart's source becomes this run's own last checkpoint), --init-from and --overwrite dropped."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--resume-from", "--init-from"):
-            skip = True
-        elif not (a == "--overwrite" or a.startswith(("--resume-from=", "--init-from="))):
-            kept.append(a)
-    return shlex.join([*program(), *kept, "--resume-from", last])
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -316,7 +292,7 @@ def _app(o: AppOptions, call: Call) -> int:
 
 
 def _help(o, call: Call) -> int:
-    print(reference())
+    print(reference(COMMANDS))
     return 0
 
 
@@ -392,23 +368,6 @@ def parse(argv: list[str]):
         return command, None, frozenset()
     typed = frozenset(vars(args)) & {leaf.dest for leaf in leaves(command.options)}
     return command, options_from_args(command.options, args, "camodet " + command.name), typed
-
-
-def reference() -> str:
-    """The CLI reference: a table per command, every option with its default, range and help
-    (the commands that take train's options list only their own beside them)."""
-    from .fields import reference_table
-
-    parts = []
-    for c in (c for c in COMMANDS if c.options):
-        takes_train = c.options is not TrainConfig and any(
-            leaf.path[0] == "train" for leaf in leaves(c.options)
-        )
-        whole = takes_train and len([leaf for leaf in leaves(c.options) if leaf.path[0] == "train"]) > 20
-        also = "Every option of `camodet train`, and:\n\n" if whole else ""
-        table = reference_table(c.options, leave_out="train" if whole else None)
-        parts.append(f"### camodet {c.name}\n\n{c.help}.\n\n{also}{table}")
-    return "\n\n".join(parts)
 
 
 def main(argv=None) -> int:

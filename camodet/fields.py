@@ -500,3 +500,16 @@ def reference_table(cls, leave_out: str | None = None) -> str:
         allowed = ", ".join(meta["choices"]) if meta.get("choices") else range_words(meta) if bounds else ""
         rows.append(f"| {name} | {shown} | {allowed} | {meta['help'].replace('|', '/')} |")
     return "\n".join(rows)
+
+
+def reference(commands) -> str:
+    """The CLI reference: a table per command (each with .name, .help, .options), every option with
+    its default, range and help; a command that nests all of train's options lists only its own."""
+    parts = []
+    for c in (c for c in commands if c.options):
+        nested = [leaf for leaf in leaves(c.options) if leaf.path[0] == "train"]
+        whole = len(nested) > 20
+        also = "Every option of `camodet train`, and:\n\n" if whole else ""
+        table = reference_table(c.options, leave_out="train" if whole else None)
+        parts.append(f"### camodet {c.name}\n\n{c.help}.\n\n{also}{table}")
+    return "\n\n".join(parts)

@@ -5,6 +5,8 @@ refused when the checkpoint holds another architecture."""
 import logging
 import math
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 
 from ..config import TrainConfig
@@ -214,3 +216,27 @@ def _file_mark(path: str) -> tuple[int, float] | None:
         return _best_mark(load_checkpoint(path, mmap=True))
     except CheckpointError:
         return None
+
+
+def program() -> list[str]:
+    """How this process was started, for a command the user can paste."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name == "__main__.py":
+        return ["python", "-m", "camodet"]
+    if name.endswith(".py"):
+        return ["python", sys.argv[0]]
+    return ["camodet"]
+
+
+def resume_command(argv: list[str], last: str) -> str:
+    """The command that was run, continuing from `last`: --resume-from replaced (a warm
+    restart's source becomes this run's own last checkpoint), --init-from and --overwrite dropped."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--resume-from", "--init-from"):
+            skip = True
+        elif not (a == "--overwrite" or a.startswith(("--resume-from=", "--init-from="))):
+            kept.append(a)
+    return shlex.join([*program(), *kept, "--resume-from", last])
