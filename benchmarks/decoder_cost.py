@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--camo", default=quality_camo.DEFAULT_CAMO)
     p.add_argument("--recipe", default=quality_camo.COD_RECIPE)
     p.add_argument("--backbone", default=quality_real.BACKBONE)
-    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--img-size", type=int, default=None, help="default: the --recipe file's")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         print(f"skipped: no CAMO photos at {a.camo} or no weights for {a.backbone}")
         return 2
     variants = dict(v.split("=", 1) for v in a.variants)
-    opts = argparse.Namespace(recipe=a.recipe, backbone=a.backbone, img_size=a.img_size, recipe_args="")
+    size = a.img_size or quality_real.recipe_size(a.recipe)
+    opts = argparse.Namespace(recipe=a.recipe, backbone=a.backbone, img_size=size, recipe_args="")
     pairs = quality_camo.camo_pairs(a.camo)
     val = quality_camo.read_split(quality_camo.SPLIT_FILE, sorted(pairs))
     costs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}

