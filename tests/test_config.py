@@ -70,7 +70,7 @@ def test_no_amp_flag():
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--top-k", "5", "--num-experts", "3"], "--top-k (5) must be between 1 and --num-experts (3)"),
         (["--ema-decay", "1.5"], "--ema-decay must be between 0 and 1"),
-        (["--boundary-gain", "-1"], "--boundary-gain must be >= 0 (got -1.0)"),
+        (["--boundary-gain", "-1"], "--boundary-gain must be >= 0 (got -1)"),
         (["--dataset-path", "/no/such/dir"], "dataset path /no/such/dir does not exist"),
         (["--resume-from", "/no/such.pth"], "--resume-from /no/such.pth: no such file"),
         (["--images", "/tmp"], "--images and --masks must be given together"),
