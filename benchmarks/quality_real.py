@@ -132,12 +132,8 @@ def recipe_flags(
 
 
 def recipe_size(recipe: str) -> int:
-    """The image size a recipe file sets (train's default where it sets none)."""
-    import yaml
-
-    with open(recipe) as fh:
-        size = (yaml.safe_load(fh) or {}).get("data", {}).get("img_size")
-    return int(size) if size is not None else DataConfig().img_size
+    """The image size a recipe file sets (train's default where it sets none), read by train's parser."""
+    return recipe_config(["--config", recipe]).data.img_size
 
 
 def recipe_config(flags: list[str]) -> TrainConfig:

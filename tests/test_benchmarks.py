@@ -156,3 +156,15 @@ def test_quality_camo_puts_decoders_side_by_side_with_their_costs(tmp_path):
         assert row and all(float(v) > 0 for v in row.groups()), method
     assert re.search(r"^- CAMO\S*: recipe:zoom: Sm [+-]\d\.\d{4}, IoU", text, re.M)
     assert "one seed: no spread" in text
+
+
+def test_the_benchmarks_train_at_the_recipe_files_size():
+    """quality_real's --img-size once defaulted to 160 and overrode cod-medium.yaml's 224."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality_real
+
+    sizes = [
+        quality_real.recipe_size(os.path.join(ROOT, "configs", f"cod-{r}.yaml"))
+        for r in ("small", "medium", "large")
+    ]
+    assert sizes == [160, 224, 288]

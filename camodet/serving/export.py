@@ -99,19 +99,12 @@ class Int8Request:
     settings: Int8Settings = Int8Settings()
 
     def images(self) -> list[str]:
-        """The calibration photos, checked before any work: the flags' ranges, and the photos the
-        quantiser will read (at least two, each one decodable), which it reads after the fp32
-        trace (a minute or more)."""
+        """The calibration photos the quantiser will read (at least two, each one decodable),
+        checked before any work: it reads them after the fp32 trace (a minute or more). The flags'
+        ranges are ExportOptions', checked by the options gate."""
         from ..data.io import IMAGE_EXTS, DataError, read_image
         from .predict import expand_inputs
 
-        if self.count < 1:
-            raise ExportError(f"--calibration-count must be at least 1 (got {self.count})")
-        if not 0 < self.min_agreement <= 1:  # nan too: no agreement would reach it
-            raise ExportError(
-                f"--min-agreement must be above 0 and at most 1 (got {self.min_agreement:g}): it is the "
-                f"lowest mean IoU between the int8 and fp32 graphs' masks (default {DEFAULT_MIN_AGREEMENT})"
-            )
         paths, problems = expand_inputs(list(self.calibration))
         if problems:
             item, why = problems[0]
