@@ -14,8 +14,10 @@ Targets (issue 16, CPU, ratios within one run):
 Reproduce (from the repository root; PYTHONPATH makes this checkout's camodet the one imported):
   PYTHONPATH=. python benchmarks/step_time.py                  # both configurations, 10 steps after 3
   PYTHONPATH=. python benchmarks/step_time.py --configs small --steps 5 --warmup 2
-The script only uses total_loss, build_model, build_optimizer and Backbone, so it also runs
-against an older camodet (PYTHONPATH=/path/to/old/checkout) for a before/after table."""
+camodet's rows are the trainer's own step (engine/measure.trainer_step: its loss settings,
+optimizer groups, grad clip and scaler) at train's defaults. Against an older camodet without it
+(PYTHONPATH=/path/to/old/checkout, for a before/after table) the step is built by hand from
+total_loss, build_model, build_optimizer and Backbone, as that trainer took it."""
 
 import argparse
 import platform
@@ -44,8 +46,16 @@ except ImportError:  # camodet before issue 16: torch's default, a per-tensor lo
     FUSED = None
 
 
+try:  # camodet since issue 36: the trainer's own step (engine/step.py's builder)
+    from camodet.engine.measure import step_config, trainer_step
+except ImportError:  # an older checkout: the step as its trainer built it, by hand
+    trainer_step = None
+
+
 def camodet_step(cfg: dict, stage: int, deep_supervision: bool, x, y, keep: dict | None = None):
     """A step of camodet's model as the trainer takes it; `keep` receives the last outputs."""
+    if trainer_step is not None:
+        return trainers_step(cfg, stage, deep_supervision, x, y, keep)
     model = (
         build_model(
             ModelConfig(
@@ -69,6 +79,28 @@ def camodet_step(cfg: dict, stage: int, deep_supervision: bool, x, y, keep: dict
         opt.zero_grad(set_to_none=True)
         if keep is not None:
             keep["out"], keep["side_weights"] = out, model.side_weights
+
+    return step
+
+
+def trainers_step(cfg: dict, stage: int, deep_supervision: bool, x, y, keep: dict | None):
+    """The trainer's TrainStep (its loss settings, optimizer groups, grad clip and scaler) at the
+    trainer's defaults, one micro-batch per window, at the fixed LR of the hand-built step."""
+    model_cfg = dict(
+        backbone=cfg["backbone"], num_experts=cfg["num_experts"], deep_supervision=deep_supervision
+    )
+    train_cfg = step_config(model_cfg, channels_last=FORMAT[0] is torch.channels_last, amp="off")
+    ts = trainer_step(train_cfg, stage, torch.device("cpu"))
+    for g in ts.optimizer.param_groups:
+        g["lr"] = 1e-4
+    batch, params = {"image": x, "mask": y}, ts.trainable()
+
+    def step():
+        _, _, out = ts.backward(batch, 1.0)
+        ts.gradient_norm(params, train_cfg.optim.grad_clip)
+        ts.update()
+        if keep is not None:
+            keep["out"], keep["side_weights"], keep["loss"] = out, ts.model.side_weights, ts.loss
 
     return step
 
@@ -98,7 +130,8 @@ def loss_step(keep: dict, y):
             [leaf(s) for s in out.side_logits],
             None if out.aux_loss is None else leaf(out.aux_loss),
         )
-        loss, _ = total_loss(copy, y, LossSettings(tuple(keep["side_weights"]), MOE_WEIGHT))
+        settings = keep.get("loss") or LossSettings(tuple(keep["side_weights"]), MOE_WEIGHT)
+        loss, _ = total_loss(copy, y, settings)
         loss.backward()
 
     return step
